@@ -1,0 +1,1 @@
+//! flopmeter-agent: sampler, GPU sources, attributor, spool and shipper (filled by later issues).

@@ -1,0 +1,1 @@
+//! flopmeter-collector: ingest, ledger, compliance driver and HTTP (filled by later issues).

@@ -1,0 +1,537 @@
+//! The FLOP estimator: what one GPU executed over one interval, as `[low, central, high]`.
+//!
+//! Two methods (DESIGN.md §3, `reference/gpu-peaks.md`):
+//!
+//! - **GPM** (Hopper and later), [`Activity::Gpm`]:
+//!   `FLOP = Δt · [ tensor · P_tensor(prec) · c_t + (fp32 · P_fp32 + fp16 · P_fp16 + fp64 · P_fp64) · c_s ]`
+//!   with `c_t = min(1, f_SM / f_tensor_ref)` and `c_s = min(1, f_SM / f_max)`.
+//!   Tensor activity counts busy cycles, not operations, and cannot tell BF16 from FP8: the
+//!   central estimate assumes BF16, the high bound FP8 (where the part has it), and the low
+//!   bound is 0.85 × central for tile quantisation (padded tiles count as busy).
+//! - **util × MFU** (no GPM), [`Activity::Util`]:
+//!   `FLOP = Δt · util_gpu · P_tensor(prec) · c_t · MFU` with MFU 0.25 / 0.40 / 0.55.
+//!   `util_gpu · P` alone is a hard upper bound (a one-thread kernel reads 100%), never an
+//!   estimate.
+//!
+//! A declared precision removes the precision uncertainty: the band narrows to
+//! `[0.85 · c, c]` with `c` at the declared precision (GPM), or to the MFU band at that
+//! precision (util × MFU).
+//!
+//! Firmware-capped parts (H20), and parts whose reference clock no source verified, get no
+//! clock scaling: their datasheet peak is used as is.
+
+use serde::Serialize;
+
+use crate::catalogue::GpuModel;
+use crate::units::{FlopBand, Method, Precision};
+
+/// Tile-quantisation factor for the low bound of tensor-activity estimates (judgement, from
+/// cuBLAS/CUTLASS reaching 90–95% of peak on tuned GEMMs and the OFU paper's correction).
+pub const TILE_FACTOR: f64 = 0.85;
+
+/// MFU assumed for the util × MFU method: low, central, high (Megatron, MegaScale, Llama 3,
+/// PaLM report 38–56%; Epoch's default is 30–40%).
+pub const MFU_BAND: (f64, f64, f64) = (0.25, 0.40, 0.55);
+
+/// GPM readings over an interval, as fractions in `[0, 1]` (NVML reports percent).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct GpmActivity {
+    /// Any-tensor pipe activity.
+    pub tensor: f64,
+    /// Non-tensor FP32 pipe activity.
+    pub fp32: f64,
+    /// Non-tensor FP16 pipe activity.
+    pub fp16: f64,
+    /// Non-tensor FP64 pipe activity.
+    pub fp64: f64,
+}
+
+/// What was measured on one GPU over one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Activity {
+    /// Tensor and pipe activity from NVML GPM.
+    Gpm(GpmActivity),
+    /// Only `utilization.gpu` (fraction of time any kernel ran).
+    Util {
+        /// `utilization.gpu` as a fraction.
+        gpu_util: f64,
+    },
+}
+
+/// One interval's input to the estimator.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    /// Length in seconds.
+    pub seconds: f64,
+    /// What was measured.
+    pub activity: Activity,
+    /// Mean SM clock over the interval (MHz), if known. Unknown means no clock scaling,
+    /// which can only overstate (the factor is capped at 1).
+    pub mean_sm_clock_mhz: Option<f64>,
+    /// The precision the workload declared, if any.
+    pub declared_precision: Option<Precision>,
+}
+
+/// Why an estimate could not be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EstimateError {
+    /// The interval length is negative, NaN or infinite.
+    #[error("interval length {0} s is not a finite non-negative number")]
+    BadInterval(f64),
+    /// A utilisation is outside `[0, 1]` (beyond a 5% reporting tolerance) or not finite.
+    #[error("{field} = {value} is outside 0..1")]
+    BadUtilisation {
+        /// Which reading.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// The clock is negative, NaN or infinite.
+    #[error("SM clock {0} MHz is not a finite non-negative number")]
+    BadClock(f64),
+    /// The model has no peak for the precision the estimate needs.
+    #[error("{gpu} has no dense {precision} tensor peak in the catalogue")]
+    NoPeak {
+        /// Catalogue id.
+        gpu: &'static str,
+        /// The precision.
+        precision: Precision,
+    },
+}
+
+/// Flags an auditor should see beside an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct EstimateFlags {
+    /// The peak came from the operator, not the catalogue.
+    pub unknown_peak: bool,
+    /// A precision was declared but the part has no peak for it, so the band stayed wide.
+    pub declared_precision_unsupported: bool,
+    /// No clock scaling was applied (firmware-capped part, unverified clock, or no clock).
+    pub unscaled_clock: bool,
+}
+
+/// The estimator's answer for one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    /// FLOP over the interval.
+    pub flop: FlopBand,
+    /// The method used.
+    pub method: Method,
+    /// The precision behind the central estimate.
+    pub precision: Precision,
+    /// Whether that precision was declared (and honoured) rather than assumed.
+    pub precision_declared: bool,
+    /// Flags for the record.
+    pub flags: EstimateFlags,
+}
+
+/// Estimates the FLOP `gpu` executed over `interval`.
+///
+/// Utilisations up to 1.05 are clamped to 1: NVML rounds, and a sampler that reads a few
+/// percent over is reporting a busy GPU, not an impossible one. Anything further out is an
+/// error, because an estimator that silently accepted 2.0 would double a total.
+pub fn estimate(gpu: &GpuModel, interval: &Interval) -> Result<Estimate, EstimateError> {
+    let dt = interval.seconds;
+    if !dt.is_finite() || dt < 0.0 {
+        return Err(EstimateError::BadInterval(dt));
+    }
+    let clock = match interval.mean_sm_clock_mhz {
+        Some(f) if !f.is_finite() || f < 0.0 => return Err(EstimateError::BadClock(f)),
+        other => other,
+    };
+
+    let mut flags = EstimateFlags {
+        unknown_peak: gpu.operator_supplied,
+        ..EstimateFlags::default()
+    };
+    let (central_prec, high_prec, declared) = precisions(gpu, interval.declared_precision);
+    flags.declared_precision_unsupported = interval.declared_precision.is_some() && !declared;
+
+    let c_t = clock_factor(gpu, clock, gpu.tensor_ref_clock_mhz, &mut flags);
+    let peak = |p: Precision| -> Result<f64, EstimateError> {
+        gpu.peaks
+            .tensor(p)
+            .map(|t| t * 1e12)
+            .ok_or(EstimateError::NoPeak {
+                gpu: gpu.id,
+                precision: p,
+            })
+    };
+    let p_central = peak(central_prec)?;
+    let p_high = peak(high_prec)?;
+
+    // An operator-supplied peak has no GPM pedigree: always the conservative MFU method.
+    let activity = if gpu.operator_supplied {
+        match interval.activity {
+            Activity::Gpm(g) => Activity::Util { gpu_util: g.tensor },
+            a => a,
+        }
+    } else {
+        interval.activity
+    };
+
+    let (flop, method) = match activity {
+        Activity::Gpm(g) => {
+            let tensor = unit("tensor_util", g.tensor)?;
+            let fp32 = unit("fp32_util", g.fp32)?;
+            let fp16 = unit("fp16_util", g.fp16)?;
+            let fp64 = unit("fp64_util", g.fp64)?;
+            let mut scalar_flags = flags;
+            let c_s = clock_factor(gpu, clock, gpu.max_sm_clock_mhz, &mut scalar_flags);
+            let p = &gpu.peaks;
+            let vector_per_s = (fp32 * p.fp32.unwrap_or(0.0)
+                + fp16 * p.fp16_vector().unwrap_or(0.0)
+                + fp64 * p.fp64.unwrap_or(0.0))
+                * 1e12
+                * c_s;
+            let central = dt * (tensor * p_central * c_t + vector_per_s);
+            let high = dt * (tensor * p_high * c_t + vector_per_s);
+            let low = dt * (TILE_FACTOR * tensor * p_central * c_t + vector_per_s);
+            (FlopBand::from_f64(low, central, high), Method::GpmTensor)
+        }
+        Activity::Util { gpu_util } => {
+            let u = unit("gpu_util", gpu_util)?;
+            let (lo, mid, hi) = MFU_BAND;
+            let base = dt * u * c_t;
+            (
+                FlopBand::from_f64(
+                    base * p_central * lo,
+                    base * p_central * mid,
+                    base * p_high * hi,
+                ),
+                Method::UtilMfu,
+            )
+        }
+    };
+
+    Ok(Estimate {
+        flop,
+        method,
+        precision: central_prec,
+        precision_declared: declared,
+        flags,
+    })
+}
+
+/// (central precision, high precision, declaration honoured).
+fn precisions(gpu: &GpuModel, declared: Option<Precision>) -> (Precision, Precision, bool) {
+    match declared {
+        Some(p) if gpu.peaks.tensor(p).is_some() => (p, p, true),
+        _ => (gpu.default_precision(), gpu.high_precision(), false),
+    }
+}
+
+/// `min(1, f / f_ref)`, or 1 with the unscaled flag where scaling is not sound.
+fn clock_factor(
+    gpu: &GpuModel,
+    clock_mhz: Option<f64>,
+    reference_mhz: Option<u32>,
+    flags: &mut EstimateFlags,
+) -> f64 {
+    match (gpu.firmware_capped, clock_mhz, reference_mhz) {
+        (false, Some(f), Some(r)) if r > 0 => (f / f64::from(r)).min(1.0),
+        _ => {
+            flags.unscaled_clock = true;
+            1.0
+        }
+    }
+}
+
+fn unit(field: &'static str, value: f64) -> Result<f64, EstimateError> {
+    if value.is_finite() && (0.0..=1.05).contains(&value) {
+        Ok(value.min(1.0))
+    } else {
+        Err(EstimateError::BadUtilisation { field, value })
+    }
+}
+
+/// The architecture estimate `6 · N · D` (parameters × tokens), for dense transformers.
+/// `None` if it overflows `u128`, which no real model does.
+pub fn six_n_d(params: u128, tokens: u128) -> Option<u128> {
+    6u128.checked_mul(params)?.checked_mul(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{GpuModel, find};
+    use proptest::prelude::*;
+
+    fn gpm(tensor: f64) -> Activity {
+        Activity::Gpm(GpmActivity {
+            tensor,
+            ..GpmActivity::default()
+        })
+    }
+
+    fn at(activity: Activity, seconds: f64, clock: f64, declared: Option<Precision>) -> Interval {
+        Interval {
+            seconds,
+            activity,
+            mean_sm_clock_mhz: Some(clock),
+            declared_precision: declared,
+        }
+    }
+
+    fn close(a: u64, b: f64) -> bool {
+        (a as f64 - b).abs() <= 1.0
+    }
+
+    // --- Worked examples. Each expected figure is a hand calculation. ---
+
+    /// H100 SXM, tensor 0.5, SM clock at the 1830 MHz tensor reference, 1 s, no declaration:
+    /// central = 0.5 × 989e12 = 4.945e14 (BF16); high = 0.5 × 1979e12 = 9.895e14 (FP8);
+    /// low = 0.85 × 4.945e14 = 4.20325e14.
+    #[test]
+    fn h100_gpm_bf16_undeclared() {
+        let e = estimate(find("h100-sxm").unwrap(), &at(gpm(0.5), 1.0, 1830.0, None)).unwrap();
+        assert!(close(e.flop.central, 4.945e14), "{e:?}");
+        assert!(close(e.flop.high, 9.895e14), "{e:?}");
+        assert!(close(e.flop.low, 4.20325e14), "{e:?}");
+        assert_eq!(e.method, Method::GpmTensor);
+        assert_eq!(e.precision, Precision::Bf16);
+        assert!(!e.precision_declared);
+    }
+
+    /// Declared FP8 narrows the band: central = high = 0.5 × 1979e12 = 9.895e14,
+    /// low = 0.85 × that = 8.41075e14.
+    #[test]
+    fn h100_gpm_declared_fp8_narrows() {
+        let e = estimate(
+            find("h100-sxm").unwrap(),
+            &at(gpm(0.5), 1.0, 1830.0, Some(Precision::Fp8)),
+        )
+        .unwrap();
+        assert!(close(e.flop.central, 9.895e14), "{e:?}");
+        assert!(close(e.flop.high, 9.895e14), "{e:?}");
+        assert!(close(e.flop.low, 8.41075e14), "{e:?}");
+        assert!(e.precision_declared);
+    }
+
+    /// Declared TF32 (FP32 training): 0.5 × 495e12 × 1 s = 2.475e14.
+    #[test]
+    fn h100_gpm_declared_tf32() {
+        let e = estimate(
+            find("h100-sxm").unwrap(),
+            &at(gpm(0.5), 1.0, 1830.0, Some(Precision::Tf32)),
+        )
+        .unwrap();
+        assert!(close(e.flop.central, 2.475e14), "{e:?}");
+    }
+
+    /// Clock below the reference scales down: 1464 MHz / 1830 = 0.8, so
+    /// 0.5 × 989e12 × 0.8 = 3.956e14. Above the reference (1980 MHz) the factor caps at 1.
+    #[test]
+    fn clock_factor_scales_and_caps() {
+        let h100 = find("h100-sxm").unwrap();
+        let slow = estimate(h100, &at(gpm(0.5), 1.0, 1464.0, None)).unwrap();
+        assert!(close(slow.flop.central, 3.956e14), "{slow:?}");
+        let fast = estimate(h100, &at(gpm(0.5), 1.0, 1980.0, None)).unwrap();
+        assert!(close(fast.flop.central, 4.945e14), "{fast:?}");
+    }
+
+    /// Non-tensor pipes use the max-clock factor: fp32 0.2 on H100 at 1980 MHz over 2 s is
+    /// 2 × 0.2 × 67e12 = 2.68e13 on top of the tensor term (tensor 0 here). At 990 MHz the
+    /// factor is 0.5: 1.34e13.
+    #[test]
+    fn vector_pipes_use_max_clock() {
+        let h100 = find("h100-sxm").unwrap();
+        let a = Activity::Gpm(GpmActivity {
+            fp32: 0.2,
+            ..GpmActivity::default()
+        });
+        let e = estimate(h100, &at(a, 2.0, 1980.0, None)).unwrap();
+        assert!(close(e.flop.central, 2.68e13), "{e:?}");
+        assert_eq!(e.flop.low, e.flop.central, "no tile factor on vector work");
+        let half = estimate(h100, &at(a, 2.0, 990.0, None)).unwrap();
+        assert!(close(half.flop.central, 1.34e13), "{half:?}");
+    }
+
+    /// H20 is firmware-capped: no clock scaling at any clock. tensor 1.0 × 148e12 × 1 s.
+    #[test]
+    fn h20_is_never_clock_scaled() {
+        let h20 = find("h20").unwrap();
+        let e = estimate(h20, &at(gpm(1.0), 1.0, 900.0, None)).unwrap();
+        assert!(close(e.flop.central, 1.48e14), "{e:?}");
+        assert!(e.flags.unscaled_clock);
+    }
+
+    /// A100 util×MFU: util 0.9 at 1410 MHz for 10 s, BF16 peak 312e12:
+    /// low 0.9·312e12·10·0.25 = 7.02e14, central ·0.40 = 1.1232e15, high ·0.55 = 1.5444e15
+    /// (no FP8 on Ampere, so the high bound stays at BF16).
+    #[test]
+    fn a100_util_mfu() {
+        let a100 = find("a100-sxm").unwrap();
+        let e = estimate(
+            a100,
+            &at(Activity::Util { gpu_util: 0.9 }, 10.0, 1410.0, None),
+        )
+        .unwrap();
+        assert_eq!(e.method, Method::UtilMfu);
+        assert!(close(e.flop.low, 7.02e14), "{e:?}");
+        assert!(close(e.flop.central, 1.1232e15), "{e:?}");
+        assert!(close(e.flop.high, 1.5444e15), "{e:?}");
+    }
+
+    /// L40S has FP8, so its util×MFU high bound uses FP8: 1.0·733e12·1·0.55 = 4.0315e14.
+    #[test]
+    fn l40s_util_mfu_high_uses_fp8() {
+        let e = estimate(
+            find("l40s").unwrap(),
+            &at(Activity::Util { gpu_util: 1.0 }, 1.0, 2520.0, None),
+        )
+        .unwrap();
+        assert!(close(e.flop.high, 4.0315e14), "{e:?}");
+        assert!(close(e.flop.central, 1.448e14), "{e:?}");
+    }
+
+    /// FP4 declared on an H100 (no FP4): the declaration is not honoured, band stays wide.
+    #[test]
+    fn unsupported_declaration_keeps_wide_band() {
+        let e = estimate(
+            find("h100-sxm").unwrap(),
+            &at(gpm(0.5), 1.0, 1830.0, Some(Precision::Fp4)),
+        )
+        .unwrap();
+        assert!(e.flags.declared_precision_unsupported);
+        assert!(!e.precision_declared);
+        assert!(close(e.flop.central, 4.945e14));
+    }
+
+    /// FP4 declared on a B200: 0.5 × 9000e12 × 1 s at the 1860 MHz reference = 4.5e15.
+    #[test]
+    fn b200_declared_fp4() {
+        let e = estimate(
+            find("b200").unwrap(),
+            &at(gpm(0.5), 1.0, 1860.0, Some(Precision::Fp4)),
+        )
+        .unwrap();
+        assert!(close(e.flop.central, 4.5e15), "{e:?}");
+    }
+
+    /// Unknown device: operator-supplied 100 TFLOP/s, util 0.5 for 1 s, always util×MFU:
+    /// central = 0.5 × 100e12 × 0.40 = 2e13, flagged.
+    #[test]
+    fn operator_supplied_peak_uses_mfu_and_flags() {
+        let m = GpuModel::operator_supplied(100.0);
+        let e = estimate(&m, &at(gpm(0.5), 1.0, 1500.0, None)).unwrap();
+        assert_eq!(e.method, Method::UtilMfu);
+        assert!(e.flags.unknown_peak);
+        assert!(close(e.flop.central, 2e13), "{e:?}");
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let h100 = find("h100-sxm").unwrap();
+        assert!(matches!(
+            estimate(h100, &at(gpm(1.5), 1.0, 1830.0, None)),
+            Err(EstimateError::BadUtilisation { .. })
+        ));
+        assert!(matches!(
+            estimate(h100, &at(gpm(f64::NAN), 1.0, 1830.0, None)),
+            Err(EstimateError::BadUtilisation { .. })
+        ));
+        assert!(matches!(
+            estimate(h100, &at(gpm(0.5), -1.0, 1830.0, None)),
+            Err(EstimateError::BadInterval(_))
+        ));
+        assert!(matches!(
+            estimate(h100, &at(gpm(0.5), 1.0, f64::INFINITY, None)),
+            Err(EstimateError::BadClock(_))
+        ));
+        // Slightly over 100% is NVML rounding: clamped, not rejected.
+        let e = estimate(h100, &at(gpm(1.02), 1.0, 1830.0, None)).unwrap();
+        assert!(close(e.flop.central, 989e12));
+    }
+
+    #[test]
+    fn six_n_d_is_exact() {
+        // 70e9 params × 15e12 tokens × 6 = 6.3e24.
+        assert_eq!(
+            six_n_d(70_000_000_000, 15_000_000_000_000),
+            Some(6_300_000_000_000_000_000_000_000)
+        );
+        assert_eq!(six_n_d(u128::MAX, 2), None);
+    }
+
+    // --- Properties. ---
+
+    fn any_activity() -> impl Strategy<Value = Activity> {
+        prop_oneof![
+            (0.0..=1.0f64, 0.0..=1.0f64, 0.0..=1.0f64, 0.0..=1.0f64).prop_map(
+                |(tensor, fp32, fp16, fp64)| Activity::Gpm(GpmActivity {
+                    tensor,
+                    fp32,
+                    fp16,
+                    fp64
+                })
+            ),
+            (0.0..=1.0f64).prop_map(|gpu_util| Activity::Util { gpu_util }),
+        ]
+    }
+
+    fn any_precision() -> impl Strategy<Value = Option<Precision>> {
+        proptest::option::of(proptest::sample::select(Precision::ALL.to_vec()))
+    }
+
+    fn any_gpu() -> impl Strategy<Value = &'static GpuModel> {
+        proptest::sample::select(crate::catalogue::CATALOGUE.iter().collect::<Vec<_>>())
+    }
+
+    proptest! {
+        #[test]
+        fn bounds_are_ordered(
+            gpu in any_gpu(), a in any_activity(), dt in 0.0..100.0f64,
+            clock in 0.0..3000.0f64, p in any_precision(),
+        ) {
+            let e = estimate(gpu, &at(a, dt, clock, p)).unwrap();
+            prop_assert!(e.flop.is_ordered(), "{:?}", e);
+        }
+
+        /// No estimate exceeds every unit at its peak for the interval (+1 FLOP rounding).
+        #[test]
+        fn never_exceeds_the_physical_ceiling(
+            gpu in any_gpu(), a in any_activity(), dt in 0.0..100.0f64,
+            clock in 0.0..5000.0f64, p in any_precision(),
+        ) {
+            let e = estimate(gpu, &at(a, dt, clock, p)).unwrap();
+            let ceiling = gpu.ceiling_flop_per_s() * dt;
+            prop_assert!(e.flop.high as f64 <= ceiling + 1.0, "{:?} > {}", e, ceiling);
+        }
+
+        /// Splitting an interval in two with the same readings gives the same total, to the
+        /// one FLOP each piece may lose or gain in rounding.
+        #[test]
+        fn splitting_an_interval_preserves_the_total(
+            gpu in any_gpu(), a in any_activity(), dt in 0.001..100.0f64,
+            cut in 0.0..1.0f64, clock in 0.0..3000.0f64, p in any_precision(),
+        ) {
+            let whole = estimate(gpu, &at(a, dt, clock, p)).unwrap().flop;
+            let first = estimate(gpu, &at(a, dt * cut, clock, p)).unwrap().flop;
+            let second = estimate(gpu, &at(a, dt - dt * cut, clock, p)).unwrap().flop;
+            for (w, x, y) in [
+                (whole.low, first.low, second.low),
+                (whole.central, first.central, second.central),
+                (whole.high, first.high, second.high),
+            ] {
+                let sum = x as f64 + y as f64;
+                // Rounding: one FLOP per piece, plus f64's relative error on ~1e17 values.
+                let tol = 2.0 + (w as f64) * 1e-12;
+                prop_assert!((sum - w as f64).abs() <= tol, "whole {} vs {} + {}", w, x, y);
+            }
+        }
+
+        /// A declaration honoured never widens the band.
+        #[test]
+        fn declaring_never_widens(
+            gpu in any_gpu(), a in any_activity(), clock in 0.0..3000.0f64,
+            p in proptest::sample::select(Precision::ALL.to_vec()),
+        ) {
+            let open = estimate(gpu, &at(a, 1.0, clock, None)).unwrap().flop;
+            let e = estimate(gpu, &at(a, 1.0, clock, Some(p))).unwrap();
+            if e.precision_declared && matches!(p, Precision::Bf16 | Precision::Fp8) {
+                prop_assert!(e.flop.high - e.flop.low <= open.high - open.low + 1);
+            }
+        }
+    }
+}
