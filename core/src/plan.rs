@@ -253,7 +253,7 @@ fn crossing_day(t: &Threshold, level: u128, total: u128, per_day: u128) -> Optio
     // Day k covers (k-1, k] days of work. A strict threshold is crossed in the day after
     // the cumulative total first equals the level; an at-least threshold in the day it does.
     let whole_days = level / per_day;
-    let exact = level % per_day == 0;
+    let exact = level.is_multiple_of(per_day);
     let day = match t.comparison {
         Comparison::GreaterThan => whole_days + 1,
         Comparison::AtLeast if exact => whole_days.max(1),
@@ -281,7 +281,7 @@ mod tests {
     }
 
     /// The acceptance example: 1024 H100 SXM × 90 days × tensor util 0.4.
-    /// central = 989e12 × 0.4 × 1024 × 90 × 86400 = 3.1497e24 (hand: 989e12·0.4 = 3.956e14
+    /// central = 989e12 × 0.4 × 1024 × 90 × 86400 = 3.1500e24 (hand: 989e12·0.4 = 3.956e14
     /// per GPU-second; × 1024 = 4.0509e17; × 7.776e6 s = 3.1500e24). Per day 3.5e22, so
     /// 1e23 falls in day 3 (2.86 days), and 1e25 is not reached.
     #[test]

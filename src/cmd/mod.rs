@@ -1,0 +1,33 @@
+//! One module per subcommand. Each owns its clap `Args` struct and a `run` function that
+//! writes to the given output, so tests can call it without a process.
+
+use std::process::ExitCode;
+
+pub mod estimate;
+pub mod gpus;
+
+/// An error the user can fix by changing the command line: exit code 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Prints an error with its causes and picks the exit code: 2 for usage errors, 1 otherwise.
+pub fn report_error(e: &anyhow::Error) -> ExitCode {
+    // A reader that went away (`flopmeter gpus | head`) is not an error worth a message.
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
