@@ -11,6 +11,7 @@
 //!   driver reloads and wraps.
 //! - [`plan`]: the what-if planner behind `flopmeter estimate`.
 //! - [`threshold`]: regulatory thresholds as data.
+//! - [`stage`]: training stages and which count toward the regulatory total.
 //! - [`format`]: figures as regulators ask for them (two significant figures, MWh, days).
 //!
 //! Architecture invariant: this crate never touches the outside world. No tokio, tonic, sled,
@@ -22,5 +23,6 @@ pub mod energy;
 pub mod estimator;
 pub mod format;
 pub mod plan;
+pub mod stage;
 pub mod threshold;
 pub mod units;
