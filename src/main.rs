@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod config;
 
 /// flopmeter: a training-compute meter for GPU clusters.
 ///
@@ -23,6 +24,12 @@ mod cmd;
     max_term_width = 100
 )]
 struct Cli {
+    /// TOML config file with one table per subcommand ([agent], [collector], ...) keyed by long
+    /// flag names. Precedence: command line, then FLOPMETER_* environment, then this file,
+    /// then built-in defaults.
+    #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -36,7 +43,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     let result = match &cli.command {
         Command::Gpus(args) => cmd::gpus::run(args, &mut stdout),

@@ -251,3 +251,46 @@ fn help_teaches() {
     assert!(out.contains("Examples:"), "{out}");
     assert!(out.contains("FLOPMETER_GPU"), "{out}");
 }
+
+/// CLI > env > config file > default, on a real process.
+#[test]
+fn config_file_supplies_defaults_below_env_and_flags() {
+    let dir = std::env::temp_dir().join(format!("flopmeter-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("flopmeter.toml");
+    std::fs::write(
+        &file,
+        "[estimate]\ngpu = \"h100-sxm\"\ncount = 8\ndays = 90\ntensor-util = 0.4\njson = true\n",
+    )
+    .unwrap();
+    let run = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flopmeter"));
+        c.env_clear().env("FLOPMETER_CONFIG", &file).args(args);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let count = |o: &Output| {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_str::<serde_json::Value>(&stdout(o)).unwrap()["gpu"]["count"].as_u64()
+    };
+    assert_eq!(count(&run(&[], &["estimate"])), Some(8));
+    assert_eq!(
+        count(&run(&[("FLOPMETER_COUNT", "16")], &["estimate"])),
+        Some(16)
+    );
+    assert_eq!(
+        count(&run(
+            &[("FLOPMETER_COUNT", "16")],
+            &["estimate", "--count", "32"]
+        )),
+        Some(32)
+    );
+
+    std::fs::write(&file, "[estimate]\ngpus = \"h100-sxm\"\n").unwrap();
+    let o = run(&[], &["estimate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no option \"gpus\""), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,311 @@
+//! The configuration file layer: CLI > environment > config file > built-in default.
+//!
+//! Every flag of every subcommand is a clap argument with a `FLOPMETER_*` environment
+//! variable. The config file adds one more layer beneath those two without a second
+//! definition of the options: its values become the arguments' *defaults*, so clap's own
+//! precedence (command line, then environment, then default) gives the documented order, and
+//! its own parsers validate file values exactly like typed ones.
+//!
+//! The file is TOML with one table per subcommand, keyed by long flag names:
+//!
+//! ```toml
+//! [agent]
+//! collector = "http://collector.flopmeter:7443"
+//! spool-dir = "/var/lib/flopmeter/spool"
+//!
+//! [collector]
+//! data-dir = "/var/lib/flopmeter/ledger"
+//! ```
+//!
+//! It is named by `--config FILE` or `FLOPMETER_CONFIG`. A key that names no flag is an error
+//! that lists the valid keys: a typo in a config file must not silently fall back to a
+//! default.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
+
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "FLOPMETER_CONFIG";
+
+/// Why the config file could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A top-level key is not a subcommand table.
+    #[error(
+        "config file {path}: [{table}] is not a subcommand with options; expected one of: {known}"
+    )]
+    UnknownTable {
+        /// The file.
+        path: PathBuf,
+        /// The offending table.
+        table: String,
+        /// Valid tables.
+        known: String,
+    },
+    /// A key names no flag of its subcommand.
+    #[error("config file {path}: [{table}] has no option {key:?}; valid options: {known}")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+        /// The offending key.
+        key: String,
+        /// Valid keys.
+        known: String,
+    },
+    /// A value has a type no flag can take (a table, a datetime).
+    #[error(
+        "config file {path}: [{table}] {key} must be a string, number, boolean or array of those"
+    )]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+    },
+}
+
+/// Parses the command line of `T`, with the config file (if any) as the defaults layer.
+/// On a clap error (including `--help`), clap prints and exits as usual.
+pub fn parse<T: CommandFactory + FromArgMatches>() -> Result<T, ConfigError> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let path = config_path(&args).or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+    let mut cmd = T::command();
+    if let Some(path) = &path {
+        cmd = apply_file(cmd, path)?;
+    }
+    let matches: ArgMatches = cmd.get_matches_from(args);
+    Ok(T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// Finds `--config FILE` or `--config=FILE` before clap runs (clap needs the defaults first).
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--" {
+            break;
+        }
+        if s == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(rest) = s.strip_prefix("--config=") {
+            return Some(PathBuf::from(rest));
+        }
+    }
+    None
+}
+
+/// Reads the file and installs its values as defaults of the matching arguments.
+pub fn apply_file(cmd: Command, path: &Path) -> Result<Command, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    apply_str(cmd, path, &text)
+}
+
+/// [`apply_file`] on text already read.
+pub fn apply_str(mut cmd: Command, path: &Path, text: &str) -> Result<Command, ConfigError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| s.get_arguments().any(|a| a.get_long().is_some()))
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for (name, value) in table {
+        let Some(sub_table) = value.as_table().filter(|_| subcommands.contains(&name)) else {
+            return Err(ConfigError::UnknownTable {
+                path: path.to_path_buf(),
+                table: name,
+                known: subcommands.join(", "),
+            });
+        };
+        let sub = cmd.find_subcommand(&name).expect("listed above");
+        let known: Vec<String> = sub
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !matches!(*l, "help" | "version" | "config"))
+            .map(str::to_string)
+            .collect();
+        let mut settings: Vec<(String, Vec<String>)> = Vec::new();
+        for (key, v) in sub_table {
+            let long = key.replace('_', "-");
+            let Some(arg) = sub
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+            else {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_path_buf(),
+                    table: name.clone(),
+                    key: key.clone(),
+                    known: known.join(", "),
+                });
+            };
+            let values = scalar_strings(v).ok_or_else(|| ConfigError::BadValue {
+                path: path.to_path_buf(),
+                table: name.clone(),
+                key: key.clone(),
+            })?;
+            settings.push((arg.get_id().to_string(), values));
+        }
+        // A value from the file satisfies "required": clap does not count defaults toward
+        // required arguments or groups, so those requirements are lifted for what the file set.
+        let set_ids: Vec<String> = settings.iter().map(|(id, _)| id.clone()).collect();
+        let groups: Vec<String> = sub
+            .get_groups()
+            .filter(|g| {
+                g.get_args()
+                    .any(|a| set_ids.iter().any(|s| s == a.as_str()))
+            })
+            .map(|g| g.get_id().to_string())
+            .collect();
+        cmd = cmd.mut_subcommand(&name, |mut sc| {
+            for (id, values) in settings {
+                sc = sc.mut_arg(id, |a| a.default_values(values).required(false));
+            }
+            for g in groups {
+                sc = sc.mut_group(g, |g| g.required(false));
+            }
+            sc
+        });
+    }
+    Ok(cmd)
+}
+
+fn scalar_strings(v: &toml::Value) -> Option<Vec<String>> {
+    match v {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Integer(i) => Some(vec![i.to_string()]),
+        toml::Value::Float(f) => Some(vec![f.to_string()]),
+        toml::Value::Boolean(b) => Some(vec![b.to_string()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| scalar_strings(i).and_then(|mut v| v.pop()))
+            .collect(),
+        toml::Value::Datetime(_) | toml::Value::Table(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Run {
+            #[arg(
+                long,
+                env = "FLOPMETER_TEST_CONFIG_SPOOL_DIR",
+                default_value = "/builtin"
+            )]
+            spool_dir: String,
+            #[arg(long, default_value_t = 10)]
+            report_interval: u32,
+            #[arg(long)]
+            json: bool,
+        },
+    }
+
+    fn parse(file: &str, argv: &[&str]) -> Result<Cli, String> {
+        let cmd =
+            apply_str(Cli::command(), Path::new("test.toml"), file).map_err(|e| e.to_string())?;
+        let m = cmd.try_get_matches_from(argv).map_err(|e| e.to_string())?;
+        Cli::from_arg_matches(&m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn file_values_sit_between_cli_and_builtin_defaults() {
+        let file = "[run]\nspool-dir = \"/from-file\"\nreport_interval = 30\njson = true\n";
+        let Sub::Run {
+            spool_dir,
+            report_interval,
+            json,
+        } = parse(file, &["x", "run"]).unwrap().cmd;
+        assert_eq!(
+            (spool_dir.as_str(), report_interval, json),
+            ("/from-file", 30, true)
+        );
+        let Sub::Run {
+            spool_dir,
+            report_interval,
+            ..
+        } = parse(
+            file,
+            &["x", "run", "--spool-dir", "/cli", "--report-interval", "5"],
+        )
+        .unwrap()
+        .cmd;
+        assert_eq!((spool_dir.as_str(), report_interval), ("/cli", 5));
+        let Sub::Run { spool_dir, .. } = parse("", &["x", "run"]).unwrap().cmd;
+        assert_eq!(spool_dir, "/builtin");
+    }
+
+    #[test]
+    fn file_values_are_validated_like_flags() {
+        let err = parse("[run]\nreport-interval = \"soon\"\n", &["x", "run"]).unwrap_err();
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn typos_and_bad_files_are_errors_that_say_what_to_fix() {
+        let err = parse("[run]\nspool-dri = \"/x\"\n", &["x", "run"]).unwrap_err();
+        assert!(
+            err.contains("no option \"spool-dri\"") && err.contains("spool-dir"),
+            "{err}"
+        );
+        let err = parse("[runn]\n", &["x", "run"]).unwrap_err();
+        assert!(err.contains("[runn]") && err.contains("run"), "{err}");
+        let err = parse("[run\n", &["x", "run"]).unwrap_err();
+        assert!(err.contains("not valid TOML"), "{err}");
+        let err = parse("[run]\njson = { a = 1 }\n", &["x", "run"]).unwrap_err();
+        assert!(err.contains("must be a string"), "{err}");
+    }
+
+    #[test]
+    fn finds_the_config_flag_before_clap() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            config_path(&a(&["x", "--config", "f.toml", "run"])),
+            Some("f.toml".into())
+        );
+        assert_eq!(
+            config_path(&a(&["x", "run", "--config=g.toml"])),
+            Some("g.toml".into())
+        );
+        assert_eq!(config_path(&a(&["x", "run", "--", "--config", "h"])), None);
+    }
+}
