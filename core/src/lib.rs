@@ -10,19 +10,36 @@
 //! - [`energy::EnergyCounter`]: energy deltas from NVML's millijoule counter that survive
 //!   driver reloads and wraps.
 //! - [`plan`]: the what-if planner behind `flopmeter estimate`.
-//! - [`threshold`]: regulatory thresholds as data.
+//! - [`threshold`]: regulatory thresholds as data; [`threshold_config`]: the operator's
+//!   changes to them (add, change, disable, deciding bound), versioned.
 //! - [`stage`]: training stages and which count toward the regulatory total.
 //! - [`format`]: figures as regulators ask for them (two significant figures, MWh, days).
+//! - [`utc`]: time as `i64` Unix milliseconds, UTC only: fixed-length days and ISO 8601.
+//! - [`evidence`]: what is known about a model: role, declared plans, runs' counted FLOP over
+//!   event time.
+//! - [`projection`]: per model, the larger of the plan and the observed rate extrapolated to
+//!   each run's end; the projected crossing date.
+//! - [`clock`]: the Art. 52(1) notification clock: when it starts, why, and on what evidence.
+//! - [`alert`]: alert lifecycle (forecast → clock started → reminders → overdue, until
+//!   acknowledged or dismissed), with idempotency keys and the alert's text.
+//! - [`audit`]: the append-only SHA-256 hash chain and its verification.
 //!
 //! Architecture invariant: this crate never touches the outside world. No tokio, tonic, sled,
 //! NVML, filesystem or clock; time is always a parameter. That keeps every rule here
 //! exhaustively testable and lets an auditor recompute any figure from its inputs.
 
+pub mod alert;
+pub mod audit;
 pub mod catalogue;
+pub mod clock;
 pub mod energy;
 pub mod estimator;
+pub mod evidence;
 pub mod format;
 pub mod plan;
+pub mod projection;
 pub mod stage;
 pub mod threshold;
+pub mod threshold_config;
 pub mod units;
+pub mod utc;

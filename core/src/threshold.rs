@@ -80,6 +80,11 @@ pub struct Threshold {
 impl Threshold {
     /// The level in FLOP for an absolute threshold; for a modifier threshold, given the base
     /// model's compute (if known) and whether the base is a systemic-risk model.
+    ///
+    /// A fraction of the base is computed exactly (no rounding before the multiplication) and
+    /// rounded so that [`Threshold::crossed`] on whole FLOP gives the exact answer: down for
+    /// "greater than" (`t > b·n/d` ⇔ `t > ⌊b·n/d⌋` for integer `t`), up for "at least"
+    /// (`t ≥ b·n/d` ⇔ `t ≥ ⌈b·n/d⌉`).
     pub fn level_flop(&self, base_flop: Option<u128>, base_systemic: bool) -> u128 {
         match self.level {
             Level::Absolute { flop } => flop,
@@ -89,7 +94,18 @@ impl Threshold {
                 fallback_systemic,
                 fallback_other,
             } => match base_flop {
-                Some(b) => b / u128::from(denominator.max(1)) * u128::from(numerator),
+                Some(b) => {
+                    let (n, d) = (u128::from(numerator), u128::from(denominator.max(1)));
+                    let (q, r) = (b / d, b % d);
+                    // b·n/d = q·n + r·n/d, with r·n < d·n: no overflow below 2^96 · n.
+                    let floor = q.saturating_mul(n).saturating_add(r * n / d);
+                    let exact = (r * n).is_multiple_of(d);
+                    match self.comparison {
+                        Comparison::GreaterThan => floor,
+                        Comparison::AtLeast if exact => floor,
+                        Comparison::AtLeast => floor.saturating_add(1),
+                    }
+                }
                 None if base_systemic => fallback_systemic,
                 None => fallback_other,
             },
@@ -103,6 +119,46 @@ impl Threshold {
             Comparison::AtLeast => total >= level,
         }
     }
+
+    /// The days allowed to notify, for a threshold that obliges a notification.
+    pub fn notify_days(&self) -> Option<u32> {
+        match self.obligation {
+            Obligation::Notify { days } => Some(days),
+            Obligation::Informational => None,
+        }
+    }
+
+    /// Whether the level is relative to a base model (the downstream-modifier rule), which
+    /// applies only to models registered as modifiers.
+    pub fn is_relative(&self) -> bool {
+        matches!(self.level, Level::FractionOfBase { .. })
+    }
+
+    /// Whether two thresholds define the same rule, ignoring the version number. Used to
+    /// decide whether a configuration change deserves a new version.
+    pub fn same_rule(&self, other: &Threshold) -> bool {
+        self.id == other.id
+            && self.jurisdiction == other.jurisdiction
+            && self.legal_basis == other.legal_basis
+            && self.level == other.level
+            && self.comparison == other.comparison
+            && self.obligation == other.obligation
+    }
+}
+
+/// Whether `id` is a valid threshold id: non-empty, lowercase ASCII letters, digits and `-`.
+/// Ids appear inside alert idempotency keys and metric labels, so `/`, spaces and uppercase
+/// (which would make keys ambiguous or labels inconsistent) are refused.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The threshold with this id.
+pub fn find<'a>(thresholds: &'a [Threshold], id: &str) -> Option<&'a Threshold> {
+    thresholds.iter().find(|t| t.id == id)
 }
 
 /// The default thresholds.
@@ -200,5 +256,48 @@ mod tests {
         assert_eq!(m.level_flop(Some(3 * pow10(24)), true), pow10(24));
         assert_eq!(m.level_flop(None, true), 3_333_333_333_333_333_333_333_333);
         assert_eq!(m.level_flop(None, false), 33_333_333_333_333_333_333_333);
+        // 1e25 / 3 is not whole: "greater than" rounds down, and t > floor is exact.
+        assert_eq!(m.level_flop(Some(pow10(25)), true), pow10(25) / 3);
+        let mut at_least = m.clone();
+        at_least.comparison = Comparison::AtLeast;
+        assert_eq!(
+            at_least.level_flop(Some(pow10(25)), true),
+            pow10(25) / 3 + 1
+        );
+        let mut two_thirds = m;
+        two_thirds.level = Level::FractionOfBase {
+            numerator: 2,
+            denominator: 3,
+            fallback_systemic: 0,
+            fallback_other: 0,
+        };
+        assert_eq!(two_thirds.level_flop(Some(10), false), 6);
+        assert_eq!(
+            two_thirds.level_flop(Some(u128::MAX), false),
+            u128::MAX / 3 * 2
+        );
+    }
+
+    #[test]
+    fn ids_and_helpers() {
+        assert!(is_valid_id("eu-systemic-risk"));
+        for bad in ["", "EU", "a/b", "a b"] {
+            assert!(!is_valid_id(bad), "{bad:?}");
+        }
+        for t in defaults() {
+            assert!(is_valid_id(&t.id), "{}", t.id);
+        }
+        let d = defaults();
+        assert_eq!(
+            find(&d, "eu-systemic-risk").unwrap().notify_days(),
+            Some(14)
+        );
+        assert_eq!(find(&d, "us-ca-sb53").unwrap().notify_days(), None);
+        assert!(find(&d, "eu-modifier").unwrap().is_relative());
+        let mut bumped = get("eu-gpai-indicative");
+        bumped.version = 7;
+        assert!(bumped.same_rule(&get("eu-gpai-indicative")));
+        bumped.legal_basis.push('!');
+        assert!(!bumped.same_rule(&get("eu-gpai-indicative")));
     }
 }
