@@ -172,11 +172,11 @@ impl GpuModel {
     }
 
     /// The physical ceiling in FLOP/s: every tensor and vector unit at its highest rate at
-    /// once. No honest estimate of one interval can exceed it; the collector rejects records
-    /// that do.
+    /// once, with the estimator's high-bound margin on the tensor term. No honest estimate of
+    /// one interval can exceed it; the collector rejects records that do.
     pub fn ceiling_flop_per_s(&self) -> f64 {
         let p = &self.peaks;
-        let tflops = p.max_tensor().unwrap_or(0.0)
+        let tflops = p.max_tensor().unwrap_or(0.0) * crate::estimator::HIGH_MARGIN
             + p.fp32.unwrap_or(0.0)
             + p.fp16_vector().unwrap_or(0.0)
             + p.fp64.unwrap_or(0.0);

@@ -181,7 +181,7 @@ pub fn evaluate(input: &PlanInput<'_>, thresholds: &[Threshold]) -> Result<PlanO
         Utilisation::TensorUtil(_) => (
             estimator::TILE_FACTOR * u * central_peak,
             u * central_peak,
-            u * high_peak,
+            u * high_peak * estimator::HIGH_MARGIN,
             Method::GpmTensor,
         ),
         // MFU is useful FLOP already: no tile correction, only the precision question.
