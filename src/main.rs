@@ -40,6 +40,38 @@ enum Command {
     Gpus(cmd::gpus::GpusArgs),
     /// What-if planner: the FLOP a planned run will execute and the thresholds it crosses.
     Estimate(cmd::estimate::EstimateArgs),
+    /// Run the collector: exactly-once ingest from agents, the durable ledger, /metrics and
+    /// the JSON API, the admin API.
+    Collector(flopmeter_collector::config::CollectorArgs),
+    /// List the models in the ledger with their counted and excluded FLOP.
+    Models(cmd::models::ModelsArgs),
+    /// List the runs of one model.
+    Runs(cmd::models::RunsArgs),
+    /// The model registry: base model and inherited compute, role, declared plan.
+    Model(cmd::model::ModelArgs),
+    /// The Annex XI / Model Documentation Form figures of one model (text, JSON, CSV).
+    Report(cmd::report::ReportArgs),
+    /// Ledger maintenance: `ledger verify` recomputes every total from the raw records.
+    Ledger(cmd::ledger::LedgerArgs),
+    /// Load generator: simulated agents against a collector over the real protocol.
+    Loadgen(flopmeter_collector::loadgen::LoadgenArgs),
+    /// Run the node agent: read the GPUs, attribute FLOP to runs and models, spool the
+    /// records durably and stream them to the collector.
+    Agent(flopmeter_agent::AgentArgs),
+    /// Show this node's GPUs and a few seconds of readings with their FLOP estimate and
+    /// method: what the agent will report, before deploying it.
+    Probe(flopmeter_agent::probe::ProbeArgs),
+    /// The compliance story in seconds: an embedded collector, simulated agents on a virtual
+    /// clock, the Art. 52 clock starting for each reason, alerts to a webhook, an ack, audit.
+    Demo(cmd::demo::DemoArgs),
+    /// List alerts: state, clock start and reason, deadline, time left, delivery status.
+    Alerts(cmd::compliance::AlertsArgs),
+    /// Record that the Art. 52 notification was made (ends the alert; admin token).
+    Ack(cmd::compliance::AckArgs),
+    /// Dismiss an alert with a reason (admin token; audited).
+    Dismiss(cmd::compliance::DismissArgs),
+    /// The audit log: `audit verify` checks the hash chain, `audit export` writes JSON lines.
+    Audit(cmd::compliance::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +86,22 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Gpus(args) => cmd::gpus::run(args, &mut stdout),
         Command::Estimate(args) => cmd::estimate::run(args, &mut stdout),
+        Command::Collector(args) => cmd::collector::run(args, &mut stdout),
+        Command::Models(args) => cmd::models::run_models(args, &mut stdout),
+        Command::Runs(args) => cmd::models::run_runs(args, &mut stdout),
+        Command::Model(args) => cmd::model::run(args, &mut stdout),
+        Command::Report(args) => cmd::report::run(args, &mut stdout),
+        Command::Ledger(args) => cmd::ledger::run(args, &mut stdout),
+        Command::Loadgen(args) => cmd::loadgen::run(args, &mut stdout),
+        Command::Agent(args) => cmd::agent::run(args, &mut stdout),
+        Command::Demo(args) => cmd::demo::run(args, &mut std::io::stdout()),
+        Command::Alerts(args) => cmd::compliance::run_alerts(args, &mut stdout),
+        Command::Ack(args) => cmd::compliance::run_ack(args, &mut stdout),
+        Command::Dismiss(args) => cmd::compliance::run_dismiss(args, &mut stdout),
+        Command::Audit(args) => cmd::compliance::run_audit(args, &mut stdout),
+        Command::Probe(args) => {
+            flopmeter_agent::probe::run(args, &mut stdout).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

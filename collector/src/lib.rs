@@ -1,1 +1,326 @@
-//! flopmeter-collector: ingest, ledger, compliance driver and HTTP (filled by later issues).
+//! flopmeter-collector: the system of record of a flopmeter deployment.
+//!
+//! Agents stream interval records over gRPC ([`ingest`]); the collector validates them,
+//! applies each agent's records exactly once and in order to a durable ledger ([`ledger`])
+//! through a single group-committing writer ([`writer`]), and acknowledges only what is on
+//! disk. It serves Prometheus metrics and a JSON API over HTTP ([`http`]), an admin gRPC API
+//! for the CLI ([`admin`]), and the Annex XI figures per model ([`report`]).
+//!
+//! Module map:
+//! - [`config`]: `flopmeter collector` flags and the resolved configuration;
+//! - [`ingest`]: the agent stream, validation at the door ([`ingest::validate`]), tokens;
+//! - [`writer`]: the one thread that mutates the ledger (group commit, ack after flush);
+//! - [`ledger`]: the [`ledger::LedgerStore`] trait, its sled implementation, aggregates,
+//!   rollups and `verify`;
+//! - [`admin`], [`http`], [`metrics`], [`report`]: the read and admin sides;
+//! - [`loadgen`]: a protocol-faithful simulated agent fleet for benchmarks and tests.
+//!
+//! [`Collector::start`] wires it all; the `flopmeter collector` subcommand adds signals and
+//! logging.
+
+pub mod admin;
+pub mod compliance;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ingest;
+pub mod ledger;
+pub mod loadgen;
+pub mod metrics;
+pub mod report;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use flopmeter_proto::v1::admin_server::AdminServer;
+use flopmeter_proto::v1::compliance_server::ComplianceServer;
+use flopmeter_proto::v1::ingest_server::IngestServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::CollectorConfig;
+use crate::ledger::sled_store::SledStore;
+use crate::ledger::{LedgerStore, StoreError};
+use crate::metrics::Metrics;
+use crate::writer::{Job, Writer};
+
+/// The collector's wall clock, Unix ms. Used only at the edges (ingest receipt, retention,
+/// registry timestamps); everything below takes time as a parameter.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Errors starting or running the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The ledger could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+    /// The compliance engine could not start (its store, or an invalid threshold config).
+    #[error("compliance engine: {0}")]
+    Compliance(String),
+}
+
+/// Largest gRPC message accepted: a backfilling agent may send big batches.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long a shutdown waits for connections to close before it stops them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Collector {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    metrics: Metrics,
+    store: Arc<dyn LedgerStore>,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    rollups: JoinHandle<()>,
+    writer: Writer,
+    compliance: compliance::Compliance,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+impl Collector {
+    /// Opens the ledger, starts the writer, binds both servers and starts serving.
+    pub async fn start(cfg: CollectorConfig) -> Result<Collector, ServeError> {
+        let data_dir = cfg.data_dir.clone();
+        let cache_bytes = cfg.cache_bytes;
+        let sled_store =
+            tokio::task::spawn_blocking(move || SledStore::open_with_cache(&data_dir, cache_bytes))
+                .await
+                .map_err(|e| StoreError::Storage(e.to_string()))??;
+        // The compliance engine keeps its trees in the same database (one flush covers both).
+        let compliance_store = Arc::new(
+            compliance::ComplianceStore::open(sled_store.db())
+                .map_err(|e| ServeError::Compliance(e.to_string()))?,
+        );
+        let store: Arc<dyn LedgerStore> = Arc::new(sled_store);
+        store.set_stage_policy(&cfg.policy)?;
+        store.flush()?;
+        let metrics = Metrics::new();
+        metrics.start_time.set(now_unix_ms() as f64 / 1000.0);
+        let writer = Writer::start(
+            store.clone(),
+            metrics.clone(),
+            cfg.writer_queue,
+            cfg.commit_group,
+        );
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let engine = compliance::Engine::open(
+            store.clone(),
+            compliance_store,
+            cfg.compliance.clone(),
+            cfg.policy.clone(),
+            compliance::metrics::ComplianceMetrics::register(metrics.registry())
+                .map_err(|e| ServeError::Compliance(e.to_string()))?,
+        )
+        .map_err(|e| ServeError::Compliance(e.to_string()))?;
+        let compliance = compliance::Compliance::start(
+            engine,
+            metrics.ingest_records.clone(),
+            shutdown_rx.clone(),
+        );
+
+        let grpc_listener = bind(cfg.listen).await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let http_listener = bind(cfg.http_addr).await?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.http_addr,
+                source,
+            })?;
+
+        let ingest = ingest::IngestService::new(
+            store.clone(),
+            writer.handle(),
+            metrics.clone(),
+            cfg.limits,
+            cfg.agent_tokens.clone(),
+            shutdown_rx.clone(),
+        );
+        let admin = admin::AdminService::new(
+            store.clone(),
+            writer.handle(),
+            cfg.policy.clone(),
+            cfg.admin_token.clone(),
+        );
+        // Acks are small and latency-bound: without TCP_NODELAY, Nagle's algorithm and
+        // delayed ACKs add tens of milliseconds to each one.
+        let incoming = TcpListenerStream::new(grpc_listener).map(|s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let mut stop = shutdown_rx.clone();
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .add_service(
+                    IngestServer::new(ingest)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .add_service(AdminServer::new(admin).max_encoding_message_size(MAX_MESSAGE_BYTES))
+                .add_service(ComplianceServer::new(
+                    compliance::admin::ComplianceService::new(
+                        compliance.engine().clone(),
+                        cfg.admin_token.clone(),
+                    ),
+                ))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        );
+
+        let router = http::router(http::HttpState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            policy: cfg.policy.clone(),
+            ready: ready.clone(),
+        })
+        .merge(compliance::http::router(compliance.engine().clone()));
+        let mut stop = shutdown_rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+
+        let rollups = tokio::spawn(rollup_loop(
+            writer.handle(),
+            cfg.raw_retention,
+            cfg.rollup_every,
+        ));
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %cfg.data_dir.display(), "collector serving");
+        Ok(Collector {
+            grpc_addr,
+            http_addr,
+            metrics,
+            store,
+            ready,
+            shutdown,
+            grpc,
+            http,
+            rollups,
+            writer,
+            compliance,
+        })
+    }
+
+    /// The compliance engine (evaluate on demand, ack, views).
+    pub fn compliance(&self) -> &compliance::Compliance {
+        &self.compliance
+    }
+
+    /// The bound gRPC address (ingest and admin).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The ledger (for reads; writes go through the writer).
+    pub fn store(&self) -> Arc<dyn LedgerStore> {
+        self.store.clone()
+    }
+
+    /// Graceful shutdown: stop being ready, end agent streams (they get UNAVAILABLE and
+    /// reconnect elsewhere or later), stop both servers, let the writer finish and flush
+    /// what it was given, and return once the ledger is closed.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        self.rollups.abort();
+        self.compliance.stop().await;
+        let grpc = tokio::time::timeout(SHUTDOWN_GRACE, self.grpc).await;
+        let http = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
+        self.writer.stop().await;
+        self.store.flush()?;
+        tracing::info!("collector stopped");
+        if let Ok(Ok(Err(e))) = grpc {
+            return Err(ServeError::Grpc(e));
+        }
+        if let Ok(Ok(Err(e))) = http {
+            return Err(ServeError::Http(e));
+        }
+        Ok(())
+    }
+}
+
+/// Periodically rolls raw batches past the retention age into hourly rollups, in bounded
+/// steps queued behind ingest.
+async fn rollup_loop(writer: writer::WriterHandle, retention: Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let cutoff_unix_ms = now_unix_ms() - retention.as_millis() as i64;
+            let r = writer
+                .call(|reply| Job::RollUp {
+                    cutoff_unix_ms,
+                    reply: Some(reply),
+                })
+                .await;
+            match r {
+                Ok(Ok(stats)) if stats.more => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "rollup failed");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}

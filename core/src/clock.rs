@@ -94,6 +94,7 @@ pub enum LevelSource {
         /// Base model.
         base_model: String,
         /// Its compute.
+        #[serde(with = "crate::units::u128_compat")]
         base_flop: u128,
         /// Where that figure comes from.
         source: Option<String>,
@@ -431,6 +432,7 @@ pub enum FactKind {
         /// Its instant (event time for a measured crossing).
         at_ms: i64,
         /// Counted measured total when recorded.
+        #[serde(with = "crate::units::flop_total_compat")]
         measured: FlopTotal,
     },
     /// Evidence dated before the effective start: the requirement was met (or known) earlier.
@@ -443,6 +445,7 @@ pub enum FactKind {
         /// `at_ms` plus the notification period.
         implied_deadline_ms: i64,
         /// Counted measured total when recorded.
+        #[serde(with = "crate::units::flop_total_compat")]
         measured: FlopTotal,
     },
     /// The threshold's rule changed (new version) while the clock was running. The clock is

@@ -42,6 +42,7 @@ pub enum Level {
     /// A fixed number of FLOP.
     Absolute {
         /// The level.
+        #[serde(with = "crate::units::u128_compat")]
         flop: u128,
     },
     /// A fraction of the base model's compute (downstream modifiers), with fallbacks when
@@ -52,8 +53,10 @@ pub enum Level {
         /// Denominator of the fraction.
         denominator: u32,
         /// Level when the base compute is unknown and the base is a systemic-risk model.
+        #[serde(with = "crate::units::u128_compat")]
         fallback_systemic: u128,
         /// Level when the base compute is unknown otherwise.
+        #[serde(with = "crate::units::u128_compat")]
         fallback_other: u128,
     },
 }

@@ -373,3 +373,119 @@ mod tests {
         }
     }
 }
+
+/// Serde for a `u128` inside an internally tagged enum (`#[serde(tag = ...)]`).
+///
+/// Why: serde buffers an internally tagged enum's fields in its private `Content` type before
+/// picking the variant, and `Content` has no 128-bit integer, so a derived `u128` field there
+/// fails to deserialize ("u128 is not supported") and the collector could not read back a
+/// stored clock. This writes values up to `u64::MAX` as JSON integers (unchanged shape) and
+/// larger ones as exact decimal strings, and reads integers, `u128`s and decimal strings;
+/// floats are refused because they would silently round a FLOP figure.
+pub mod u128_compat {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    /// Serializes as a `u64` when it fits, else as a decimal string.
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        match u64::try_from(*v) {
+            Ok(small) => s.serialize_u64(small),
+            Err(_) => s.serialize_str(&v.to_string()),
+        }
+    }
+
+    struct V;
+
+    impl Visitor<'_> for V {
+        type Value = u128;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer or its decimal string")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u128, E> {
+            Ok(u128::from(v))
+        }
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<u128, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u128, E> {
+            u128::try_from(v).map_err(|_| E::custom("negative FLOP figure"))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u128, E> {
+            v.parse()
+                .map_err(|_| E::custom(format!("not a decimal integer: {v:?}")))
+        }
+    }
+
+    /// Deserializes from an integer or a decimal string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        d.deserialize_any(V)
+    }
+}
+
+/// Serde for a [`FlopTotal`] inside an internally tagged enum; see [`u128_compat`] for why.
+pub mod flop_total_compat {
+    use super::FlopTotal;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Compat {
+        #[serde(with = "super::u128_compat")]
+        low: u128,
+        #[serde(with = "super::u128_compat")]
+        central: u128,
+        #[serde(with = "super::u128_compat")]
+        high: u128,
+    }
+
+    /// Serializes `{low, central, high}` with [`super::u128_compat`] fields.
+    pub fn serialize<S: Serializer>(v: &FlopTotal, s: S) -> Result<S::Ok, S::Error> {
+        Compat {
+            low: v.low,
+            central: v.central,
+            high: v.high,
+        }
+        .serialize(s)
+    }
+
+    /// Deserializes what [`serialize`] writes (or plain integers).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FlopTotal, D::Error> {
+        let c = Compat::deserialize(d)?;
+        Ok(FlopTotal {
+            low: c.low,
+            central: c.central,
+            high: c.high,
+        })
+    }
+}
+
+#[cfg(test)]
+mod compat_tests {
+    use crate::clock::FactKind;
+    use crate::threshold::Level;
+    use crate::units::FlopTotal;
+
+    #[test]
+    fn u128_inside_tagged_enums_round_trips_through_json_exactly() {
+        let big = 21_000_000_000_000_000_000_123u128;
+        let level = Level::Absolute { flop: big };
+        let json = serde_json::to_string(&level).unwrap();
+        assert_eq!(serde_json::from_str::<Level>(&json).unwrap(), level);
+        let fact = FactKind::EarlierEvidence {
+            reason: crate::clock::StartReason::Measured,
+            at_ms: 1,
+            implied_deadline_ms: 2,
+            measured: FlopTotal {
+                low: 5,
+                central: big,
+                high: u128::MAX,
+            },
+        };
+        let json = serde_json::to_string(&fact).unwrap();
+        assert!(
+            json.contains("\"low\":5"),
+            "small values stay integers: {json}"
+        );
+        assert_eq!(serde_json::from_str::<FactKind>(&json).unwrap(), fact);
+    }
+}

@@ -4,7 +4,8 @@
 //! generated from them is committed in `src/gen/` and checked for drift by
 //! `tests/bootstrap.rs`, so building flopmeter never needs `protoc` (see ARCHITECTURE.md).
 //!
-//! - [`v1`]: messages, the `Ingest` client and server.
+//! - [`v1`]: messages, the `Ingest` client and server (agents → collector) and the `Admin`
+//!   client and server (CLI → collector, `admin.proto`).
 //! - [`convert`]: conversions between wire enums and flopmeter-core's types.
 
 /// Package `flopmeter.v1`, generated.

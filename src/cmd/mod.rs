@@ -3,8 +3,18 @@
 
 use std::process::ExitCode;
 
+pub mod agent;
+pub mod client;
+pub mod collector;
+pub mod compliance;
+pub mod demo;
 pub mod estimate;
 pub mod gpus;
+pub mod ledger;
+pub mod loadgen;
+pub mod model;
+pub mod models;
+pub mod report;
 
 /// An error the user can fix by changing the command line: exit code 2, like clap's own.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,434 @@
+//! `flopmeter agent` options: every flag long-named, with a `FLOPMETER_*` environment variable,
+//! so flags, environment and the config file's `[agent]` table (keys are the long flag names)
+//! all reach the same place.
+//!
+//! `--print-config` prints the effective options as such an `[agent]` table, so an operator
+//! can see what a node runs with, and paste it into a config file. The agent token is redacted.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+/// Errors in the options that clap's parsers cannot catch alone.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent with another.
+    #[error("{0}")]
+    Invalid(String),
+    /// The effective config could not be rendered as TOML.
+    #[error("rendering the config as TOML: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+/// A duration written as humans do: `250ms`, `1s`, `10s`, `5m`, `12h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 1s, 5m, 12h"))?;
+        let secs = match unit.trim() {
+            "ms" => n / 1000.0,
+            "s" | "" => n,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86_400.0,
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
+                ));
+            }
+        };
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        Ok(HumanDuration(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        let (n, unit) = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ]
+        .into_iter()
+        .find(|(u, _)| ms >= *u && ms.is_multiple_of(*u))
+        .map_or((ms, "ms"), |(u, name)| (ms / u, name));
+        write!(f, "{n}{unit}")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A size written as humans do: `256MiB`, `1GiB`, `500MB`, `1048576`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected e.g. 256MiB, 1GiB"))?;
+        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "m" | "mb" => 1e6,
+            "g" | "gb" => 1e9,
+            "ki" | "kib" => 1024.0,
+            "mi" | "mib" => 1024.0 * 1024.0,
+            "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+        };
+        let bytes = n * mult;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("invalid size {s:?}"));
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (u, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+            if b >= u && b.is_multiple_of(u) {
+                return write!(f, "{}{name}", b / u);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Whether to watch Kubernetes pods for attribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeMode {
+    /// On when a cluster config is found (in-cluster service account or kubeconfig).
+    Auto,
+    /// Always; failing to configure the client is an error.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn redact<S: Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Options of `flopmeter agent`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[command(after_help = "\
+The agent runs on every GPU node. It reads the GPUs through NVML every --sample-interval,
+estimates the FLOP each process executes, attributes it to a run and model (FLOPMETER_* in
+the process environment, flopmeter.io/* pod labels, or the Slurm job), and every
+--report-interval writes one record per run and GPU to its spool. Records stay in the spool
+until the collector acknowledges them, across restarts and network cuts.
+
+It needs to see the training processes: run it with hostPID (Kubernetes) or on the host,
+as root or with CAP_SYS_PTRACE to read other users' /proc/<pid>/environ.
+
+Examples:
+  flopmeter agent --collector http://collector:7443 --spool-dir /var/lib/flopmeter/agent
+  flopmeter agent --print-config
+  flopmeter agent --simulate workload.toml --collector http://127.0.0.1:7443 --spool-dir /tmp/a")]
+pub struct AgentArgs {
+    /// Collector gRPC address.
+    #[arg(
+        long,
+        env = "FLOPMETER_COLLECTOR",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7443"
+    )]
+    pub collector: String,
+
+    /// Directory of the spool (records until acknowledged) and the agent id.
+    #[arg(
+        long,
+        env = "FLOPMETER_SPOOL_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/flopmeter/agent"
+    )]
+    pub spool_dir: PathBuf,
+
+    /// This agent's id. Default: generated once and kept in the spool directory, so it is
+    /// stable across restarts. A spool holding records of another id refuses to start.
+    #[arg(long, env = "FLOPMETER_AGENT_ID", value_name = "ID")]
+    pub agent_id: Option<String>,
+
+    /// Node name (Kubernetes: the pod's spec.nodeName, used to watch this node's pods).
+    /// Default: NODE_NAME, then the host name.
+    #[arg(long, env = "FLOPMETER_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Token sent to the collector as `authorization: Bearer <token>`.
+    #[arg(
+        long,
+        env = "FLOPMETER_AGENT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(serialize_with = "redact")]
+    pub agent_token: Option<String>,
+
+    /// Address of /metrics and /healthz; "off" disables them.
+    #[arg(
+        long,
+        env = "FLOPMETER_METRICS_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9402"
+    )]
+    pub metrics_addr: String,
+
+    /// Time between GPU reads.
+    #[arg(
+        long,
+        env = "FLOPMETER_SAMPLE_INTERVAL",
+        value_name = "DURATION",
+        default_value = "1s"
+    )]
+    pub sample_interval: HumanDuration,
+
+    /// Time covered by one record (per run and GPU).
+    #[arg(
+        long,
+        env = "FLOPMETER_REPORT_INTERVAL",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub report_interval: HumanDuration,
+
+    /// Where to read processes' environ, cgroup and stat (a container mounts the host's
+    /// /proc elsewhere).
+    #[arg(
+        long,
+        env = "FLOPMETER_PROC_ROOT",
+        value_name = "DIR",
+        default_value = "/proc"
+    )]
+    pub proc_root: PathBuf,
+
+    /// The NVML library to load.
+    #[arg(
+        long,
+        env = "FLOPMETER_NVML_LIB",
+        value_name = "PATH",
+        default_value = "libnvidia-ml.so.1"
+    )]
+    pub nvml_lib: PathBuf,
+
+    /// Watch this node's pods for flopmeter.io/* labels: auto, on or off.
+    #[arg(
+        long,
+        env = "FLOPMETER_KUBE",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub kube: KubeMode,
+
+    /// Size cap of the spool. When full, the agent holds records in memory, raises
+    /// flopmeter_agent_spool_full and never drops them.
+    #[arg(
+        long,
+        env = "FLOPMETER_SPOOL_MAX_BYTES",
+        value_name = "SIZE",
+        default_value = "256MiB"
+    )]
+    pub spool_max_bytes: ByteSize,
+
+    /// On SIGTERM, how long to keep shipping the spool before exiting.
+    #[arg(
+        long,
+        env = "FLOPMETER_DRAIN_GRACE",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub drain_grace: HumanDuration,
+
+    /// Dense BF16 peak (TFLOP/s) for GPUs not in the catalogue. Without it their work is
+    /// reported as unestimated, never with a neighbour's numbers.
+    #[arg(long, env = "FLOPMETER_UNKNOWN_GPU_PEAK_TFLOPS", value_name = "TFLOPS")]
+    pub unknown_gpu_peak_tflops: Option<f64>,
+
+    /// Read GPUs from a simulated workload (TOML, see the agent docs) instead of NVML: for
+    /// demos and trying the pipeline on a machine without GPUs.
+    #[arg(long, env = "FLOPMETER_SIMULATE", value_name = "FILE")]
+    pub simulate: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "FLOPMETER_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long, env = "FLOPMETER_PRINT_CONFIG")]
+    #[serde(skip)]
+    pub print_config: bool,
+}
+
+impl AgentArgs {
+    /// Checks what clap cannot: ranges and relations between options.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sample = self.sample_interval.0;
+        let report = self.report_interval.0;
+        if sample < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid(format!(
+                "--sample-interval {} is below 10ms",
+                self.sample_interval
+            )));
+        }
+        if report < sample {
+            return Err(ConfigError::Invalid(format!(
+                "--report-interval {} is shorter than --sample-interval {}",
+                self.report_interval, self.sample_interval
+            )));
+        }
+        if report > Duration::from_secs(30 * 60) {
+            return Err(ConfigError::Invalid(format!(
+                "--report-interval {} is above 30m (the collector rejects records longer \
+                 than its --max-interval, 1h by default)",
+                self.report_interval
+            )));
+        }
+        if let Some(p) = self.unknown_gpu_peak_tflops
+            && !(p.is_finite() && p > 0.0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--unknown-gpu-peak-tflops {p} must be a positive number"
+            )));
+        }
+        self.metrics_socket()?;
+        Ok(())
+    }
+
+    /// The metrics address, `None` when disabled.
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics_addr.trim() {
+            "" | "off" | "none" => Ok(None),
+            a => a.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "--metrics-addr {a:?} is not an address like 0.0.0.0:9402 (or \"off\")"
+                ))
+            }),
+        }
+    }
+
+    /// The effective configuration as a config-file `[agent]` table.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        #[derive(Serialize)]
+        struct File<'a> {
+            agent: &'a AgentArgs,
+        }
+        Ok(toml::to_string(&File { agent: self })?)
+    }
+
+    /// Defaults for everything, as if no flag, variable or file was given (tests).
+    pub fn defaults() -> AgentArgs {
+        use clap::{Args, Command, FromArgMatches};
+        let cmd = AgentArgs::augment_args(Command::new("agent").no_binary_name(true));
+        let m = cmd
+            .try_get_matches_from(std::iter::empty::<String>())
+            .expect("the defaults parse");
+        AgentArgs::from_arg_matches(&m).expect("the defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_round_trip() {
+        for s in ["250ms", "1s", "10s", "5m", "12h", "7d"] {
+            assert_eq!(s.parse::<HumanDuration>().unwrap().to_string(), s);
+        }
+        assert_eq!("1.5s".parse::<HumanDuration>().unwrap().0.as_millis(), 1500);
+        assert!("5 weeks".parse::<HumanDuration>().is_err());
+        for s in ["256MiB", "1GiB", "4KiB", "1000"] {
+            assert_eq!(s.parse::<ByteSize>().unwrap().to_string(), s);
+        }
+        assert_eq!("1MB".parse::<ByteSize>().unwrap().0, 1_000_000);
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn print_config_is_a_config_file_and_redacts_the_token() {
+        let mut a = AgentArgs::defaults();
+        a.agent_token = Some("s3cret".into());
+        let text = a.to_toml().unwrap();
+        assert!(text.starts_with("[agent]"), "{text}");
+        assert!(
+            text.contains("collector = \"http://127.0.0.1:7443\""),
+            "{text}"
+        );
+        assert!(text.contains("sample-interval = \"1s\""), "{text}");
+        assert!(text.contains("spool-max-bytes = \"256MiB\""), "{text}");
+        assert!(text.contains("kube = \"auto\""), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("print-config"), "{text}");
+    }
+
+    #[test]
+    fn validation() {
+        let mut a = AgentArgs::defaults();
+        a.validate().unwrap();
+        a.report_interval = HumanDuration(Duration::from_millis(500));
+        assert!(a.validate().is_err());
+        let mut b = AgentArgs::defaults();
+        b.metrics_addr = "nowhere".into();
+        assert!(b.validate().is_err());
+        b.metrics_addr = "off".into();
+        assert_eq!(b.metrics_socket().unwrap(), None);
+    }
+}

@@ -1,0 +1,586 @@
+//! The sampler: reads the GPUs every sample interval, estimates FLOP, attributes it to runs,
+//! and every report interval turns what it accumulated into interval records in the spool.
+//!
+//! Why it is a plain blocking loop on its own thread: NVML calls block (a GPU falling off the
+//! bus can stall a call for seconds), and an async worker stuck in NVML would stall the
+//! shipper and the metrics endpoint with it.
+//!
+//! Per tick and GPU: the reading's interval is estimated by the core estimator (per distinct
+//! declared precision of the processes on the GPU), energy comes from the NVML counter via
+//! [`EnergyCounter`], and the GPU's processes split both by their SM share. The results are
+//! added to one accumulator per (run identity, GPU, method, precision). At a report boundary
+//! each accumulator becomes one record. FLOP is rounded once per tick and share, and summed as
+//! integers from then on.
+//!
+//! Back-pressure: when the spool refuses (full, or a disk error), the accumulators are kept
+//! and keep growing in *time*, not in number: the next boundary retries with records that
+//! cover the longer interval. Once an interval spans `max_record_span` (the collector rejects
+//! longer records) its records are closed into a held queue and a new interval starts, so
+//! memory grows by one record per (run, GPU) per span. Past `max_held_records` the records
+//! are written past the spool's cap rather than dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flopmeter_core::catalogue::GpuModel;
+use flopmeter_core::energy::EnergyCounter;
+use flopmeter_core::units::{FlopBand, Method, Precision};
+use flopmeter_proto::v1;
+
+use crate::attribution::{Attribution, Attributor, Source};
+use crate::clock::{Clock, StopSignal};
+use crate::gpu::{self, GpuInfo, GpuSource, GpuStatus, IntervalSummary, Inventory, Tick};
+use crate::metrics::AgentMetrics;
+use crate::spool::{Spool, SpoolError};
+
+/// Sampler settings.
+#[derive(Debug, Clone)]
+pub struct SamplerConfig {
+    /// Time between GPU reads.
+    pub sample_interval: Duration,
+    /// Time between records.
+    pub report_interval: Duration,
+    /// Records (held and open) kept in memory while the spool refuses, before they are
+    /// written past its cap.
+    pub max_held_records: usize,
+    /// The longest interval one record may cover while the spool refuses (the collector
+    /// rejects records longer than its `--max-interval`, 1 h by default).
+    pub max_record_span: Duration,
+    /// BF16 dense peak (TFLOP/s) to use for GPUs the catalogue does not know.
+    pub unknown_gpu_peak_tflops: Option<f64>,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            sample_interval: Duration::from_secs(1),
+            report_interval: Duration::from_secs(10),
+            max_held_records: 10_000,
+            max_record_span: Duration::from_secs(30 * 60),
+            unknown_gpu_peak_tflops: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    who: Arc<Attribution>,
+    gpu: u32,
+    method: Method,
+    precision: Precision,
+    precision_declared: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Acc {
+    uuid: String,
+    gpu_type: &'static str,
+    unknown_peak: bool,
+    low: u64,
+    central: u64,
+    high: u64,
+    gpu_ms: f64,
+    energy_mj: f64,
+    clock_mhz_s: f64,
+    clock_s: f64,
+    tensor_s: f64,
+    seconds: f64,
+    approximate: bool,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushOutcome {
+    /// Nothing to write.
+    Empty,
+    /// `n` records written.
+    Written(usize),
+    /// The spool refused; the accumulators are held and retried at the next boundary.
+    Held,
+}
+
+/// The accumulating state of the sampler. [`Sampler::run`] drives it from a [`GpuSource`];
+/// [`Sampler::tick`] and [`Sampler::flush`] are public so benchmarks and tests can drive it
+/// step by step.
+#[derive(Debug)]
+pub struct Sampler {
+    cfg: SamplerConfig,
+    attributor: Attributor,
+    spool: Arc<Spool>,
+    metrics: Arc<AgentMetrics>,
+    energy: HashMap<u32, EnergyCounter>,
+    open: HashMap<Key, Acc>,
+    held: Vec<v1::IntervalRecord>,
+    run_flop: HashMap<[String; 3], f64>,
+    operator_model: Option<Arc<GpuModel>>,
+    warned: HashSet<(u32, &'static str)>,
+    last_method: HashMap<u32, &'static str>,
+}
+
+impl Sampler {
+    /// A sampler writing to `spool`.
+    pub fn new(
+        cfg: SamplerConfig,
+        attributor: Attributor,
+        spool: Arc<Spool>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        let operator_model = cfg
+            .unknown_gpu_peak_tflops
+            .map(|p| Arc::new(GpuModel::operator_supplied(p)));
+        Sampler {
+            cfg,
+            attributor,
+            spool,
+            metrics,
+            energy: HashMap::new(),
+            open: HashMap::new(),
+            held: Vec::new(),
+            run_flop: HashMap::new(),
+            operator_model,
+            warned: HashSet::new(),
+            last_method: HashMap::new(),
+        }
+    }
+
+    /// Samples until `stop` is raised, then flushes the partial interval into the spool.
+    /// `inventory` receives the source's inventory at start and whenever it changes (the
+    /// shipper's hello carries it).
+    pub fn run(
+        &mut self,
+        source: &mut dyn GpuSource,
+        clock: &dyn Clock,
+        stop: &StopSignal,
+        inventory: &tokio::sync::watch::Sender<Option<Inventory>>,
+    ) {
+        let sample = self.cfg.sample_interval.max(Duration::from_millis(1));
+        let report = self.cfg.report_interval.max(sample);
+        let start = clock.monotonic();
+        let mut next_tick = start;
+        let mut next_report = start + report;
+        let mut report_start_ms = clock.now_unix_ms();
+        loop {
+            if !clock.sleep_until(next_tick, stop) {
+                break;
+            }
+            let now = clock.monotonic();
+            let tick = source.read(now);
+            let now_ms = clock.now_unix_ms();
+            if inventory.borrow().as_ref() != Some(source.inventory()) {
+                inventory.send_replace(Some(source.inventory().clone()));
+            }
+            self.tick(source.inventory(), &tick, now_ms);
+            if clock.monotonic() >= next_report {
+                self.report(report_start_ms, now_ms, false);
+                report_start_ms = now_ms;
+                while next_report <= clock.monotonic() {
+                    next_report += report;
+                }
+            }
+            next_tick += sample;
+            let after = clock.monotonic();
+            while next_tick <= after {
+                // The tick took longer than the interval: skip the deadlines it missed
+                // rather than bursting to catch up, and count them.
+                self.metrics.sampler_overruns_total.inc();
+                next_tick += sample;
+            }
+        }
+        let now_ms = clock.now_unix_ms();
+        self.report(report_start_ms, now_ms, true);
+    }
+
+    /// Ends a report interval: publishes run rates and flushes the accumulators.
+    fn report(&mut self, start_ms: i64, end_ms: i64, last: bool) -> FlushOutcome {
+        let seconds = (end_ms - start_ms).max(1) as f64 / 1000.0;
+        let rates: Vec<([String; 3], f64)> = self
+            .run_flop
+            .drain()
+            .map(|(k, flop)| (k, flop / seconds))
+            .collect();
+        self.metrics.set_run_rates(&rates);
+        self.flush(end_ms, last)
+    }
+
+    /// Processes one tick of readings taken at event time `now_ms`.
+    pub fn tick(&mut self, inventory: &Inventory, tick: &Tick, now_ms: i64) {
+        self.metrics.sampler_ticks_total.inc();
+        for reading in &tick.gpus {
+            let info = inventory.gpus.iter().find(|g| g.index == reading.index);
+            let uuid = reading
+                .uuid
+                .clone()
+                .or_else(|| info.and_then(|i| i.uuid.clone()))
+                .unwrap_or_default();
+            let idx = reading.index.to_string();
+            let labels = [idx.as_str(), uuid.as_str()];
+            if reading.status != GpuStatus::Ok {
+                self.metrics.gpu_up.with_label_values(&labels).set(0);
+                continue;
+            }
+            self.metrics.gpu_up.with_label_values(&labels).set(1);
+            if let Some(c) = reading.sm_clock_mhz {
+                self.metrics
+                    .gpu_sm_clock_hertz
+                    .with_label_values(&labels)
+                    .set(f64::from(c) * 1e6);
+            }
+            if let Some(u) = reading.gpu_util_percent {
+                self.metrics
+                    .gpu_utilization_ratio
+                    .with_label_values(&labels)
+                    .set(f64::from(u) / 100.0);
+            }
+            if let Some(t) = reading.gpm.and_then(|g| g.any_tensor) {
+                self.metrics
+                    .gpu_tensor_active_ratio
+                    .with_label_values(&labels)
+                    .set(t / 100.0);
+            }
+            if let Some(p) = reading.power_mw {
+                self.metrics
+                    .gpu_power_watts
+                    .with_label_values(&labels)
+                    .set(f64::from(p) / 1000.0);
+            }
+            let counter = self.energy.entry(reading.index).or_default();
+            let Some(seconds) = reading.interval_seconds.filter(|s| *s > 0.0) else {
+                // A baseline: prime the energy counter, nothing to book yet.
+                counter.delta(reading.energy_mj, None, 0.0);
+                continue;
+            };
+            let (energy_mj, _) =
+                counter.delta(reading.energy_mj, reading.power_mw.map(u64::from), seconds);
+            self.metrics
+                .gpu_energy_joules_total
+                .with_label_values(&labels)
+                .inc_by(energy_mj as f64 / 1000.0);
+            let Some(summary) = IntervalSummary::from_reading(reading) else {
+                continue;
+            };
+            self.book_gpu(info, &uuid, &summary, reading, energy_mj, now_ms);
+        }
+        self.attributor.end_tick();
+        self.metrics.sampler_alive();
+    }
+
+    fn book_gpu(
+        &mut self,
+        info: Option<&GpuInfo>,
+        uuid: &str,
+        summary: &IntervalSummary,
+        reading: &gpu::GpuReading,
+        energy_mj: u64,
+        now_ms: i64,
+    ) {
+        let index = reading.index;
+        let idx = index.to_string();
+        let operator_model = self.operator_model.clone();
+        let (model, gpu_type, unknown_peak): (&GpuModel, &'static str, bool) =
+            match (info.and_then(GpuInfo::model), operator_model.as_deref()) {
+                (Some(m), _) => (m, m.id, false),
+                (None, Some(op)) => (op, "", true),
+                (None, None) => {
+                    self.estimate_error(index, "unknown-gpu", || {
+                        format!(
+                            "GPU {index} ({uuid}) is not in the catalogue; set \
+                             --unknown-gpu-peak-tflops to measure it"
+                        )
+                    });
+                    return;
+                }
+            };
+
+        // Who ran on this GPU, and with which share of it.
+        let no_process = reading.processes.as_deref().is_none_or(<[_]>::is_empty);
+        let shares = self.shares(reading);
+        let approximate = shares.len() > 1;
+        let tick_start_ms = now_ms - (summary.seconds * 1000.0).round() as i64;
+        let tensor = summary
+            .gpm
+            .and_then(|g| g.any_tensor)
+            .map_or(0.0, |t| t / 100.0);
+        for (who, share) in shares {
+            let est = match gpu::estimate(model, summary, who.declaration.precision) {
+                Ok(e) => e,
+                Err(e) => {
+                    let reason = match e {
+                        gpu::EstimateError::NoActivity => "no-activity",
+                        gpu::EstimateError::UnknownGpu { .. } => "unknown-gpu",
+                        gpu::EstimateError::Estimator(_) => "bad-reading",
+                    };
+                    self.estimate_error(index, reason, || format!("GPU {index}: {e}"));
+                    return;
+                }
+            };
+            if no_process && est.estimate.flop.high == 0 {
+                // An idle GPU nobody holds: nothing to book, and no record every interval.
+                return;
+            }
+            let band = scale(est.estimate.flop, share);
+            let method = est.estimate.method;
+            let method_tag = method.as_str();
+            if self.last_method.get(&index) != Some(&method_tag) {
+                if let Some(old) = self.last_method.insert(index, method_tag) {
+                    let _ = self
+                        .metrics
+                        .gpu_method_info
+                        .remove_label_values(&[&idx, uuid, old]);
+                }
+                self.metrics
+                    .gpu_method_info
+                    .with_label_values(&[&idx, uuid, method_tag])
+                    .set(1);
+            }
+            let central = band.central as f64;
+            self.metrics
+                .gpu_flop_total
+                .with_label_values(&[&idx, uuid])
+                .inc_by(central);
+            if who.identity.source == Source::Unattributed {
+                self.metrics
+                    .unattributed_flop_total
+                    .with_label_values(&[&idx, uuid])
+                    .inc_by(central);
+            } else {
+                let id = &who.identity;
+                *self
+                    .run_flop
+                    .entry([id.model.clone(), id.run.clone(), id.stage.clone()])
+                    .or_default() += central;
+            }
+            let key = Key {
+                who,
+                gpu: index,
+                method,
+                precision: est.estimate.precision,
+                precision_declared: est.estimate.precision_declared,
+            };
+            let acc = self.open.entry(key).or_insert_with(|| Acc {
+                uuid: uuid.to_string(),
+                gpu_type,
+                unknown_peak,
+                low: 0,
+                central: 0,
+                high: 0,
+                gpu_ms: 0.0,
+                energy_mj: 0.0,
+                clock_mhz_s: 0.0,
+                clock_s: 0.0,
+                tensor_s: 0.0,
+                seconds: 0.0,
+                approximate: false,
+                start_ms: tick_start_ms,
+                end_ms: now_ms,
+            });
+            acc.low = acc.low.saturating_add(band.low);
+            acc.central = acc.central.saturating_add(band.central);
+            acc.high = acc.high.saturating_add(band.high);
+            acc.gpu_ms += summary.seconds * share * 1000.0;
+            acc.energy_mj += energy_mj as f64 * share;
+            if let Some(c) = summary.mean_sm_clock_mhz {
+                acc.clock_mhz_s += c * summary.seconds;
+                acc.clock_s += summary.seconds;
+            }
+            acc.tensor_s += tensor * summary.seconds;
+            acc.seconds += summary.seconds;
+            acc.approximate |= approximate;
+            acc.start_ms = acc.start_ms.min(tick_start_ms);
+            acc.end_ms = acc.end_ms.max(now_ms);
+        }
+    }
+
+    /// The identities on a GPU and their shares (summing to 1). Processes of one identity are
+    /// merged. Shares follow per-process SM utilisation when NVML gives it for every process
+    /// and it is not all zero; otherwise the processes split evenly. A GPU with activity and
+    /// no visible process is booked to "unattributed", whole.
+    fn shares(&mut self, reading: &gpu::GpuReading) -> Vec<(Arc<Attribution>, f64)> {
+        let procs = reading.processes.as_deref().unwrap_or(&[]);
+        if procs.is_empty() {
+            return vec![(Arc::new(Attribution::unattributed()), 1.0)];
+        }
+        let weights: Option<Vec<f64>> = procs
+            .iter()
+            .map(|p| p.sm_util_percent.filter(|w| w.is_finite() && *w >= 0.0))
+            .collect();
+        let weights = match weights {
+            Some(w) if w.iter().sum::<f64>() > 0.0 => w,
+            _ => vec![1.0; procs.len()],
+        };
+        let total: f64 = weights.iter().sum();
+        let mut out: Vec<(Arc<Attribution>, f64)> = Vec::with_capacity(procs.len());
+        for (p, w) in procs.iter().zip(weights) {
+            let who = self.attributor.attribute(p.pid);
+            let share = w / total;
+            match out.iter_mut().find(|(a, _)| *a == who) {
+                Some((_, s)) => *s += share,
+                None => out.push((who, share)),
+            }
+        }
+        out
+    }
+
+    fn estimate_error(&mut self, gpu: u32, reason: &'static str, msg: impl FnOnce() -> String) {
+        self.metrics
+            .estimate_errors_total
+            .with_label_values(&[&gpu.to_string(), reason])
+            .inc();
+        if self.warned.insert((gpu, reason)) {
+            tracing::warn!(gpu, reason, "{}", msg());
+        }
+    }
+
+    /// Turns the accumulators into records and appends them, with any records held from
+    /// earlier refusals, to the spool. With `last` (shutdown) a refusing spool is written past
+    /// its cap: the process is about to exit and memory would be lost.
+    pub fn flush(&mut self, now_ms: i64, last: bool) -> FlushOutcome {
+        if self.open.is_empty() && self.held.is_empty() {
+            self.metrics.sampler_held_series.set(0);
+            return FlushOutcome::Empty;
+        }
+        let held = self.held.len();
+        let mut records = std::mem::take(&mut self.held);
+        records.extend(self.records());
+        let mut result = self.spool.append(&mut records);
+        if let Err(e) = &result {
+            let over_ceiling = records.len() > self.cfg.max_held_records;
+            if last || over_ceiling {
+                tracing::error!(
+                    error = %e,
+                    records = records.len(),
+                    "spool refused records and they can no longer be held in memory; \
+                     writing past the spool cap"
+                );
+                result = self.spool.append_over_cap(&mut records);
+            }
+        }
+        match result {
+            Ok(_) => {
+                self.metrics
+                    .records_spooled_total
+                    .inc_by(records.len() as u64);
+                self.metrics.sampler_held_series.set(0);
+                self.open.clear();
+                FlushOutcome::Written(records.len())
+            }
+            Err(e) => {
+                if !matches!(e, SpoolError::Full { .. }) {
+                    tracing::error!(error = %e, "spool append failed; holding records in memory");
+                }
+                // Keep accumulating into the open interval, unless it already spans as much
+                // as one record may (the collector rejects longer ones): then close it into
+                // the held queue and start a new one.
+                let open_since = self
+                    .open
+                    .values()
+                    .map(|a| a.start_ms)
+                    .min()
+                    .unwrap_or(now_ms);
+                let span = Duration::from_millis(u64::try_from(now_ms - open_since).unwrap_or(0));
+                if span >= self.cfg.max_record_span {
+                    self.open.clear();
+                } else {
+                    records.truncate(held);
+                }
+                for r in &mut records {
+                    r.seq = 0;
+                }
+                self.held = records;
+                let n = self.held.len() + self.open.len();
+                self.metrics
+                    .sampler_held_series
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                FlushOutcome::Held
+            }
+        }
+    }
+
+    /// The records the accumulators stand for, in a stable order (GPU, then identity).
+    fn records(&self) -> Vec<v1::IntervalRecord> {
+        let mut entries: Vec<(&Key, &Acc)> = self.open.iter().collect();
+        entries.sort_by(|(a, _), (b, _)| {
+            (a.gpu, &a.who.identity, a.method, a.precision).cmp(&(
+                b.gpu,
+                &b.who.identity,
+                b.method,
+                b.precision,
+            ))
+        });
+        entries.into_iter().map(|(k, a)| to_record(k, a)).collect()
+    }
+
+    /// Number of accumulators in the current interval.
+    pub fn open_series(&self) -> usize {
+        self.open.len()
+    }
+}
+
+fn scale(b: FlopBand, share: f64) -> FlopBand {
+    if share >= 1.0 {
+        b
+    } else {
+        FlopBand::from_f64(
+            b.low as f64 * share,
+            b.central as f64 * share,
+            b.high as f64 * share,
+        )
+    }
+}
+
+fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
+    let id = &k.who.identity;
+    let d = &k.who.declaration;
+    let source = match id.source {
+        Source::ProcessEnv => v1::AttributionSource::ProcessEnv,
+        Source::Kubernetes => v1::AttributionSource::Kubernetes,
+        Source::Slurm => v1::AttributionSource::Slurm,
+        Source::Unattributed => v1::AttributionSource::Unattributed,
+    };
+    let declaration = (!d.is_empty()).then(|| v1::WorkloadDeclaration {
+        precision: d.precision.map_or(0, |p| v1::Precision::from(p) as i32),
+        planned_flop: d.planned_flop.map(|n| n.to_string()).unwrap_or_default(),
+        params: d.params.map(|n| n.to_string()).unwrap_or_default(),
+        tokens: d.tokens.map(|n| n.to_string()).unwrap_or_default(),
+        base_model: d.base_model.clone().unwrap_or_default(),
+        planned_end_unix_ms: d.planned_end_unix_ms.unwrap_or(0),
+    });
+    v1::IntervalRecord {
+        seq: 0,
+        start_unix_ms: a.start_ms,
+        end_unix_ms: a.end_ms,
+        gpu_uuid: a.uuid.clone(),
+        gpu_type: a.gpu_type.to_string(),
+        flop_low: a.low,
+        flop_central: a.central,
+        flop_high: a.high,
+        gpu_ms: a.gpu_ms.round() as u64,
+        energy_mj: a.energy_mj.round() as u64,
+        mean_sm_clock_mhz: if a.clock_s > 0.0 {
+            (a.clock_mhz_s / a.clock_s).round() as u32
+        } else {
+            0
+        },
+        mean_tensor_util: if a.seconds > 0.0 {
+            a.tensor_s / a.seconds
+        } else {
+            0.0
+        },
+        method: v1::Method::from(k.method) as i32,
+        precision: v1::Precision::from(k.precision) as i32,
+        precision_declared: k.precision_declared,
+        identity: Some(v1::WorkloadIdentity {
+            model: id.model.clone(),
+            run: id.run.clone(),
+            stage: id.stage.clone(),
+            source: source as i32,
+            namespace: id.namespace.clone(),
+            job: id.job.clone(),
+        }),
+        approximate: a.approximate,
+        declaration,
+        unknown_peak: a.unknown_peak,
+    }
+}

@@ -1,0 +1,88 @@
+//! Shared test rig: a private fake NVML per test, driven with virtual time.
+//!
+//! The fake library is built by `fake_nvml::harness`, which runs `cargo build -p fake-nvml`
+//! once per test process (a no-op when up to date) and copies the result into a temp dir
+//! per test, beside that test's scenario and clock file. That makes `cargo test` work on a
+//! fresh clone without relying on cargo happening to build the cdylib first, and lets the
+//! tests run in parallel (one dlopen instance per copy).
+
+#![allow(dead_code)] // Each test file uses a different part of the rig.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fake_nvml::Scenario;
+use fake_nvml::harness::FakeNvml;
+use flopmeter_agent::gpu::nvml::{NvmlLibrary, RetryPolicy};
+use flopmeter_agent::gpu::{GpuSource, Tick};
+
+/// A shipped scenario file.
+pub fn scenario_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/scenarios")
+        .join(name)
+}
+
+/// A fake instance with its scenario and the scenario's ground truth.
+pub struct Rig {
+    pub fake: FakeNvml,
+    pub scenario: Scenario,
+}
+
+impl Rig {
+    /// A shipped scenario, at virtual time 0.
+    pub fn shipped(name: &str) -> Rig {
+        let text = std::fs::read_to_string(scenario_path(name)).unwrap();
+        Rig::inline(&text)
+    }
+
+    /// An inline scenario, at virtual time 0.
+    pub fn inline(toml: &str) -> Rig {
+        Rig::with_hidden(toml, &[])
+    }
+
+    /// An inline scenario whose library lacks the named functions.
+    pub fn with_hidden(toml: &str, hidden: &[&str]) -> Rig {
+        let scenario = Scenario::parse(toml, "test").unwrap();
+        let fake = FakeNvml::without_symbols(toml, hidden).unwrap();
+        fake.set_time(0.0).unwrap();
+        Rig { fake, scenario }
+    }
+
+    pub fn open(&self) -> NvmlLibrary {
+        NvmlLibrary::open(self.fake.lib_path()).unwrap()
+    }
+}
+
+/// Retry at every tick (1 s), so outage tests are short.
+pub fn eager_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(1),
+    }
+}
+
+/// Reads at each virtual time, setting the fake's clock to the same value first.
+pub fn ticks(
+    rig: &Rig,
+    source: &mut dyn GpuSource,
+    times: impl IntoIterator<Item = f64>,
+) -> Vec<Tick> {
+    times
+        .into_iter()
+        .map(|t| {
+            rig.fake.set_time(t).unwrap();
+            source.read(Duration::from_secs_f64(t))
+        })
+        .collect()
+}
+
+/// `0, 1, ..., n` seconds.
+pub fn seconds(n: u32) -> impl Iterator<Item = f64> {
+    (0..=n).map(f64::from)
+}
+
+/// Relative difference `|a - b| / b`.
+pub fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b
+}

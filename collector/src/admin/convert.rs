@@ -1,0 +1,170 @@
+//! Conversions between the ledger's domain types and the admin API's messages.
+//!
+//! `u128` FLOP figures travel as exact decimal strings; an empty string means "none".
+
+use flopmeter_core::units::FlopTotal;
+use flopmeter_proto::v1 as pb;
+
+use crate::ledger::summary::{ModelSummary, RunSummary};
+use crate::ledger::{ModelEntry, Role};
+
+/// A malformed admin message.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct ConvertError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<ConvertError> for tonic::Status {
+    fn from(e: ConvertError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A band as decimal strings.
+pub fn band_to_pb(t: FlopTotal) -> pb::FlopBand128 {
+    pb::FlopBand128 {
+        low: t.low.to_string(),
+        central: t.central.to_string(),
+        high: t.high.to_string(),
+    }
+}
+
+/// A band from decimal strings (missing or unparsable parts are zero).
+pub fn band_from_pb(b: Option<&pb::FlopBand128>) -> FlopTotal {
+    let p = |s: &str| s.parse::<u128>().unwrap_or(0);
+    b.map_or(FlopTotal::ZERO, |b| FlopTotal {
+        low: p(&b.low),
+        central: p(&b.central),
+        high: p(&b.high),
+    })
+}
+
+fn opt_u128(v: Option<u128>) -> String {
+    v.map_or_else(String::new, |v| v.to_string())
+}
+
+/// Parses an optional decimal (or scientific, `3.8e24`) FLOP figure.
+pub fn parse_u128(field: &'static str, s: &str) -> Result<Option<u128>, ConvertError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(v) = s.parse::<u128>() {
+        return Ok(Some(v));
+    }
+    crate::ledger::codec::parse_sci(s)
+        .map(Some)
+        .ok_or_else(|| ConvertError {
+            field,
+            message: format!("{s:?} is not a non-negative number"),
+        })
+}
+
+/// Registry entry → message.
+pub fn entry_to_pb(e: &ModelEntry) -> pb::ModelEntry {
+    pb::ModelEntry {
+        model: e.model.clone(),
+        base_model: e.base_model.clone().unwrap_or_default(),
+        base_flop: opt_u128(e.base_flop),
+        base_flop_source: e.base_flop_source.clone().unwrap_or_default(),
+        role: match e.role {
+            None => pb::ModelRole::Unspecified,
+            Some(Role::Provider) => pb::ModelRole::Provider,
+            Some(Role::Modifier) => pb::ModelRole::Modifier,
+        } as i32,
+        planned_flop: opt_u128(e.planned_flop),
+        planned_params: opt_u128(e.planned_params),
+        planned_tokens: opt_u128(e.planned_tokens),
+        planned_end_unix_ms: e.planned_end_unix_ms.unwrap_or(0),
+        updated_unix_ms: e.updated_unix_ms,
+    }
+}
+
+/// Message → registry entry (`updated_unix_ms` as given).
+pub fn entry_from_pb(e: &pb::ModelEntry) -> Result<ModelEntry, ConvertError> {
+    let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    Ok(ModelEntry {
+        model: e.model.trim().to_string(),
+        base_model: opt(&e.base_model),
+        base_flop: parse_u128("base_flop", &e.base_flop)?,
+        base_flop_source: opt(&e.base_flop_source),
+        role: match e.role() {
+            pb::ModelRole::Unspecified => None,
+            pb::ModelRole::Provider => Some(Role::Provider),
+            pb::ModelRole::Modifier => Some(Role::Modifier),
+        },
+        planned_flop: parse_u128("planned_flop", &e.planned_flop)?,
+        planned_params: parse_u128("planned_params", &e.planned_params)?,
+        planned_tokens: parse_u128("planned_tokens", &e.planned_tokens)?,
+        planned_end_unix_ms: (e.planned_end_unix_ms != 0).then_some(e.planned_end_unix_ms),
+        updated_unix_ms: e.updated_unix_ms,
+    })
+}
+
+/// Model summary → message.
+pub fn model_to_pb(s: &ModelSummary) -> pb::ModelSummary {
+    pb::ModelSummary {
+        model: s.model.clone(),
+        counted: Some(band_to_pb(s.counted)),
+        excluded: Some(band_to_pb(s.excluded)),
+        runs: s.runs,
+        gpu_ms: s.gpu_ms.to_string(),
+        energy_mj: s.energy_mj.to_string(),
+        first_event_unix_ms: s.first_event_unix_ms.unwrap_or(0),
+        last_event_unix_ms: s.last_event_unix_ms.unwrap_or(0),
+        records: s.records,
+        agents: s.agents,
+        nodes: s.nodes,
+        entry: s.entry.as_ref().map(entry_to_pb),
+    }
+}
+
+/// Run summary → message.
+pub fn run_to_pb(s: &RunSummary) -> pb::RunSummary {
+    pb::RunSummary {
+        model: s.model.clone(),
+        run: s.run.clone(),
+        stages: s.stages.clone(),
+        counted: Some(band_to_pb(s.counted)),
+        excluded: Some(band_to_pb(s.excluded)),
+        gpu_ms: s.gpu_ms.to_string(),
+        energy_mj: s.energy_mj.to_string(),
+        first_event_unix_ms: s.first_event_unix_ms.unwrap_or(0),
+        last_event_unix_ms: s.last_event_unix_ms.unwrap_or(0),
+        records: s.records,
+        approximate_records: s.approximate_records,
+        agents: s.agents,
+        nodes: s.nodes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trips() {
+        let e = ModelEntry {
+            model: "m".into(),
+            base_model: Some("b".into()),
+            base_flop: Some(3_800_000_000_000_000_000_000_000),
+            base_flop_source: Some("model card".into()),
+            role: Some(Role::Modifier),
+            planned_flop: Some(2 * 10u128.pow(25)),
+            planned_params: None,
+            planned_tokens: None,
+            planned_end_unix_ms: Some(1_803_945_600_000),
+            updated_unix_ms: 5,
+        };
+        assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);
+        assert_eq!(
+            parse_u128("x", "3.8e24").unwrap(),
+            Some(3_800_000_000_000_000_000_000_000)
+        );
+        assert!(parse_u128("x", "-1").is_err());
+    }
+}

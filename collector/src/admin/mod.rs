@@ -1,0 +1,172 @@
+//! The admin gRPC service (`flopmeter.v1.Admin`): what `flopmeter models`, `runs`,
+//! `model set`, `report` and `ledger verify` talk to.
+//!
+//! Reads go straight to the store. Writes (the registry) and `VerifyLedger` go through the
+//! ledger writer: writes so that the ledger keeps a single writer, verification so that it
+//! sees a ledger no batch is half-way through (it pauses ingest while it runs).
+
+pub mod convert;
+
+use std::sync::Arc;
+
+use flopmeter_core::stage::StagePolicy;
+use flopmeter_proto::v1 as pb;
+use flopmeter_proto::v1::admin_server::Admin;
+use tonic::{Request, Response, Status};
+
+use crate::ingest::auth;
+use crate::ledger::{LedgerStore, summary};
+use crate::writer::{Job, WriterHandle};
+use crate::{now_unix_ms, report};
+
+/// The admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Arc<dyn LedgerStore>,
+    writer: WriterHandle,
+    policy: StagePolicy,
+    admin_token: Option<String>,
+}
+
+impl AdminService {
+    /// Creates the service; `admin_token`, when set, is required by write RPCs.
+    pub fn new(
+        store: Arc<dyn LedgerStore>,
+        writer: WriterHandle,
+        policy: StagePolicy,
+        admin_token: Option<String>,
+    ) -> AdminService {
+        AdminService {
+            store,
+            writer,
+            policy,
+            admin_token,
+        }
+    }
+
+    fn authorize_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.admin_token else {
+            return Ok(());
+        };
+        match auth::bearer(req.metadata()) {
+            Some(t) if auth::same_token(t, expected) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("wrong admin token")),
+            None => Err(Status::unauthenticated(
+                "this collector requires an admin token (--admin-token / FLOPMETER_ADMIN_TOKEN)",
+            )),
+        }
+    }
+}
+
+fn not_found(model: &str) -> Status {
+    Status::not_found(format!("the ledger knows no model {model:?}"))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_models(
+        &self,
+        _req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = summary::model_summaries(self.store.as_ref(), &self.policy)?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.iter().map(convert::model_to_pb).collect(),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        req: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        let model = req.into_inner().model;
+        let s = summary::model_summary(self.store.as_ref(), &model, &self.policy)?
+            .ok_or_else(|| not_found(&model))?;
+        Ok(Response::new(pb::GetModelResponse {
+            summary: Some(convert::model_to_pb(&s)),
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let model = req.into_inner().model;
+        let runs = summary::run_summaries(self.store.as_ref(), &model, &self.policy)?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(convert::run_to_pb).collect(),
+        }))
+    }
+
+    async fn set_model(
+        &self,
+        req: Request<pb::SetModelRequest>,
+    ) -> Result<Response<pb::SetModelResponse>, Status> {
+        self.authorize_write(&req)?;
+        let wire = req
+            .into_inner()
+            .entry
+            .ok_or_else(|| Status::invalid_argument("SetModelRequest.entry is required"))?;
+        let mut entry = convert::entry_from_pb(&wire)?;
+        if entry.model.is_empty() || !crate::ingest::validate::valid_name(&entry.model) {
+            return Err(Status::invalid_argument(
+                "the model name must be non-empty, at most 256 bytes, no control characters",
+            ));
+        }
+        entry.updated_unix_ms = now_unix_ms();
+        let saved = self
+            .writer
+            .call(|reply| Job::SetModel(entry, reply))
+            .await??;
+        tracing::info!(model = %saved.model, "model registry entry set");
+        Ok(Response::new(pb::SetModelResponse {
+            entry: Some(convert::entry_to_pb(&saved)),
+        }))
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let model = req.into_inner().model;
+        let r = report::build(self.store.as_ref(), &model, &self.policy, now_unix_ms())?
+            .ok_or_else(|| not_found(&model))?;
+        let json = serde_json::to_string(&r)
+            .map_err(|e| Status::internal(format!("cannot encode the report: {e}")))?;
+        Ok(Response::new(pb::ReportResponse { json }))
+    }
+
+    async fn verify_ledger(
+        &self,
+        _req: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let r = self.writer.call(Job::Verify).await??;
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            ok: r.ok(),
+            summary: r.summary(),
+            mismatches: r.mismatches,
+        }))
+    }
+
+    async fn list_rejections(
+        &self,
+        req: Request<pb::ListRejectionsRequest>,
+    ) -> Result<Response<pb::ListRejectionsResponse>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let agent = (!r.agent_id.is_empty()).then_some(r.agent_id.as_str());
+        let rejections = self
+            .store
+            .rejections(agent, limit)?
+            .into_iter()
+            .map(|e| pb::RejectedRecord {
+                agent_id: e.agent_id,
+                node: e.node,
+                seq: e.seq,
+                reason: e.reason,
+                detail: e.detail,
+                received_unix_ms: e.received_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListRejectionsResponse { rejections }))
+    }
+}

@@ -1,0 +1,707 @@
+//! The engine driver: turns the ledger into evidence, runs the core's clock and alert rules
+//! at `now`, and records what happened (state, audit, outbox) in one transaction per pair.
+//!
+//! Why a driver around pure functions: the rules ([`flopmeter_core::clock`],
+//! [`flopmeter_core::alert`]) are pure and idempotent (evaluating twice at the same inputs
+//! emits nothing the second time), so the driver can evaluate as often as it likes — on a
+//! timer for reminders and deadlines, and shortly after ingest for crossings — and the only
+//! state it needs is what the rules return, persisted before anyone is told.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flopmeter_core::alert::{self, Alert, AlertConfig, AlertContent, AlertEvent};
+use flopmeter_core::audit::{AuditKind, Json, to_json};
+use flopmeter_core::clock::{self, Assessment, ClockEvent, ClockState, ComplianceSettings};
+use flopmeter_core::threshold::Threshold;
+use flopmeter_core::threshold_config::ThresholdConfig;
+use flopmeter_core::units::Bound;
+use flopmeter_core::utc::{format_duration, format_utc};
+use serde::Serialize;
+
+use super::evidence::BucketCache;
+use super::metrics::ComplianceMetrics;
+use super::store::{
+    AuditRecord, Change, ComplianceStore, ComplianceStoreError, DeliveryState, OutboxItem,
+    meta_value,
+};
+use crate::ledger::{LedgerStore, ModelEntry, StoreError};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The compliance store failed.
+    #[error(transparent)]
+    Store(#[from] ComplianceStoreError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] StoreError),
+    /// The threshold configuration is invalid.
+    #[error("threshold configuration: {0}")]
+    Thresholds(String),
+    /// No alert for that model and threshold.
+    #[error("no alert for model {model:?} and threshold {threshold:?}")]
+    NoAlert {
+        /// Model.
+        model: String,
+        /// Threshold.
+        threshold: String,
+    },
+    /// The core refused the action (already closed, missing field).
+    #[error(transparent)]
+    Refused(#[from] alert::AlertError),
+    /// A payload could not be converted for the audit log.
+    #[error("audit payload: {0}")]
+    Payload(String),
+}
+
+/// The engine's notion of "now" (Unix ms UTC). Injectable so that the demo and tests run the
+/// rules on a virtual clock; the collector uses the wall clock.
+#[derive(Clone)]
+pub struct EngineClock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl EngineClock {
+    /// The wall clock.
+    pub fn wall() -> EngineClock {
+        EngineClock(Arc::new(crate::now_unix_ms))
+    }
+
+    /// Any function of nothing.
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> EngineClock {
+        EngineClock(Arc::new(f))
+    }
+
+    /// Now, Unix ms.
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for EngineClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EngineClock({})", self.now())
+    }
+}
+
+impl Default for EngineClock {
+    fn default() -> Self {
+        EngineClock::wall()
+    }
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// An Alertmanager, base URL (`http://host:9093`).
+    Alertmanager {
+        /// Base URL.
+        url: String,
+    },
+    /// A webhook receiving signed JSON.
+    Webhook {
+        /// Name (sink label `webhook:<name>`).
+        name: String,
+        /// URL to POST to.
+        url: String,
+        /// HMAC-SHA256 key.
+        secret: String,
+    },
+    /// The collector's log.
+    Log,
+}
+
+impl SinkConfig {
+    /// The sink's name, as used in the outbox and metrics.
+    pub fn name(&self) -> String {
+        match self {
+            SinkConfig::Alertmanager { .. } => "alertmanager".to_string(),
+            SinkConfig::Webhook { name, .. } => format!("webhook:{name}"),
+            SinkConfig::Log => "log".to_string(),
+        }
+    }
+}
+
+/// The compliance part of the collector configuration.
+#[derive(Debug, Clone)]
+pub struct ComplianceConfig {
+    /// Threshold changes and the deciding bound (`--thresholds FILE`).
+    pub thresholds: ThresholdConfig,
+    /// Reminder schedule and overdue re-notification.
+    pub alert: AlertConfig,
+    /// Whether an open-ended extrapolation starts the clock (default: only a forecast).
+    pub forecast_starts_clock: bool,
+    /// Sinks. The log sink is always added.
+    pub sinks: Vec<SinkConfig>,
+    /// The engine's clock.
+    pub clock: EngineClock,
+    /// Full evaluation period (reminders and deadlines advance with time alone).
+    pub interval: Duration,
+    /// Shortest gap between ingest-triggered evaluations.
+    pub debounce: Duration,
+    /// A run without records for this long is no longer extrapolated.
+    pub idle: Duration,
+    /// Alertmanager re-post period for active alerts (Prometheus' resend delay is 1 min).
+    pub resend: Duration,
+    /// Outbox retry backoff: first delay and cap.
+    pub backoff: (Duration, Duration),
+    /// Who changes the threshold configuration (for the audit log).
+    pub config_actor: String,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        ComplianceConfig {
+            thresholds: ThresholdConfig::default(),
+            alert: AlertConfig::default(),
+            forecast_starts_clock: false,
+            sinks: Vec::new(),
+            clock: EngineClock::wall(),
+            interval: Duration::from_secs(60),
+            debounce: Duration::from_secs(2),
+            idle: Duration::from_secs(6 * 3600),
+            resend: Duration::from_secs(60),
+            backoff: (Duration::from_secs(1), Duration::from_secs(300)),
+            config_actor: "collector-config".to_string(),
+        }
+    }
+}
+
+/// Delivery status of one alert at one sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryStatus {
+    /// Sink.
+    pub sink: String,
+    /// Messages delivered.
+    pub delivered: u32,
+    /// Messages pending (retrying).
+    pub pending: u32,
+    /// The last error of a pending message.
+    pub last_error: Option<String>,
+}
+
+/// One alert as the CLI and the JSON API show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertView {
+    /// Model.
+    pub model: String,
+    /// Threshold id.
+    pub threshold: String,
+    /// Status.
+    pub status: String,
+    /// Effective clock start (ISO 8601 UTC) and reason.
+    pub clock_start: Option<String>,
+    /// Reason letter and words.
+    pub reason: Option<String>,
+    /// Deadline in force.
+    pub deadline: Option<String>,
+    /// Deadline, Unix ms.
+    pub deadline_ms: Option<i64>,
+    /// Time left at the engine's now (negative when overdue).
+    pub time_left: Option<String>,
+    /// Who acknowledged, and the reference.
+    pub acknowledged: Option<String>,
+    /// Who dismissed, and why.
+    pub dismissed: Option<String>,
+    /// Delivery per sink.
+    pub delivery: Vec<DeliveryStatus>,
+    /// What the alert says, as of the last evaluation.
+    pub content: Option<AlertContent>,
+}
+
+/// What one evaluation pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    /// Models evaluated.
+    pub models: usize,
+    /// Clock events recorded.
+    pub clock_events: usize,
+    /// Alert events recorded.
+    pub alert_events: usize,
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    ledger: Arc<dyn LedgerStore>,
+    store: Arc<ComplianceStore>,
+    cfg: ComplianceConfig,
+    thresholds: Vec<Threshold>,
+    settings: ComplianceSettings,
+    cache: Mutex<BucketCache>,
+    last: Mutex<BTreeMap<(String, String), Assessment>>,
+    metrics: ComplianceMetrics,
+    sinks: Vec<SinkConfig>,
+    /// One delivery pass at a time: two concurrent passes would send the same item twice.
+    deliver_lock: tokio::sync::Mutex<()>,
+}
+
+fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
+    to_json(v).map_err(|e| EngineError::Payload(e.to_string()))
+}
+
+impl Engine {
+    /// Opens the engine: resolves the threshold configuration against the one applied last
+    /// and records any change in the audit log.
+    pub fn open(
+        ledger: Arc<dyn LedgerStore>,
+        store: Arc<ComplianceStore>,
+        cfg: ComplianceConfig,
+        stage_policy: flopmeter_core::stage::StagePolicy,
+        metrics: ComplianceMetrics,
+    ) -> Result<Engine, EngineError> {
+        let previous: Vec<Threshold> = store.meta("thresholds")?.unwrap_or_default();
+        let resolved = cfg
+            .thresholds
+            .resolve(&previous)
+            .map_err(|e| EngineError::Thresholds(e.to_string()))?;
+        let now = cfg.clock.now();
+        let prev_bound: Option<Bound> = store.meta("decision_bound")?;
+        if !resolved.changes.is_empty() || prev_bound != Some(resolved.decision_bound) {
+            #[derive(Serialize)]
+            struct ConfigChange<'a> {
+                changes: &'a [flopmeter_core::threshold_config::ThresholdChange],
+                decision_bound: Bound,
+                previous_decision_bound: Option<Bound>,
+                disabled: &'a [String],
+                thresholds: &'a [Threshold],
+            }
+            store.commit(&Change {
+                audit: vec![AuditRecord {
+                    time_ms: now,
+                    actor: cfg.config_actor.clone(),
+                    kind: AuditKind::ThresholdConfigChange,
+                    payload: payload(&ConfigChange {
+                        changes: &resolved.changes,
+                        decision_bound: resolved.decision_bound,
+                        previous_decision_bound: prev_bound,
+                        disabled: &resolved.disabled,
+                        thresholds: &resolved.thresholds,
+                    })?,
+                }],
+                meta: vec![
+                    ("thresholds".into(), meta_value(&resolved.thresholds)?),
+                    (
+                        "decision_bound".into(),
+                        meta_value(&resolved.decision_bound)?,
+                    ),
+                ],
+                ..Change::default()
+            })?;
+            store.flush()?;
+        }
+        let settings = ComplianceSettings {
+            decision_bound: resolved.decision_bound,
+            stage_policy,
+            forecast_starts_clock: cfg.forecast_starts_clock,
+            ..ComplianceSettings::default()
+        };
+        let mut sinks = cfg.sinks.clone();
+        if !sinks.contains(&SinkConfig::Log) {
+            sinks.push(SinkConfig::Log);
+        }
+        Ok(Engine {
+            ledger,
+            store,
+            thresholds: resolved.thresholds,
+            settings,
+            cache: Mutex::default(),
+            last: Mutex::default(),
+            metrics,
+            sinks,
+            cfg,
+            deliver_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &ComplianceConfig {
+        &self.cfg
+    }
+
+    /// The thresholds in force.
+    pub fn thresholds(&self) -> &[Threshold] {
+        &self.thresholds
+    }
+
+    /// The sinks (the log included).
+    pub fn sinks(&self) -> &[SinkConfig] {
+        &self.sinks
+    }
+
+    /// The compliance store.
+    pub fn store(&self) -> &Arc<ComplianceStore> {
+        &self.store
+    }
+
+    /// The delivery lock (held by an outbox pass).
+    pub fn deliver_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.deliver_lock
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &ComplianceMetrics {
+        &self.metrics
+    }
+
+    /// Now, by the engine's clock.
+    pub fn now(&self) -> i64 {
+        self.cfg.clock.now()
+    }
+
+    fn outbox_items(
+        &self,
+        ev: &AlertEvent,
+        content: &AlertContent,
+        active: bool,
+    ) -> Vec<OutboxItem> {
+        self.sinks
+            .iter()
+            .map(|s| OutboxItem {
+                seq: 0,
+                sink: s.name(),
+                key: ev.key.clone(),
+                event: ev.clone(),
+                content: content.clone(),
+                active,
+                state: DeliveryState::Pending,
+                attempts: 0,
+                next_attempt_unix_ms: 0,
+                last_error: None,
+                delivered_unix_ms: None,
+            })
+            .collect()
+    }
+
+    /// Records registry changes seen since the last pass (the admin RPC writes the registry;
+    /// the engine makes sure each version of an entry is in the audit log).
+    fn audit_registry(&self, now: i64) -> Result<(), EngineError> {
+        for model in self.ledger.model_names()? {
+            let Some(entry) = self.ledger.model_entry(&model)? else {
+                continue;
+            };
+            let name = format!("registry/{model}");
+            let seen: Option<ModelEntry> = self.store.meta(&name)?;
+            if seen.as_ref() != Some(&entry) {
+                self.store.commit(&Change {
+                    audit: vec![AuditRecord {
+                        time_ms: now,
+                        actor: "admin".into(),
+                        kind: AuditKind::RegistryChange,
+                        payload: payload(&serde_json_free(&entry, seen.as_ref()))?,
+                    }],
+                    meta: vec![(name, meta_value(&entry)?)],
+                    ..Change::default()
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One evaluation pass at the engine's now. Durable (flushed) before it returns, so the
+    /// outbox may deliver what it recorded.
+    pub fn evaluate(&self) -> Result<PassSummary, EngineError> {
+        let now = self.now();
+        self.audit_registry(now)?;
+        let evidence = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.refresh(self.store.db())?;
+            cache.evidence(self.ledger.as_ref(), now, self.cfg.idle.as_millis() as i64)?
+        };
+        let mut summary = PassSummary {
+            models: evidence.len(),
+            ..PassSummary::default()
+        };
+        let mut assessments = BTreeMap::new();
+        for ev in &evidence {
+            for t in &self.thresholds {
+                let Some(a) = clock::assess(ev, t, &self.settings, now) else {
+                    continue;
+                };
+                if t.notify_days().is_some() {
+                    let (c, n) = self.step(&a, now)?;
+                    summary.clock_events += c;
+                    summary.alert_events += n;
+                }
+                assessments.insert((ev.model.clone(), t.id.clone()), a);
+            }
+        }
+        self.store.flush()?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = assessments;
+        self.refresh_metrics()?;
+        Ok(summary)
+    }
+
+    /// Runs clock and alert rules for one pair and commits the result.
+    fn step(&self, a: &Assessment, now: i64) -> Result<(usize, usize), EngineError> {
+        let (model, tid) = (&a.model, &a.threshold.id);
+        let prev_clock = self.store.clock(model, tid)?;
+        let prev_alert = self.store.alert(model, tid)?;
+        let (clock_state, clock_events) = clock::evaluate(prev_clock.clone(), a, now);
+        let (alert_state, alert_events) = alert::evaluate(
+            prev_alert.clone(),
+            a,
+            clock_state.as_ref(),
+            now,
+            &self.cfg.alert,
+        );
+        let mut change = Change::default();
+        if clock_state != prev_clock {
+            change.clock = clock_state.clone();
+        }
+        if alert_state != prev_alert {
+            change.alert = alert_state.clone();
+        }
+        for e in &clock_events {
+            let kind = match e {
+                ClockEvent::Started { .. } => AuditKind::ClockStarted,
+                ClockEvent::FactAdded { .. } => AuditKind::ClockFact,
+            };
+            change.audit.push(AuditRecord {
+                time_ms: now,
+                actor: "engine".into(),
+                kind,
+                payload: payload(e)?,
+            });
+        }
+        if let Some(al) = &alert_state {
+            let content = alert::content(al, a, clock_state.as_ref(), now);
+            for e in &alert_events {
+                change.audit.push(AuditRecord {
+                    time_ms: now,
+                    actor: "engine".into(),
+                    kind: AuditKind::Alert,
+                    payload: payload(e)?,
+                });
+                change
+                    .outbox
+                    .extend(self.outbox_items(e, &content, al.status.is_active()));
+            }
+        }
+        self.store.commit(&change)?;
+        Ok((clock_events.len(), alert_events.len()))
+    }
+
+    /// The last assessment of a pair (evaluating first if there is none).
+    fn assessment(&self, model: &str, threshold: &str) -> Result<Option<Assessment>, EngineError> {
+        let key = (model.to_string(), threshold.to_string());
+        if let Some(a) = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(a.clone()));
+        }
+        self.evaluate()?;
+        Ok(self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned())
+    }
+
+    fn person_action(
+        &self,
+        model: &str,
+        threshold: &str,
+        by: &str,
+        kind: AuditKind,
+        act: impl FnOnce(Alert, i64) -> Result<(Alert, AlertEvent), alert::AlertError>,
+    ) -> Result<Alert, EngineError> {
+        let now = self.now();
+        let Some(prev) = self.store.alert(model, threshold)? else {
+            return Err(EngineError::NoAlert {
+                model: model.into(),
+                threshold: threshold.into(),
+            });
+        };
+        let (al, ev) = act(prev, now)?;
+        let clock = self.store.clock(model, threshold)?;
+        let mut change = Change {
+            alert: Some(al.clone()),
+            audit: vec![AuditRecord {
+                time_ms: now,
+                actor: by.trim().to_string(),
+                kind,
+                payload: payload(&ev)?,
+            }],
+            ..Change::default()
+        };
+        if let Some(a) = self.assessment(model, threshold)? {
+            let content = alert::content(&al, &a, clock.as_ref(), now);
+            change.outbox = self.outbox_items(&ev, &content, false);
+        }
+        self.store.commit(&change)?;
+        self.store.flush()?;
+        self.refresh_metrics()?;
+        Ok(al)
+    }
+
+    /// Records the notification (`flopmeter ack`).
+    pub fn acknowledge(
+        &self,
+        model: &str,
+        threshold: &str,
+        by: &str,
+        reference: &str,
+    ) -> Result<Alert, EngineError> {
+        self.person_action(model, threshold, by, AuditKind::Acknowledged, |al, now| {
+            alert::acknowledge(al, by, reference, now)
+        })
+    }
+
+    /// Dismisses an alert (`flopmeter dismiss`).
+    pub fn dismiss(
+        &self,
+        model: &str,
+        threshold: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<Alert, EngineError> {
+        self.person_action(model, threshold, by, AuditKind::Dismissed, |al, now| {
+            alert::dismiss(al, by, reason, now)
+        })
+    }
+
+    /// The current content of every active alert, for the Alertmanager re-post.
+    pub fn active_contents(&self) -> Result<Vec<(Alert, AlertContent)>, EngineError> {
+        let now = self.now();
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = Vec::new();
+        for al in self.store.alerts()? {
+            if !al.status.is_active() {
+                continue;
+            }
+            let Some(a) = last.get(&(al.model.clone(), al.threshold_id.clone())) else {
+                continue;
+            };
+            let clock = self.store.clock(&al.model, &al.threshold_id)?;
+            let content = alert::content(&al, a, clock.as_ref(), now);
+            out.push((al, content));
+        }
+        Ok(out)
+    }
+
+    /// Every alert with its clock, delivery status and content.
+    pub fn alert_views(&self) -> Result<Vec<AlertView>, EngineError> {
+        let now = self.now();
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let outbox = self.store.outbox()?;
+        let mut out = Vec::new();
+        for al in self.store.alerts()? {
+            let clock: Option<ClockState> = self.store.clock(&al.model, &al.threshold_id)?;
+            let mut delivery: BTreeMap<String, DeliveryStatus> = BTreeMap::new();
+            for o in outbox
+                .iter()
+                .filter(|o| o.event.model == al.model && o.event.threshold_id == al.threshold_id)
+            {
+                let d = delivery.entry(o.sink.clone()).or_insert(DeliveryStatus {
+                    sink: o.sink.clone(),
+                    delivered: 0,
+                    pending: 0,
+                    last_error: None,
+                });
+                match o.state {
+                    DeliveryState::Delivered => d.delivered += 1,
+                    DeliveryState::Pending => {
+                        d.pending += 1;
+                        if o.last_error.is_some() {
+                            d.last_error = o.last_error.clone();
+                        }
+                    }
+                }
+            }
+            let deadline_ms = clock.as_ref().map(ClockState::effective_deadline_ms);
+            let content = last
+                .get(&(al.model.clone(), al.threshold_id.clone()))
+                .map(|a| alert::content(&al, a, clock.as_ref(), now));
+            out.push(AlertView {
+                model: al.model.clone(),
+                threshold: al.threshold_id.clone(),
+                status: al.status.as_str().to_string(),
+                clock_start: clock.as_ref().map(|c| format_utc(c.effective_start().0)),
+                reason: clock.as_ref().map(|c| {
+                    let r = c.effective_start().1;
+                    format!("({}) {}", r.letter(), r.describe())
+                }),
+                deadline: deadline_ms.map(format_utc),
+                deadline_ms,
+                time_left: deadline_ms.map(|d| format_duration(d - now)),
+                acknowledged: al
+                    .acknowledgement
+                    .as_ref()
+                    .map(|a| format!("by {} at {}: {}", a.by, format_utc(a.at_ms), a.reference)),
+                dismissed: al
+                    .dismissal
+                    .as_ref()
+                    .map(|d| format!("by {} at {}: {}", d.by, format_utc(d.at_ms), d.reason)),
+                delivery: delivery.into_values().collect(),
+                content,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets the compliance gauges from the last pass and the stored state.
+    pub fn refresh_metrics(&self) -> Result<(), EngineError> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let m = &self.metrics;
+        m.projected.reset();
+        m.level.reset();
+        m.crossing.reset();
+        m.deadline.reset();
+        m.alert_open.reset();
+        for ((model, tid), a) in &last {
+            for b in [Bound::Low, Bound::Central, Bound::High] {
+                m.projected
+                    .with_label_values(&[model.as_str(), b.as_str()])
+                    .set(a.projection.projected.get(b) as f64);
+            }
+            m.level
+                .with_label_values(&[model.as_str(), tid.as_str()])
+                .set(a.level.flop as f64);
+            // Once the measured total has crossed, the crossing is a fact: show its instant.
+            if let Some(t) = a.projected_crossing_ms.or(a.measured_crossing_ms) {
+                m.crossing
+                    .with_label_values(&[model.as_str(), tid.as_str()])
+                    .set(t as f64 / 1000.0);
+            }
+        }
+        for c in self.store.clocks()? {
+            m.deadline
+                .with_label_values(&[c.model.as_str(), c.threshold_id.as_str()])
+                .set(c.effective_deadline_ms() as f64 / 1000.0);
+        }
+        for al in self.store.alerts()? {
+            m.alert_open
+                .with_label_values(&[
+                    al.model.as_str(),
+                    al.threshold_id.as_str(),
+                    al.status.as_str(),
+                ])
+                .set(if al.status.is_terminal() { 0.0 } else { 1.0 });
+        }
+        Ok(())
+    }
+}
+
+/// The registry audit payload: the entry now and the one before.
+fn serde_json_free<'a>(
+    entry: &'a ModelEntry,
+    before: Option<&'a ModelEntry>,
+) -> impl Serialize + 'a {
+    #[derive(Serialize)]
+    struct RegistryChange<'a> {
+        model: &'a str,
+        entry: &'a ModelEntry,
+        before: Option<&'a ModelEntry>,
+    }
+    RegistryChange {
+        model: &entry.model,
+        entry,
+        before,
+    }
+}

@@ -1,0 +1,250 @@
+//! Builds the core's [`ModelEvidence`] from the ledger: registry (role, base compute, plan),
+//! runs (stage, declaration) and their event-time FLOP as **hourly buckets**.
+//!
+//! Buckets come from the ledger's raw batches and hourly rollups. Why hourly and not the
+//! aggregates: the measured crossing (clock reason c) is dated at the event time the
+//! cumulative total passed the level, which needs the work over event time, not only its sum.
+//! One hour per (run, stage, method) keeps the evidence small (a year-long run is ~9k
+//! buckets) while dating a crossing to within the hour, refined linearly inside it by the
+//! core.
+//!
+//! Raw batches are immutable once written, so [`BucketCache`] decodes each one once: a pass
+//! reads only the keys of the `raw` tree and decodes the new ones. When a batch it had seen
+//! is gone (rolled up), it rebuilds from raw batches plus rollups, which hold the same totals.
+
+use std::collections::{BTreeMap, HashSet};
+
+use flopmeter_core::evidence::{DeclaredPlan, FlopBucket, ModelEvidence, ModelRole, RunEvidence};
+use flopmeter_core::stage::Stage;
+use flopmeter_core::units::{FlopBand, FlopTotal, Method, Precision};
+use flopmeter_proto::v1::IntervalRecord;
+
+use crate::ledger::aggregate::{Attribution, attribution, method_of, stage_of};
+use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto};
+use crate::ledger::keys::{self, HOUR_MS, ROLLUP_RUN};
+use crate::ledger::{LedgerStore, StoreError};
+
+/// (model, run, stage, method, hour).
+type BucketKey = (String, String, String, String, i64);
+
+/// Accumulated FLOP of one bucket and its event-time span.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    flop: FlopTotal,
+    start: i64,
+    end: i64,
+}
+
+impl Acc {
+    fn add(&mut self, flop: FlopTotal, start: i64, end: i64) {
+        if self.flop == FlopTotal::default() && self.start == 0 && self.end == 0 {
+            self.start = start;
+            self.end = end;
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+        self.flop.add_total(flop);
+    }
+}
+
+/// Hourly event-time buckets of every run, kept up to date incrementally.
+#[derive(Debug, Default)]
+pub struct BucketCache {
+    seen: HashSet<Vec<u8>>,
+    buckets: BTreeMap<BucketKey, Acc>,
+}
+
+impl BucketCache {
+    fn add_record(&mut self, rec: &IntervalRecord) {
+        let Attribution::Run { model, run } = attribution(rec) else {
+            return;
+        };
+        let hour = rec.start_unix_ms.div_euclid(HOUR_MS);
+        let mut t = FlopTotal::default();
+        t.add_band(FlopBand {
+            low: rec.flop_low,
+            central: rec.flop_central,
+            high: rec.flop_high,
+        });
+        self.buckets
+            .entry((
+                model.to_string(),
+                run.to_string(),
+                stage_of(rec),
+                method_of(rec).to_string(),
+                hour,
+            ))
+            .or_default()
+            .add(t, rec.start_unix_ms, rec.end_unix_ms);
+    }
+
+    /// Brings the cache up to date with the `raw` and `rollups` trees of `db`.
+    pub fn refresh(&mut self, db: &sled::Db) -> Result<(), StoreError> {
+        let raw = db.open_tree("raw")?;
+        let mut present = HashSet::with_capacity(self.seen.len());
+        let mut fresh = Vec::new();
+        for k in raw.iter().keys() {
+            let k = k?.to_vec();
+            if !self.seen.contains(&k) {
+                fresh.push(k.clone());
+            }
+            present.insert(k);
+        }
+        if present.len() < self.seen.len() + fresh.len() {
+            // A batch we had counted is gone (rolled up): start over from raw + rollups.
+            self.seen.clear();
+            self.buckets.clear();
+            let rollups = db.open_tree("rollups")?;
+            for kv in rollups.scan_prefix(keys::prefix(&[ROLLUP_RUN])) {
+                let (k, v) = kv?;
+                let Some((p, hour)) = keys::split_bucket(&k, 3) else {
+                    continue;
+                };
+                let r: Rollup = from_json(&v, "rollup")?;
+                for (stage, st) in &r.aggregate.stages {
+                    // A rollup keeps the central FLOP per method but one band per stage: the
+                    // bucket takes the dominant method.
+                    let method = st
+                        .methods
+                        .iter()
+                        .max_by_key(|(_, f)| **f)
+                        .map_or("unspecified".to_string(), |(m, _)| m.clone());
+                    let start = st.first_event_unix_ms.unwrap_or(hour * HOUR_MS);
+                    let end = st.last_event_unix_ms.unwrap_or((hour + 1) * HOUR_MS);
+                    self.buckets
+                        .entry((p[1].clone(), p[2].clone(), stage.clone(), method, hour))
+                        .or_default()
+                        .add(st.flop, start, end);
+                }
+            }
+            fresh = present.iter().cloned().collect();
+        }
+        for k in fresh {
+            if let Some(v) = raw.get(&k)? {
+                let batch: StoredBatch = from_proto(&v, "raw batch")?;
+                for rec in &batch.records {
+                    self.add_record(rec);
+                }
+            }
+            self.seen.insert(k);
+        }
+        Ok(())
+    }
+
+    /// Builds the evidence of every model the ledger knows at `now_ms`. A run counts as active
+    /// while it reported within `idle_ms` before `now_ms` and has not reached its declared
+    /// end.
+    pub fn evidence(
+        &self,
+        store: &dyn LedgerStore,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> Result<Vec<ModelEvidence>, StoreError> {
+        let mut out = Vec::new();
+        for model in store.model_names()? {
+            let entry = store.model_entry(&model)?;
+            let role = match &entry {
+                Some(e) if e.role == Some(crate::ledger::Role::Modifier) => ModelRole::Modifier {
+                    base_model: e.base_model.clone().unwrap_or_default(),
+                    base_compute: e.base_flop,
+                    base_compute_source: e.base_flop_source.clone(),
+                    // Unknown: the conservative fallback is the systemic-risk one only when
+                    // the base is known to be above 1e25.
+                    base_systemic: e
+                        .base_flop
+                        .is_some_and(|f| f > flopmeter_core::threshold::pow10(25)),
+                },
+                _ => ModelRole::Provider,
+            };
+            let mut plans = Vec::new();
+            if let Some(e) = &entry
+                && (e.planned_flop.is_some() || e.planned_params.is_some())
+            {
+                plans.push(DeclaredPlan {
+                    plan_id: format!("registry:{model}"),
+                    run_id: None,
+                    registered_at_ms: e.updated_unix_ms,
+                    planned_flop: e.planned_flop,
+                    params: e.planned_params,
+                    tokens: e.planned_tokens,
+                });
+            }
+            let model_end = entry.as_ref().and_then(|e| e.planned_end_unix_ms);
+            let mut runs = Vec::new();
+            for r in store.runs(&model)? {
+                let decl = r.declaration.clone().unwrap_or_default();
+                if decl.planned_flop.is_some() || decl.params.is_some() {
+                    plans.push(DeclaredPlan {
+                        plan_id: format!("run:{model}/{}", r.run),
+                        run_id: Some(r.run.clone()),
+                        registered_at_ms: r
+                            .aggregate
+                            .stages
+                            .values()
+                            .filter_map(|s| s.first_event_unix_ms)
+                            .min()
+                            .unwrap_or(0),
+                        planned_flop: decl.planned_flop,
+                        params: decl.params,
+                        tokens: decl.tokens,
+                    });
+                }
+                let precision = decl
+                    .precision
+                    .as_deref()
+                    .and_then(|p| p.parse::<Precision>().ok());
+                for stage in r.aggregate.stages.keys() {
+                    let lo = (
+                        model.clone(),
+                        r.run.clone(),
+                        stage.clone(),
+                        String::new(),
+                        i64::MIN,
+                    );
+                    let buckets: Vec<FlopBucket> = self
+                        .buckets
+                        .range(lo..)
+                        .take_while(|((m, run, s, _, _), _)| {
+                            *m == model && *run == r.run && s == stage
+                        })
+                        .map(|((_, _, _, method, _), acc)| FlopBucket {
+                            start_ms: acc.start,
+                            end_ms: acc.end.max(acc.start + 1),
+                            flop: acc.flop,
+                            method: method.parse::<Method>().unwrap_or(Method::UtilMfu),
+                        })
+                        .collect();
+                    runs.push(RunEvidence {
+                        run_id: if r.aggregate.stages.len() > 1 {
+                            format!("{}#{stage}", r.run)
+                        } else {
+                            r.run.clone()
+                        },
+                        stage: Stage::parse(stage),
+                        // A run is active until its declared end; without one, while it
+                        // reported within the last rate window (decided by the projection).
+                        active: {
+                            let last = buckets.iter().map(|b| b.end_ms).max().unwrap_or(0);
+                            last >= now_ms - idle_ms
+                                && decl
+                                    .planned_end_unix_ms
+                                    .or(model_end)
+                                    .is_none_or(|end| last < end)
+                        },
+                        planned_end_ms: decl.planned_end_unix_ms.or(model_end),
+                        precision,
+                        buckets,
+                    });
+                }
+            }
+            out.push(ModelEvidence {
+                model,
+                role,
+                plans,
+                runs,
+            });
+        }
+        Ok(out)
+    }
+}

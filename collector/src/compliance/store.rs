@@ -1,0 +1,395 @@
+//! The compliance engine's durable state, in the collector's sled database.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `compliance_clocks` | model \0 threshold | [`ClockState`] (JSON) |
+//! | `compliance_alerts` | model \0 threshold | [`Alert`] (JSON) |
+//! | `audit_log` | seq (u64 BE) | [`AuditEntry`] (JSON) |
+//! | `audit_head` | `head` | [`ChainHead`] (JSON) |
+//! | `outbox` | sink \0 idempotency key | [`OutboxItem`] (JSON) |
+//! | `compliance_meta` | name | JSON (applied thresholds, last seen registry entries) |
+//!
+//! Every change the engine or a person makes is one [`Change`], written in **one sled
+//! transaction** over all six trees: the new clock and alert states, the audit entries that
+//! record them (chained onto the head read inside the transaction) and the outbox items that
+//! will announce them. After a crash either all of it is there or none; the engine flushes
+//! before it tells anyone (ack only after durable). The chain head is kept apart from the log
+//! so that cutting entries off the end is detected too ([`audit::verify_with_head`]).
+//!
+//! A recorded clock start is never moved: [`ComplianceStore::commit`] refuses a clock state
+//! whose start differs from the stored one (the core never produces one; this is the last
+//! line of defence against a bug).
+
+use std::sync::Mutex;
+
+use flopmeter_core::alert::{Alert, AlertContent, AlertEvent};
+use flopmeter_core::audit::{self, AuditEntry, AuditKind, BrokenLink, ChainHead, Json};
+use flopmeter_core::clock::ClockState;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::ledger::keys;
+
+/// Errors of the compliance store.
+#[derive(Debug, thiserror::Error)]
+pub enum ComplianceStoreError {
+    /// sled failed.
+    #[error("compliance storage error: {0}")]
+    Storage(String),
+    /// A stored value could not be decoded.
+    #[error("compliance store holds a corrupt value: {0}")]
+    Corrupt(String),
+    /// A write would have moved a recorded clock start.
+    #[error("refusing to move the recorded clock start of {0}")]
+    StartMoved(String),
+}
+
+impl From<sled::Error> for ComplianceStoreError {
+    fn from(e: sled::Error) -> Self {
+        ComplianceStoreError::Storage(e.to_string())
+    }
+}
+
+impl From<TransactionError<ComplianceStoreError>> for ComplianceStoreError {
+    fn from(e: TransactionError<ComplianceStoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => ComplianceStoreError::Storage(e.to_string()),
+        }
+    }
+}
+
+/// Delivery state of one outbox item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryState {
+    /// Not yet delivered; retried with backoff.
+    Pending,
+    /// The sink accepted it.
+    Delivered,
+}
+
+/// One message for one sink, kept until delivered (and afterwards, as delivery history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Creation order (assigned when first stored): delivery follows it, so a receiver
+    /// sees an alert's events in the order they happened.
+    #[serde(default)]
+    pub seq: u64,
+    /// Sink name (`alertmanager`, `webhook:<name>`, `log`).
+    pub sink: String,
+    /// The core event's idempotency key (sent to sinks so they can drop duplicates).
+    pub key: String,
+    /// The event.
+    pub event: AlertEvent,
+    /// What the alert said when the event happened.
+    pub content: AlertContent,
+    /// Whether the alert was active (firing) at the event: Alertmanager resolves otherwise.
+    pub active: bool,
+    /// Delivery state.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Earliest next attempt, wall-clock Unix ms (backoff).
+    pub next_attempt_unix_ms: i64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// When delivered, wall-clock Unix ms.
+    pub delivered_unix_ms: Option<i64>,
+}
+
+/// An audit record to append: actor, kind, payload, time.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// When (engine clock, Unix ms).
+    pub time_ms: i64,
+    /// Who or what.
+    pub actor: String,
+    /// What kind.
+    pub kind: AuditKind,
+    /// The record.
+    pub payload: Json,
+}
+
+/// Everything one engine step or one person's action changes, written atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// New clock state (model, threshold, state).
+    pub clock: Option<ClockState>,
+    /// New alert state.
+    pub alert: Option<Alert>,
+    /// Audit entries to append, in order.
+    pub audit: Vec<AuditRecord>,
+    /// Outbox items to enqueue (existing keys are left alone: idempotent).
+    pub outbox: Vec<OutboxItem>,
+    /// Metadata to set (name, JSON bytes).
+    pub meta: Vec<(String, Vec<u8>)>,
+    /// Outbox items to overwrite (delivery progress).
+    pub outbox_update: Vec<OutboxItem>,
+}
+
+impl Change {
+    /// True when nothing would be written.
+    pub fn is_empty(&self) -> bool {
+        self.clock.is_none()
+            && self.alert.is_none()
+            && self.audit.is_empty()
+            && self.outbox.is_empty()
+            && self.meta.is_empty()
+            && self.outbox_update.is_empty()
+    }
+}
+
+/// The compliance trees of one sled database.
+#[derive(Debug)]
+pub struct ComplianceStore {
+    db: sled::Db,
+    clocks: sled::Tree,
+    alerts: sled::Tree,
+    audit: sled::Tree,
+    head: sled::Tree,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+    /// Serializes writers (engine, admin actions, outbox): the audit head is a single chain.
+    write: Mutex<()>,
+}
+
+const HEAD_KEY: &[u8] = b"head";
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, ComplianceStoreError> {
+    serde_json::to_vec(v).map_err(|e| ComplianceStoreError::Corrupt(e.to_string()))
+}
+
+fn dec<T: DeserializeOwned>(v: &[u8], what: &str) -> Result<T, ComplianceStoreError> {
+    serde_json::from_slice(v).map_err(|e| ComplianceStoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// The key of a (model, threshold) pair.
+pub fn pair_key(model: &str, threshold: &str) -> Vec<u8> {
+    keys::join(&[model, threshold])
+}
+
+fn outbox_key(sink: &str, key: &str) -> Vec<u8> {
+    keys::join(&[sink, key])
+}
+
+impl ComplianceStore {
+    /// Opens (creates) the compliance trees in `db`.
+    pub fn open(db: &sled::Db) -> Result<ComplianceStore, ComplianceStoreError> {
+        Ok(ComplianceStore {
+            clocks: db.open_tree("compliance_clocks")?,
+            alerts: db.open_tree("compliance_alerts")?,
+            audit: db.open_tree("audit_log")?,
+            head: db.open_tree("audit_head")?,
+            outbox: db.open_tree("outbox")?,
+            meta: db.open_tree("compliance_meta")?,
+            db: db.clone(),
+            write: Mutex::new(()),
+        })
+    }
+
+    /// The database (for the evidence builder, which reads the ledger's raw trees).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Makes everything written durable.
+    pub fn flush(&self) -> Result<(), ComplianceStoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The clock of a pair.
+    pub fn clock(
+        &self,
+        model: &str,
+        threshold: &str,
+    ) -> Result<Option<ClockState>, ComplianceStoreError> {
+        self.clocks
+            .get(pair_key(model, threshold))?
+            .map(|v| dec(&v, "clock"))
+            .transpose()
+    }
+
+    /// Every clock.
+    pub fn clocks(&self) -> Result<Vec<ClockState>, ComplianceStoreError> {
+        self.clocks
+            .iter()
+            .values()
+            .map(|v| dec(&v?, "clock"))
+            .collect()
+    }
+
+    /// The alert of a pair.
+    pub fn alert(
+        &self,
+        model: &str,
+        threshold: &str,
+    ) -> Result<Option<Alert>, ComplianceStoreError> {
+        self.alerts
+            .get(pair_key(model, threshold))?
+            .map(|v| dec(&v, "alert"))
+            .transpose()
+    }
+
+    /// Every alert.
+    pub fn alerts(&self) -> Result<Vec<Alert>, ComplianceStoreError> {
+        self.alerts
+            .iter()
+            .values()
+            .map(|v| dec(&v?, "alert"))
+            .collect()
+    }
+
+    /// A metadata value.
+    pub fn meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ComplianceStoreError> {
+        self.meta.get(name)?.map(|v| dec(&v, name)).transpose()
+    }
+
+    /// Every outbox item (pending and delivered), in creation order.
+    pub fn outbox(&self) -> Result<Vec<OutboxItem>, ComplianceStoreError> {
+        let mut items: Vec<OutboxItem> = self
+            .outbox
+            .iter()
+            .values()
+            .map(|v| dec(&v?, "outbox item"))
+            .collect::<Result<_, _>>()?;
+        items.sort_by_key(|i| i.seq);
+        Ok(items)
+    }
+
+    /// The stored chain head.
+    pub fn head(&self) -> Result<ChainHead, ComplianceStoreError> {
+        Ok(self
+            .head
+            .get(HEAD_KEY)?
+            .map(|v| dec(&v, "audit head"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Audit entries in key order (which is `seq` order unless the log was tampered with).
+    pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
+        self.audit
+            .iter()
+            .values()
+            .map(|v| dec(&v?, "audit entry"))
+            .collect()
+    }
+
+    /// The raw audit tree, for tamper tests and repair tools.
+    pub fn audit_tree(&self) -> &sled::Tree {
+        &self.audit
+    }
+
+    /// Verifies the whole chain against the stored head; returns the entry count or the
+    /// first broken link.
+    pub fn verify_audit(&self) -> Result<Result<u64, BrokenLink>, ComplianceStoreError> {
+        let entries = self.audit_entries()?;
+        let head = self.head()?;
+        Ok(audit::verify_with_head(&entries, &head).map(|()| entries.len() as u64))
+    }
+
+    /// Writes a [`Change`] atomically and returns the audit entries it appended.
+    pub fn commit(&self, change: &Change) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
+        if change.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let clock = change
+            .clock
+            .as_ref()
+            .map(|c| {
+                Ok::<_, ComplianceStoreError>((pair_key(&c.model, &c.threshold_id), enc(c)?, c))
+            })
+            .transpose()?;
+        let alert = change
+            .alert
+            .as_ref()
+            .map(|a| Ok::<_, ComplianceStoreError>((pair_key(&a.model, &a.threshold_id), enc(a)?)))
+            .transpose()?;
+        let outbox: Vec<(Vec<u8>, Vec<u8>)> = change
+            .outbox
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                o.seq = self.db.generate_id()?;
+                Ok((outbox_key(&o.sink, &o.key), enc(&o)?))
+            })
+            .collect::<Result<_, ComplianceStoreError>>()?;
+        let updates: Vec<(Vec<u8>, Vec<u8>)> = change
+            .outbox_update
+            .iter()
+            .map(|o| Ok((outbox_key(&o.sink, &o.key), enc(o)?)))
+            .collect::<Result<_, ComplianceStoreError>>()?;
+        let abort = |e: ComplianceStoreError| ConflictableTransactionError::Abort(e);
+        let written = (
+            &self.clocks,
+            &self.alerts,
+            &self.audit,
+            &self.head,
+            &self.outbox,
+            &self.meta,
+        )
+            .transaction(|(clocks, alerts, log, head, ob, meta)| {
+                if let Some((k, v, c)) = &clock {
+                    if let Some(old) = clocks.get(k)? {
+                        let old: ClockState = dec(&old, "clock").map_err(abort)?;
+                        if old.start != c.start {
+                            return Err(abort(ComplianceStoreError::StartMoved(format!(
+                                "{} / {}",
+                                c.model, c.threshold_id
+                            ))));
+                        }
+                    }
+                    clocks.insert(k.as_slice(), v.as_slice())?;
+                }
+                if let Some((k, v)) = &alert {
+                    alerts.insert(k.as_slice(), v.as_slice())?;
+                }
+                let mut h: ChainHead = match head.get(HEAD_KEY)? {
+                    Some(v) => dec(&v, "audit head").map_err(abort)?,
+                    None => ChainHead::genesis(),
+                };
+                let mut out = Vec::new();
+                for r in &change.audit {
+                    let e = h.append(r.time_ms, &r.actor, r.kind.clone(), r.payload.clone());
+                    log.insert(&e.seq.to_be_bytes()[..], enc(&e).map_err(abort)?)?;
+                    out.push(e);
+                }
+                if !change.audit.is_empty() {
+                    head.insert(HEAD_KEY, enc(&h).map_err(abort)?)?;
+                }
+                for (k, v) in &outbox {
+                    if ob.get(k)?.is_none() {
+                        ob.insert(k.as_slice(), v.as_slice())?;
+                    }
+                }
+                for (k, v) in &updates {
+                    ob.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (name, v) in &change.meta {
+                    meta.insert(name.as_bytes(), v.as_slice())?;
+                }
+                Ok(out)
+            })?;
+        Ok(written)
+    }
+
+    /// Appends audit records alone (threshold config changes, registry changes).
+    pub fn append_audit(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
+        self.commit(&Change {
+            audit: records,
+            ..Change::default()
+        })
+    }
+}
+
+/// JSON bytes for [`Change::meta`].
+pub fn meta_value<T: Serialize>(v: &T) -> Result<Vec<u8>, ComplianceStoreError> {
+    enc(v)
+}

@@ -1,0 +1,181 @@
+//! The collector's HTTP side (axum): Prometheus `/metrics`, `/healthz`, `/readyz` and the
+//! read-only JSON API under `/api/v1`, for scripts and dashboards.
+//!
+//! FLOP figures in the JSON are exact integers (they may exceed 2^53; parse them as big
+//! integers or strings where that matters).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use flopmeter_core::stage::StagePolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{Aggregate, LedgerStore, StoreError, summary};
+use crate::metrics::Metrics;
+use crate::{now_unix_ms, report};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The ledger.
+    pub store: Arc<dyn LedgerStore>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// The stage policy.
+    pub policy: StagePolicy,
+    /// True once the collector serves agents, false again while it shuts down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// An API error, as JSON `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The ledger failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Nothing by that name.
+    #[error("{0}")]
+    NotFound(String),
+    /// A bad query.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            HttpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// The router.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/models", get(models))
+        .route("/api/v1/models/{model}", get(model))
+        .route("/api/v1/models/{model}/report", get(model_report))
+        .route("/api/v1/runs", get(runs))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/rejections", get(rejections))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<HttpState>) -> Result<Response, HttpError> {
+    s.metrics.refresh_ledger(s.store.as_ref(), &s.policy)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response())
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn models(
+    State(s): State<HttpState>,
+) -> Result<axum::Json<Vec<summary::ModelSummary>>, HttpError> {
+    Ok(axum::Json(summary::model_summaries(
+        s.store.as_ref(),
+        &s.policy,
+    )?))
+}
+
+/// `/api/v1/models/{model}`: the summary and the full per-stage aggregate.
+#[derive(Debug, Serialize)]
+pub struct ModelDetail {
+    /// Totals.
+    pub summary: summary::ModelSummary,
+    /// Per-stage, per-GPU-type detail.
+    pub aggregate: Aggregate,
+}
+
+async fn model(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+) -> Result<axum::Json<ModelDetail>, HttpError> {
+    let summary = summary::model_summary(s.store.as_ref(), &model, &s.policy)?
+        .ok_or_else(|| HttpError::NotFound(format!("no model {model:?}")))?;
+    let aggregate = s.store.model_aggregate(&model)?.unwrap_or_default();
+    Ok(axum::Json(ModelDetail { summary, aggregate }))
+}
+
+async fn model_report(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+) -> Result<axum::Json<report::Report>, HttpError> {
+    report::build(s.store.as_ref(), &model, &s.policy, now_unix_ms())?
+        .map(axum::Json)
+        .ok_or_else(|| HttpError::NotFound(format!("no model {model:?}")))
+}
+
+/// Query of `/api/v1/runs`.
+#[derive(Debug, Deserialize)]
+pub struct RunsQuery {
+    /// The model whose runs to list.
+    pub model: Option<String>,
+}
+
+async fn runs(
+    State(s): State<HttpState>,
+    Query(q): Query<RunsQuery>,
+) -> Result<axum::Json<Vec<summary::RunSummary>>, HttpError> {
+    let model = q
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| HttpError::BadRequest("the query parameter model= is required".into()))?;
+    Ok(axum::Json(summary::run_summaries(
+        s.store.as_ref(),
+        &model,
+        &s.policy,
+    )?))
+}
+
+async fn agents(
+    State(s): State<HttpState>,
+) -> Result<axum::Json<Vec<crate::ledger::AgentInfo>>, HttpError> {
+    Ok(axum::Json(s.store.agents()?))
+}
+
+/// Query of `/api/v1/rejections`.
+#[derive(Debug, Deserialize)]
+pub struct RejectionsQuery {
+    /// Only this agent's.
+    pub agent: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+}
+
+async fn rejections(
+    State(s): State<HttpState>,
+    Query(q): Query<RejectionsQuery>,
+) -> Result<axum::Json<Vec<crate::ledger::RejectedEntry>>, HttpError> {
+    Ok(axum::Json(s.store.rejections(
+        q.agent.as_deref().filter(|a| !a.is_empty()),
+        q.limit.unwrap_or(100),
+    )?))
+}

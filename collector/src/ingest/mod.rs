@@ -1,0 +1,406 @@
+//! Agent ingest: the `flopmeter.v1.Ingest` gRPC service.
+//!
+//! One session per agent stream: Hello (authenticated when tokens are required) → Welcome
+//! with the agent's high-water mark → batches, each validated record by record
+//! ([`validate`]) and queued to the ledger writer in arrival order; the Acks go back in the
+//! same order, each only after the flush that made its batch durable (`crate::writer`).
+//!
+//! A session reads ahead: it queues the next batch while earlier ones wait for their flush,
+//! so an agent that pipelines batches is not limited to one per flush. Refusals end the
+//! stream with a gRPC status, after the Acks of the batches before them:
+//! - a batch whose sequence numbers are zero or not strictly increasing: INVALID_ARGUMENT,
+//!   nothing of it applied;
+//! - an unknown agent or a wrong token, when tokens are required: UNAUTHENTICATED;
+//! - a stream that does not start with a valid Hello: INVALID_ARGUMENT.
+
+pub mod auth;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use flopmeter_proto::v1::ingest_server::Ingest;
+use flopmeter_proto::v1::{
+    Ack, AgentMessage, CollectorMessage, Hello, Rejection, Resend, Welcome, agent_message,
+    collector_message,
+};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ledger::{
+    AgentInfo, ApplyOutcome, CheckedRecord, IncomingBatch, LedgerStore, StoreError,
+};
+use crate::metrics::{Metrics, Refusal};
+use crate::now_unix_ms;
+use crate::writer::{Job, WriterHandle};
+use validate::{Inventory, Limits, RejectReason, valid_name, verdict};
+
+/// Batches a session reads ahead of their Acks.
+const READ_AHEAD: usize = 64;
+
+/// The ingest service.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn LedgerStore>,
+    writer: WriterHandle,
+    metrics: Metrics,
+    limits: Limits,
+    tokens: Option<HashMap<String, String>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl IngestService {
+    /// Creates the service. Sessions end when `shutdown` becomes true.
+    pub fn new(
+        store: Arc<dyn LedgerStore>,
+        writer: WriterHandle,
+        metrics: Metrics,
+        limits: Limits,
+        tokens: Option<HashMap<String, String>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> IngestService {
+        IngestService {
+            shared: Arc::new(Shared {
+                store,
+                writer,
+                metrics,
+                limits,
+                tokens,
+                shutdown,
+            }),
+        }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Result<CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let bearer = auth::bearer(request.metadata()).map(str::to_string);
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        // The response starts at once and the Hello is read in the session: a client that
+        // awaits the response before sending its Hello must not deadlock.
+        tokio::spawn(session(self.shared.clone(), bearer, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Waits for the next inbound message, or for shutdown (`None`).
+async fn next_message(
+    inbound: &mut Streaming<AgentMessage>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Result<Option<AgentMessage>, Status>> {
+    tokio::select! {
+        m = inbound.message() => Some(m),
+        _ = shutdown.wait_for(|stop| *stop) => None,
+    }
+}
+
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.agent_id.is_empty() || !valid_name(&hello.agent_id) {
+        return Err(
+            "Hello.agent_id must be non-empty, at most 256 bytes, no control characters".into(),
+        );
+    }
+    if !valid_name(&hello.node) {
+        return Err("Hello.node must be at most 256 bytes, no control characters".into());
+    }
+    Ok(())
+}
+
+/// Marks the agent disconnected when the session ends, however it ends.
+struct Connected {
+    metrics: Metrics,
+    agent: String,
+    node: String,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.metrics.agent_connected(&self.agent, &self.node, false);
+    }
+}
+
+enum Pending {
+    Outcome {
+        reply: oneshot::Receiver<Result<ApplyOutcome, StoreError>>,
+        received: Instant,
+    },
+    Fail(Status),
+}
+
+async fn session(
+    shared: Arc<Shared>,
+    bearer: Option<String>,
+    mut inbound: Streaming<AgentMessage>,
+    out: Outbound,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    let m = &shared.metrics;
+    let hello = match next_message(&mut inbound, &mut shutdown).await {
+        Some(Ok(Some(AgentMessage {
+            kind: Some(agent_message::Kind::Hello(h)),
+        }))) => h,
+        None => return,
+        Some(Err(_)) | Some(Ok(None)) => return,
+        Some(Ok(Some(_))) => {
+            m.refuse(Refusal::BadHello);
+            let _ = out
+                .send(Err(Status::invalid_argument(
+                    "the stream must start with a Hello",
+                )))
+                .await;
+            return;
+        }
+    };
+    if let Err(why) = check_hello(&hello) {
+        m.refuse(Refusal::BadHello);
+        let _ = out.send(Err(Status::invalid_argument(why))).await;
+        return;
+    }
+    if let Err(refusal) =
+        auth::check_agent(shared.tokens.as_ref(), &hello.agent_id, bearer.as_deref())
+    {
+        m.refuse(refusal);
+        tracing::warn!(agent = %hello.agent_id, node = %hello.node, reason = refusal.as_str(), "agent refused");
+        let _ = out
+            .send(Err(Status::unauthenticated(format!(
+                "agent {:?} is not allowed ({})",
+                hello.agent_id,
+                refusal.as_str()
+            ))))
+            .await;
+        return;
+    }
+    let agent = hello.agent_id.clone();
+    let node = hello.node.clone();
+    let hwm = match shared.store.high_water_mark(&agent) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = out.send(Err(e.into())).await;
+            return;
+        }
+    };
+    let now = now_unix_ms();
+    let _ = shared
+        .writer
+        .submit(Job::RecordAgent(agent_info(&hello, now)))
+        .await;
+    m.agent_connected(&agent, &node, true);
+    m.agent_seen(&agent, &node, now);
+    let _guard = Connected {
+        metrics: m.clone(),
+        agent: agent.clone(),
+        node: node.clone(),
+    };
+    tracing::info!(%agent, %node, hwm, version = %hello.software_version, "agent connected");
+    let welcome = CollectorMessage {
+        kind: Some(collector_message::Kind::Welcome(Welcome {
+            high_water_mark: hwm,
+            collector_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    };
+    if out.send(Ok(welcome)).await.is_err() {
+        return;
+    }
+    let inventory = Inventory::from_hello(&hello.gpus);
+    let (pending_tx, pending_rx) = mpsc::channel(READ_AHEAD);
+    let responder = tokio::spawn(respond(shared.metrics.clone(), pending_rx, out));
+    loop {
+        let msg = match next_message(&mut inbound, &mut shutdown).await {
+            None => {
+                let _ = pending_tx
+                    .send(Pending::Fail(Status::unavailable(
+                        "the collector is shutting down",
+                    )))
+                    .await;
+                break;
+            }
+            Some(Ok(Some(msg))) => msg,
+            // The agent closed its side, or the connection broke: the Acks still owed are
+            // sent if the connection allows; nothing else to do.
+            Some(Ok(None)) | Some(Err(_)) => break,
+        };
+        let batch = match msg.kind {
+            Some(agent_message::Kind::Batch(b)) => b,
+            _ => {
+                m.refuse(Refusal::BadHello);
+                let _ = pending_tx
+                    .send(Pending::Fail(Status::invalid_argument(
+                        "only RecordBatch messages may follow the Hello",
+                    )))
+                    .await;
+                break;
+            }
+        };
+        let received = Instant::now();
+        let now = now_unix_ms();
+        m.ingest_batches.inc();
+        m.ingest_bytes.inc_by(batch.encoded_len() as u64);
+        m.agent_seen(&agent, &node, now);
+        let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
+        if !crate::ledger::sequence::well_formed(&seqs) {
+            m.refuse(Refusal::SequenceNotIncreasing);
+            tracing::warn!(%agent, "batch refused: sequence numbers not strictly increasing");
+            let _ = pending_tx
+                .send(Pending::Fail(Status::invalid_argument(
+                    "RecordBatch sequence numbers must start above 0 and strictly increase; \
+                     nothing of this batch was applied",
+                )))
+                .await;
+            break;
+        }
+        let records = batch
+            .records
+            .into_iter()
+            .map(|record| CheckedRecord {
+                rejection: verdict(&record, &inventory, &shared.limits, now),
+                record,
+            })
+            .collect();
+        let incoming = IncomingBatch {
+            agent_id: agent.clone(),
+            node: node.clone(),
+            received_unix_ms: now,
+            records,
+        };
+        let (reply_tx, reply) = oneshot::channel();
+        if shared
+            .writer
+            .submit(Job::Apply(Box::new(incoming), reply_tx))
+            .await
+            .is_err()
+        {
+            let _ = pending_tx
+                .send(Pending::Fail(Status::unavailable(
+                    "the ledger writer has stopped",
+                )))
+                .await;
+            break;
+        }
+        if pending_tx
+            .send(Pending::Outcome { reply, received })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(pending_tx);
+    let _ = responder.await;
+    tracing::info!(%agent, %node, "agent disconnected");
+}
+
+fn agent_info(h: &Hello, now: i64) -> AgentInfo {
+    let mut gpus: Vec<(String, u32)> = Vec::new();
+    for g in &h.gpus {
+        let t = if g.catalogue_id.is_empty() {
+            crate::ledger::aggregate::UNKNOWN_GPU_TYPE.to_string()
+        } else {
+            g.catalogue_id.clone()
+        };
+        match gpus.iter_mut().find(|(k, _)| *k == t) {
+            Some((_, n)) => *n += 1,
+            None => gpus.push((t, 1)),
+        }
+    }
+    AgentInfo {
+        agent_id: h.agent_id.clone(),
+        node: h.node.clone(),
+        software_version: h.software_version.clone(),
+        gpus,
+        last_hello_unix_ms: now,
+    }
+}
+
+/// Sends the Acks (and Resends) in batch order, each once its batch is durable.
+async fn respond(metrics: Metrics, mut pending: mpsc::Receiver<Pending>, out: Outbound) {
+    while let Some(p) = pending.recv().await {
+        let (reply, received) = match p {
+            Pending::Outcome { reply, received } => (reply, received),
+            Pending::Fail(status) => {
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+        };
+        let outcome = match reply.await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "applying a batch failed");
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+            Err(_) => {
+                let _ = out
+                    .send(Err(Status::unavailable("the ledger writer has stopped")))
+                    .await;
+                return;
+            }
+        };
+        metrics.ingest_records.inc_by(outcome.applied as u64);
+        metrics
+            .ingest_duplicate_records
+            .inc_by(outcome.duplicates as u64);
+        let new_from = outcome.rejections.len() - outcome.newly_rejected;
+        for r in &outcome.rejections[new_from..] {
+            if let Some(reason) = RejectReason::parse(&r.reason) {
+                metrics.record_rejected(reason);
+            }
+        }
+        let progressed = outcome.applied + outcome.newly_rejected + outcome.duplicates > 0;
+        if progressed || outcome.resend_from.is_none() {
+            let ack = Ack {
+                acked_through: outcome.acked_through,
+                rejections: outcome
+                    .rejections
+                    .iter()
+                    .map(|r| Rejection {
+                        seq: r.seq,
+                        reason: r.reason.clone(),
+                        detail: r.detail.clone(),
+                    })
+                    .collect(),
+            };
+            metrics
+                .ack_latency
+                .observe(received.elapsed().as_secs_f64());
+            let msg = CollectorMessage {
+                kind: Some(collector_message::Kind::Ack(ack)),
+            };
+            if out.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        if let Some(from_seq) = outcome.resend_from {
+            metrics.ingest_resends.inc();
+            let msg = CollectorMessage {
+                kind: Some(collector_message::Kind::Resend(Resend {
+                    from_seq,
+                    reason: format!(
+                        "sequence gap: the collector has everything through {} and needs {} next",
+                        from_seq - 1,
+                        from_seq
+                    ),
+                })),
+            };
+            if out.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

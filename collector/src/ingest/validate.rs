@@ -1,0 +1,373 @@
+//! Validation at the door: what makes a record unfit for any total.
+//!
+//! Pure: the collector's clock is a parameter (`now_unix_ms`), so every rule is tested
+//! without waiting or faking time. A record that fails is quarantined, not applied, and the
+//! agent's high-water mark moves past it (see `crate::ledger`): a bad record never
+//! half-applies and never blocks the records behind it.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use flopmeter_core::catalogue::{self, GpuModel};
+use flopmeter_proto::v1::{GpuInventory, IntervalRecord};
+
+use crate::ledger::RecordRejection;
+
+/// Why a record was quarantined. The tag is the `reason` of the Ack's `Rejection` and the
+/// `reason` label of `flopmeter_ingest_rejected_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// FLOP above the GPU type's physical ceiling × interval × tolerance.
+    FlopAbovePeak,
+    /// End before start, an empty interval, or a start at or before the epoch.
+    BadInterval,
+    /// Interval longer than the configured maximum.
+    IntervalTooLong,
+    /// Event time too far ahead of the collector's clock.
+    FutureEventTime,
+    /// `low ≤ central ≤ high` violated.
+    BandOrder,
+    /// No catalogue entry and no operator-supplied peak: the ceiling cannot be checked.
+    UnknownGpuType,
+    /// More GPU time than the interval has.
+    GpuTimeAboveInterval,
+    /// Energy beyond any GPU's power over the interval.
+    ImplausibleEnergy,
+    /// Model, run, stage or GPU type too long or containing control characters.
+    BadIdentity,
+    /// A non-finite or out-of-range value (tensor activity outside 0..1).
+    BadValue,
+}
+
+impl RejectReason {
+    /// Every reason, for metric initialisation and docs.
+    pub const ALL: [RejectReason; 10] = [
+        RejectReason::FlopAbovePeak,
+        RejectReason::BadInterval,
+        RejectReason::IntervalTooLong,
+        RejectReason::FutureEventTime,
+        RejectReason::BandOrder,
+        RejectReason::UnknownGpuType,
+        RejectReason::GpuTimeAboveInterval,
+        RejectReason::ImplausibleEnergy,
+        RejectReason::BadIdentity,
+        RejectReason::BadValue,
+    ];
+
+    /// The kebab-case tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::FlopAbovePeak => "flop-above-peak",
+            RejectReason::BadInterval => "bad-interval",
+            RejectReason::IntervalTooLong => "interval-too-long",
+            RejectReason::FutureEventTime => "future-event-time",
+            RejectReason::BandOrder => "band-order",
+            RejectReason::UnknownGpuType => "unknown-gpu-type",
+            RejectReason::GpuTimeAboveInterval => "gpu-time-above-interval",
+            RejectReason::ImplausibleEnergy => "implausible-energy",
+            RejectReason::BadIdentity => "bad-identity",
+            RejectReason::BadValue => "bad-value",
+        }
+    }
+
+    /// The reason with this tag.
+    pub fn parse(tag: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.as_str() == tag)
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The limits validation applies (from the collector's configuration).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Factor over the physical ceiling a record may reach before rejection (clock
+    /// overshoot, counter jitter): 1.05.
+    pub peak_tolerance: f64,
+    /// Longest interval a record may cover, ms.
+    pub max_interval_ms: i64,
+    /// How far ahead of the collector's clock an event may end, ms.
+    pub max_future_ms: i64,
+    /// Highest average power a GPU may draw over an interval, W (energy plausibility).
+    pub max_gpu_watts: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            peak_tolerance: 1.05,
+            max_interval_ms: 3_600_000,
+            max_future_ms: 300_000,
+            // Twice the highest board power in the catalogue (B200/GB200, ~1.2 kW).
+            max_gpu_watts: 2_500.0,
+        }
+    }
+}
+
+/// Longest model, run, stage or GPU-type name accepted.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A name usable as a ledger key part: bounded, no control characters (keys use NUL as a
+/// separator).
+pub fn valid_name(s: &str) -> bool {
+    s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
+}
+
+/// The GPUs an agent declared in its Hello, for the operator-supplied peaks of uncatalogued
+/// devices.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    operator_peaks: HashMap<String, f64>,
+}
+
+impl Inventory {
+    /// From a Hello's GPU list.
+    pub fn from_hello(gpus: &[GpuInventory]) -> Inventory {
+        Inventory {
+            operator_peaks: gpus
+                .iter()
+                .filter(|g| g.operator_peak_tflops.is_finite() && g.operator_peak_tflops > 0.0)
+                .map(|g| (g.uuid.clone(), g.operator_peak_tflops))
+                .collect(),
+        }
+    }
+
+    /// The ceiling in FLOP/s of the GPU a record ran on: the catalogue's for a catalogued
+    /// type, else the operator-supplied peak the Hello declared for that GPU.
+    pub fn ceiling_flop_per_s(&self, rec: &IntervalRecord) -> Option<f64> {
+        if !rec.gpu_type.is_empty()
+            && let Some(m) = catalogue::find(&rec.gpu_type)
+        {
+            return Some(m.ceiling_flop_per_s());
+        }
+        self.operator_peaks
+            .get(&rec.gpu_uuid)
+            .map(|&p| GpuModel::operator_supplied(p).ceiling_flop_per_s())
+    }
+}
+
+/// Checks one record. `None` means it may be applied.
+pub fn check_record(
+    rec: &IntervalRecord,
+    inventory: &Inventory,
+    limits: &Limits,
+    now_unix_ms: i64,
+) -> Option<(RejectReason, String)> {
+    let reject = |r: RejectReason, d: String| Some((r, d));
+    if let Some(id) = &rec.identity {
+        for (what, v) in [("model", &id.model), ("run", &id.run), ("stage", &id.stage)] {
+            if !valid_name(v) {
+                return reject(
+                    RejectReason::BadIdentity,
+                    format!("{what} is longer than {MAX_NAME_LEN} bytes or has control characters"),
+                );
+            }
+        }
+    }
+    if !valid_name(&rec.gpu_type) {
+        return reject(RejectReason::BadIdentity, "bad gpu_type".into());
+    }
+    let interval_ms = rec.end_unix_ms.saturating_sub(rec.start_unix_ms);
+    if rec.start_unix_ms <= 0 || interval_ms <= 0 {
+        return reject(
+            RejectReason::BadInterval,
+            format!(
+                "interval [{}, {}] ms is empty, negative or before the epoch",
+                rec.start_unix_ms, rec.end_unix_ms
+            ),
+        );
+    }
+    if interval_ms > limits.max_interval_ms {
+        return reject(
+            RejectReason::IntervalTooLong,
+            format!(
+                "interval of {interval_ms} ms exceeds the maximum of {} ms",
+                limits.max_interval_ms
+            ),
+        );
+    }
+    if rec.end_unix_ms > now_unix_ms.saturating_add(limits.max_future_ms) {
+        return reject(
+            RejectReason::FutureEventTime,
+            format!(
+                "interval ends {} ms after the collector's clock (at most {} ms allowed)",
+                rec.end_unix_ms - now_unix_ms,
+                limits.max_future_ms
+            ),
+        );
+    }
+    if !(rec.flop_low <= rec.flop_central && rec.flop_central <= rec.flop_high) {
+        return reject(
+            RejectReason::BandOrder,
+            format!(
+                "FLOP band out of order: low {} central {} high {}",
+                rec.flop_low, rec.flop_central, rec.flop_high
+            ),
+        );
+    }
+    if !rec.mean_tensor_util.is_finite() || !(0.0..=1.0).contains(&rec.mean_tensor_util) {
+        return reject(
+            RejectReason::BadValue,
+            format!(
+                "tensor activity {} is not within 0..1",
+                rec.mean_tensor_util
+            ),
+        );
+    }
+    // A little slack for clock jitter between the agent's interval ends and its GPU-time
+    // accounting; real overshoot is far larger.
+    if rec.gpu_ms as f64 > interval_ms as f64 * limits.peak_tolerance {
+        return reject(
+            RejectReason::GpuTimeAboveInterval,
+            format!("{} GPU-ms in an interval of {interval_ms} ms", rec.gpu_ms),
+        );
+    }
+    let seconds = interval_ms as f64 / 1000.0;
+    let max_mj = limits.max_gpu_watts * seconds * 1000.0;
+    if rec.energy_mj as f64 > max_mj {
+        return reject(
+            RejectReason::ImplausibleEnergy,
+            format!(
+                "{} mJ in {seconds} s is more than {} W",
+                rec.energy_mj, limits.max_gpu_watts
+            ),
+        );
+    }
+    let Some(ceiling) = inventory.ceiling_flop_per_s(rec) else {
+        return reject(
+            RejectReason::UnknownGpuType,
+            format!(
+                "GPU type {:?} is not in the catalogue and the agent declared no operator peak \
+                 for GPU {:?}",
+                rec.gpu_type, rec.gpu_uuid
+            ),
+        );
+    };
+    let max_flop = ceiling * seconds * limits.peak_tolerance;
+    if rec.flop_high as f64 > max_flop {
+        return reject(
+            RejectReason::FlopAbovePeak,
+            format!(
+                "{:.3e} FLOP in {seconds} s exceeds the physical ceiling of {} ({:.3e} FLOP/s \
+                 × {} tolerance = {max_flop:.3e})",
+                rec.flop_high as f64,
+                if rec.gpu_type.is_empty() {
+                    "the GPU"
+                } else {
+                    &rec.gpu_type
+                },
+                ceiling,
+                limits.peak_tolerance
+            ),
+        );
+    }
+    None
+}
+
+/// [`check_record`] as the ledger's verdict.
+pub fn verdict(
+    rec: &IntervalRecord,
+    inventory: &Inventory,
+    limits: &Limits,
+    now_unix_ms: i64,
+) -> Option<RecordRejection> {
+    check_record(rec, inventory, limits, now_unix_ms).map(|(r, detail)| RecordRejection {
+        reason: r.as_str().to_string(),
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn good() -> IntervalRecord {
+        IntervalRecord {
+            seq: 1,
+            start_unix_ms: NOW - 10_000,
+            end_unix_ms: NOW,
+            gpu_uuid: "GPU-1".into(),
+            gpu_type: "h100-sxm".into(),
+            flop_low: 3_000_000_000_000_000,
+            flop_central: 4_000_000_000_000_000,
+            flop_high: 8_000_000_000_000_000,
+            gpu_ms: 10_000,
+            energy_mj: 7_000_000,
+            mean_tensor_util: 0.4,
+            ..Default::default()
+        }
+    }
+
+    fn reason(rec: &IntervalRecord) -> Option<RejectReason> {
+        check_record(rec, &Inventory::default(), &Limits::default(), NOW).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn each_rule() {
+        assert_eq!(reason(&good()), None);
+        let mut r = good();
+        let h100 = catalogue::find("h100-sxm").unwrap().ceiling_flop_per_s();
+        r.flop_high = (h100 * 10.0 * 1.05 * 1.01) as u64;
+        assert_eq!(reason(&r), Some(RejectReason::FlopAbovePeak));
+        let mut r = good();
+        r.end_unix_ms = r.start_unix_ms - 1;
+        assert_eq!(reason(&r), Some(RejectReason::BadInterval));
+        let mut r = good();
+        r.start_unix_ms = r.end_unix_ms - 3_600_001;
+        assert_eq!(reason(&r), Some(RejectReason::IntervalTooLong));
+        let mut r = good();
+        r.start_unix_ms += 400_000;
+        r.end_unix_ms += 400_000;
+        assert_eq!(reason(&r), Some(RejectReason::FutureEventTime));
+        let mut r = good();
+        r.flop_low = r.flop_high + 1;
+        assert_eq!(reason(&r), Some(RejectReason::BandOrder));
+        let mut r = good();
+        r.gpu_type = "x999".into();
+        assert_eq!(reason(&r), Some(RejectReason::UnknownGpuType));
+        let mut r = good();
+        r.gpu_ms = 20_000;
+        assert_eq!(reason(&r), Some(RejectReason::GpuTimeAboveInterval));
+        let mut r = good();
+        r.energy_mj = 100_000_000;
+        assert_eq!(reason(&r), Some(RejectReason::ImplausibleEnergy));
+        let mut r = good();
+        r.mean_tensor_util = f64::NAN;
+        assert_eq!(reason(&r), Some(RejectReason::BadValue));
+        for reason in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(reason.as_str()), Some(reason));
+        }
+    }
+
+    #[test]
+    fn uncatalogued_gpu_uses_the_operator_peak() {
+        let inv = Inventory::from_hello(&[GpuInventory {
+            uuid: "GPU-1".into(),
+            operator_peak_tflops: 400.0,
+            ..Default::default()
+        }]);
+        let mut r = good();
+        r.gpu_type.clear();
+        let limit = GpuModel::operator_supplied(400.0).ceiling_flop_per_s() * 10.0 * 1.05;
+        r.flop_low = 1;
+        r.flop_central = 2;
+        r.flop_high = (limit * 0.99) as u64;
+        assert_eq!(check_record(&r, &inv, &Limits::default(), NOW), None);
+        r.flop_high = (limit * 1.01) as u64;
+        assert_eq!(
+            check_record(&r, &inv, &Limits::default(), NOW).map(|x| x.0),
+            Some(RejectReason::FlopAbovePeak)
+        );
+        r.gpu_uuid = "GPU-other".into();
+        assert_eq!(
+            check_record(&r, &inv, &Limits::default(), NOW).map(|x| x.0),
+            Some(RejectReason::UnknownGpuType)
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The ledger: the collector's system of record.
+//!
+//! [`LedgerStore`] is the boundary between the collector's logic and its storage, so that a
+//! replicated database (PostgreSQL first, DESIGN.md §9) can replace the embedded sled store
+//! ([`sled_store::SledStore`]) without touching ingest, reports or the compliance engine.
+//!
+//! What a store keeps, and the invariants every implementation must hold:
+//! - **raw batches**: the applied records of each received batch, as received, keyed by agent
+//!   and first sequence number; past the retention age they are rolled into **hourly rollups**
+//!   per run (and per unattributed node and GPU type), kept for ever;
+//! - **aggregates** per run, per model and per unattributed (node, GPU type, UTC day), with
+//!   per-stage totals ([`aggregate::Aggregate`]);
+//! - the per-agent **high-water mark** (hwm), written in the *same atomic transaction* as the
+//!   aggregates a batch moved, so a crash can never apply a batch without advancing the mark
+//!   or advance the mark without applying the batch;
+//! - quarantined (**rejected**) records, never part of a total; the hwm still moves past them
+//!   in the same transaction as the batch's good records;
+//! - the **model registry** ([`registry::ModelEntry`]) and per-run declarations.
+//!
+//! Totals must be recomputable from raw batches plus rollups alone: [`LedgerStore::verify`]
+//! does that and reports every aggregate that differs.
+//!
+//! Concurrency contract: all mutating methods are called from one writer at a time (the
+//! collector's ledger writer, `crate::writer`); reads may run concurrently with it.
+//! Durability contract: nothing a mutating method wrote is durable until [`LedgerStore::flush`]
+//! returns; the collector acknowledges only after it.
+
+pub mod aggregate;
+pub mod codec;
+pub mod keys;
+pub mod registry;
+pub mod sequence;
+pub mod sled_store;
+pub mod summary;
+pub mod verify;
+
+use flopmeter_core::stage::StagePolicy;
+use flopmeter_proto::v1::IntervalRecord;
+use serde::Serialize;
+
+pub use aggregate::Aggregate;
+pub use codec::{AgentInfo, Declaration};
+pub use registry::{ModelEntry, Role};
+pub use verify::VerifyReport;
+
+/// Errors of a ledger store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (I/O, lock held by another process...).
+    #[error("ledger storage error: {0}")]
+    Storage(String),
+    /// A stored value could not be decoded.
+    #[error("ledger holds a corrupt value: {0}")]
+    Corrupt(String),
+    /// The caller asked for something invalid (an empty model name...).
+    #[error("invalid ledger request: {0}")]
+    Invalid(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => tonic::Status::invalid_argument(m),
+            other => tonic::Status::internal(other.to_string()),
+        }
+    }
+}
+
+/// Why one record was quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordRejection {
+    /// Machine-readable reason (`flop-above-peak`, ...).
+    pub reason: String,
+    /// Human-readable explanation.
+    pub detail: String,
+}
+
+/// A record with the verdict of per-record validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedRecord {
+    /// The record as received.
+    pub record: IntervalRecord,
+    /// `Some` when the record failed validation: it is quarantined, never applied.
+    pub rejection: Option<RecordRejection>,
+}
+
+/// A batch ready for the ledger: well-formed (strictly increasing sequence numbers starting
+/// above 0) and validated record by record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingBatch {
+    /// Agent id (no NUL bytes).
+    pub agent_id: String,
+    /// The agent's node.
+    pub node: String,
+    /// Collector clock at receipt, Unix ms.
+    pub received_unix_ms: i64,
+    /// Records in strictly increasing sequence order.
+    pub records: Vec<CheckedRecord>,
+}
+
+/// A quarantined record as reported back to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectionNotice {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// Human-readable explanation.
+    pub detail: String,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The agent's high-water mark after the batch: everything at or below is durable once
+    /// the store is flushed.
+    pub acked_through: u64,
+    /// Records newly applied to totals.
+    pub applied: usize,
+    /// Records newly quarantined.
+    pub newly_rejected: usize,
+    /// Records at or below the previous high-water mark (ignored).
+    pub duplicates: usize,
+    /// Rejections within the batch's range: the new ones, and for resent records those
+    /// quarantined earlier (so an agent that lost an Ack still learns of them).
+    pub rejections: Vec<RejectionNotice>,
+    /// Set when the batch hit a gap: the sequence number the agent must resend from.
+    pub resend_from: Option<u64>,
+}
+
+/// One run and its aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunEntry {
+    /// Model name.
+    pub model: String,
+    /// Run id.
+    pub run: String,
+    /// Its aggregate.
+    pub aggregate: Aggregate,
+    /// What the run declared, if anything.
+    pub declaration: Option<Declaration>,
+}
+
+/// One unattributed bucket: work on a node's GPUs of one type on one UTC day that no run
+/// claimed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnattributedBucket {
+    /// Node.
+    pub node: String,
+    /// GPU type.
+    pub gpu_type: String,
+    /// Days since the Unix epoch (UTC).
+    pub day: i64,
+    /// Its aggregate.
+    pub aggregate: Aggregate,
+}
+
+/// A quarantined record, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedEntry {
+    /// Agent id.
+    pub agent_id: String,
+    /// Node.
+    pub node: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// Human-readable explanation.
+    pub detail: String,
+    /// Collector clock at receipt, Unix ms.
+    pub received_unix_ms: i64,
+}
+
+/// What one rollup pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupStats {
+    /// Raw batches rolled up and removed.
+    pub batches: u64,
+    /// Records they held.
+    pub records: u64,
+    /// True when more batches past the cutoff remain (the pass is bounded).
+    pub more: bool,
+}
+
+/// The storage behind the ledger. See the module docs for the invariants.
+pub trait LedgerStore: Send + Sync + std::fmt::Debug {
+    /// The agent's high-water mark: the highest sequence number applied or quarantined
+    /// (0 = none).
+    fn high_water_mark(&self, agent_id: &str) -> Result<u64, StoreError>;
+
+    /// Applies a batch atomically: reads the high-water mark, plans the batch
+    /// ([`sequence::plan`]), stores the raw records, quarantines rejected ones, updates every
+    /// aggregate the good ones move and the high-water mark, all in one transaction. Not
+    /// durable until [`LedgerStore::flush`].
+    fn apply_batch(&self, batch: &IncomingBatch) -> Result<ApplyOutcome, StoreError>;
+
+    /// Applies several batches, in order, each as [`LedgerStore::apply_batch`] would: every
+    /// batch is atomic, later batches see earlier ones, and one batch's failure is that
+    /// batch's alone. A store may commit the group in one transaction (the sled store does:
+    /// its cost is per transaction, not per batch). Not durable until [`LedgerStore::flush`].
+    fn apply_group(&self, batches: &[&IncomingBatch]) -> Vec<Result<ApplyOutcome, StoreError>> {
+        batches.iter().map(|b| self.apply_batch(b)).collect()
+    }
+
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Remembers an agent's Hello (node, version, GPUs).
+    fn record_agent(&self, info: &AgentInfo) -> Result<(), StoreError>;
+
+    /// Agents that ever said Hello.
+    fn agents(&self) -> Result<Vec<AgentInfo>, StoreError>;
+
+    /// Every model name with an aggregate or a registry entry, sorted.
+    fn model_names(&self) -> Result<Vec<String>, StoreError>;
+
+    /// A model's aggregate (all its runs), if it has measured work.
+    fn model_aggregate(&self, model: &str) -> Result<Option<Aggregate>, StoreError>;
+
+    /// A model's runs, sorted by run id.
+    fn runs(&self, model: &str) -> Result<Vec<RunEntry>, StoreError>;
+
+    /// Nodes that reported work for a model, sorted.
+    fn model_nodes(&self, model: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Unattributed buckets with `first_day <= day <= last_day`.
+    fn unattributed(
+        &self,
+        first_day: i64,
+        last_day: i64,
+    ) -> Result<Vec<UnattributedBucket>, StoreError>;
+
+    /// A model's registry entry.
+    fn model_entry(&self, model: &str) -> Result<Option<ModelEntry>, StoreError>;
+
+    /// Creates or replaces a model's registry entry.
+    fn set_model_entry(&self, entry: &ModelEntry) -> Result<(), StoreError>;
+
+    /// Quarantined records, optionally of one agent, at most `limit`.
+    fn rejections(
+        &self,
+        agent_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RejectedEntry>, StoreError>;
+
+    /// Rolls raw batches whose last event ended before `cutoff_unix_ms` into hourly rollups
+    /// and removes them, at most `max_batches` per call. Totals do not change.
+    fn roll_up(&self, cutoff_unix_ms: i64, max_batches: usize) -> Result<RollupStats, StoreError>;
+
+    /// Recomputes every aggregate from raw batches and rollups and compares it with the
+    /// stored one. Must not run concurrently with the writer (the collector runs it on the
+    /// writer).
+    fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// The stage policy the collector last ran with, so offline tools read the ledger the
+    /// same way.
+    fn stage_policy(&self) -> Result<Option<StagePolicy>, StoreError>;
+
+    /// Records the stage policy in force.
+    fn set_stage_policy(&self, policy: &StagePolicy) -> Result<(), StoreError>;
+
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,929 @@
+//! The embedded ledger store on sled 0.34.
+//!
+//! One sled database per collector (sled allows one process per database, so offline tools
+//! such as `flopmeter ledger verify --data-dir` need the collector stopped). Trees:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `raw` | agent \0 first-seq | [`StoredBatch`] (protobuf) |
+//! | `raw_index` | last-event-ms ‖ raw key | empty: finds batches past retention |
+//! | `hwm` | agent | u64 BE high-water mark |
+//! | `run_agg` | model \0 run | [`Aggregate`] (JSON) |
+//! | `model_agg` | model | [`Aggregate`] |
+//! | `unattributed` | node \0 gpu-type \0 day | [`Aggregate`] |
+//! | `seen` | tag ‖ model \0 [run \0] agent-or-node | empty |
+//! | `run_meta` | model \0 run | [`Declaration`] (JSON) |
+//! | `rejected` | agent \0 seq | [`StoredRejection`] (protobuf) |
+//! | `rollups` | scope \0 ... \0 hour | [`Rollup`] (JSON) |
+//! | `models` | model | [`ModelEntry`] (JSON) |
+//! | `agents` | agent | [`AgentInfo`] (JSON) |
+//! | `meta` | name | JSON (format version, stage policy) |
+//!
+//! A batch is applied in one sled multi-tree transaction over every tree it touches, the
+//! high-water mark included: after a crash either all of a batch is there or none of it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use flopmeter_core::stage::StagePolicy;
+use flopmeter_proto::v1::IntervalRecord;
+use prost::Message as _;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
+use super::codec::{
+    AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection, from_json, from_proto, to_json,
+};
+use super::keys::{self, DAY_MS, HOUR_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED, Seen};
+use super::sequence::{self, SeqPlan};
+use super::verify::{Recomputed, VerifyReport, compare};
+use super::{
+    ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RejectedEntry, RejectionNotice,
+    RollupStats, RunEntry, StoreError, UnattributedBucket,
+};
+
+/// Page cache of offline tools and tests: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+/// Version of the on-disk layout, checked on open.
+const FORMAT_VERSION: u64 = 1;
+
+/// The sled-backed [`LedgerStore`].
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    raw: sled::Tree,
+    raw_index: sled::Tree,
+    hwm: sled::Tree,
+    run_agg: sled::Tree,
+    model_agg: sled::Tree,
+    unattributed: sled::Tree,
+    seen: sled::Tree,
+    run_meta: sled::Tree,
+    rejected: sled::Tree,
+    rollups: sled::Tree,
+    models: sled::Tree,
+    agents: sled::Tree,
+    meta: sled::Tree,
+    cache: Arc<Mutex<Cache>>,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(r: Result<T, StoreError>) -> TxResult<T> {
+    r.map_err(ConflictableTransactionError::Abort)
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    }
+}
+
+fn decode_u64(v: &[u8]) -> Result<u64, StoreError> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("high-water mark is not 8 bytes".into()))
+}
+
+impl SledStore {
+    /// Opens (or creates) the ledger in `dir` with sled's default page cache.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the ledger in `dir`, with at most `cache_bytes` of sled page cache
+    /// (the collector's resident memory is mostly this cache).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // The ledger writer flushes after every commit group; a background flusher
+            // would only add fsyncs that make nothing more durable.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                StoreError::Storage(format!(
+                    "cannot open ledger in {}: {e} (a running collector holds it: stop it, or \
+                     ask it with --collector instead of --data-dir)",
+                    dir.display()
+                ))
+            })?;
+        let t = |name: &str| db.open_tree(name);
+        let store = SledStore {
+            raw: t("raw")?,
+            raw_index: t("raw_index")?,
+            hwm: t("hwm")?,
+            run_agg: t("run_agg")?,
+            model_agg: t("model_agg")?,
+            unattributed: t("unattributed")?,
+            seen: t("seen")?,
+            run_meta: t("run_meta")?,
+            rejected: t("rejected")?,
+            rollups: t("rollups")?,
+            models: t("models")?,
+            agents: t("agents")?,
+            meta: t("meta")?,
+            cache: Arc::default(),
+            db,
+        };
+        match store.meta.get("format_version")? {
+            None => {
+                store
+                    .meta
+                    .insert("format_version", to_json(&FORMAT_VERSION)?)?;
+            }
+            Some(v) => {
+                let found: u64 = from_json(&v, "format_version")?;
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::Storage(format!(
+                        "ledger format {found} is not the supported {FORMAT_VERSION}"
+                    )));
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The underlying sled database, for repair tools and tests (e.g. tampering with an
+    /// aggregate to prove that `verify` notices).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(
+        tree: &sled::Tree,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| from_json(&v, what)).transpose()
+    }
+
+    fn batch_trees(
+        &self,
+    ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+    ) {
+        (
+            &self.raw,
+            &self.raw_index,
+            &self.hwm,
+            &self.run_agg,
+            &self.model_agg,
+            &self.unattributed,
+            &self.seen,
+            &self.run_meta,
+            &self.rejected,
+        )
+    }
+
+    /// Applies batches in one transaction and, once it committed, remembers what it wrote.
+    fn run_group(
+        &self,
+        batches: &[(&IncomingBatch, &[u64])],
+    ) -> Result<Vec<ApplyOutcome>, TransactionError<StoreError>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (outs, working) = self.batch_trees().transaction(|t| {
+            let mut w = Working::default();
+            let mut outs = Vec::with_capacity(batches.len());
+            for (b, seqs) in batches {
+                outs.push(apply_in_tx(t, b, seqs, &mut w, &cache)?);
+            }
+            w.write(t)?;
+            Ok((outs, w))
+        })?;
+        cache.absorb(working);
+        Ok(outs)
+    }
+
+    /// Resent records: tells the agent again about those quarantined earlier, in case the
+    /// Ack that carried them was lost.
+    fn with_earlier_rejections(
+        &self,
+        b: &IncomingBatch,
+        seqs: &[u64],
+        mut outcome: ApplyOutcome,
+    ) -> Result<ApplyOutcome, StoreError> {
+        if outcome.duplicates > 0 {
+            let last_dup = seqs[outcome.duplicates - 1];
+            let mut earlier = self.earlier_rejections(&b.agent_id, seqs[0], last_dup)?;
+            earlier.append(&mut outcome.rejections);
+            outcome.rejections = earlier;
+        }
+        Ok(outcome)
+    }
+
+    /// Rejections already quarantined for `agent` in `first..=last` (resent records).
+    fn earlier_rejections(
+        &self,
+        agent: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<RejectionNotice>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .rejected
+            .range(keys::agent_seq(agent, first)..=keys::agent_seq(agent, last))
+        {
+            let (k, v) = kv?;
+            let r: StoredRejection = from_proto(&v, "rejected record")?;
+            let seq = keys::split_agent_seq(&k).map_or(0, |(_, s)| s);
+            out.push(RejectionNotice {
+                seq,
+                reason: r.reason,
+                detail: r.detail,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Reads, changes and writes back one JSON value inside a transaction.
+fn update_json<T, F>(tree: &TransactionalTree, key: &[u8], what: &str, f: F) -> TxResult<()>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default,
+    F: FnOnce(&mut T),
+{
+    let mut v: T = match tree.get(key)? {
+        Some(b) => abort(from_json(&b, what))?,
+        None => T::default(),
+    };
+    f(&mut v);
+    tree.insert(key, abort(to_json(&v))?)?;
+    Ok(())
+}
+
+/// Which aggregate tree a cached value belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AggTree {
+    Run,
+    Model,
+    Unattributed,
+}
+
+/// Decoded values known to be committed, so that a batch does not decode an aggregate or
+/// probe a `seen` entry the previous batches already touched. Only the writer uses it,
+/// and only after its transaction committed; it is dropped with the store (a restarted
+/// collector starts cold).
+#[derive(Debug, Default)]
+struct Cache {
+    aggregates: HashMap<(AggTree, Vec<u8>), Aggregate>,
+    hwms: HashMap<String, u64>,
+    seen: HashSet<Vec<u8>>,
+}
+
+/// Beyond this many entries a cache is emptied rather than grown (cardinality is bounded by
+/// runs and agents; this only caps a pathological ledger's memory).
+const CACHE_LIMIT: usize = 200_000;
+
+impl Cache {
+    fn absorb(&mut self, w: Working) {
+        if self.aggregates.len() + w.aggregates.len() > CACHE_LIMIT {
+            self.aggregates.clear();
+        }
+        if self.seen.len() + w.seen.len() > CACHE_LIMIT * 4 {
+            self.seen.clear();
+        }
+        if self.hwms.len() + w.hwms.len() > CACHE_LIMIT {
+            self.hwms.clear();
+        }
+        self.aggregates.extend(w.aggregates);
+        self.hwms.extend(w.hwms);
+        self.seen.extend(w.seen);
+    }
+}
+
+/// What one transaction changes, kept decoded and written once at its end: a group of
+/// batches touching the same run encodes its aggregate once, not once per batch.
+#[derive(Debug, Default)]
+struct Working {
+    aggregates: HashMap<(AggTree, Vec<u8>), Aggregate>,
+    hwms: HashMap<String, u64>,
+    seen: HashSet<Vec<u8>>,
+}
+
+impl Working {
+    fn hwm(&mut self, tree: &TransactionalTree, cache: &Cache, agent: &str) -> TxResult<u64> {
+        if let Some(&h) = self.hwms.get(agent).or_else(|| cache.hwms.get(agent)) {
+            return Ok(h);
+        }
+        Ok(match tree.get(agent.as_bytes())? {
+            Some(v) => abort(decode_u64(&v))?,
+            None => 0,
+        })
+    }
+
+    /// True when `key` is a new `seen` entry (and inserts it).
+    fn see(&mut self, tree: &TransactionalTree, cache: &Cache, key: Vec<u8>) -> TxResult<bool> {
+        if self.seen.contains(&key) || cache.seen.contains(&key) {
+            return Ok(false);
+        }
+        let new = tree.get(&key)?.is_none();
+        if new {
+            tree.insert(key.clone(), &[][..])?;
+        }
+        self.seen.insert(key);
+        Ok(new)
+    }
+
+    fn aggregate(
+        &mut self,
+        which: AggTree,
+        tree: &TransactionalTree,
+        cache: &Cache,
+        key: Vec<u8>,
+    ) -> TxResult<&mut Aggregate> {
+        let k = (which, key);
+        if !self.aggregates.contains_key(&k) {
+            let a = match cache.aggregates.get(&k) {
+                Some(a) => a.clone(),
+                None => match tree.get(&k.1)? {
+                    Some(v) => abort(from_json(&v, "aggregate"))?,
+                    None => Aggregate::default(),
+                },
+            };
+            self.aggregates.insert(k.clone(), a);
+        }
+        Ok(self.aggregates.get_mut(&k).expect("inserted above"))
+    }
+
+    /// Writes the changed aggregates and high-water marks.
+    fn write(&self, t: &BatchTrees) -> TxResult<()> {
+        let (_, _, hwm_t, run_agg, model_agg, unatt, ..) = t;
+        for ((which, key), a) in &self.aggregates {
+            let tree = match which {
+                AggTree::Run => run_agg,
+                AggTree::Model => model_agg,
+                AggTree::Unattributed => unatt,
+            };
+            tree.insert(key.as_slice(), abort(to_json(a))?)?;
+        }
+        for (agent, h) in &self.hwms {
+            hwm_t.insert(agent.as_bytes(), &h.to_be_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a [`StoredBatch`] from borrowed records (no copies of the records).
+fn encode_stored_batch(
+    agent: &str,
+    node: &str,
+    received: i64,
+    records: &[&IntervalRecord],
+) -> Vec<u8> {
+    use prost::encoding::{int64, message, string};
+    let (agent, node) = (agent.to_string(), node.to_string());
+    let len =
+        records.iter().map(|r| r.encoded_len() + 4).sum::<usize>() + agent.len() + node.len() + 16;
+    let mut buf = Vec::with_capacity(len);
+    string::encode(1, &agent, &mut buf);
+    string::encode(2, &node, &mut buf);
+    int64::encode(3, &received, &mut buf);
+    for r in records {
+        message::encode(4, *r, &mut buf);
+    }
+    buf
+}
+
+/// The trees a batch touches, inside a transaction.
+type BatchTrees = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+);
+
+/// Checks what the ledger's keys need of a batch before any transaction.
+fn check_batch(b: &IncomingBatch) -> Result<Vec<u64>, StoreError> {
+    let seqs: Vec<u64> = b.records.iter().map(|r| r.record.seq).collect();
+    if !sequence::well_formed(&seqs) {
+        return Err(StoreError::Invalid(
+            "sequence numbers must start above 0 and strictly increase".into(),
+        ));
+    }
+    if b.agent_id.is_empty() || b.agent_id.contains('\0') || b.node.contains('\0') {
+        return Err(StoreError::Invalid("bad agent id or node name".into()));
+    }
+    Ok(seqs)
+}
+
+/// Applies one batch inside a transaction: reads the high-water mark, plans, writes
+/// everything the batch moves and the new mark.
+fn apply_in_tx(
+    t: &BatchTrees,
+    b: &IncomingBatch,
+    seqs: &[u64],
+    w: &mut Working,
+    cache: &Cache,
+) -> TxResult<ApplyOutcome> {
+    let (raw, raw_index, hwm_t, run_agg, model_agg, unatt, seen, run_meta, rejected) = t;
+    let agent = b.agent_id.as_str();
+    let node = b.node.as_str();
+    let hwm = w.hwm(hwm_t, cache, agent)?;
+    let (start, end, gap_at) = match sequence::plan(hwm, seqs) {
+        SeqPlan::Duplicate => {
+            return Ok(ApplyOutcome {
+                acked_through: hwm,
+                duplicates: seqs.len(),
+                ..ApplyOutcome::default()
+            });
+        }
+        SeqPlan::Gap { expected } => {
+            return Ok(ApplyOutcome {
+                acked_through: hwm,
+                duplicates: seqs.iter().filter(|&&s| s <= hwm).count(),
+                resend_from: Some(expected),
+                ..ApplyOutcome::default()
+            });
+        }
+        SeqPlan::Apply { start, end, gap_at } => (start, end, gap_at),
+    };
+    let mut out = ApplyOutcome {
+        duplicates: start,
+        resend_from: gap_at,
+        ..ApplyOutcome::default()
+    };
+    let mut run_delta: BTreeMap<(&str, &str), Aggregate> = BTreeMap::new();
+    let mut model_delta: BTreeMap<&str, Aggregate> = BTreeMap::new();
+    let mut unatt_delta: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
+    let mut decls = BTreeMap::new();
+    let mut good: Vec<&IntervalRecord> = Vec::with_capacity(end - start);
+    let mut last_event = 0i64;
+    for cr in &b.records[start..end] {
+        let rec = &cr.record;
+        if let Some(rej) = &cr.rejection {
+            let stored = StoredRejection {
+                reason: rej.reason.clone(),
+                detail: rej.detail.clone(),
+                node: node.to_string(),
+                received_unix_ms: b.received_unix_ms,
+                record: Some(rec.clone()),
+            };
+            rejected.insert(keys::agent_seq(agent, rec.seq), stored.encode_to_vec())?;
+            out.rejections.push(RejectionNotice {
+                seq: rec.seq,
+                reason: rej.reason.clone(),
+                detail: rej.detail.clone(),
+            });
+            out.newly_rejected += 1;
+            continue;
+        }
+        out.applied += 1;
+        last_event = last_event.max(rec.end_unix_ms);
+        match attribution(rec) {
+            Attribution::Run { model, run } => {
+                run_delta.entry((model, run)).or_default().add_record(rec);
+                model_delta.entry(model).or_default().add_record(rec);
+                if let Some(d) = &rec.declaration {
+                    decls.insert((model, run), d);
+                }
+            }
+            Attribution::Unattributed => {
+                let day = rec.start_unix_ms.div_euclid(DAY_MS);
+                let key = keys::with_bucket(&[node, gpu_type_of(rec)], day);
+                unatt_delta.entry(key).or_default().add_record(rec);
+            }
+        }
+        good.push(rec);
+    }
+    // Distinct agents and nodes: the `seen` entries and the counts they
+    // bump move in this same transaction.
+    for ((model, run), d) in &mut run_delta {
+        d.agents += u64::from(w.see(seen, cache, Seen::RunAgent.key(&[model, run, agent]))?);
+        d.nodes += u64::from(w.see(seen, cache, Seen::RunNode.key(&[model, run, node]))?);
+    }
+    for (model, d) in &mut model_delta {
+        d.agents += u64::from(w.see(seen, cache, Seen::ModelAgent.key(&[model, agent]))?);
+        d.nodes += u64::from(w.see(seen, cache, Seen::ModelNode.key(&[model, node]))?);
+    }
+    for ((model, run), d) in &run_delta {
+        let a = w.aggregate(AggTree::Run, run_agg, cache, keys::join(&[model, run]))?;
+        a.merge_stages(d);
+        a.agents += d.agents;
+        a.nodes += d.nodes;
+    }
+    for (model, d) in &model_delta {
+        let a = w.aggregate(AggTree::Model, model_agg, cache, model.as_bytes().to_vec())?;
+        a.merge_stages(d);
+        a.agents += d.agents;
+        a.nodes += d.nodes;
+    }
+    for (key, d) in unatt_delta {
+        w.aggregate(AggTree::Unattributed, unatt, cache, key)?
+            .merge_stages(&d);
+    }
+    for ((model, run), wire) in decls {
+        let decl = Declaration::from_wire(wire);
+        if decl.is_empty() {
+            continue;
+        }
+        let key = keys::join(&[model, run]);
+        let unchanged = match run_meta.get(&key)? {
+            Some(v) => abort(from_json::<Declaration>(&v, "declaration"))? == decl,
+            None => false,
+        };
+        if !unchanged {
+            run_meta.insert(key, abort(to_json(&decl))?)?;
+        }
+    }
+    let first_seq = seqs[start];
+    let last_seq = seqs[end - 1];
+    if !good.is_empty() {
+        let raw_key = keys::agent_seq(agent, first_seq);
+        let mut index_key = (last_event.max(0) as u64).to_be_bytes().to_vec();
+        index_key.extend_from_slice(&raw_key);
+        raw.insert(
+            raw_key,
+            encode_stored_batch(agent, node, b.received_unix_ms, &good),
+        )?;
+        raw_index.insert(index_key, &[][..])?;
+    }
+    w.hwms.insert(agent.to_string(), last_seq);
+    out.acked_through = last_seq;
+    Ok(out)
+}
+
+impl LedgerStore for SledStore {
+    fn high_water_mark(&self, agent_id: &str) -> Result<u64, StoreError> {
+        self.hwm
+            .get(agent_id.as_bytes())?
+            .map_or(Ok(0), |v| decode_u64(&v))
+    }
+
+    fn apply_batch(&self, b: &IncomingBatch) -> Result<ApplyOutcome, StoreError> {
+        let seqs = check_batch(b)?;
+        let mut outs = self.run_group(&[(b, &seqs)]).map_err(tx_error)?;
+        let out = outs.pop().expect("one batch, one outcome");
+        self.with_earlier_rejections(b, &seqs, out)
+    }
+
+    fn apply_group(&self, batches: &[&IncomingBatch]) -> Vec<Result<ApplyOutcome, StoreError>> {
+        let checked: Vec<Result<Vec<u64>, StoreError>> =
+            batches.iter().map(|b| check_batch(b)).collect();
+        let valid: Vec<(&IncomingBatch, &[u64])> = batches
+            .iter()
+            .zip(&checked)
+            .filter_map(|(b, s)| s.as_ref().ok().map(|s| (*b, s.as_slice())))
+            .collect();
+        // One transaction for the whole group: sled 0.34 seals and writes its log buffer
+        // once per transaction, so per-batch transactions cost one write and a thread
+        // wake-up each. Each batch stays atomic (the group is), and batches see the writes
+        // of the batches before them (same agent twice in a group included).
+        match self.run_group(&valid) {
+            Ok(outs) => {
+                let mut outs = outs.into_iter();
+                batches
+                    .iter()
+                    .zip(checked)
+                    .map(|(b, seqs)| {
+                        let seqs = seqs?;
+                        let out = outs.next().expect("one outcome per valid batch");
+                        self.with_earlier_rejections(b, &seqs, out)
+                    })
+                    .collect()
+            }
+            // One batch failed (a corrupt value, a storage error): nothing of the group was
+            // written; apply each on its own so the failure stays with its batch.
+            Err(_) => batches.iter().map(|b| self.apply_batch(b)).collect(),
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn record_agent(&self, info: &AgentInfo) -> Result<(), StoreError> {
+        self.agents
+            .insert(info.agent_id.as_bytes(), to_json(info)?)?;
+        Ok(())
+    }
+
+    fn agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
+        self.agents
+            .iter()
+            .map(|kv| from_json(&kv?.1, "agent"))
+            .collect()
+    }
+
+    fn model_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = BTreeSet::new();
+        for tree in [&self.model_agg, &self.models] {
+            for k in tree.iter().keys() {
+                names.insert(String::from_utf8_lossy(&k?).into_owned());
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn model_aggregate(&self, model: &str) -> Result<Option<Aggregate>, StoreError> {
+        Self::get_json(&self.model_agg, model.as_bytes(), "model aggregate")
+    }
+
+    fn runs(&self, model: &str) -> Result<Vec<RunEntry>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.run_agg.scan_prefix(keys::prefix(&[model])) {
+            let (k, v) = kv?;
+            let parts = keys::split(&k);
+            let run = parts.get(1).cloned().unwrap_or_default();
+            out.push(RunEntry {
+                model: model.to_string(),
+                declaration: Self::get_json(&self.run_meta, &k, "declaration")?,
+                aggregate: from_json(&v, "run aggregate")?,
+                run,
+            });
+        }
+        Ok(out)
+    }
+
+    fn model_nodes(&self, model: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = Seen::ModelNode.prefix(&[model]);
+        let mut out = Vec::new();
+        for k in self.seen.scan_prefix(&prefix).keys() {
+            let k = k?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    fn unattributed(
+        &self,
+        first_day: i64,
+        last_day: i64,
+    ) -> Result<Vec<UnattributedBucket>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.unattributed.iter() {
+            let (k, v) = kv?;
+            let Some((parts, day)) = keys::split_bucket(&k, 2) else {
+                return Err(StoreError::Corrupt("unattributed key".into()));
+            };
+            if day < first_day || day > last_day {
+                continue;
+            }
+            out.push(UnattributedBucket {
+                node: parts[0].clone(),
+                gpu_type: parts[1].clone(),
+                day,
+                aggregate: from_json(&v, "unattributed aggregate")?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn model_entry(&self, model: &str) -> Result<Option<ModelEntry>, StoreError> {
+        Self::get_json(&self.models, model.as_bytes(), "model entry")
+    }
+
+    fn set_model_entry(&self, entry: &ModelEntry) -> Result<(), StoreError> {
+        if entry.model.is_empty() || entry.model.contains('\0') {
+            return Err(StoreError::Invalid(
+                "a model name must be non-empty, without NUL".into(),
+            ));
+        }
+        self.models
+            .insert(entry.model.as_bytes(), to_json(entry)?)?;
+        Ok(())
+    }
+
+    fn rejections(
+        &self,
+        agent_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RejectedEntry>, StoreError> {
+        let iter = match agent_id {
+            Some(a) => self.rejected.scan_prefix(keys::prefix(&[a])),
+            None => self.rejected.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter.take(limit) {
+            let (k, v) = kv?;
+            let (agent_id, seq) = keys::split_agent_seq(&k)
+                .ok_or_else(|| StoreError::Corrupt("rejected key".into()))?;
+            let r: StoredRejection = from_proto(&v, "rejected record")?;
+            out.push(RejectedEntry {
+                agent_id,
+                node: r.node,
+                seq,
+                reason: r.reason,
+                detail: r.detail,
+                received_unix_ms: r.received_unix_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn roll_up(&self, cutoff_unix_ms: i64, max_batches: usize) -> Result<RollupStats, StoreError> {
+        let cutoff = (cutoff_unix_ms.max(0) as u64).to_be_bytes();
+        let mut index_keys = Vec::new();
+        for k in self.raw_index.range(..&cutoff[..]).keys() {
+            index_keys.push(k?);
+            if index_keys.len() > max_batches {
+                break;
+            }
+        }
+        let more = index_keys.len() > max_batches;
+        index_keys.truncate(max_batches);
+        if index_keys.is_empty() {
+            return Ok(RollupStats::default());
+        }
+        (&self.raw, &self.raw_index, &self.rollups)
+            .transaction(|(raw, raw_index, rollups)| {
+                let mut stats = RollupStats {
+                    more,
+                    ..RollupStats::default()
+                };
+                let mut delta: BTreeMap<Vec<u8>, Rollup> = BTreeMap::new();
+                for ik in &index_keys {
+                    let raw_key = &ik[8..];
+                    if let Some(v) = raw.get(raw_key)? {
+                        let batch: StoredBatch = abort(from_proto(&v, "raw batch"))?;
+                        for rec in &batch.records {
+                            let hour = rec.start_unix_ms.div_euclid(HOUR_MS);
+                            let key = match attribution(rec) {
+                                Attribution::Run { model, run } => {
+                                    keys::with_bucket(&[ROLLUP_RUN, model, run], hour)
+                                }
+                                Attribution::Unattributed => keys::with_bucket(
+                                    &[ROLLUP_UNATTRIBUTED, &batch.node, gpu_type_of(rec)],
+                                    hour,
+                                ),
+                            };
+                            let r = delta.entry(key).or_default();
+                            r.aggregate.add_record(rec);
+                            if matches!(attribution(rec), Attribution::Run { .. }) {
+                                r.agents.insert(batch.agent_id.clone());
+                                r.nodes.insert(batch.node.clone());
+                            }
+                            stats.records += 1;
+                        }
+                        raw.remove(raw_key)?;
+                        stats.batches += 1;
+                    }
+                    raw_index.remove(ik)?;
+                }
+                for (key, d) in &delta {
+                    update_json(rollups, key, "rollup", |r: &mut Rollup| {
+                        r.aggregate.merge_stages(&d.aggregate);
+                        r.agents.extend(d.agents.iter().cloned());
+                        r.nodes.extend(d.nodes.iter().cloned());
+                    })?;
+                }
+                Ok(stats)
+            })
+            .map_err(tx_error)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut rc = Recomputed::default();
+        let mut report = VerifyReport::default();
+        let mut max_seq: BTreeMap<String, u64> = BTreeMap::new();
+        for kv in self.raw.iter() {
+            let (k, v) = kv?;
+            let batch: StoredBatch = from_proto(&v, "raw batch")?;
+            let (agent, _) = keys::split_agent_seq(&k)
+                .ok_or_else(|| StoreError::Corrupt("raw batch key".into()))?;
+            if let Some(last) = batch.records.last() {
+                let m = max_seq.entry(agent).or_default();
+                *m = (*m).max(last.seq);
+            }
+            rc.add_raw(&batch);
+        }
+        for kv in self.rejected.iter() {
+            let (k, _) = kv?;
+            if let Some((agent, seq)) = keys::split_agent_seq(&k) {
+                let m = max_seq.entry(agent).or_default();
+                *m = (*m).max(seq);
+            }
+        }
+        for kv in self.rollups.iter() {
+            let (k, v) = kv?;
+            let r: Rollup = from_json(&v, "rollup")?;
+            match keys::split_bucket(&k, 3) {
+                Some((p, _)) if p[0] == ROLLUP_RUN => rc.add_run_rollup(&p[1], &p[2], &r),
+                Some((p, hour)) if p[0] == ROLLUP_UNATTRIBUTED => {
+                    rc.add_unattributed_rollup(&p[1], &p[2], hour, &r)
+                }
+                _ => report.mismatches.push(format!(
+                    "rollup key {k:?} is not a run or unattributed scope"
+                )),
+            }
+        }
+        rc.finish();
+
+        let mut runs = BTreeMap::new();
+        for kv in self.run_agg.iter() {
+            let (k, v) = kv?;
+            let p = keys::split(&k);
+            let id = (p[0].clone(), p.get(1).cloned().unwrap_or_default());
+            runs.insert(id, from_json::<Aggregate>(&v, "run aggregate")?);
+        }
+        let mut models = BTreeMap::new();
+        for kv in self.model_agg.iter() {
+            let (k, v) = kv?;
+            let m = String::from_utf8_lossy(&k).into_owned();
+            models.insert(m, from_json::<Aggregate>(&v, "model aggregate")?);
+        }
+        let mut unatt = BTreeMap::new();
+        for kv in self.unattributed.iter() {
+            let (k, v) = kv?;
+            let (p, day) = keys::split_bucket(&k, 2)
+                .ok_or_else(|| StoreError::Corrupt("unattributed key".into()))?;
+            unatt.insert(
+                (p[0].clone(), p[1].clone(), day),
+                from_json::<Aggregate>(&v, "unattributed aggregate")?,
+            );
+        }
+        let m = &mut report.mismatches;
+        compare("run", &runs, &rc.runs, |(a, b)| format!("{a}/{b}"), m);
+        compare("model", &models, &rc.models, |a| a.clone(), m);
+        compare(
+            "unattributed",
+            &unatt,
+            &rc.unattributed,
+            |(n, g, d)| format!("{n}/{g}/day {d}"),
+            m,
+        );
+
+        let mut expected_seen = BTreeSet::new();
+        for ((model, run), s) in &rc.run_agents {
+            for a in s {
+                expected_seen.insert(Seen::RunAgent.key(&[model, run, a]));
+            }
+        }
+        for ((model, run), s) in &rc.run_nodes {
+            for n in s {
+                expected_seen.insert(Seen::RunNode.key(&[model, run, n]));
+            }
+        }
+        for (model, s) in &rc.model_agents {
+            for a in s {
+                expected_seen.insert(Seen::ModelAgent.key(&[model, a]));
+            }
+        }
+        for (model, s) in &rc.model_nodes {
+            for n in s {
+                expected_seen.insert(Seen::ModelNode.key(&[model, n]));
+            }
+        }
+        let mut stored_seen = BTreeSet::new();
+        for k in self.seen.iter().keys() {
+            stored_seen.insert(k?.to_vec());
+        }
+        for k in stored_seen.symmetric_difference(&expected_seen) {
+            let side = if stored_seen.contains(k) {
+                "stored but not in any record"
+            } else {
+                "in records but not stored"
+            };
+            m.push(format!(
+                "agent/node entry {}: {side}",
+                String::from_utf8_lossy(k).replace('\0', "/")
+            ));
+        }
+        for (agent, seq) in &max_seq {
+            let hwm = self.high_water_mark(agent)?;
+            if *seq > hwm {
+                m.push(format!(
+                    "agent {agent}: record {seq} is stored above the high-water mark {hwm}"
+                ));
+            }
+        }
+        report.raw_batches = rc.raw_batches;
+        report.raw_records = rc.raw_records;
+        report.rollups = rc.rollups;
+        report.runs = runs.len() as u64;
+        report.models = models.len() as u64;
+        report.unattributed_buckets = unatt.len() as u64;
+        Ok(report)
+    }
+
+    fn stage_policy(&self) -> Result<Option<StagePolicy>, StoreError> {
+        Self::get_json(&self.meta, b"stage_policy", "stage policy")
+    }
+
+    fn set_stage_policy(&self, policy: &StagePolicy) -> Result<(), StoreError> {
+        self.meta.insert("stage_policy", to_json(policy)?)?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}

@@ -1,0 +1,247 @@
+//! Recomputing the aggregates from raw batches and rollups, and comparing.
+//!
+//! Why: an auditor must be able to recompute every total the collector reports from the
+//! records it received, and a tampered or corrupted aggregate must not go unnoticed. The
+//! arithmetic lives here, storage-independent, so every [`super::LedgerStore`] verifies the
+//! same way: feed it every raw batch and rollup, then compare with what is stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
+use super::codec::{Rollup, StoredBatch};
+use super::keys::{DAY_MS, HOUR_MS};
+
+/// (model, run).
+pub type RunId = (String, String);
+/// (node, GPU type, day).
+pub type BucketId = (String, String, i64);
+
+/// Aggregates rebuilt from the ledger's sources of truth.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recomputed {
+    /// Per run.
+    pub runs: BTreeMap<RunId, Aggregate>,
+    /// Per model.
+    pub models: BTreeMap<String, Aggregate>,
+    /// Per unattributed bucket.
+    pub unattributed: BTreeMap<BucketId, Aggregate>,
+    /// Agents per run.
+    pub run_agents: BTreeMap<RunId, BTreeSet<String>>,
+    /// Nodes per run.
+    pub run_nodes: BTreeMap<RunId, BTreeSet<String>>,
+    /// Agents per model.
+    pub model_agents: BTreeMap<String, BTreeSet<String>>,
+    /// Nodes per model.
+    pub model_nodes: BTreeMap<String, BTreeSet<String>>,
+    /// Raw batches fed.
+    pub raw_batches: u64,
+    /// Records in them.
+    pub raw_records: u64,
+    /// Rollups fed.
+    pub rollups: u64,
+}
+
+impl Recomputed {
+    /// Adds a raw batch.
+    pub fn add_raw(&mut self, batch: &StoredBatch) {
+        self.raw_batches += 1;
+        for rec in &batch.records {
+            self.raw_records += 1;
+            match attribution(rec) {
+                Attribution::Run { model, run } => {
+                    let id = (model.to_string(), run.to_string());
+                    self.runs.entry(id.clone()).or_default().add_record(rec);
+                    self.models
+                        .entry(model.to_string())
+                        .or_default()
+                        .add_record(rec);
+                    self.seen(&id, &batch.agent_id, &batch.node);
+                }
+                Attribution::Unattributed => {
+                    let day = rec.start_unix_ms.div_euclid(DAY_MS);
+                    let id = (batch.node.clone(), gpu_type_of(rec).to_string(), day);
+                    self.unattributed.entry(id).or_default().add_record(rec);
+                }
+            }
+        }
+    }
+
+    /// Adds an hourly rollup of a run.
+    pub fn add_run_rollup(&mut self, model: &str, run: &str, rollup: &Rollup) {
+        self.rollups += 1;
+        let id = (model.to_string(), run.to_string());
+        self.runs
+            .entry(id.clone())
+            .or_default()
+            .merge_stages(&rollup.aggregate);
+        self.models
+            .entry(model.to_string())
+            .or_default()
+            .merge_stages(&rollup.aggregate);
+        for a in &rollup.agents {
+            self.run_agents
+                .entry(id.clone())
+                .or_default()
+                .insert(a.clone());
+            self.model_agents
+                .entry(model.to_string())
+                .or_default()
+                .insert(a.clone());
+        }
+        for n in &rollup.nodes {
+            self.run_nodes
+                .entry(id.clone())
+                .or_default()
+                .insert(n.clone());
+            self.model_nodes
+                .entry(model.to_string())
+                .or_default()
+                .insert(n.clone());
+        }
+    }
+
+    /// Adds an hourly rollup of unattributed work.
+    pub fn add_unattributed_rollup(&mut self, node: &str, gpu_type: &str, hour: i64, r: &Rollup) {
+        self.rollups += 1;
+        let day = (hour * HOUR_MS).div_euclid(DAY_MS);
+        self.unattributed
+            .entry((node.to_string(), gpu_type.to_string(), day))
+            .or_default()
+            .merge_stages(&r.aggregate);
+    }
+
+    fn seen(&mut self, id: &RunId, agent: &str, node: &str) {
+        let ins = |m: &mut BTreeMap<RunId, BTreeSet<String>>, v: &str| {
+            if !m.get(id).is_some_and(|s| s.contains(v)) {
+                m.entry(id.clone()).or_default().insert(v.to_string());
+            }
+        };
+        ins(&mut self.run_agents, agent);
+        ins(&mut self.run_nodes, node);
+        let model = &id.0;
+        if !self
+            .model_agents
+            .get(model)
+            .is_some_and(|s| s.contains(agent))
+        {
+            self.model_agents
+                .entry(model.clone())
+                .or_default()
+                .insert(agent.to_string());
+        }
+        if !self
+            .model_nodes
+            .get(model)
+            .is_some_and(|s| s.contains(node))
+        {
+            self.model_nodes
+                .entry(model.clone())
+                .or_default()
+                .insert(node.to_string());
+        }
+    }
+
+    /// Fills in the distinct agent and node counts once everything is fed.
+    pub fn finish(&mut self) {
+        for (id, agg) in &mut self.runs {
+            agg.agents = self.run_agents.get(id).map_or(0, |s| s.len() as u64);
+            agg.nodes = self.run_nodes.get(id).map_or(0, |s| s.len() as u64);
+        }
+        for (m, agg) in &mut self.models {
+            agg.agents = self.model_agents.get(m).map_or(0, |s| s.len() as u64);
+            agg.nodes = self.model_nodes.get(m).map_or(0, |s| s.len() as u64);
+        }
+    }
+}
+
+/// The outcome of `ledger verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Raw batches read.
+    pub raw_batches: u64,
+    /// Records in them.
+    pub raw_records: u64,
+    /// Rollups read.
+    pub rollups: u64,
+    /// Run aggregates compared.
+    pub runs: u64,
+    /// Model aggregates compared.
+    pub models: u64,
+    /// Unattributed buckets compared.
+    pub unattributed_buckets: u64,
+    /// Every difference found, one line each.
+    pub mismatches: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when every stored aggregate equals its recomputation.
+    pub fn ok(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+
+    /// One line on what was checked.
+    pub fn summary(&self) -> String {
+        format!(
+            "recomputed from {} raw batches ({} records) and {} rollups: {} runs, {} models, \
+             {} unattributed buckets; {} mismatches",
+            self.raw_batches,
+            self.raw_records,
+            self.rollups,
+            self.runs,
+            self.models,
+            self.unattributed_buckets,
+            self.mismatches.len()
+        )
+    }
+}
+
+/// Compares stored aggregates with recomputed ones; `what` names each key in messages.
+pub fn compare<K: Ord + Clone>(
+    kind: &str,
+    stored: &BTreeMap<K, Aggregate>,
+    recomputed: &BTreeMap<K, Aggregate>,
+    name: impl Fn(&K) -> String,
+    out: &mut Vec<String>,
+) {
+    for (k, s) in stored {
+        match recomputed.get(k) {
+            None => out.push(format!(
+                "{kind} {}: stored aggregate has no raw records or rollups behind it",
+                name(k)
+            )),
+            Some(r) if r != s => out.push(format!("{kind} {}: {}", name(k), difference(s, r))),
+            Some(_) => {}
+        }
+    }
+    for k in recomputed.keys() {
+        if !stored.contains_key(k) {
+            out.push(format!(
+                "{kind} {}: raw records exist but the stored aggregate is missing",
+                name(k)
+            ));
+        }
+    }
+}
+
+/// The first difference between a stored and a recomputed aggregate, in words.
+fn difference(stored: &Aggregate, recomputed: &Aggregate) -> String {
+    let (s, r) = (stored.all(), recomputed.all());
+    let fields: [(&str, u128, u128); 8] = [
+        ("FLOP low", s.flop.low, r.flop.low),
+        ("FLOP central", s.flop.central, r.flop.central),
+        ("FLOP high", s.flop.high, r.flop.high),
+        ("records", s.records.into(), r.records.into()),
+        ("GPU ms", s.gpu_ms, r.gpu_ms),
+        ("energy mJ", s.energy_mj, r.energy_mj),
+        ("agents", stored.agents.into(), recomputed.agents.into()),
+        ("nodes", stored.nodes.into(), recomputed.nodes.into()),
+    ];
+    for (what, a, b) in fields {
+        if a != b {
+            return format!("stored {what} {a} != recomputed {b}");
+        }
+    }
+    "per-stage or per-GPU-type detail differs from the recomputation".to_string()
+}

@@ -1,0 +1,409 @@
+//! A protocol client that behaves like an agent, for the load generator and for tests.
+//!
+//! It keeps every record it generated until the collector acknowledges it (its "spool"),
+//! opens a stream with a Hello, drops what the Welcome's high-water mark covers, resends the
+//! rest, follows `Resend` requests, and reconnects with backoff whenever the stream or the
+//! collector goes away. That is the agent's side of exactly-once accounting, so the
+//! kill -9 test drives the collector through crashes with it.
+//!
+//! Records are deterministic functions of (agent id, sequence number, GPU): two runs that
+//! generate the same sequence numbers carry the same FLOP, so their totals can be compared
+//! exactly.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flopmeter_proto::v1::ingest_client::IngestClient;
+use flopmeter_proto::v1::{
+    AgentMessage, AttributionSource, GpuInventory, Hello, IntervalRecord, Method, Precision,
+    RecordBatch, WorkloadIdentity, agent_message, collector_message,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::now_unix_ms;
+
+/// What a simulated agent reports.
+#[derive(Debug, Clone)]
+pub struct SimSpec {
+    /// Agent id (stable: the collector's high-water mark is per agent id).
+    pub agent_id: String,
+    /// Node name.
+    pub node: String,
+    /// GPUs; one record per GPU per batch.
+    pub gpus: u32,
+    /// Model the work is attributed to.
+    pub model: String,
+    /// Run id.
+    pub run: String,
+    /// Stage (empty = pretrain).
+    pub stage: String,
+    /// Interval each record covers.
+    pub interval: Duration,
+    /// Bearer token, when the collector requires one.
+    pub token: Option<String>,
+}
+
+/// Counters shared by many simulated agents.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    /// Records generated.
+    pub generated: AtomicU64,
+    /// Records acknowledged (applied or rejected).
+    pub acked: AtomicU64,
+    /// Records the collector rejected.
+    pub rejected: AtomicU64,
+    /// Streams that failed and were reopened.
+    pub reconnects: AtomicU64,
+    /// Resend requests followed.
+    pub resends: AtomicU64,
+    /// Per-batch ack latency, microseconds (only batches acknowledged after `measure_from`).
+    pub latencies_us: Mutex<Vec<u32>>,
+    /// Records acknowledged after `measure_from`.
+    pub acked_measured: AtomicU64,
+    /// Start of the measured window (after warm-up); `None` measures from the start.
+    pub measure_from: Option<Instant>,
+}
+
+/// How batches are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// One batch every `every`.
+    Paced {
+        /// Period.
+        every: Duration,
+    },
+    /// The next batch as soon as the previous one is acknowledged.
+    Max,
+}
+
+/// When a simulated agent stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopAt {
+    /// Stop generating after this many batches, and return once all are acknowledged.
+    pub batches: Option<u64>,
+    /// Return at this instant, acknowledged or not.
+    pub deadline: Option<Instant>,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The connection or RPC failed.
+    #[error("stream failed: {0}")]
+    Status(#[from] tonic::Status),
+    /// The collector closed the stream.
+    #[error("the collector closed the stream")]
+    Closed,
+    /// The collector said something out of protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// One simulated agent.
+#[derive(Debug)]
+pub struct SimAgent {
+    spec: SimSpec,
+    seed: u64,
+    next_seq: u64,
+    acked_through: u64,
+    spool: VecDeque<IntervalRecord>,
+    batches_generated: u64,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64: a cheap deterministic scramble.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl SimAgent {
+    /// A fresh agent (sequence numbers from 1, or past the collector's mark on Welcome).
+    pub fn new(spec: SimSpec) -> SimAgent {
+        let seed = spec
+            .agent_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        SimAgent {
+            spec,
+            seed,
+            next_seq: 1,
+            acked_through: 0,
+            spool: VecDeque::new(),
+            batches_generated: 0,
+        }
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &SimSpec {
+        &self.spec
+    }
+
+    /// Highest sequence number the collector acknowledged.
+    pub fn acked_through(&self) -> u64 {
+        self.acked_through
+    }
+
+    /// Records generated and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.spool.len()
+    }
+
+    /// The record with sequence number `seq` for GPU `gpu`, ending at `end_ms`. FLOP,
+    /// energy and GPU time depend only on the agent id, `seq` and `gpu`.
+    pub fn record(&self, seq: u64, gpu: u32, end_ms: i64) -> IntervalRecord {
+        let interval_ms = self.spec.interval.as_millis() as u64;
+        let r = mix(self.seed ^ seq.wrapping_mul(0x1000_0000_01b3) ^ u64::from(gpu));
+        // Central about 40% tensor activity on an H100 at BF16: 989e12 × 0.4 ± 10%,
+        // per second of the interval.
+        let per_s = 356_000_000_000_000 + r % 80_000_000_000_000;
+        let central = per_s * interval_ms / 1000;
+        IntervalRecord {
+            seq,
+            start_unix_ms: end_ms - interval_ms as i64,
+            end_unix_ms: end_ms,
+            gpu_uuid: format!("GPU-{}-{gpu}", self.spec.agent_id),
+            gpu_type: "h100-sxm".into(),
+            flop_low: central / 100 * 85,
+            flop_central: central,
+            flop_high: central * 2,
+            gpu_ms: interval_ms,
+            energy_mj: (500 + (r >> 20) % 200) * interval_ms,
+            mean_sm_clock_mhz: 1755,
+            mean_tensor_util: 0.4,
+            method: Method::GpmTensor as i32,
+            precision: Precision::Bf16 as i32,
+            identity: Some(WorkloadIdentity {
+                model: self.spec.model.clone(),
+                run: self.spec.run.clone(),
+                stage: self.spec.stage.clone(),
+                source: AttributionSource::ProcessEnv as i32,
+                ..WorkloadIdentity::default()
+            }),
+            ..IntervalRecord::default()
+        }
+    }
+
+    fn hello(&self) -> AgentMessage {
+        AgentMessage {
+            kind: Some(agent_message::Kind::Hello(Hello {
+                agent_id: self.spec.agent_id.clone(),
+                node: self.spec.node.clone(),
+                software_version: concat!("loadgen/", env!("CARGO_PKG_VERSION")).into(),
+                agent_time_unix_ms: now_unix_ms(),
+                gpus: (0..self.spec.gpus)
+                    .map(|i| GpuInventory {
+                        index: i,
+                        uuid: format!("GPU-{}-{i}", self.spec.agent_id),
+                        name: "NVIDIA H100 80GB HBM3".into(),
+                        pci_device_id: 0x2330,
+                        catalogue_id: "h100-sxm".into(),
+                        gpm_supported: true,
+                        max_sm_clock_mhz: 1980,
+                        ..GpuInventory::default()
+                    })
+                    .collect(),
+                ..Hello::default()
+            })),
+        }
+    }
+
+    fn generate_batch(&mut self, stats: &SimStats) {
+        let end = now_unix_ms();
+        for gpu in 0..self.spec.gpus {
+            let rec = self.record(self.next_seq, gpu, end);
+            self.next_seq += 1;
+            self.spool.push_back(rec);
+        }
+        self.batches_generated += 1;
+        stats
+            .generated
+            .fetch_add(u64::from(self.spec.gpus), Ordering::Relaxed);
+    }
+
+    fn ack(&mut self, through: u64, stats: &SimStats) {
+        let before = self.spool.len();
+        while self.spool.front().is_some_and(|r| r.seq <= through) {
+            self.spool.pop_front();
+        }
+        let n = (before - self.spool.len()) as u64;
+        stats.acked.fetch_add(n, Ordering::Relaxed);
+        if stats.measure_from.is_none_or(|t| Instant::now() >= t) {
+            stats.acked_measured.fetch_add(n, Ordering::Relaxed);
+        }
+        self.acked_through = self.acked_through.max(through);
+    }
+
+    fn generating(&self, stop: &StopAt) -> bool {
+        stop.batches.is_none_or(|n| self.batches_generated < n)
+    }
+
+    fn finished(&self, stop: &StopAt) -> bool {
+        stop.batches.is_some() && !self.generating(stop) && self.spool.is_empty()
+    }
+
+    /// Runs until `stop`, reconnecting through failures.
+    pub async fn run(
+        &mut self,
+        channel: Channel,
+        pace: Pace,
+        stop: StopAt,
+        phase: Duration,
+        stats: Arc<SimStats>,
+    ) {
+        let mut ticker = match pace {
+            Pace::Paced { every } => {
+                let mut t = tokio::time::interval_at(Instant::now() + phase, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(t)
+            }
+            Pace::Max => None,
+        };
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if self.finished(&stop) || stop.deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+            let session = self.session(channel.clone(), ticker.as_mut(), &stop, &stats);
+            let result = match stop.deadline {
+                Some(d) => match tokio::time::timeout_at(d, session).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+                None => session.await,
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(agent = %self.spec.agent_id, error = %e, "reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        channel: Channel,
+        mut ticker: Option<&mut Interval>,
+        stop: &StopAt,
+        stats: &SimStats,
+    ) -> Result<(), SessionError> {
+        let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        // The Hello goes in before the call, as a real agent's does.
+        let _ = tx.send(self.hello()).await;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = &self.spec.token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            request.metadata_mut().insert("authorization", v);
+        }
+        let mut inbound = IngestClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .stream(request)
+            .await?
+            .into_inner();
+        let hwm = match inbound.message().await? {
+            Some(m) => match m.kind {
+                Some(collector_message::Kind::Welcome(w)) => w.high_water_mark,
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "expected Welcome, got {other:?}"
+                    )));
+                }
+            },
+            None => return Err(SessionError::Closed),
+        };
+        self.ack(hwm, stats);
+        // A fresh agent against a ledger that knows it: continue after the mark, as a real
+        // agent with a persisted sequence would.
+        if self.spool.is_empty() && self.next_seq <= hwm {
+            self.next_seq = hwm + 1;
+        }
+        let batch_len = self.spec.gpus.max(1) as usize;
+        let mut sent_through = self.acked_through;
+        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+        let max = ticker.is_none();
+        loop {
+            // Send everything generated but not yet sent on this stream.
+            let pending: Vec<IntervalRecord> = self
+                .spool
+                .iter()
+                .filter(|r| r.seq > sent_through)
+                .cloned()
+                .collect();
+            for chunk in pending.chunks(batch_len) {
+                let last = chunk.last().map_or(sent_through, |r| r.seq);
+                let msg = AgentMessage {
+                    kind: Some(agent_message::Kind::Batch(RecordBatch {
+                        records: chunk.to_vec(),
+                    })),
+                };
+                tx.send(msg).await.map_err(|_| SessionError::Closed)?;
+                in_flight.push_back((last, Instant::now()));
+                sent_through = last;
+            }
+            if self.finished(stop) {
+                return Ok(());
+            }
+            let can_generate = self.generating(stop);
+            tokio::select! {
+                msg = inbound.message() => {
+                    let Some(msg) = msg? else {
+                        return Err(SessionError::Closed);
+                    };
+                    match msg.kind {
+                        Some(collector_message::Kind::Ack(a)) => {
+                            self.ack(a.acked_through, stats);
+                            stats.rejected.fetch_add(a.rejections.len() as u64, Ordering::Relaxed);
+                            let now = Instant::now();
+                            let mut lat = Vec::new();
+                            while in_flight.front().is_some_and(|(last, _)| *last <= a.acked_through) {
+                                let (_, sent) = in_flight.pop_front().expect("checked");
+                                lat.push((now - sent).as_micros().min(u128::from(u32::MAX)) as u32);
+                            }
+                            if !lat.is_empty() && stats.measure_from.is_none_or(|t| now >= t) {
+                                stats.latencies_us.lock().expect("not poisoned").extend(lat);
+                            }
+                        }
+                        Some(collector_message::Kind::Resend(r)) => {
+                            stats.resends.fetch_add(1, Ordering::Relaxed);
+                            sent_through = r.from_seq.saturating_sub(1).max(self.acked_through);
+                            in_flight.clear();
+                        }
+                        other => {
+                            return Err(SessionError::Protocol(format!("unexpected {other:?}")));
+                        }
+                    }
+                }
+                _ = async {
+                    if let Some(t) = ticker.as_mut() {
+                        t.tick().await;
+                    }
+                }, if can_generate && (!max || in_flight.is_empty()) => {
+                    self.generate_batch(stats);
+                }
+            }
+        }
+    }
+}
+
+/// Percentile (0..=100) of sorted microsecond latencies, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
+    f64::from(sorted_us[rank.min(sorted_us.len() - 1)]) / 1000.0
+}

@@ -1,0 +1,418 @@
+//! The collector's Prometheus metrics: one registry, typed handles.
+//!
+//! Why one owner: metric names and label sets are defined once, here; call sites use typed
+//! methods (`record_rejected(RejectReason)`) and cannot misspell a name or invent a label
+//! value, which keeps cardinality bounded: labels are model, run, stage, bound, GPU type and
+//! reason; node names appear only on per-agent series; never PIDs.
+//!
+//! **Gauges, not counters, for ledger totals.** `flopmeter_model_flop` and
+//! `flopmeter_run_flop` are the ledger's cumulative totals, read from the durable store at
+//! scrape time. Prometheus counters are process-lifetime counts that restart at zero with
+//! the process; these values do not (they survive restarts, and a stage-policy change may
+//! legitimately lower a counted total), so they are gauges. `deriv()` or `delta()` over them
+//! gives rates. Process-local event counts (records ingested, rejections) are counters.
+
+use flopmeter_core::stage::StagePolicy;
+use flopmeter_core::units::Bound;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::ingest::validate::RejectReason;
+use crate::ledger::{LedgerStore, StoreError};
+
+/// Why a stream or batch was refused with a gRPC error (as opposed to a record quarantined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Tokens are required and the agent id is not in the tokens file.
+    UnknownAgent,
+    /// The agent is known but its bearer token does not match.
+    BadToken,
+    /// The stream did not start with a valid Hello.
+    BadHello,
+    /// A batch's sequence numbers were zero or not strictly increasing.
+    SequenceNotIncreasing,
+}
+
+impl Refusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownAgent => "unknown-agent",
+            Refusal::BadToken => "bad-token",
+            Refusal::BadHello => "bad-hello",
+            Refusal::SequenceNotIncreasing => "sequence-not-increasing",
+        }
+    }
+}
+
+/// Every collector metric.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Records applied to totals.
+    pub ingest_records: IntCounter,
+    /// Records resent at or below the high-water mark, acknowledged and ignored.
+    pub ingest_duplicate_records: IntCounter,
+    /// Batches received.
+    pub ingest_batches: IntCounter,
+    /// Encoded bytes of the batches received.
+    pub ingest_bytes: IntCounter,
+    /// Resend requests sent (gaps).
+    pub ingest_resends: IntCounter,
+    rejected_records: IntCounterVec,
+    refused: IntCounterVec,
+    /// From receipt of a batch to its Ack being sent (after the flush).
+    pub ack_latency: Histogram,
+    /// Batches committed per flush (group commit).
+    pub commit_group_batches: Histogram,
+    /// Duration of one ledger flush (fsync).
+    pub flush_seconds: Histogram,
+    /// Agent streams open now.
+    pub agents_connected: IntGauge,
+    agent_connected: IntGaugeVec,
+    agent_last_seen: GaugeVec,
+    ledger_size: IntGauge,
+    model_flop: GaugeVec,
+    model_excluded_flop: GaugeVec,
+    run_flop: GaugeVec,
+    model_gpu_seconds: GaugeVec,
+    model_energy: GaugeVec,
+    unattributed_flop: GaugeVec,
+    unattributed_gpu_seconds: GaugeVec,
+    /// Collector start time, Unix seconds.
+    pub start_time: Gauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    r.register(Box::new(m.clone()))
+        .expect("metric names are unique and valid");
+    m
+}
+
+impl Metrics {
+    /// Creates the registry with every metric, plus the process collector (RSS, CPU, fds).
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| {
+            reg(
+                &r,
+                IntCounter::with_opts(Opts::new(name, help)).expect("valid"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let secs = |name: &str, help: &str, buckets: Vec<f64>| {
+            reg(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid"),
+            )
+        };
+        let latency_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let m = Metrics {
+            ingest_records: counter(
+                "flopmeter_ingest_records_total",
+                "Interval records applied to the ledger's totals.",
+            ),
+            ingest_duplicate_records: counter(
+                "flopmeter_ingest_duplicate_records_total",
+                "Records resent at or below the agent's high-water mark: acknowledged, ignored.",
+            ),
+            ingest_batches: counter("flopmeter_ingest_batches_total", "Record batches received."),
+            ingest_bytes: counter(
+                "flopmeter_ingest_bytes_total",
+                "Encoded bytes of the record batches received.",
+            ),
+            ingest_resends: counter(
+                "flopmeter_ingest_resends_total",
+                "Resend requests sent to agents because of a sequence gap.",
+            ),
+            rejected_records: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flopmeter_ingest_rejected_records_total",
+                        "Records quarantined by validation, by reason; never part of a total.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            refused: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flopmeter_ingest_refused_total",
+                        "Agent streams or batches refused with a gRPC error, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            ack_latency: secs(
+                "flopmeter_ingest_ack_latency_seconds",
+                "From receipt of a batch to its acknowledgement, which follows the flush.",
+                latency_buckets.clone(),
+            ),
+            commit_group_batches: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "flopmeter_ledger_commit_group_batches",
+                        "Batches made durable by one flush (group commit).",
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            flush_seconds: secs(
+                "flopmeter_ledger_flush_seconds",
+                "Duration of one ledger flush to disk.",
+                latency_buckets,
+            ),
+            agents_connected: reg(
+                &r,
+                IntGauge::new("flopmeter_agents_connected", "Agent streams open now.")
+                    .expect("valid"),
+            ),
+            agent_connected: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flopmeter_agent_connected",
+                        "1 while the agent has a stream open, 0 after it closed.",
+                    ),
+                    &["agent", "node"],
+                )
+                .expect("valid"),
+            ),
+            agent_last_seen: gauge_vec(
+                "flopmeter_agent_last_seen_timestamp_seconds",
+                "When the collector last heard from the agent (Hello or batch), Unix seconds.",
+                &["agent", "node"],
+            ),
+            ledger_size: reg(
+                &r,
+                IntGauge::new("flopmeter_ledger_size_bytes", "Ledger size on disk.")
+                    .expect("valid"),
+            ),
+            model_flop: gauge_vec(
+                "flopmeter_model_flop",
+                "Cumulative FLOP of the model that counts toward the regulatory total under \
+                 the stage policy (ledger total; a gauge because it survives restarts).",
+                &["model", "bound"],
+            ),
+            model_excluded_flop: gauge_vec(
+                "flopmeter_model_excluded_flop",
+                "Cumulative FLOP of the model measured but excluded by the stage policy.",
+                &["model", "bound"],
+            ),
+            run_flop: gauge_vec(
+                "flopmeter_run_flop",
+                "Cumulative FLOP of one stage of a run (ledger total).",
+                &["model", "run", "stage", "bound"],
+            ),
+            model_gpu_seconds: gauge_vec(
+                "flopmeter_model_gpu_seconds",
+                "Cumulative GPU time attributed to the model, all stages, per GPU type.",
+                &["model", "gpu_type"],
+            ),
+            model_energy: gauge_vec(
+                "flopmeter_model_energy_joules",
+                "Cumulative GPU energy attributed to the model, all stages.",
+                &["model"],
+            ),
+            unattributed_flop: gauge_vec(
+                "flopmeter_unattributed_flop",
+                "Cumulative FLOP no run claimed, per GPU type.",
+                &["gpu_type", "bound"],
+            ),
+            unattributed_gpu_seconds: gauge_vec(
+                "flopmeter_unattributed_gpu_seconds",
+                "Cumulative GPU time no run claimed, per GPU type.",
+                &["gpu_type"],
+            ),
+            start_time: reg(
+                &r,
+                Gauge::new(
+                    "flopmeter_collector_start_time_seconds",
+                    "When this collector process started, Unix seconds.",
+                )
+                .expect("valid"),
+            ),
+            registry: r,
+        };
+        for reason in RejectReason::ALL {
+            m.rejected_records.with_label_values(&[reason.as_str()]);
+        }
+        for refusal in [
+            Refusal::UnknownAgent,
+            Refusal::BadToken,
+            Refusal::BadHello,
+            Refusal::SequenceNotIncreasing,
+        ] {
+            m.refused.with_label_values(&[refusal.as_str()]);
+        }
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registers once");
+        m
+    }
+
+    /// Counts a quarantined record.
+    pub fn record_rejected(&self, reason: RejectReason) {
+        self.rejected_records
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Quarantined records so far for `reason`.
+    pub fn rejected_count(&self, reason: RejectReason) -> u64 {
+        self.rejected_records
+            .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// Counts a refused stream or batch.
+    pub fn refuse(&self, reason: Refusal) {
+        self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Refusals so far for `reason`.
+    pub fn refused_count(&self, reason: Refusal) -> u64 {
+        self.refused.with_label_values(&[reason.as_str()]).get()
+    }
+
+    /// Marks an agent's stream open or closed.
+    pub fn agent_connected(&self, agent: &str, node: &str, connected: bool) {
+        self.agent_connected
+            .with_label_values(&[agent, node])
+            .set(i64::from(connected));
+        if connected {
+            self.agents_connected.inc();
+        } else {
+            self.agents_connected.dec();
+        }
+    }
+
+    /// Records when an agent was last heard from.
+    pub fn agent_seen(&self, agent: &str, node: &str, unix_ms: i64) {
+        self.agent_last_seen
+            .with_label_values(&[agent, node])
+            .set(unix_ms as f64 / 1000.0);
+    }
+
+    /// Sets the ledger gauges from the store (called at scrape time, so they are exactly
+    /// the durable totals).
+    pub fn refresh_ledger(
+        &self,
+        store: &dyn LedgerStore,
+        policy: &StagePolicy,
+    ) -> Result<(), StoreError> {
+        self.ledger_size.set(store.size_on_disk()? as i64);
+        for g in [
+            &self.model_flop,
+            &self.model_excluded_flop,
+            &self.run_flop,
+            &self.model_gpu_seconds,
+            &self.model_energy,
+            &self.unattributed_flop,
+            &self.unattributed_gpu_seconds,
+        ] {
+            g.reset();
+        }
+        for model in store.model_names()? {
+            let Some(agg) = store.model_aggregate(&model)? else {
+                continue;
+            };
+            let (counted, excluded) = (agg.counted(policy), agg.excluded(policy));
+            for b in Bound::ALL {
+                self.model_flop
+                    .with_label_values(&[model.as_str(), b.as_str()])
+                    .set(counted.get(b) as f64);
+                self.model_excluded_flop
+                    .with_label_values(&[model.as_str(), b.as_str()])
+                    .set(excluded.get(b) as f64);
+            }
+            let all = agg.all();
+            for (gpu_type, g) in &all.gpu_types {
+                self.model_gpu_seconds
+                    .with_label_values(&[model.as_str(), gpu_type.as_str()])
+                    .set(g.gpu_ms as f64 / 1000.0);
+            }
+            self.model_energy
+                .with_label_values(&[model.as_str()])
+                .set(all.energy_mj as f64 / 1000.0);
+            for run in store.runs(&model)? {
+                for (stage, t) in &run.aggregate.stages {
+                    for b in Bound::ALL {
+                        self.run_flop
+                            .with_label_values(&[
+                                model.as_str(),
+                                run.run.as_str(),
+                                stage.as_str(),
+                                b.as_str(),
+                            ])
+                            .set(t.flop.get(b) as f64);
+                    }
+                }
+            }
+        }
+        let mut by_type: std::collections::BTreeMap<
+            String,
+            (flopmeter_core::units::FlopTotal, u128),
+        > = Default::default();
+        for bucket in store.unattributed(i64::MIN, i64::MAX)? {
+            for (gpu_type, g) in bucket.aggregate.all().gpu_types {
+                let e = by_type.entry(gpu_type).or_default();
+                e.0.add_total(g.flop);
+                e.1 += g.gpu_ms;
+            }
+        }
+        for (gpu_type, (flop, gpu_ms)) in by_type {
+            for b in Bound::ALL {
+                self.unattributed_flop
+                    .with_label_values(&[gpu_type.as_str(), b.as_str()])
+                    .set(flop.get(b) as f64);
+            }
+            self.unattributed_gpu_seconds
+                .with_label_values(&[gpu_type.as_str()])
+                .set(gpu_ms as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    /// The registry, so that other parts (the compliance engine) register their metrics in
+    /// the same `/metrics` exposition.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a family that fails to encode is a bug
+        // in a metric definition, and an empty page makes it visible.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

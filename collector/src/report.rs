@@ -1,0 +1,823 @@
+//! The Annex XI §1.2(d)(e) / Model Documentation Form figures of one model.
+//!
+//! What the regulation asks (`shared/reference/regulation.md` §2–§3) and where it is here:
+//! - computation in FLOP to two significant figures, with the method and its uncertainty:
+//!   [`Computation`] (band low/central/high, method mix such as "97% gpm-tensor, 3% util-mfu");
+//! - training time in wall-clock days: [`TrainingTime`];
+//! - hardware-days per GPU type: [`HardwareDays`];
+//! - energy in MWh (GPU energy as measured; facility overhead is not included): [`EnergyFigure`];
+//! - what counts and what was excluded, per stage and per run: [`StageRow`], [`RunRow`];
+//! - unattributed compute on the same nodes in the same period, so a reader sees what may be
+//!   missing: [`UnattributedView`].
+//!
+//! The report is a serialisable document (schema `flopmeter.report.v1`) built from the
+//! ledger under a stage policy at a given time, and rendered as text, JSON or CSV by pure
+//! functions, so the CLI renders a report fetched over gRPC exactly as the collector would.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use flopmeter_core::estimator::six_n_d;
+use flopmeter_core::format::{band, sig2, sig2_u128};
+use flopmeter_core::stage::{Stage, StagePolicy};
+use flopmeter_core::units::FlopTotal;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::keys::DAY_MS;
+use crate::ledger::{Declaration, LedgerStore, ModelEntry, StoreError};
+
+/// The schema tag of the JSON document.
+pub const SCHEMA: &str = "flopmeter.report.v1";
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// For people.
+    Text,
+    /// The document itself.
+    Json,
+    /// One row per figure, for spreadsheets.
+    Csv,
+}
+
+/// The report of one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Model name.
+    pub model: String,
+    /// When the report was made, Unix ms.
+    pub generated_unix_ms: i64,
+    /// Registry entry (lineage, role, plan), when registered.
+    pub entry: Option<ModelEntry>,
+    /// The stage policy applied.
+    pub policy: PolicyView,
+    /// FLOP figures.
+    pub computation: Computation,
+    /// Wall-clock training time.
+    pub training_time: TrainingTime,
+    /// Hardware-days per GPU type (counted stages).
+    pub hardware: Vec<HardwareDays>,
+    /// Energy.
+    pub energy: EnergyFigure,
+    /// Per stage, counted and excluded.
+    pub stages: Vec<StageRow>,
+    /// Per run.
+    pub runs: Vec<RunRow>,
+    /// Unattributed compute on the model's nodes during its training period.
+    pub unattributed: UnattributedView,
+    /// Base model compute and the modification's share of it, when known.
+    pub base_model: Option<BaseModelView>,
+    /// Record quality counts.
+    pub quality: Quality,
+    /// How the figures were made.
+    pub methodology: Vec<String>,
+}
+
+/// The stage policy applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// Stages that count.
+    pub counted_stages: Vec<String>,
+    /// Stages excluded.
+    pub excluded_stages: Vec<String>,
+    /// Whether unknown stage names count.
+    pub unknown_stages_count: bool,
+}
+
+/// FLOP figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Computation {
+    /// Counts toward the regulatory total.
+    pub counted: FlopTotal,
+    /// `counted` as `2.3e25 [1.9e25 – 4.6e25]`.
+    pub counted_text: String,
+    /// Measured but excluded by the stage policy.
+    pub excluded: FlopTotal,
+    /// Everything measured.
+    pub measured: FlopTotal,
+    /// Central FLOP per method over the counted stages.
+    pub method_mix: Vec<MethodShare>,
+    /// `97% gpm-tensor, 3% util-mfu`.
+    pub method_mix_text: String,
+}
+
+/// One method's share of the counted central estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodShare {
+    /// Method tag.
+    pub method: String,
+    /// Central FLOP estimated with it.
+    pub central_flop: u128,
+    /// Share of the counted central total, percent.
+    pub percent: f64,
+}
+
+/// Wall-clock training time of the counted stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingTime {
+    /// First event, Unix ms.
+    pub first_event_unix_ms: Option<i64>,
+    /// Last event, Unix ms.
+    pub last_event_unix_ms: Option<i64>,
+    /// Days from first to last event.
+    pub wall_clock_days: f64,
+}
+
+/// Hardware-days of one GPU type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HardwareDays {
+    /// GPU type (catalogue id).
+    pub gpu_type: String,
+    /// GPU-days.
+    pub gpu_days: f64,
+    /// FLOP on it.
+    pub flop: FlopTotal,
+}
+
+/// Energy figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnergyFigure {
+    /// Counted stages, mJ (exact).
+    pub counted_mj: u128,
+    /// Counted stages, MWh.
+    pub counted_mwh: f64,
+    /// Excluded stages, MWh.
+    pub excluded_mwh: f64,
+}
+
+/// One stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRow {
+    /// Canonical stage name.
+    pub stage: String,
+    /// Whether it counts under the policy.
+    pub counts: bool,
+    /// FLOP.
+    pub flop: FlopTotal,
+    /// GPU-days.
+    pub gpu_days: f64,
+    /// Energy, MWh.
+    pub energy_mwh: f64,
+    /// Records.
+    pub records: u64,
+}
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRow {
+    /// Run id.
+    pub run: String,
+    /// Stages seen.
+    pub stages: Vec<String>,
+    /// FLOP that counts.
+    pub counted: FlopTotal,
+    /// FLOP excluded.
+    pub excluded: FlopTotal,
+    /// GPU-days, all stages.
+    pub gpu_days: f64,
+    /// Energy, MWh, all stages.
+    pub energy_mwh: f64,
+    /// First event, Unix ms.
+    pub first_event_unix_ms: Option<i64>,
+    /// Last event, Unix ms.
+    pub last_event_unix_ms: Option<i64>,
+    /// Records.
+    pub records: u64,
+    /// Agents that reported for it.
+    pub agents: u64,
+    /// Nodes that reported for it.
+    pub nodes: u64,
+    /// What it declared.
+    pub declaration: Option<Declaration>,
+    /// 6·N·D when the run declared parameters and tokens.
+    pub six_n_d: Option<u128>,
+    /// Measured central FLOP / 6·N·D.
+    pub hardware_to_architecture_ratio: Option<f64>,
+}
+
+/// Unattributed compute on the model's nodes during its training period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnattributedView {
+    /// Nodes that ran the model.
+    pub nodes: Vec<String>,
+    /// First UTC day of the period (days since the epoch).
+    pub first_day: Option<i64>,
+    /// Last UTC day of the period.
+    pub last_day: Option<i64>,
+    /// FLOP no run claimed on those nodes on those days.
+    pub flop: FlopTotal,
+    /// GPU-days per GPU type.
+    pub gpu_days: BTreeMap<String, f64>,
+    /// Energy, MWh.
+    pub energy_mwh: f64,
+    /// Records.
+    pub records: u64,
+}
+
+/// Base model compute (downstream modifiers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseModelView {
+    /// Base model.
+    pub base_model: String,
+    /// Its compute, FLOP, if known.
+    pub base_flop: Option<u128>,
+    /// Where that figure comes from.
+    pub source: Option<String>,
+    /// Counted high bound / base compute (the modifier test compares it with 1/3).
+    pub modification_share_high: Option<f64>,
+}
+
+/// Record quality counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quality {
+    /// Records summed (all stages).
+    pub records: u64,
+    /// Records split between processes sharing a GPU.
+    pub approximate_records: u64,
+    /// Records on uncatalogued GPUs with an operator-supplied peak.
+    pub unknown_peak_records: u64,
+}
+
+const MJ_PER_MWH: f64 = 3.6e12;
+
+fn days(ms: u128) -> f64 {
+    ms as f64 / DAY_MS as f64
+}
+
+fn mwh(mj: u128) -> f64 {
+    mj as f64 / MJ_PER_MWH
+}
+
+/// Builds the report, or `None` when the ledger knows nothing of the model.
+pub fn build(
+    store: &dyn LedgerStore,
+    model: &str,
+    policy: &StagePolicy,
+    now_unix_ms: i64,
+) -> Result<Option<Report>, StoreError> {
+    let agg = store.model_aggregate(model)?;
+    let entry = store.model_entry(model)?;
+    if agg.is_none() && entry.is_none() {
+        return Ok(None);
+    }
+    let agg = agg.unwrap_or_default();
+    let counted = agg.counted_totals(policy);
+    let excluded = agg.excluded_totals(policy);
+    let all = agg.all();
+
+    let mut method_mix: Vec<MethodShare> = counted
+        .methods
+        .iter()
+        .map(|(m, &c)| MethodShare {
+            method: m.clone(),
+            central_flop: c,
+            percent: if counted.flop.central == 0 {
+                0.0
+            } else {
+                c as f64 * 100.0 / counted.flop.central as f64
+            },
+        })
+        .collect();
+    method_mix.sort_by_key(|s| std::cmp::Reverse(s.central_flop));
+    let method_mix_text = method_mix
+        .iter()
+        .map(|s| format!("{} {}", percent(s.percent), s.method))
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    let wall_clock_days = match (counted.first_event_unix_ms, counted.last_event_unix_ms) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / DAY_MS as f64,
+        _ => 0.0,
+    };
+
+    let stages = agg
+        .stages
+        .iter()
+        .map(|(s, t)| StageRow {
+            stage: s.clone(),
+            counts: policy.counts(&Stage::parse(s)),
+            flop: t.flop,
+            gpu_days: days(t.gpu_ms),
+            energy_mwh: mwh(t.energy_mj),
+            records: t.records,
+        })
+        .collect();
+
+    let runs = store
+        .runs(model)?
+        .into_iter()
+        .map(|r| {
+            let a = r.aggregate.all();
+            let six_n_d = r
+                .declaration
+                .as_ref()
+                .and_then(|d| six_n_d(d.params?, d.tokens?));
+            RunRow {
+                stages: r.aggregate.stages.keys().cloned().collect(),
+                counted: r.aggregate.counted(policy),
+                excluded: r.aggregate.excluded(policy),
+                gpu_days: days(a.gpu_ms),
+                energy_mwh: mwh(a.energy_mj),
+                first_event_unix_ms: a.first_event_unix_ms,
+                last_event_unix_ms: a.last_event_unix_ms,
+                records: a.records,
+                agents: r.aggregate.agents,
+                nodes: r.aggregate.nodes,
+                hardware_to_architecture_ratio: six_n_d
+                    .filter(|&x| x > 0)
+                    .map(|x| a.flop.central as f64 / x as f64),
+                six_n_d,
+                declaration: r.declaration,
+                run: r.run,
+            }
+        })
+        .collect();
+
+    let nodes = store.model_nodes(model)?;
+    let first_day = all.first_event_unix_ms.map(|t| t.div_euclid(DAY_MS));
+    let last_day = all.last_event_unix_ms.map(|t| t.div_euclid(DAY_MS));
+    let mut unattributed = UnattributedView {
+        nodes: nodes.clone(),
+        first_day,
+        last_day,
+        flop: FlopTotal::ZERO,
+        gpu_days: BTreeMap::new(),
+        energy_mwh: 0.0,
+        records: 0,
+    };
+    if let (Some(a), Some(b)) = (first_day, last_day) {
+        let mut energy = 0u128;
+        for bucket in store.unattributed(a, b)? {
+            if !nodes.contains(&bucket.node) {
+                continue;
+            }
+            let t = bucket.aggregate.all();
+            unattributed.flop.add_total(t.flop);
+            unattributed.records += t.records;
+            energy += t.energy_mj;
+            for (g, gt) in &t.gpu_types {
+                *unattributed.gpu_days.entry(g.clone()).or_default() += days(gt.gpu_ms);
+            }
+        }
+        unattributed.energy_mwh = mwh(energy);
+    }
+
+    let base_model = entry.as_ref().and_then(|e| {
+        let base = e.base_model.clone()?;
+        Some(BaseModelView {
+            base_model: base,
+            base_flop: e.base_flop,
+            source: e.base_flop_source.clone(),
+            modification_share_high: e
+                .base_flop
+                .filter(|&b| b > 0)
+                .map(|b| counted.flop.high as f64 / b as f64),
+        })
+    });
+
+    let (mut counted_stages, mut excluded_stages) = (Vec::new(), Vec::new());
+    for (s, &c) in &policy.counts {
+        if c {
+            counted_stages.push(s.clone());
+        } else {
+            excluded_stages.push(s.clone());
+        }
+    }
+
+    Ok(Some(Report {
+        schema: SCHEMA.to_string(),
+        model: model.to_string(),
+        generated_unix_ms: now_unix_ms,
+        entry,
+        policy: PolicyView {
+            counted_stages,
+            excluded_stages,
+            unknown_stages_count: policy.unknown_counts,
+        },
+        computation: Computation {
+            counted: counted.flop,
+            counted_text: band(counted.flop.low, counted.flop.central, counted.flop.high),
+            excluded: excluded.flop,
+            measured: all.flop,
+            method_mix,
+            method_mix_text,
+        },
+        training_time: TrainingTime {
+            first_event_unix_ms: counted.first_event_unix_ms,
+            last_event_unix_ms: counted.last_event_unix_ms,
+            wall_clock_days,
+        },
+        hardware: counted
+            .gpu_types
+            .iter()
+            .map(|(g, t)| HardwareDays {
+                gpu_type: g.clone(),
+                gpu_days: days(t.gpu_ms),
+                flop: t.flop,
+            })
+            .collect(),
+        energy: EnergyFigure {
+            counted_mj: counted.energy_mj,
+            counted_mwh: mwh(counted.energy_mj),
+            excluded_mwh: mwh(excluded.energy_mj),
+        },
+        stages,
+        runs,
+        unattributed,
+        base_model,
+        quality: Quality {
+            records: all.records,
+            approximate_records: all.approximate_records,
+            unknown_peak_records: all.unknown_peak_records,
+        },
+        methodology: methodology(),
+    }))
+}
+
+fn methodology() -> Vec<String> {
+    vec![
+        "Hardware approach (Commission GPAI guidelines, C = N·L·H·U), measured per GPU and \
+         interval by the flopmeter agent: gpm-tensor = NVML GPM tensor-pipe activity × dense \
+         datasheet peak × SM-clock factor (Hopper and later); util-mfu = GPU utilisation × \
+         dense peak × an assumed MFU band (0.25 / 0.40 / 0.55) on earlier GPUs."
+            .into(),
+        "Band: low / central / high per interval, summed exactly as integers. Without a \
+         declared precision, central assumes BF16, high FP8 where the GPU has it, low 0.85 × \
+         central. All precisions count equally."
+            .into(),
+        "Energy: NVML energy-counter deltas attributed per run (GPU board energy; facility \
+         overhead, CPUs and networking not included)."
+            .into(),
+        "Stage policy (Commission guidelines Annex A.1) decides what counts; excluded compute \
+         is listed. Training time spans the first to last event of the counted stages."
+            .into(),
+    ]
+}
+
+fn percent(p: f64) -> String {
+    if p > 0.0 && p < 1.0 {
+        "<1%".to_string()
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+/// A Unix-ms time as `2026-03-01 12:00 UTC`.
+pub fn date_time(ms: Option<i64>) -> String {
+    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or("-".to_string(), |t| {
+            t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+        })
+}
+
+fn date_of_day(day: Option<i64>) -> String {
+    day.and_then(|d| jiff::Timestamp::from_millisecond(d * DAY_MS).ok())
+        .map_or("-".to_string(), |t| t.strftime("%Y-%m-%d").to_string())
+}
+
+fn iso(ms: Option<i64>) -> String {
+    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or(String::new(), |t| t.to_string())
+}
+
+/// Renders a report in `format`.
+pub fn render(r: &Report, format: Format) -> String {
+    match format {
+        Format::Text => render_text(r),
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(r).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Format::Csv => render_csv(r),
+    }
+}
+
+/// The report for people.
+pub fn render_text(r: &Report) -> String {
+    let mut o = String::new();
+    let c = &r.computation;
+    let _ = writeln!(
+        o,
+        "flopmeter report: model {} (AI Act Annex XI §1.2(d)(e), Model Documentation Form)",
+        r.model
+    );
+    let _ = writeln!(o, "generated {}", date_time(Some(r.generated_unix_ms)));
+    if let Some(e) = &r.entry {
+        let role = e.role.map_or("-".to_string(), |r| r.to_string());
+        let _ = writeln!(o, "role: {role}");
+        if let Some(plan) = e.planned_total() {
+            let _ = writeln!(
+                o,
+                "declared plan: {} FLOP, planned end {}",
+                sig2_u128(plan),
+                date_time(e.planned_end_unix_ms)
+            );
+        }
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Computation:       {} FLOP (central [low – high])",
+        c.counted_text
+    );
+    let _ = writeln!(
+        o,
+        "  method mix:      {}",
+        if c.method_mix_text.is_empty() {
+            "-"
+        } else {
+            &c.method_mix_text
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  excluded:        {} FLOP by stage policy (not counted, shown for completeness)",
+        band(c.excluded.low, c.excluded.central, c.excluded.high)
+    );
+    let t = &r.training_time;
+    let _ = writeln!(
+        o,
+        "Training time:     {} wall-clock days ({} to {})",
+        sig2(t.wall_clock_days),
+        date_time(t.first_event_unix_ms),
+        date_time(t.last_event_unix_ms)
+    );
+    let hw = r
+        .hardware
+        .iter()
+        .map(|h| format!("{} {} GPU-days", sig2(h.gpu_days), h.gpu_type))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        o,
+        "Hardware:          {}",
+        if hw.is_empty() { "-".to_string() } else { hw }
+    );
+    let _ = writeln!(
+        o,
+        "Energy:            {} MWh (GPU energy measured by NVML; excluded stages {} MWh)",
+        sig2(r.energy.counted_mwh),
+        sig2(r.energy.excluded_mwh)
+    );
+    if let Some(b) = &r.base_model {
+        let _ = writeln!(
+            o,
+            "Base model:        {} with {} FLOP (source: {}); this model's counted high bound \
+             is {} of it",
+            b.base_model,
+            b.base_flop.map_or("unknown".to_string(), sig2_u128),
+            b.source.as_deref().unwrap_or("-"),
+            b.modification_share_high
+                .map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0))
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Per stage:");
+    let _ = writeln!(
+        o,
+        "  {:<22} {:<8} {:>32} {:>10} {:>10} {:>9}",
+        "stage", "counts", "FLOP central [low – high]", "GPU-days", "MWh", "records"
+    );
+    for s in &r.stages {
+        let _ = writeln!(
+            o,
+            "  {:<22} {:<8} {:>32} {:>10} {:>10} {:>9}",
+            s.stage,
+            if s.counts { "yes" } else { "excluded" },
+            band(s.flop.low, s.flop.central, s.flop.high),
+            sig2(s.gpu_days),
+            sig2(s.energy_mwh),
+            s.records
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Per run:");
+    let _ = writeln!(
+        o,
+        "  {:<20} {:<18} {:>32} {:>10} {:>10} {:>6} {:>6}  period",
+        "run", "stages", "counted FLOP", "excluded", "GPU-days", "agents", "nodes"
+    );
+    for run in &r.runs {
+        let _ = writeln!(
+            o,
+            "  {:<20} {:<18} {:>32} {:>10} {:>10} {:>6} {:>6}  {} to {}",
+            if run.run.is_empty() {
+                "(none)"
+            } else {
+                &run.run
+            },
+            run.stages.join(","),
+            band(run.counted.low, run.counted.central, run.counted.high),
+            sig2_u128(run.excluded.central),
+            sig2(run.gpu_days),
+            run.agents,
+            run.nodes,
+            date_time(run.first_event_unix_ms),
+            date_time(run.last_event_unix_ms)
+        );
+        if let (Some(x), Some(ratio)) = (run.six_n_d, run.hardware_to_architecture_ratio) {
+            let _ = writeln!(
+                o,
+                "  {:<20} declared 6·N·D = {} FLOP; measured / declared = {:.2}",
+                "",
+                sig2_u128(x),
+                ratio
+            );
+        }
+    }
+    let u = &r.unattributed;
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Unattributed compute on the same hardware in the same period ({} node(s), {} to {}):",
+        u.nodes.len(),
+        date_of_day(u.first_day),
+        date_of_day(u.last_day)
+    );
+    let gd = u
+        .gpu_days
+        .iter()
+        .map(|(g, d)| format!("{} {g} GPU-days", sig2(*d)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        o,
+        "  {} FLOP, {}, {} MWh, {} records (no run claimed this work; it may belong to this model)",
+        band(u.flop.low, u.flop.central, u.flop.high),
+        if gd.is_empty() {
+            "0 GPU-days".to_string()
+        } else {
+            gd
+        },
+        sig2(u.energy_mwh),
+        u.records
+    );
+    let q = &r.quality;
+    let _ = writeln!(
+        o,
+        "\nRecords: {} ({} approximate: GPU shared between processes; {} on uncatalogued GPUs \
+         with an operator-supplied peak)",
+        q.records, q.approximate_records, q.unknown_peak_records
+    );
+    let _ = writeln!(
+        o,
+        "Stage policy: counted {}; excluded {}; unknown stages {}",
+        r.policy.counted_stages.join(", "),
+        r.policy.excluded_stages.join(", "),
+        if r.policy.unknown_stages_count {
+            "count"
+        } else {
+            "excluded"
+        }
+    );
+    let _ = writeln!(o, "\nMethodology:");
+    for m in &r.methodology {
+        let _ = writeln!(o, "  - {m}");
+    }
+    o
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One row per figure: `section,name,counts,flop_low,flop_central,flop_high,gpu_days,
+/// energy_mwh,first_event,last_event,records`.
+pub fn render_csv(r: &Report) -> String {
+    let mut o = String::from(
+        "section,name,counts,flop_low,flop_central,flop_high,gpu_days,energy_mwh,first_event,\
+         last_event,records\n",
+    );
+    let mut row = |section: &str,
+                   name: &str,
+                   counts: &str,
+                   f: Option<FlopTotal>,
+                   gpu_days: Option<f64>,
+                   mwh: Option<f64>,
+                   first: Option<i64>,
+                   last: Option<i64>,
+                   records: Option<u64>| {
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{},{},{},{},{},{},{},{},{},{},{}",
+            section,
+            csv_field(name),
+            counts,
+            opt(f.map(|f| f.low.to_string())),
+            opt(f.map(|f| f.central.to_string())),
+            opt(f.map(|f| f.high.to_string())),
+            opt(gpu_days.map(|d| format!("{d}"))),
+            opt(mwh.map(|d| format!("{d}"))),
+            iso(first),
+            iso(last),
+            opt(records.map(|n| n.to_string())),
+        );
+    };
+    let c = &r.computation;
+    let t = &r.training_time;
+    row(
+        "total",
+        &r.model,
+        "yes",
+        Some(c.counted),
+        Some(r.hardware.iter().map(|h| h.gpu_days).sum()),
+        Some(r.energy.counted_mwh),
+        t.first_event_unix_ms,
+        t.last_event_unix_ms,
+        None,
+    );
+    row(
+        "excluded",
+        &r.model,
+        "no",
+        Some(c.excluded),
+        None,
+        Some(r.energy.excluded_mwh),
+        None,
+        None,
+        None,
+    );
+    for m in &c.method_mix {
+        let f = FlopTotal::exact(m.central_flop);
+        row(
+            "method",
+            &m.method,
+            "yes",
+            Some(f),
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
+    }
+    for h in &r.hardware {
+        row(
+            "hardware",
+            &h.gpu_type,
+            "yes",
+            Some(h.flop),
+            Some(h.gpu_days),
+            None,
+            None,
+            None,
+            None,
+        );
+    }
+    for s in &r.stages {
+        row(
+            "stage",
+            &s.stage,
+            if s.counts { "yes" } else { "no" },
+            Some(s.flop),
+            Some(s.gpu_days),
+            Some(s.energy_mwh),
+            None,
+            None,
+            Some(s.records),
+        );
+    }
+    for run in &r.runs {
+        let mut all = run.counted;
+        all.add_total(run.excluded);
+        let counts = match (run.counted.central > 0, run.excluded.central > 0) {
+            (true, true) => "partly",
+            (true, false) => "yes",
+            (false, true) => "no",
+            (false, false) => "yes",
+        };
+        row(
+            "run",
+            &run.run,
+            counts,
+            Some(all),
+            Some(run.gpu_days),
+            Some(run.energy_mwh),
+            run.first_event_unix_ms,
+            run.last_event_unix_ms,
+            Some(run.records),
+        );
+    }
+    let u = &r.unattributed;
+    row(
+        "unattributed",
+        "same nodes and period",
+        "no",
+        Some(u.flop),
+        Some(u.gpu_days.values().sum()),
+        Some(u.energy_mwh),
+        u.first_day.map(|d| d * DAY_MS),
+        u.last_day.map(|d| (d + 1) * DAY_MS - 1),
+        Some(u.records),
+    );
+    o
+}

@@ -1,0 +1,261 @@
+//! The ledger writer: the one thread that mutates the ledger, with group commit.
+//!
+//! Why one writer: exactly-once accounting needs each agent's batches applied in order and
+//! each batch's read-modify-write of the high-water mark and aggregates to be atomic. With a
+//! single writer no two transactions ever conflict, `verify` can run on a consistent ledger
+//! by queueing behind the batches, and the order of application is the order of the queue.
+//!
+//! Why group commit: a flush (fsync) costs milliseconds, applying a batch microseconds. The
+//! writer takes every job waiting in its queue (up to a bound), applies each batch in its own
+//! transaction, flushes once, and only then replies, so every Ack follows the flush that made
+//! its batch durable while the fsync cost is shared by every stream that was waiting.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ledger::{
+    AgentInfo, ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RollupStats, StoreError,
+    VerifyReport,
+};
+use crate::metrics::Metrics;
+
+/// A reply channel.
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Work for the writer.
+#[derive(Debug)]
+pub enum Job {
+    /// Apply a batch; the reply is sent after the flush that made it durable.
+    Apply(Box<IncomingBatch>, Reply<ApplyOutcome>),
+    /// Remember an agent's Hello (no reply: informational).
+    RecordAgent(AgentInfo),
+    /// Create or replace a registry entry.
+    SetModel(ModelEntry, Reply<ModelEntry>),
+    /// Roll raw batches older than the cutoff (Unix ms) into hourly rollups.
+    RollUp {
+        /// Cutoff, Unix ms.
+        cutoff_unix_ms: i64,
+        /// Reply, if anyone waits.
+        reply: Option<Reply<RollupStats>>,
+    },
+    /// Recompute and compare every aggregate.
+    Verify(Reply<VerifyReport>),
+    /// Finish the jobs queued before this one, flush, and exit.
+    Stop,
+}
+
+/// Rollups done per job, so a large backlog never stalls ingest for long.
+const ROLLUP_BATCHES_PER_JOB: usize = 512;
+
+/// Handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+/// The writer has stopped (shutdown or a fatal storage error).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the ledger writer has stopped")]
+pub struct WriterStopped;
+
+impl From<WriterStopped> for tonic::Status {
+    fn from(e: WriterStopped) -> Self {
+        tonic::Status::unavailable(e.to_string())
+    }
+}
+
+impl WriterHandle {
+    /// Queues a job (waits while the queue is full: backpressure on the streams).
+    pub async fn submit(&self, job: Job) -> Result<(), WriterStopped> {
+        self.tx.send(job).await.map_err(|_| WriterStopped)
+    }
+
+    /// Queues a job and waits for its reply.
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<Result<T, StoreError>, WriterStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(make(tx)).await?;
+        rx.await.map_err(|_| WriterStopped)
+    }
+}
+
+/// The running writer thread.
+#[derive(Debug)]
+pub struct Writer {
+    handle: WriterHandle,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the writer on its own OS thread (sled calls block). `queue` bounds the jobs
+    /// waiting; `max_group` bounds the batches per flush.
+    pub fn start(
+        store: Arc<dyn LedgerStore>,
+        metrics: Metrics,
+        queue: usize,
+        max_group: usize,
+    ) -> Writer {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let thread = thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || run(rx, store.as_ref(), &metrics, max_group.max(1)))
+            .expect("spawning the ledger writer thread");
+        Writer {
+            handle: WriterHandle { tx },
+            thread,
+        }
+    }
+
+    /// A handle for submitting jobs.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Finishes the jobs queued so far (flushing them), stops the thread and waits for it.
+    /// Jobs queued afterwards are dropped unanswered: their submitters see
+    /// [`WriterStopped`], and agents resend them to the next collector process.
+    pub async fn stop(self) {
+        let _ = self.handle.tx.send(Job::Stop).await;
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+fn run(mut rx: mpsc::Receiver<Job>, store: &dyn LedgerStore, metrics: &Metrics, max_group: usize) {
+    let mut group: Vec<Job> = Vec::with_capacity(max_group);
+    let mut stop = false;
+    while !stop {
+        match rx.blocking_recv() {
+            None | Some(Job::Stop) => break,
+            Some(first) => group.push(first),
+        }
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(Job::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut group, store, metrics);
+    }
+    // Everything answered was flushed already; flush once more so a clean shutdown leaves
+    // nothing (such as agent Hellos) to sled's recovery.
+    let _ = store.flush();
+}
+
+enum Pending {
+    Apply(Reply<ApplyOutcome>, Result<ApplyOutcome, StoreError>),
+    SetModel(Reply<ModelEntry>, Result<ModelEntry, StoreError>),
+    RollUp(Option<Reply<RollupStats>>, Result<RollupStats, StoreError>),
+}
+
+fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics) {
+    let mut pending = Vec::with_capacity(group.len());
+    let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
+    let mut applied = 0u64;
+    // Consecutive batches are applied together; any other job first applies the batches
+    // queued before it, so every job sees the ledger as the queue order says.
+    let apply = |batches: &mut Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)>,
+                 pending: &mut Vec<Pending>| {
+        if batches.is_empty() {
+            return 0;
+        }
+        let refs: Vec<&IncomingBatch> = batches.iter().map(|(b, _)| b.as_ref()).collect();
+        let results = store.apply_group(&refs);
+        let n = batches.len() as u64;
+        for ((_, reply), r) in batches.drain(..).zip(results) {
+            pending.push(Pending::Apply(reply, r));
+        }
+        n
+    };
+    for job in group.drain(..) {
+        if let Job::Apply(batch, reply) = job {
+            batches.push((batch, reply));
+            continue;
+        }
+        applied += apply(&mut batches, &mut pending);
+        match job {
+            Job::Apply(..) | Job::Stop => {}
+            Job::RecordAgent(info) => {
+                if let Err(e) = store.record_agent(&info) {
+                    tracing::warn!(agent = %info.agent_id, error = %e, "cannot record agent");
+                }
+            }
+            Job::SetModel(entry, reply) => {
+                let r = store.set_model_entry(&entry).map(|()| entry);
+                pending.push(Pending::SetModel(reply, r));
+            }
+            Job::RollUp {
+                cutoff_unix_ms,
+                reply,
+            } => {
+                let r = store.roll_up(cutoff_unix_ms, ROLLUP_BATCHES_PER_JOB);
+                if let Ok(s) = &r
+                    && s.batches > 0
+                {
+                    tracing::info!(
+                        batches = s.batches,
+                        records = s.records,
+                        more = s.more,
+                        "rolled raw batches up"
+                    );
+                }
+                pending.push(Pending::RollUp(reply, r));
+            }
+            Job::Verify(reply) => {
+                // Reads only; the jobs before it are applied, the ones after wait.
+                let _ = reply.send(store.verify());
+            }
+        }
+    }
+    applied += apply(&mut batches, &mut pending);
+    let batches = applied;
+    if pending.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let flushed = store.flush();
+    metrics
+        .flush_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if batches > 0 {
+        metrics.commit_group_batches.observe(batches as f64);
+    }
+    if let Err(e) = &flushed {
+        tracing::error!(error = %e, "ledger flush failed: acknowledging nothing");
+    }
+    // Replies only after the flush: an Ack promises durability.
+    for p in pending {
+        let fail = |e: &StoreError| StoreError::Storage(format!("flush failed: {e}"));
+        match p {
+            Pending::Apply(reply, r) => {
+                let _ = reply.send(match &flushed {
+                    Ok(()) => r,
+                    Err(e) => Err(fail(e)),
+                });
+            }
+            Pending::SetModel(reply, r) => {
+                let _ = reply.send(match &flushed {
+                    Ok(()) => r,
+                    Err(e) => Err(fail(e)),
+                });
+            }
+            Pending::RollUp(reply, r) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(match &flushed {
+                        Ok(()) => r,
+                        Err(e) => Err(fail(e)),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Shared test helpers: records, batches, an in-process collector and a raw stream client.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use flopmeter_collector::config::CollectorConfig;
+use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch};
+use flopmeter_collector::{Collector, now_unix_ms};
+use flopmeter_proto::v1::ingest_client::IngestClient;
+use flopmeter_proto::v1::{
+    AgentMessage, AttributionSource, CollectorMessage, GpuInventory, Hello, IntervalRecord, Method,
+    RecordBatch, WorkloadIdentity, agent_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+/// A valid H100 record of 10 s ending `ago_ms` before now.
+pub fn rec(seq: u64, model: &str, run: &str, stage: &str, central: u64) -> IntervalRecord {
+    rec_at(seq, model, run, stage, central, now_unix_ms() - 1_000)
+}
+
+/// A valid H100 record of 10 s ending at `end_ms`.
+pub fn rec_at(
+    seq: u64,
+    model: &str,
+    run: &str,
+    stage: &str,
+    central: u64,
+    end_ms: i64,
+) -> IntervalRecord {
+    IntervalRecord {
+        seq,
+        start_unix_ms: end_ms - 10_000,
+        end_unix_ms: end_ms,
+        gpu_uuid: "GPU-0".into(),
+        gpu_type: "h100-sxm".into(),
+        flop_low: central / 2,
+        flop_central: central,
+        flop_high: central * 2,
+        gpu_ms: 10_000,
+        energy_mj: 7_000_000,
+        mean_tensor_util: 0.4,
+        method: Method::GpmTensor as i32,
+        identity: Some(WorkloadIdentity {
+            model: model.into(),
+            run: run.into(),
+            stage: stage.into(),
+            source: if model.is_empty() {
+                AttributionSource::Unattributed as i32
+            } else {
+                AttributionSource::ProcessEnv as i32
+            },
+            ..WorkloadIdentity::default()
+        }),
+        ..IntervalRecord::default()
+    }
+}
+
+/// A batch for the store, every record valid.
+pub fn incoming(agent: &str, node: &str, records: Vec<IntervalRecord>) -> IncomingBatch {
+    IncomingBatch {
+        agent_id: agent.into(),
+        node: node.into(),
+        received_unix_ms: now_unix_ms(),
+        records: records
+            .into_iter()
+            .map(|record| CheckedRecord {
+                record,
+                rejection: None,
+            })
+            .collect(),
+    }
+}
+
+/// Starts a collector on loopback ports in `dir`.
+pub async fn start(dir: &std::path::Path) -> Collector {
+    Collector::start(CollectorConfig::for_data_dir(dir))
+        .await
+        .expect("collector starts")
+}
+
+/// A raw agent stream: send messages, read replies.
+pub struct Stream {
+    pub tx: mpsc::Sender<AgentMessage>,
+    pub rx: Streaming<CollectorMessage>,
+}
+
+impl Stream {
+    /// Opens a stream and sends the Hello (with `token` as bearer, if any).
+    pub async fn open(addr: std::net::SocketAddr, agent: &str, token: Option<&str>) -> Stream {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(hello(agent)).await.unwrap();
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let mut client = IngestClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let rx = client.stream(req).await.unwrap().into_inner();
+        Stream { tx, rx }
+    }
+
+    /// Sends a batch.
+    pub async fn send(&self, records: Vec<IntervalRecord>) {
+        self.tx
+            .send(AgentMessage {
+                kind: Some(agent_message::Kind::Batch(RecordBatch { records })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next reply (`Err` for a gRPC status), failing the test after 30 s.
+    pub async fn next(&mut self) -> Result<Option<CollectorMessage>, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+            .await
+            .expect("a reply within 30 s")
+    }
+}
+
+/// A Hello for `agent` on node `<agent>-node` with one H100.
+pub fn hello(agent: &str) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_id: agent.into(),
+            node: format!("{agent}-node"),
+            software_version: "test".into(),
+            gpus: vec![GpuInventory {
+                uuid: "GPU-0".into(),
+                catalogue_id: "h100-sxm".into(),
+                ..GpuInventory::default()
+            }],
+            ..Hello::default()
+        })),
+    }
+}

@@ -1,0 +1,299 @@
+//! The read side on a known ledger: /metrics names and labels, /healthz, /readyz, the
+//! /api/v1 JSON, the admin gRPC API, and the report in text, JSON and CSV.
+
+mod common;
+
+use common::{incoming, rec_at};
+use flopmeter_collector::Collector;
+use flopmeter_collector::config::CollectorConfig;
+use flopmeter_collector::ledger::sled_store::SledStore;
+use flopmeter_collector::ledger::{LedgerStore, ModelEntry, Role};
+use flopmeter_collector::loadgen::http_get;
+use flopmeter_collector::report::{self, Format, Report};
+use flopmeter_core::stage::StagePolicy;
+use flopmeter_proto::v1 as pb;
+use flopmeter_proto::v1::Method;
+
+const END: i64 = 1_780_000_000_000;
+const DAY: i64 = 86_400_000;
+
+/// acme: run r1 (pretrain) = 97% gpm-tensor + 3% util-mfu = 1.0e16 FLOP central; run r2
+/// (eval, excluded) 1.0e15; unattributed work on acme's node n1 the same day (1.0e15) and on
+/// an unrelated node n9 (not shown in acme's report).
+fn build(dir: &std::path::Path) {
+    let s = SledStore::open(dir).unwrap();
+    let mut gpm = rec_at(1, "acme", "r1", "", 9_700_000_000_000_000, END);
+    gpm.declaration = Some(pb::WorkloadDeclaration {
+        precision: pb::Precision::Bf16 as i32,
+        params: "1e3".into(),
+        tokens: "1e12".into(),
+        ..Default::default()
+    });
+    let mut mfu = rec_at(2, "acme", "r1", "pretrain", 300_000_000_000_000, END + DAY);
+    mfu.method = Method::UtilMfu as i32;
+    let eval = rec_at(3, "acme", "r2", "eval", 1_000_000_000_000_000, END);
+    let idle = rec_at(4, "", "", "", 1_000_000_000_000_000, END);
+    s.apply_batch(&incoming("a1", "n1", vec![gpm, mfu, eval, idle]))
+        .unwrap();
+    let other = rec_at(1, "", "", "", 5_000_000_000_000_000, END);
+    s.apply_batch(&incoming("a9", "n9", vec![other])).unwrap();
+    s.set_model_entry(&ModelEntry {
+        model: "acme".into(),
+        base_model: Some("llama".into()),
+        base_flop: Some(38 * 10u128.pow(23)),
+        base_flop_source: Some("model card".into()),
+        role: Some(Role::Modifier),
+        planned_flop: Some(2 * 10u128.pow(25)),
+        ..ModelEntry::default()
+    })
+    .unwrap();
+    s.flush().unwrap();
+}
+
+#[test]
+fn report_text_json_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let s = SledStore::open(dir.path()).unwrap();
+    let r = report::build(&s, "acme", &StagePolicy::default(), END + 2 * DAY)
+        .unwrap()
+        .unwrap();
+    assert!(
+        report::build(&s, "nope", &StagePolicy::default(), END)
+            .unwrap()
+            .is_none()
+    );
+
+    let text = report::render(&r, Format::Text);
+    for line in [
+        "flopmeter report: model acme",
+        "role: modifier",
+        "declared plan: 2.0e25 FLOP",
+        "Computation:       1.0e16 [5.0e15 – 2.0e16] FLOP (central [low – high])",
+        "  method mix:      97% gpm-tensor, 3% util-mfu",
+        "  excluded:        1.0e15 [5.0e14 – 2.0e15] FLOP by stage policy",
+        "Training time:     1.0e0 wall-clock days",
+        "Hardware:          2.3e-4 h100-sxm GPU-days",
+        "Energy:            3.9e-6 MWh",
+        "Base model:        llama with 3.8e24 FLOP (source: model card)",
+        "  pretrain               yes",
+        "  eval                   excluded",
+        "Unattributed compute on the same hardware in the same period (1 node(s)",
+        "  1.0e15 [5.0e14 – 2.0e15] FLOP, 1.2e-4 h100-sxm GPU-days",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("  r1 ") && text.contains("  r2 "), "{text}");
+
+    let json = report::render(&r, Format::Json);
+    let back: Report = serde_json::from_str(&json).unwrap();
+    // Exact figures survive JSON exactly (floats such as GPU-days only to their printed form).
+    assert_eq!(back.computation, r.computation);
+    assert_eq!(back.energy.counted_mj, r.energy.counted_mj);
+    assert_eq!(back.unattributed.flop, r.unattributed.flop);
+    assert_eq!(r.schema, "flopmeter.report.v1");
+    assert_eq!(r.computation.counted.central, 10_000_000_000_000_000);
+    assert_eq!(r.computation.excluded.central, 1_000_000_000_000_000);
+    assert_eq!(r.computation.measured.central, 11_000_000_000_000_000);
+    assert_eq!(r.runs.len(), 2);
+    // The run's declaration is recorded and cross-checked: 6·N·D = 6e15 vs 1.0e16 measured.
+    let d = r.runs[0].declaration.as_ref().unwrap();
+    assert_eq!(
+        (d.params, d.precision.as_deref()),
+        (Some(1000), Some("bf16"))
+    );
+    assert_eq!(r.runs[0].six_n_d, Some(6_000_000_000_000_000));
+    assert!(
+        text.contains("declared 6·N·D = 6.0e15 FLOP; measured / declared = 1.67"),
+        "{text}"
+    );
+    assert_eq!(r.unattributed.nodes, ["n1"]);
+    assert_eq!(r.unattributed.flop.central, 1_000_000_000_000_000);
+    assert_eq!(r.energy.counted_mj, 14_000_000);
+    assert!(
+        (r.base_model
+            .as_ref()
+            .unwrap()
+            .modification_share_high
+            .unwrap()
+            - 2e16 / 3.8e24)
+            .abs()
+            < 1e-12
+    );
+
+    let csv = report::render(&r, Format::Csv);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "section,name,counts,flop_low,flop_central,flop_high,gpu_days,energy_mwh,first_event,last_event,records"
+    );
+    assert!(
+        lines[1]
+            .starts_with("total,acme,yes,5000000000000000,10000000000000000,20000000000000000,"),
+        "{csv}"
+    );
+    assert!(csv.contains("\nexcluded,acme,no,500000000000000,1000000000000000,2000000000000000,"));
+    assert!(csv.contains("\nmethod,gpm-tensor,yes,9700000000000000,"));
+    assert!(csv.contains("\nstage,eval,no,"));
+    assert!(csv.contains("\nrun,r1,yes,"));
+    assert!(csv.contains("\nunattributed,same nodes and period,no,"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let mut cfg = CollectorConfig::for_data_dir(dir.path());
+    cfg.admin_token = Some("adm1n".into());
+    let c = Collector::start(cfg).await.unwrap();
+    let base = format!("http://{}", c.http_addr());
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        std::thread::spawn(move || http_get(&url)).join().unwrap()
+    };
+
+    assert_eq!(get("/healthz").unwrap(), "ok\n");
+    assert_eq!(get("/readyz").unwrap(), "ready\n");
+
+    let metrics = get("/metrics").unwrap();
+    for needle in [
+        "flopmeter_model_flop{bound=\"central\",model=\"acme\"} 10000000000000000",
+        "flopmeter_model_flop{bound=\"high\",model=\"acme\"} 20000000000000000",
+        "flopmeter_model_excluded_flop{bound=\"central\",model=\"acme\"} 1000000000000000",
+        "flopmeter_run_flop{bound=\"low\",model=\"acme\",run=\"r2\",stage=\"eval\"} 500000000000000",
+        "flopmeter_run_flop{bound=\"central\",model=\"acme\",run=\"r1\",stage=\"pretrain\"} 10000000000000000",
+        "flopmeter_model_gpu_seconds{gpu_type=\"h100-sxm\",model=\"acme\"} 30",
+        "flopmeter_model_energy_joules{model=\"acme\"} 21000",
+        "flopmeter_unattributed_flop{bound=\"central\",gpu_type=\"h100-sxm\"} 6000000000000000",
+        "flopmeter_ingest_rejected_records_total{reason=\"flop-above-peak\"} 0",
+        "flopmeter_ingest_refused_total{reason=\"unknown-agent\"} 0",
+        "flopmeter_agents_connected 0",
+        "# TYPE flopmeter_model_flop gauge",
+        "# TYPE flopmeter_ingest_records_total counter",
+        "# TYPE flopmeter_ingest_ack_latency_seconds histogram",
+        "flopmeter_ledger_size_bytes ",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
+    }
+    assert!(!metrics.contains("pid="), "no PIDs in labels");
+
+    let models: serde_json::Value = serde_json::from_str(&get("/api/v1/models").unwrap()).unwrap();
+    assert_eq!(models[0]["model"], "acme");
+    assert_eq!(models[0]["counted"]["central"], 10_000_000_000_000_000u64);
+    assert_eq!(models[0]["runs"], 2);
+    assert_eq!(models[0]["entry"]["role"], "modifier");
+    let m: serde_json::Value = serde_json::from_str(&get("/api/v1/models/acme").unwrap()).unwrap();
+    assert_eq!(m["summary"]["agents"], 1);
+    assert_eq!(m["aggregate"]["stages"]["eval"]["records"], 1);
+    let runs: serde_json::Value =
+        serde_json::from_str(&get("/api/v1/runs?model=acme").unwrap()).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert_eq!(runs[1]["run"], "r2");
+    assert_eq!(runs[1]["excluded"]["central"], 1_000_000_000_000_000u64);
+    let err = get("/api/v1/runs").unwrap_err().to_string();
+    assert!(err.contains("400") && err.contains("model="), "{err}");
+    assert!(
+        get("/api/v1/models/nope")
+            .unwrap_err()
+            .to_string()
+            .contains("404")
+    );
+    let rep: serde_json::Value =
+        serde_json::from_str(&get("/api/v1/models/acme/report").unwrap()).unwrap();
+    assert_eq!(rep["schema"], "flopmeter.report.v1");
+
+    // Admin gRPC.
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", c.grpc_addr()))
+        .await
+        .unwrap();
+    let list = admin
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.models.len(), 1);
+    assert_eq!(
+        list.models[0].counted.as_ref().unwrap().central,
+        "10000000000000000"
+    );
+    let runs = admin
+        .list_runs(pb::ListRunsRequest {
+            model: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(runs.runs.len(), 2);
+    let entry = pb::ModelEntry {
+        model: "beta".into(),
+        role: pb::ModelRole::Provider as i32,
+        planned_params: "70000000000".into(),
+        planned_tokens: "15000000000000".into(),
+        ..Default::default()
+    };
+    let denied = admin
+        .set_model(pb::SetModelRequest {
+            entry: Some(entry.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::SetModelRequest { entry: Some(entry) });
+    req.metadata_mut()
+        .insert("authorization", "Bearer adm1n".parse().unwrap());
+    let saved = admin
+        .set_model(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert!(saved.updated_unix_ms > 0);
+    let got = admin
+        .get_model(pb::GetModelRequest {
+            model: "beta".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.summary.unwrap().entry.unwrap().planned_params,
+        "70000000000"
+    );
+    assert_eq!(
+        admin
+            .get_model(pb::GetModelRequest {
+                model: "nope".into()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    let v = admin
+        .verify_ledger(pb::VerifyLedgerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{:?}", v.mismatches);
+    let rep = admin
+        .report(pb::ReportRequest {
+            model: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r: Report = serde_json::from_str(&rep.json).unwrap();
+    assert_eq!(r.computation.method_mix_text, "97% gpm-tensor, 3% util-mfu");
+
+    c.shutdown().await.unwrap();
+    // The ledger is closed and can be opened offline.
+    assert!(
+        SledStore::open(dir.path())
+            .unwrap()
+            .model_entry("beta")
+            .unwrap()
+            .is_some()
+    );
+}

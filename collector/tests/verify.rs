@@ -1,0 +1,177 @@
+//! `verify` recomputes every aggregate from raw batches and rollups: it passes on a clean
+//! ledger (before and after rollups) and names every tampered aggregate.
+
+mod common;
+
+use common::{incoming, rec_at};
+use flopmeter_collector::ledger::sled_store::SledStore;
+use flopmeter_collector::ledger::{Aggregate, LedgerStore, keys};
+
+const END: i64 = 1_780_000_000_000;
+const C: u64 = 2_000_000_000_000_000;
+
+fn build(dir: &std::path::Path) -> SledStore {
+    let s = SledStore::open(dir).unwrap();
+    let mut seq = 0;
+    for day in 0..3i64 {
+        for (agent, node) in [("a1", "n1"), ("a2", "n2")] {
+            let mut recs = Vec::new();
+            for (model, run, stage) in [("m1", "r1", ""), ("m1", "r2", "eval"), ("", "", "")] {
+                seq += 1;
+                recs.push(rec_at(seq, model, run, stage, C, END + day * 86_400_000));
+            }
+            // Per-agent sequences: renumber for this agent.
+            let base = s.high_water_mark(agent).unwrap();
+            for (i, r) in recs.iter_mut().enumerate() {
+                r.seq = base + i as u64 + 1;
+            }
+            s.apply_batch(&incoming(agent, node, recs)).unwrap();
+        }
+    }
+    s.flush().unwrap();
+    s
+}
+
+fn tamper(s: &SledStore, tree: &str, key: &[u8], f: impl FnOnce(&mut Aggregate)) {
+    let t = s.db().open_tree(tree).unwrap();
+    let mut a: Aggregate = serde_json::from_slice(&t.get(key).unwrap().unwrap()).unwrap();
+    f(&mut a);
+    t.insert(key, serde_json::to_vec(&a).unwrap()).unwrap();
+}
+
+#[test]
+fn clean_ledger_verifies_before_and_after_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = build(dir.path());
+    let r = s.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.mismatches);
+    assert_eq!((r.raw_batches, r.raw_records), (6, 18));
+    assert_eq!((r.runs, r.models, r.unattributed_buckets), (2, 1, 6));
+    let before = s.model_aggregate("m1").unwrap().unwrap();
+    let unatt_before = s.unattributed(i64::MIN, i64::MAX).unwrap();
+
+    // Roll up the first two days' batches (in bounded steps), then everything.
+    let cutoff = END + 86_400_000 + 1;
+    let first = s.roll_up(cutoff, 3).unwrap();
+    assert_eq!((first.batches, first.more), (3, true));
+    let second = s.roll_up(cutoff, 3).unwrap();
+    assert_eq!((second.batches, second.more), (1, false));
+    let r = s.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.mismatches);
+    assert_eq!(r.raw_batches, 2);
+    s.roll_up(i64::MAX, 100).unwrap();
+    let r = s.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.mismatches);
+    assert_eq!(r.raw_batches, 0);
+    assert!(r.rollups > 0);
+    assert_eq!(s.model_aggregate("m1").unwrap().unwrap(), before);
+    assert_eq!(s.unattributed(i64::MIN, i64::MAX).unwrap(), unatt_before);
+
+    // Ingest goes on after rollups and the ledger still verifies.
+    let mut r1 = rec_at(s.high_water_mark("a1").unwrap() + 1, "m1", "r1", "", C, END);
+    r1.energy_mj = 1;
+    s.apply_batch(&incoming("a1", "n1", vec![r1])).unwrap();
+    let r = s.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.mismatches);
+}
+
+#[test]
+fn tampered_aggregates_are_detected() {
+    type Tamper = fn(&SledStore);
+    let cases: Vec<(&str, Tamper)> = vec![
+        ("run m1/r1: stored FLOP central", |s| {
+            tamper(s, "run_agg", &keys::join(&["m1", "r1"]), |a| {
+                a.stages.get_mut("pretrain").unwrap().flop.central += 1
+            })
+        }),
+        ("model m1: stored energy mJ", |s| {
+            tamper(s, "model_agg", b"m1", |a| {
+                a.stages.get_mut("eval").unwrap().energy_mj -= 1000
+            })
+        }),
+        ("model m1: stored agents", |s| {
+            tamper(s, "model_agg", b"m1", |a| a.agents = 7)
+        }),
+        ("unattributed n1/h100-sxm/day", |s| {
+            let day = (END - 10_000).div_euclid(86_400_000);
+            tamper(
+                s,
+                "unattributed",
+                &keys::with_bucket(&["n1", "h100-sxm"], day),
+                |a| a.stages.get_mut("pretrain").unwrap().records += 1,
+            )
+        }),
+        ("run m1/r2:", |s| {
+            let t = s.db().open_tree("raw").unwrap();
+            // Remove one raw batch: the aggregates no longer match what is left.
+            let (k, _) = t.iter().next().unwrap().unwrap();
+            t.remove(k).unwrap();
+        }),
+        ("agent/node entry", |s| {
+            let t = s.db().open_tree("seen").unwrap();
+            t.insert(keys::Seen::RunAgent.key(&["m1", "r1", "intruder"]), &[][..])
+                .unwrap();
+        }),
+        ("above the high-water mark", |s| {
+            let t = s.db().open_tree("hwm").unwrap();
+            t.insert("a1", &1u64.to_be_bytes()).unwrap();
+        }),
+    ];
+    for (expect, f) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let s = build(dir.path());
+        f(&s);
+        let r = s.verify().unwrap();
+        assert!(!r.ok(), "{expect}: tampering went unnoticed");
+        assert!(
+            r.mismatches.iter().any(|m| m.contains(expect)),
+            "{expect}: {:?}",
+            r.mismatches
+        );
+    }
+}
+
+#[test]
+fn a_group_applies_like_its_batches_one_by_one() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, group) = (
+        SledStore::open(d1.path()).unwrap(),
+        SledStore::open(d2.path()).unwrap(),
+    );
+    let b1 = incoming(
+        "a",
+        "n",
+        vec![
+            rec_at(1, "m", "r", "", C, END),
+            rec_at(2, "m", "r", "", C, END),
+        ],
+    );
+    let b2 = incoming("a", "n", vec![rec_at(3, "m", "r", "", C, END)]);
+    let gap = incoming("a", "n", vec![rec_at(9, "m", "r", "", C, END)]);
+    let mut bad = incoming("b", "n", vec![rec_at(1, "m", "r", "", C, END)]);
+    bad.agent_id = "b\0".into();
+    let singles: Vec<_> = [&b1, &b2, &gap, &bad]
+        .iter()
+        .map(|b| one.apply_batch(b))
+        .collect();
+    let grouped = group.apply_group(&[&b1, &b2, &gap, &bad]);
+    assert_eq!(grouped.len(), 4);
+    for (s, g) in singles.iter().zip(&grouped) {
+        match (s, g) {
+            (Ok(s), Ok(g)) => assert_eq!(s, g),
+            (Err(_), Err(_)) => {}
+            other => panic!("differ: {other:?}"),
+        }
+    }
+    assert_eq!(
+        grouped[1].as_ref().unwrap().acked_through,
+        3,
+        "b2 saw b1's mark"
+    );
+    assert_eq!(grouped[2].as_ref().unwrap().resend_from, Some(4));
+    assert_eq!(
+        one.model_aggregate("m").unwrap(),
+        group.model_aggregate("m").unwrap()
+    );
+    assert!(group.verify().unwrap().ok());
+}

@@ -1,0 +1,67 @@
+//! `flopmeter agent`: the node agent. Thin: logging, signals, `--print-config`, and
+//! `flopmeter_agent::run`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use flopmeter_agent::AgentArgs;
+use flopmeter_agent::config::LogFormat;
+
+use super::UsageError;
+
+/// Runs the agent until SIGTERM or SIGINT, then drains and exits 0; or prints the effective
+/// configuration with `--print-config`.
+pub fn run(args: &AgentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Err(e) = args.validate() {
+        return Err(UsageError(e.to_string()).into());
+    }
+    if args.print_config {
+        out.write_all(args.to_toml()?.as_bytes())?;
+        return Ok(());
+    }
+    init_logging(args.log_format);
+    // Two workers: the shipper and the metrics endpoint are light, and NVML has its own
+    // thread. A runtime per core would only add idle threads and memory on a big node.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("agent")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        flopmeter_agent::run(args.clone(), wait_for_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT. If the handlers cannot be installed the agent would be
+/// unstoppable but for SIGKILL, which the spool survives; log and wait forever.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}
+
+/// Logs to stderr, filtered by `FLOPMETER_LOG` (default `info`), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("FLOPMETER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,56 @@
+//! `flopmeter collector`: the ledger server. Thin: logging, signals, and the collector
+//! crate's `Collector`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use flopmeter_collector::Collector;
+use flopmeter_collector::config::{CollectorArgs, CollectorConfig, ConfigError, LogFormat};
+
+use super::UsageError;
+
+/// Runs the collector until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(args: &CollectorArgs, _out: &mut dyn Write) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let cfg = CollectorConfig::from_args(args).map_err(|e| match e {
+        ConfigError::Invalid(m) => anyhow::Error::from(UsageError(m)),
+        other => anyhow::Error::from(other),
+    })?;
+    tracing::info!(config = ?cfg, "starting collector");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("collector")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let collector = Collector::start(cfg).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        collector.shutdown().await?;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Logs to stderr, filtered by `FLOPMETER_LOG` (default `info`), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("FLOPMETER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,333 @@
+//! `flopmeter alerts`, `flopmeter ack`, `flopmeter dismiss`, `flopmeter audit verify|export`:
+//! the compliance engine's admin side (issue 6).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use flopmeter_collector::compliance::ComplianceStore;
+use flopmeter_collector::ledger::sled_store::SledStore;
+use flopmeter_proto::v1 as pb;
+use flopmeter_proto::v1::compliance_client::ComplianceClient;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::UsageError;
+use super::client::{ClientArgs, runtime, status_error};
+
+async fn connect(c: &ClientArgs) -> anyhow::Result<ComplianceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(c.collector.clone())
+        .map_err(|e| UsageError(format!("invalid --collector {:?}: {e}", c.collector)))?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the collector at {}", c.collector))?;
+    Ok(ComplianceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// Options of `flopmeter alerts`.
+#[derive(Debug, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Writes alerts as a table.
+pub fn print_alerts(out: &mut dyn Write, alerts: &[pb::AlertSummary]) -> anyhow::Result<()> {
+    if alerts.is_empty() {
+        writeln!(out, "no alerts")?;
+        return Ok(());
+    }
+    for a in alerts {
+        writeln!(out, "{} / {}: {}", a.model, a.threshold, a.status)?;
+        if !a.clock_start.is_empty() {
+            writeln!(out, "  clock started {} {}", a.clock_start, a.reason)?;
+            writeln!(out, "  deadline      {} ({} left)", a.deadline, a.time_left)?;
+        }
+        if !a.acknowledged.is_empty() {
+            writeln!(out, "  acknowledged  {}", a.acknowledged)?;
+        }
+        if !a.dismissed.is_empty() {
+            writeln!(out, "  dismissed     {}", a.dismissed)?;
+        }
+        let delivery: Vec<String> = a
+            .delivery
+            .iter()
+            .map(|d| {
+                let mut s = format!("{} {} delivered", d.sink, d.delivered);
+                if d.pending > 0 {
+                    s.push_str(&format!(", {} pending", d.pending));
+                }
+                if !d.last_error.is_empty() {
+                    s.push_str(&format!(" (last error: {})", d.last_error));
+                }
+                s
+            })
+            .collect();
+        writeln!(out, "  delivery      {}", delivery.join("; "))?;
+        if !a.summary.is_empty() {
+            writeln!(out, "  {}", a.summary)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `flopmeter alerts`.
+pub fn run_alerts(args: &AlertsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let resp = runtime()?.block_on(async {
+        let mut c = connect(&args.client).await?;
+        c.list_alerts(pb::ListAlertsRequest {})
+            .await
+            .map_err(status_error)
+    })?;
+    let alerts = resp.into_inner().alerts;
+    if args.json {
+        let v: Vec<serde_json::Value> = alerts
+            .iter()
+            .map(|a| serde_json::from_str(&a.content_json).unwrap_or(serde_json::Value::Null))
+            .zip(alerts.iter())
+            .map(|(content, a)| {
+                serde_json::json!({
+                    "model": a.model, "threshold": a.threshold, "status": a.status,
+                    "clock_start": a.clock_start, "reason": a.reason, "deadline": a.deadline,
+                    "time_left": a.time_left, "acknowledged": a.acknowledged,
+                    "dismissed": a.dismissed, "content": content,
+                    "delivery": a.delivery.iter().map(|d| serde_json::json!({
+                        "sink": d.sink, "delivered": d.delivered, "pending": d.pending,
+                        "last_error": d.last_error})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    print_alerts(out, &alerts)
+}
+
+/// Options of `flopmeter ack`.
+#[derive(Debug, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[command(after_help = "\
+Example:
+  flopmeter ack --model acme-400b --threshold eu-systemic-risk \\
+      --reference \"AI Office notification 2026-0042\" --by alice")]
+pub struct AckArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub client: ClientArgs,
+    /// Model.
+    #[arg(long)]
+    pub model: String,
+    /// Threshold id.
+    #[arg(long, default_value = "eu-systemic-risk")]
+    pub threshold: String,
+    /// The notification's reference (what was sent, where).
+    #[arg(long)]
+    pub reference: String,
+    /// Who records it.
+    #[arg(long)]
+    pub by: String,
+}
+
+/// Options of `flopmeter dismiss`.
+#[derive(Debug, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[command(after_help = "\
+Example:
+  flopmeter dismiss --model acme-400b --threshold eu-systemic-risk \\
+      --reason \"not placed on the EU market\" --by bob")]
+pub struct DismissArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub client: ClientArgs,
+    /// Model.
+    #[arg(long)]
+    pub model: String,
+    /// Threshold id.
+    #[arg(long, default_value = "eu-systemic-risk")]
+    pub threshold: String,
+    /// Why (not placed on the EU market, rebuttal filed, ...).
+    #[arg(long)]
+    pub reason: String,
+    /// Who dismisses.
+    #[arg(long)]
+    pub by: String,
+}
+
+/// Runs `flopmeter ack`.
+pub fn run_ack(args: &AckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let resp = runtime()?.block_on(async {
+        let mut c = connect(&args.client).await?;
+        c.acknowledge(args.client.request(pb::AcknowledgeRequest {
+            model: args.model.clone(),
+            threshold: args.threshold.clone(),
+            by: args.by.clone(),
+            reference: args.reference.clone(),
+        })?)
+        .await
+        .map_err(status_error)
+    })?;
+    print_alerts(
+        out,
+        &resp.into_inner().alert.into_iter().collect::<Vec<_>>(),
+    )
+}
+
+/// Runs `flopmeter dismiss`.
+pub fn run_dismiss(args: &DismissArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let resp = runtime()?.block_on(async {
+        let mut c = connect(&args.client).await?;
+        c.dismiss(args.client.request(pb::DismissRequest {
+            model: args.model.clone(),
+            threshold: args.threshold.clone(),
+            by: args.by.clone(),
+            reason: args.reason.clone(),
+        })?)
+        .await
+        .map_err(status_error)
+    })?;
+    print_alerts(
+        out,
+        &resp.into_inner().alert.into_iter().collect::<Vec<_>>(),
+    )
+}
+
+/// Options of `flopmeter audit`.
+#[derive(Debug, clap::Args, Serialize)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: AuditAction,
+}
+
+/// `flopmeter audit` subcommands.
+#[derive(Debug, clap::Subcommand, Serialize)]
+pub enum AuditAction {
+    /// Check the whole hash chain; report the first broken link (exit 1 when broken).
+    Verify(AuditSource),
+    /// Write entries as JSON lines.
+    Export(AuditExportArgs),
+}
+
+/// Where the audit log is read: a stopped collector's data dir, or a running collector.
+#[derive(Debug, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AuditSource {
+    /// Read the ledger directory directly (the collector must be stopped).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flopmeter audit export`.
+#[derive(Debug, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AuditExportArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub source: AuditSource,
+    /// Only entries at or after this instant (RFC 3339, or a date YYYY-MM-DD, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+}
+
+fn open_offline(dir: &std::path::Path) -> anyhow::Result<ComplianceStore> {
+    let ledger = SledStore::open(dir)?;
+    Ok(ComplianceStore::open(ledger.db())?)
+}
+
+/// Parses `--since`: RFC 3339 or a date (midnight UTC).
+pub fn parse_since(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond());
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        let ts = d
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map_err(|e| UsageError(format!("invalid --since {s:?}: {e}")))?
+            .timestamp();
+        return Ok(ts.as_millisecond());
+    }
+    Err(UsageError(format!(
+        "invalid --since {s:?}: expected RFC 3339 or YYYY-MM-DD"
+    ))
+    .into())
+}
+
+/// Runs `flopmeter audit`.
+pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    match &args.action {
+        AuditAction::Verify(src) => {
+            let (ok, entries, broken) = match &src.data_dir {
+                Some(dir) => match open_offline(dir)?.verify_audit()? {
+                    Ok(n) => (true, n, None),
+                    Err(b) => (false, 0, Some((b.index as u64, b.reason.to_string()))),
+                },
+                None => {
+                    let r = runtime()?
+                        .block_on(async {
+                            let mut c = connect(&src.client).await?;
+                            c.verify_audit(pb::VerifyAuditRequest {})
+                                .await
+                                .map_err(status_error)
+                        })?
+                        .into_inner();
+                    (
+                        r.ok,
+                        r.entries,
+                        (!r.ok).then_some((r.broken_index, r.broken_reason)),
+                    )
+                }
+            };
+            if ok {
+                writeln!(
+                    out,
+                    "audit chain OK: {entries} entries, every link verified"
+                )?;
+                Ok(())
+            } else {
+                let (i, why) = broken.unwrap_or_default();
+                writeln!(out, "audit chain BROKEN at entry {i}: {why}")?;
+                anyhow::bail!("the audit chain is broken at entry {i}")
+            }
+        }
+        AuditAction::Export(a) => {
+            let since = a
+                .since
+                .as_deref()
+                .map(parse_since)
+                .transpose()?
+                .unwrap_or(i64::MIN);
+            match &a.source.data_dir {
+                Some(dir) => {
+                    for e in open_offline(dir)?.audit_entries()? {
+                        if e.time_ms >= since {
+                            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                        }
+                    }
+                }
+                None => {
+                    let r = runtime()?.block_on(async {
+                        let mut c = connect(&a.source.client).await?;
+                        c.export_audit(pb::ExportAuditRequest {
+                            since_unix_ms: since,
+                        })
+                        .await
+                        .map_err(status_error)
+                    })?;
+                    for l in r.into_inner().lines {
+                        writeln!(out, "{l}")?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `flopmeter demo`: the compliance story on a virtual clock, in seconds, with no GPU and no
+//! external service (see `flopmeter_collector::demo`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use flopmeter_collector::demo::{self, DemoOptions};
+use serde::Serialize;
+
+/// Options of `flopmeter demo`.
+#[derive(Debug, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[command(after_help = "\
+Examples:
+  cargo run --release -- demo
+  flopmeter demo --keep-running --http-addr 127.0.0.1:9464   # then point Prometheus/Grafana at it")]
+pub struct DemoArgs {
+    /// Short mode: FLOP figures and levels × 1e-3 (a few thousand records; for tests).
+    #[arg(long)]
+    pub fast: bool,
+    /// Leave the collector running after the story (Ctrl-C stops it).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// gRPC address of the embedded collector (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// HTTP address of the embedded collector (/metrics, /api/v1).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub http_addr: SocketAddr,
+}
+
+/// Runs `flopmeter demo`.
+pub fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let opts = DemoOptions {
+            fast: args.fast,
+            listen: args.listen,
+            http_addr: args.http_addr,
+            ..DemoOptions::default()
+        };
+        let outcome = demo::run(opts, out).await?;
+        if args.keep_running {
+            let http = outcome.collector.http_addr();
+            writeln!(
+                out,
+                "\ncollector still running: http://{http}/metrics  http://{http}/api/v1/alerts  \
+                 (gRPC http://{}, admin token demo-admin-token); Ctrl-C to stop",
+                outcome.collector.grpc_addr()
+            )?;
+            out.flush()?;
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+        }
+        outcome.collector.shutdown().await?;
+        if outcome.temporary {
+            let _ = std::fs::remove_dir_all(&outcome.data_dir);
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,202 @@
+//! End to end, as on a node: a real `flopmeter agent` process reading the fake libnvidia-ml,
+//! whose GPUs run a real process carrying `FLOPMETER_MODEL=demo-7b`, streams to a real
+//! `flopmeter collector` process. The agent is killed with SIGKILL mid-run and restarted,
+//! then stopped with SIGTERM. The collector's ledger must hold every record the agent ever
+//! numbered, exactly once, all attributed to demo-7b, with FLOP matching the scenario.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fake_nvml::harness::FakeNvml;
+use flopmeter_agent::spool::{Spool, SpoolOptions};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn flopmeter(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flopmeter"));
+    c.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FLOPMETER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// `GET path` on the collector's HTTP API; `None` while it is not up.
+fn get(port: u16, path: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+fn demo_records(port: u16) -> u64 {
+    get(port, "/api/v1/models")
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|m| m["model"] == "demo-7b")
+                .and_then(|m| m["records"].as_u64())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (bounded, generously) for `cond`; only keeps a broken build from hanging.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never happened: {what}");
+}
+
+fn spawn_agent(lib: &Path, spool: &Path, grpc: u16) -> Proc {
+    Proc(
+        flopmeter(&["agent", "--nvml-lib"])
+            .arg(lib)
+            .arg("--spool-dir")
+            .arg(spool)
+            .args(["--collector", &format!("http://127.0.0.1:{grpc}")])
+            .args(["--metrics-addr", "off", "--kube", "off"])
+            .args(["--sample-interval", "100ms", "--report-interval", "500ms"])
+            .args(["--drain-grace", "10s"])
+            .spawn()
+            .expect("flopmeter agent starts"),
+    )
+}
+
+#[test]
+fn agent_with_fake_nvml_streams_to_a_real_collector_exactly_once() {
+    let work = tempfile::tempdir().unwrap();
+    let trainer = Proc(
+        Command::new("sleep")
+            .arg("600")
+            .env("FLOPMETER_MODEL", "demo-7b")
+            .env("FLOPMETER_RUN", "e2e-run")
+            .env("FLOPMETER_PRECISION", "bf16")
+            .spawn()
+            .unwrap(),
+    );
+    // Two H100s at 50% tensor activity at the 1830 MHz reference clock; the trainer runs
+    // on both (the scenario names its real PID, so it is written after spawning).
+    let fake = FakeNvml::new(&format!(
+        r#"
+        driver_version = "550.90.07"
+        [truth]
+        precision = "bf16"
+        tensor_flop_per_clk_per_sm = 4096
+        [[gpu]]
+        count = 2
+        name = "NVIDIA H100 80GB HBM3"
+        uuid = "GPU-e2e00000-0000-4000-8000-00000000000{{index}}"
+        pci_device_id = 0x2330
+        sm_count = 132
+        max_sm_clock_mhz = 1980
+        gpm = true
+        memory_total_mib = 81559
+        [gpu.metrics]
+        sm_clock_mhz = 1830
+        tensor_util = 50.0
+        gpu_util = 99.0
+        power_w = 600.0
+        [[gpu.processes]]
+        pid = {}
+        used_memory_mib = 60000
+        sm_share = 1.0
+        "#,
+        trainer.0.id()
+    ))
+    .unwrap();
+
+    let (grpc, http) = (free_port(), free_port());
+    let _collector = Proc(
+        flopmeter(&["collector", "--data-dir"])
+            .arg(work.path().join("ledger"))
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .spawn()
+            .expect("flopmeter collector starts"),
+    );
+    eventually("collector up", || get(http, "/api/v1/models").is_some());
+
+    let spool = work.path().join("agent");
+    let mut a = spawn_agent(fake.lib_path(), &spool, grpc);
+    eventually("records in the ledger", || demo_records(http) >= 6);
+    // kill -9 mid-run, then restart on the same spool.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let before = demo_records(http);
+    let b = spawn_agent(fake.lib_path(), &spool, grpc);
+    eventually("delivery resumes", || demo_records(http) >= before + 6);
+    let ok = Command::new("kill")
+        .args(["-TERM", &b.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut b = b;
+    let status = b.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = b.0.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "SIGTERM drains and exits 0: {stderr}");
+
+    // Every record the agent numbered is in the ledger exactly once, and the spool is empty.
+    let s = Spool::open(&spool.join("spool"), SpoolOptions::default()).unwrap();
+    let st = s.stats();
+    assert_eq!(st.records, 0, "drained");
+    let numbered = st.next_seq - 1;
+    assert_eq!(st.acked_through, numbered);
+    let m = get(http, "/api/v1/models/demo-7b").expect("demo-7b is in the ledger");
+    let summary = &m["summary"];
+    assert_eq!(
+        summary["records"].as_u64(),
+        Some(numbered),
+        "exactly once: {summary}"
+    );
+    assert_eq!(
+        summary["agents"].as_u64(),
+        Some(1),
+        "one agent id across the restart"
+    );
+    let runs = get(http, "/api/v1/runs?model=demo-7b").unwrap();
+    assert_eq!(runs[0]["run"], "e2e-run");
+    // 0.5 × 989e12 FLOP per second of GPU time (declared BF16), to rounding.
+    let gpu_ms = summary["gpu_ms"].as_f64().unwrap();
+    let central = summary["counted"]["central"].as_f64().unwrap();
+    let expected = 0.5 * 989e12 * gpu_ms / 1000.0;
+    assert!(
+        (central - expected).abs() / expected < 0.01,
+        "{central} vs {expected} over {gpu_ms} GPU-ms"
+    );
+    drop(trainer);
+}
