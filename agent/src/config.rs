@@ -24,62 +24,7 @@ pub enum ConfigError {
     Render(#[from] toml::ser::Error),
 }
 
-/// A duration written as humans do: `250ms`, `1s`, `10s`, `5m`, `12h`, `7d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 1s, 5m, 12h"))?;
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "s" | "" => n,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86_400.0,
-            other => {
-                return Err(format!(
-                    "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-                ));
-            }
-        };
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        Ok(HumanDuration(Duration::from_secs_f64(secs)))
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        let (n, unit) = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-        ]
-        .into_iter()
-        .find(|(u, _)| ms >= *u && ms.is_multiple_of(*u))
-        .map_or((ms, "ms"), |(u, name)| (ms / u, name));
-        write!(f, "{n}{unit}")
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+pub use flopmeter_core::duration::HumanDuration;
 
 /// A size written as humans do: `256MiB`, `1GiB`, `500MB`, `1048576`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use flopmeter_core::stage::{Stage, StagePolicy};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::ingest::validate::Limits;
 
@@ -38,62 +37,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// A duration written as humans do: `90d`, `12h`, `5m`, `10s`, `250ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90d, 12h, 5m, 10s"))?;
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "s" | "" => n,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86_400.0,
-            other => {
-                return Err(format!(
-                    "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-                ));
-            }
-        };
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        Ok(HumanDuration(Duration::from_secs_f64(secs)))
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        let (n, unit) = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-        ]
-        .into_iter()
-        .find(|(u, _)| ms >= *u && ms.is_multiple_of(*u))
-        .map_or((ms, "ms"), |(u, name)| (ms / u, name));
-        write!(f, "{n}{unit}")
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+pub use flopmeter_core::duration::HumanDuration;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -13,6 +13,7 @@
 //! - [`threshold`]: regulatory thresholds as data; [`threshold_config`]: the operator's
 //!   changes to them (add, change, disable, deciding bound), versioned.
 //! - [`stage`]: training stages and which count toward the regulatory total.
+//! - [`duration`]: durations as humans write them in flags and config (`10s`, `90d`).
 //! - [`format`]: figures as regulators ask for them (two significant figures, MWh, days).
 //! - [`utc`]: time as `i64` Unix milliseconds, UTC only: fixed-length days and ISO 8601.
 //! - [`evidence`]: what is known about a model: role, declared plans, runs' counted FLOP over
@@ -32,6 +33,7 @@ pub mod alert;
 pub mod audit;
 pub mod catalogue;
 pub mod clock;
+pub mod duration;
 pub mod energy;
 pub mod estimator;
 pub mod evidence;
