@@ -19,7 +19,7 @@ pub fn run(args: &AgentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         out.write_all(args.to_toml()?.as_bytes())?;
         return Ok(());
     }
-    init_logging(args.log_format);
+    super::init_logging(matches!(args.log_format, LogFormat::Json));
     // Two workers: the shipper and the metrics endpoint are light, and NVML has its own
     // thread. A runtime per core would only add idle threads and memory on a big node.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -50,18 +50,4 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("signal received");
-}
-
-/// Logs to stderr, filtered by `FLOPMETER_LOG` (default `info`), as text or JSON lines.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("FLOPMETER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }

@@ -11,7 +11,7 @@ use super::UsageError;
 
 /// Runs the collector until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: &CollectorArgs, _out: &mut dyn Write) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    super::init_logging(matches!(args.log_format, LogFormat::Json));
     let cfg = CollectorConfig::from_args(args).map_err(|e| match e {
         ConfigError::Invalid(m) => anyhow::Error::from(UsageError(m)),
         other => anyhow::Error::from(other),
@@ -39,18 +39,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
-}
-
-/// Logs to stderr, filtered by `FLOPMETER_LOG` (default `info`), as text or JSON lines.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("FLOPMETER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }

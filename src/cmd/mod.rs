@@ -16,6 +16,22 @@ pub mod model;
 pub mod models;
 pub mod report;
 
+/// Logs to stderr, filtered by `FLOPMETER_LOG` (default `info`), as text or JSON lines. Shared
+/// by the long-running subcommands (agent, collector) so their logs look alike.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("FLOPMETER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
 /// An error the user can fix by changing the command line: exit code 2, like clap's own.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
