@@ -72,6 +72,18 @@ pub enum ConfigError {
         /// Valid keys.
         known: String,
     },
+    /// A value the file gave is refused by its option's parser (a wrong type, out of range).
+    #[error("config file {path}: [{table}] {key}: {message}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+        /// The key, as written in the file.
+        key: String,
+        /// What the option's parser said.
+        message: String,
+    },
     /// A value has a type no flag can take (a table, a datetime).
     #[error(
         "config file {path}: [{table}] {key} must be a string, number, boolean or array of those"
@@ -94,9 +106,103 @@ pub fn parse<T: CommandFactory + FromArgMatches>() -> Result<T, ConfigError> {
     let mut cmd = T::command();
     if let Some(path) = &path {
         cmd = apply_file(cmd, path)?;
+        let set = file_settings(&cmd, path, &args);
+        let _ = FILE_SETTINGS.set(set);
     }
-    let matches: ArgMatches = cmd.get_matches_from(args);
+    let matches: ArgMatches = match cmd.try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return Err(from_file_error(&e).unwrap_or_else(|| e.exit())),
+    };
     Ok(T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// Options whose value came from the config file (neither the command line nor the
+/// environment set them), so an error about one can name the file and key.
+#[derive(Debug)]
+pub struct FileSettings {
+    /// The file.
+    pub path: PathBuf,
+    /// (table, key as written, long flag) per option the file set.
+    pub keys: Vec<(String, String, String)>,
+}
+
+static FILE_SETTINGS: std::sync::OnceLock<FileSettings> = std::sync::OnceLock::new();
+
+/// What the config file set in this process, if one was read.
+pub fn file_settings_in_use() -> Option<&'static FileSettings> {
+    FILE_SETTINGS.get()
+}
+
+impl FileSettings {
+    /// The table and key of a file-set option whose flag `message` names (`--peak-tolerance`),
+    /// for an error found after parsing (a range check in the subcommand).
+    pub fn key_named_in(&self, message: &str) -> Option<(&str, &str)> {
+        self.keys.iter().find_map(|(table, key, long)| {
+            let flag = format!("--{long}");
+            message
+                .match_indices(&flag)
+                .any(|(i, _)| {
+                    !message[i + flag.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                })
+                .then_some((table.as_str(), key.as_str()))
+        })
+    }
+}
+
+fn file_settings(cmd: &Command, path: &Path, args: &[OsString]) -> FileSettings {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let table: toml::Table = text.parse().unwrap_or_default();
+    let mut keys = Vec::new();
+    for (name, value) in &table {
+        let (Some(sub), Some(t)) = (cmd.find_subcommand(name), value.as_table()) else {
+            continue;
+        };
+        for key in t.keys() {
+            let long = key.replace('_', "-");
+            let Some(arg) = sub.get_arguments().find(|a| a.get_long() == Some(&long)) else {
+                continue;
+            };
+            let on_cli = args.iter().any(|a| {
+                let a = a.to_string_lossy();
+                a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+            });
+            let in_env = arg.get_env().is_some_and(|v| std::env::var_os(v).is_some());
+            if !on_cli && !in_env {
+                keys.push((name.clone(), key.clone(), long));
+            }
+        }
+    }
+    FileSettings {
+        path: path.to_path_buf(),
+        keys,
+    }
+}
+
+/// A clap error about a value the config file supplied, as an error naming file and key.
+fn from_file_error(e: &clap::Error) -> Option<ConfigError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let settings = FILE_SETTINGS.get()?;
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let (table, key, _) = settings.keys.iter().find(|(_, _, long)| {
+        arg == &format!("--{long}") || arg.starts_with(&format!("--{long} "))
+    })?;
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    Some(ConfigError::Value {
+        path: settings.path.clone(),
+        table: table.clone(),
+        key: key.clone(),
+        message: first.trim_start_matches("error: ").to_string(),
+    })
 }
 
 /// Finds `--config FILE` or `--config=FILE` before clap runs (clap needs the defaults first).

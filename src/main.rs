@@ -72,6 +72,9 @@ enum Command {
     Dismiss(cmd::compliance::DismissArgs),
     /// The audit log: `audit verify` checks the hash chain, `audit export` writes JSON lines.
     Audit(cmd::compliance::AuditArgs),
+    /// TLS certificates: `certs dev` writes a development CA and certificates for the
+    /// collector, agents and the CLI, and prints the flags that use them.
+    Certs(cmd::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Ack(args) => cmd::compliance::run_ack(args, &mut stdout),
         Command::Dismiss(args) => cmd::compliance::run_dismiss(args, &mut stdout),
         Command::Audit(args) => cmd::compliance::run_audit(args, &mut stdout),
+        Command::Certs(args) => cmd::certs::run(args, &mut stdout),
         Command::Probe(args) => {
             flopmeter_agent::probe::run(args, &mut stdout).map_err(anyhow::Error::from)
         }

@@ -141,10 +141,16 @@ fn collector_subcommands() {
     assert!(stderr(&o).contains("admin token"), "{}", stderr(&o));
     let mut with_token = set.to_vec();
     with_token.extend(["--admin-token", "adm1n"]);
+    // The shared admin token names nobody: the audit log needs --by.
+    let o = flopmeter(&with_token);
+    assert_eq!(o.status.code(), Some(2), "no --by: {}", stderr(&o));
+    assert!(stderr(&o).contains("--by"), "{}", stderr(&o));
+    with_token.extend(["--by", "erin"]);
     let o = flopmeter(&with_token);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("saved model acme"), "{out}");
+    assert!(out.contains(" by erin"), "{out}");
     assert!(out.contains("base compute:  3.8e24 FLOP"), "{out}");
     assert!(out.contains("planned end:   2027-03-01 00:00 UTC"), "{out}");
     // Flags not given keep their value.
@@ -158,6 +164,8 @@ fn collector_subcommands() {
         url,
         "--admin-token",
         "adm1n",
+        "--by",
+        "erin",
     ]);
     assert!(
         stdout(&o).contains("base model:    llama"),

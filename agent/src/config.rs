@@ -22,6 +22,9 @@ pub enum ConfigError {
     /// The effective config could not be rendered as TOML.
     #[error("rendering the config as TOML: {0}")]
     Render(#[from] toml::ser::Error),
+    /// A TLS file is missing, unreadable, mismatched or outside its validity.
+    #[error(transparent)]
+    Tls(#[from] flopmeter_tls::TlsError),
 }
 
 pub use flopmeter_core::duration::HumanDuration;
@@ -120,8 +123,13 @@ until the collector acknowledges them, across restarts and network cuts.
 It needs to see the training processes: run it with hostPID (Kubernetes) or on the host,
 as root or with CAP_SYS_PTRACE to read other users' /proc/<pid>/environ.
 
+With TLS (docs/tls.md), --collector https://... and --tls-ca; with mutual TLS also
+--tls-cert/--tls-key, a certificate whose CN is the agent id.
+
 Examples:
   flopmeter agent --collector http://collector:7443 --spool-dir /var/lib/flopmeter/agent
+  flopmeter agent --collector https://collector:7443 --tls-ca ca.pem --agent-id node-a \\
+      --tls-cert agent-node-a.pem --tls-key agent-node-a-key.pem
   flopmeter agent --print-config
   flopmeter agent --simulate workload.toml --collector http://127.0.0.1:7443 --spool-dir /tmp/a")]
 pub struct AgentArgs {
@@ -162,6 +170,25 @@ pub struct AgentArgs {
     )]
     #[serde(serialize_with = "redact")]
     pub agent_token: Option<String>,
+
+    /// CA certificate (PEM) that signed the collector's certificate, for an https://
+    /// --collector. Without it, the system's trusted roots.
+    #[arg(long, env = "FLOPMETER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This agent's client certificate (PEM), for a collector with mutual TLS. Its CN or a
+    /// DNS name must be the agent id (--agent-id). Needs --tls-key.
+    #[arg(long, env = "FLOPMETER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "FLOPMETER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Verify the collector's certificate against this name instead of the --collector
+    /// host (e.g. when connecting by IP address).
+    #[arg(long, env = "FLOPMETER_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 
     /// Address of /metrics and /healthz; "off" disables them.
     #[arg(
@@ -219,7 +246,10 @@ pub struct AgentArgs {
     pub kube: KubeMode,
 
     /// Size cap of the spool. When full, the agent holds records in memory, raises
-    /// flopmeter_agent_spool_full and never drops them.
+    /// flopmeter_agent_spool_full and never drops them. Memory has a hard ceiling whatever
+    /// the collector does: at most 10000 held records (a few MiB) plus one open record per
+    /// run and GPU, and at most 4 unacknowledged batches on the wire; past the ceiling,
+    /// records are written beyond the cap (counted in flopmeter_agent_spool_over_cap_records).
     #[arg(
         long,
         env = "FLOPMETER_SPOOL_MAX_BYTES",
@@ -260,6 +290,70 @@ pub struct AgentArgs {
     #[arg(long, env = "FLOPMETER_PRINT_CONFIG")]
     #[serde(skip)]
     pub print_config: bool,
+
+    /// [Tests and demos only] Replay mode: sample on a virtual clock starting at this event
+    /// time (Unix ms), one sample interval per tick, resuming after a restart from the end of
+    /// the last interval in the spool. Records are then a function of the workload and the
+    /// virtual span alone; a full spool pauses virtual time.
+    #[arg(
+        long,
+        env = "FLOPMETER_VIRTUAL_CLOCK_START",
+        value_name = "UNIX_MS",
+        hide_short_help = true,
+        allow_negative_numbers = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_clock_start: Option<i64>,
+
+    /// [Tests and demos only] Virtual seconds per real second (default: as fast as possible).
+    #[arg(
+        long,
+        env = "FLOPMETER_VIRTUAL_SPEED",
+        value_name = "X",
+        hide_short_help = true,
+        requires = "virtual_clock_start"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_speed: Option<f64>,
+
+    /// [Tests and demos only] Event time (Unix ms) at which replay ends: the report interval
+    /// reaching it is the last; the agent then only ships.
+    #[arg(
+        long,
+        env = "FLOPMETER_VIRTUAL_STOP",
+        value_name = "UNIX_MS",
+        hide_short_help = true,
+        allow_negative_numbers = true,
+        requires = "virtual_clock_start"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_stop: Option<i64>,
+
+    /// [Tests and demos only] Exit (status 0) once --virtual-stop is reached and the
+    /// collector has acknowledged every record.
+    #[arg(
+        long,
+        env = "FLOPMETER_VIRTUAL_EXIT_WHEN_DRAINED",
+        hide_short_help = true,
+        requires = "virtual_stop"
+    )]
+    #[serde(skip_serializing_if = "is_false")]
+    pub virtual_exit_when_drained: bool,
+
+    /// [Tests and demos only] In replay mode, hold records in memory when the spool is full
+    /// (as with the real clock, up to the memory ceiling) instead of pausing virtual time.
+    #[arg(
+        long,
+        env = "FLOPMETER_VIRTUAL_HOLD_WHEN_FULL",
+        hide_short_help = true,
+        requires = "virtual_clock_start"
+    )]
+    #[serde(skip_serializing_if = "is_false")]
+    pub virtual_hold_when_full: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl AgentArgs {
@@ -293,8 +387,38 @@ impl AgentArgs {
                 "--unknown-gpu-peak-tflops {p} must be a positive number"
             )));
         }
+        if let Some(x) = self.virtual_speed
+            && !(x.is_finite() && x > 0.0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--virtual-speed {x} must be a positive number"
+            )));
+        }
+        if let (Some(start), Some(stop)) = (self.virtual_clock_start, self.virtual_stop)
+            && stop <= start
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--virtual-stop {stop} is not after --virtual-clock-start {start}"
+            )));
+        }
         self.metrics_socket()?;
         Ok(())
+    }
+
+    /// The TLS settings for --collector, with the files read and checked at `now` (Unix
+    /// seconds): an expired client certificate stops the agent here, with its date.
+    pub fn client_tls(&self, now: i64) -> Result<flopmeter_tls::ClientTls, ConfigError> {
+        let files = flopmeter_tls::ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        Ok(flopmeter_tls::ClientTls::load(
+            &self.collector,
+            &files,
+            now,
+        )?)
     }
 
     /// The metrics address, `None` when disabled.

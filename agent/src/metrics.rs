@@ -92,6 +92,8 @@ pub struct AgentMetrics {
     pub collector_connect_attempts_total: IntCounter,
     /// Streams that ended with an error.
     pub collector_stream_errors_total: IntCounter,
+    /// Streams that ended with an error, by reason (`tls-unknown-issuer`, `refused`, ...).
+    pub collector_errors_total: IntCounterVec,
     /// Records held in the spool.
     pub spool_records: IntGauge,
     /// Bytes of records held in the spool.
@@ -104,6 +106,11 @@ pub struct AgentMetrics {
     pub spool_above_high_water: IntGauge,
     /// Records written past the cap because the sampler's memory ceiling was reached.
     pub spool_over_cap_records: IntGauge,
+    /// Undecodable spool records quarantined (each replaced by a placeholder the collector
+    /// rejects).
+    pub spool_corrupt_records_total: IntCounter,
+    /// Values held in the spool's quarantine.
+    pub spool_quarantined_records: IntGauge,
     run_series: std::sync::Mutex<HashSet<[String; 3]>>,
 }
 
@@ -234,6 +241,15 @@ impl AgentMetrics {
                 "collector_stream_errors_total",
                 "Streams to the collector that ended with an error."
             )?),
+            collector_errors_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    format!("{p}_collector_errors_total"),
+                    "Streams to the collector that ended with an error, by reason: a TLS \
+                     problem (tls-server-cert-expired, tls-unknown-issuer, ...), refused, \
+                     connect, timeout or stream."
+                ),
+                &["reason"]
+            )?),
             spool_records: reg!(int_gauge("spool_records", "Records held in the spool.")?),
             spool_bytes: reg!(int_gauge(
                 "spool_bytes",
@@ -251,6 +267,15 @@ impl AgentMetrics {
             spool_over_cap_records: reg!(int_gauge(
                 "spool_over_cap_records",
                 "Records written past the cap because the sampler's memory ceiling was reached."
+            )?),
+            spool_corrupt_records_total: reg!(int_counter(
+                "spool_corrupt_records_total",
+                "Undecodable spool records moved to the quarantine; each is sent as a placeholder \
+                 the collector rejects (bad-interval)."
+            )?),
+            spool_quarantined_records: reg!(int_gauge(
+                "spool_quarantined_records",
+                "Values held in the spool's quarantine (inspect, then move the spool aside)."
             )?),
             run_series: std::sync::Mutex::new(HashSet::new()),
             registry,
@@ -315,6 +340,11 @@ impl AgentMetrics {
         self.spool_above_high_water
             .set(i64::from(s.above_high_water));
         self.spool_over_cap_records.set(i(s.over_cap_records));
+        self.spool_quarantined_records.set(i(s.quarantined));
+        // The spool counts since open; the counter follows it.
+        let seen = self.spool_corrupt_records_total.get();
+        self.spool_corrupt_records_total
+            .inc_by(s.corrupt_records.saturating_sub(seen));
     }
 
     /// The text exposition of every metric.

@@ -18,12 +18,12 @@ use tokio::sync::{oneshot, watch};
 use crate::agent_id::{self, AgentIdError};
 use crate::attribution::Attributor;
 use crate::attribution::kubernetes::{self, PodStore};
-use crate::clock::{Clock, RealClock, StopSignal};
+use crate::clock::{Clock, RealClock, StopSignal, VirtualClock};
 use crate::config::{AgentArgs, ConfigError, KubeMode};
 use crate::gpu::nvml::{NvmlLibrary, NvmlSource, NvmlSourceError, RetryPolicy};
 use crate::gpu::{GpuSource, Inventory};
 use crate::metrics::{self, AgentMetrics, HealthConfig, MetricsError};
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{Replay, RunEnd, Sampler, SamplerConfig};
 use crate::shipper::{Shipper, ShipperConfig, ShipperControl};
 use crate::simulated::{SimulatedSource, SimulationError, Workload};
 use crate::spool::{Spool, SpoolError, SpoolOptions};
@@ -145,11 +145,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    // Read the TLS files before anything starts: an expired certificate stops the agent.
+    let client_tls = config.client_tls(flopmeter_tls::unix_now())?;
     let node = node_name(config.node_name.as_deref());
-    let clock: Arc<dyn Clock> = opts
-        .clock
-        .take()
-        .unwrap_or_else(|| Arc::new(RealClock::new()));
 
     // Spool and identity.
     std::fs::create_dir_all(&config.spool_dir).map_err(|source| AgentError::SpoolDir {
@@ -163,8 +161,39 @@ pub async fn run_with(
             ..SpoolOptions::default()
         },
     )?);
+    let replay = config.virtual_clock_start.map(|_| Replay {
+        stop_unix_ms: config.virtual_stop,
+        hold_when_full: config.virtual_hold_when_full,
+    });
+    let clock: Arc<dyn Clock> = match (opts.clock.take(), config.virtual_clock_start) {
+        (Some(c), _) => c,
+        (None, Some(start)) => {
+            // Resume where the spooled output ends, so no interval is lost or made twice.
+            let at = spool.virtual_pos()?.unwrap_or(start);
+            tracing::info!(
+                virtual_unix_ms = at,
+                speed = ?config.virtual_speed,
+                "replay mode (tests and demos only): sampling on a virtual clock"
+            );
+            match config.virtual_speed {
+                Some(x) => Arc::new(VirtualClock::paced(at, x)),
+                None => Arc::new(VirtualClock::new(at)),
+            }
+        }
+        (None, None) => Arc::new(RealClock::new()),
+    };
     let spool_used = spool.stats().next_seq > 1;
     let agent_id = agent_id::resolve(&config.spool_dir, config.agent_id.as_deref(), spool_used)?;
+    if let Some(cert) = client_tls.identity()
+        && !cert.names().contains(&agent_id)
+    {
+        tracing::warn!(
+            %agent_id,
+            certificate = %cert.names().join(", "),
+            "a collector with mutual TLS will refuse this agent: its id is not its client \
+             certificate's CN or DNS name; set --agent-id to that name"
+        );
+    }
     let metrics = Arc::new(AgentMetrics::new()?);
 
     // GPU source.
@@ -229,6 +258,7 @@ pub async fn run_with(
             sample_interval: config.sample_interval.0,
             report_interval: config.report_interval.0,
             unknown_gpu_peak_tflops: config.unknown_gpu_peak_tflops,
+            replay,
             ..SamplerConfig::default()
         },
         Attributor::new(proc_root, pods),
@@ -238,15 +268,18 @@ pub async fn run_with(
     let stop = StopSignal::new();
     let (inventory_tx, inventory_rx) = watch::channel::<Option<Inventory>>(None);
     let (init_tx, init_rx) = oneshot::channel::<Result<(), AgentError>>();
-    let (done_tx, mut done_rx) = oneshot::channel::<()>();
+    let (done_tx, mut done_rx) = oneshot::channel::<RunEnd>();
     {
         let clock = clock.clone();
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("flopmeter-sampler".into())
             .spawn(move || {
-                sampler_thread(sampler, source, clock, stop, inventory_tx, init_tx);
-                let _ = done_tx.send(());
+                if let Some(end) =
+                    sampler_thread(sampler, source, clock, stop, inventory_tx, init_tx)
+                {
+                    let _ = done_tx.send(end);
+                }
             })
             .map_err(|source| AgentError::SpoolDir {
                 path: PathBuf::from("<sampler thread>"),
@@ -286,7 +319,13 @@ pub async fn run_with(
     // Shipper.
     let mut ship_cfg = ShipperConfig::new(config.collector.clone(), agent_id.clone(), node.clone());
     ship_cfg.agent_token = config.agent_token.clone();
+    ship_cfg.tls = client_tls;
     ship_cfg.operator_peak_tflops = config.unknown_gpu_peak_tflops;
+    if replay.is_some() {
+        // Replay runs against test and demo collectors that restart in seconds; a 30 s
+        // backoff would only add idle time to every restart.
+        ship_cfg.backoff_max = ship_cfg.backoff_max.min(Duration::from_secs(2));
+    }
     if let Some(tweak) = opts.shipper.take() {
         tweak(&mut ship_cfg);
     }
@@ -316,13 +355,29 @@ pub async fn run_with(
     }
 
     // Run until told to stop (or the sampler dies).
-    let sampler_died = tokio::select! {
-        _ = shutdown => false,
-        _ = &mut done_rx => true,
-    };
+    tokio::pin!(shutdown);
+    let mut sampler_died = false;
+    let mut sampler_done = false;
+    tokio::select! {
+        _ = &mut shutdown => {}
+        end = &mut done_rx => {
+            sampler_done = true;
+            sampler_died = !matches!(end, Ok(RunEnd::ReplayDone));
+        }
+    }
+    if sampler_done && !sampler_died {
+        tracing::info!("replay reached --virtual-stop; shipping what the spool holds");
+        let exit = config.virtual_exit_when_drained;
+        tokio::select! {
+            _ = &mut shutdown => {}
+            _ = spool_drained(&spool), if exit => {
+                tracing::info!("every record acknowledged; exiting (--virtual-exit-when-drained)");
+            }
+        }
+    }
     tracing::info!("stopping: flushing the partial interval into the spool");
     stop.raise();
-    if !sampler_died {
+    if !sampler_done {
         // The sampler's last act is the final flush; wait for it before draining.
         let _ = done_rx.await;
     }
@@ -356,8 +411,15 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Resolves once the spool holds no record (everything acknowledged).
+async fn spool_drained(spool: &Spool) {
+    while spool.stats().records > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The sampler thread's body: open the source (reporting the outcome on `init`), then
-/// sample until stopped.
+/// sample until stopped. `None` when the source could not be opened.
 fn sampler_thread(
     mut sampler: Sampler,
     source: SourceSpec,
@@ -365,7 +427,7 @@ fn sampler_thread(
     stop: StopSignal,
     inventory: watch::Sender<Option<Inventory>>,
     init: oneshot::Sender<Result<(), AgentError>>,
-) {
+) -> Option<RunEnd> {
     let mut body = |src: &mut dyn GpuSource| {
         tracing::info!(
             gpus = src.inventory().gpus.len(),
@@ -377,7 +439,7 @@ fn sampler_thread(
             "GPU source ready"
         );
         inventory.send_replace(Some(src.inventory().clone()));
-        sampler.run(src, clock.as_ref(), &stop, &inventory);
+        sampler.run(src, clock.as_ref(), &stop, &inventory)
     };
     match source {
         SourceSpec::Nvml(path) => {
@@ -385,29 +447,29 @@ fn sampler_thread(
                 Ok(l) => l,
                 Err(e) => {
                     let _ = init.send(Err(e));
-                    return;
+                    return None;
                 }
             };
             let mut src = match NvmlSource::new(&lib, RetryPolicy::default()) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = init.send(Err(e.into()));
-                    return;
+                    return None;
                 }
             };
             let _ = init.send(Ok(()));
-            body(&mut src);
+            Some(body(&mut src))
         }
         SourceSpec::Simulated(w) => {
             let mut src = match SimulatedSource::new(w) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = init.send(Err(e.into()));
-                    return;
+                    return None;
                 }
             };
             let _ = init.send(Ok(()));
-            body(&mut src);
+            Some(body(&mut src))
         }
     }
 }

@@ -87,8 +87,10 @@ pub enum ShipError {
 /// Shipper settings.
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
-    /// Collector address, `http://host:port`.
+    /// Collector address, `http://host:port` or `https://host:port`.
     pub collector: String,
+    /// TLS settings for an `https://` collector (checked at start).
+    pub tls: flopmeter_tls::ClientTls,
     /// Sent as `authorization: Bearer <token>` when set.
     pub agent_token: Option<String>,
     /// This agent's stable id.
@@ -118,6 +120,7 @@ impl ShipperConfig {
     pub fn new(collector: String, agent_id: String, node: String) -> Self {
         ShipperConfig {
             collector,
+            tls: flopmeter_tls::ClientTls::plaintext(),
             agent_token: None,
             agent_id,
             node,
@@ -212,9 +215,17 @@ impl Shipper {
                         attempt = 0;
                         last_error = None;
                     }
+                    let (reason, hint) = self.explain(&error);
+                    self.metrics
+                        .collector_errors_total
+                        .with_label_values(&[reason])
+                        .inc();
                     // A collector that is down for hours must not flood the log: each
                     // distinct failure is a warning once, repeats are debug.
-                    let msg = chain(&error);
+                    let msg = match hint {
+                        Some(hint) => format!("{hint} ({})", chain(&error)),
+                        None => chain(&error),
+                    };
                     if last_error.as_deref() == Some(msg.as_str()) {
                         tracing::debug!(error = %msg, "still cannot reach the collector");
                     } else {
@@ -234,6 +245,28 @@ impl Shipper {
                 _ = until_exit(&mut control) => return,
             }
         }
+    }
+
+    /// A failed stream's reason label and, for the mistakes flopmeter can name (TLS on one
+    /// side only, an expired certificate, the wrong CA, ...), what to do in plain words.
+    fn explain(&self, error: &ShipError) -> (&'static str, Option<String>) {
+        if let Some(d) = flopmeter_tls::diagnose(error, self.cfg.tls.is_tls()) {
+            return (d.reason, Some(d.message));
+        }
+        let reason = match error {
+            ShipError::Status(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                "refused"
+            }
+            ShipError::Connect(_) | ShipError::BadAddress { .. } => "connect",
+            ShipError::Timeout(_) => "timeout",
+            _ => "stream",
+        };
+        (reason, None)
     }
 
     /// Full jitter: uniform in [d/2, d] with d = min(max, initial × 2^attempt), so a fleet
@@ -325,6 +358,12 @@ impl Shipper {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
+        let endpoint = self.cfg.tls.apply(endpoint).map_err(|source| {
+            fail(ShipError::BadAddress {
+                addr: self.cfg.collector.clone(),
+                source,
+            })
+        })?;
         let channel = tokio::select! {
             c = endpoint.connect() => c.map_err(|e| fail(ShipError::Connect(e)))?,
             _ = until_exit(control) => return Ok(SessionEnd::Done),

@@ -55,6 +55,15 @@ pub enum SimulationError {
     /// The TOML is malformed.
     #[error("parsing workload: {0}")]
     Parse(#[from] toml::de::Error),
+    /// A workload file is not valid (names the file; the cause names the key).
+    #[error("workload file {path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: Box<SimulationError>,
+    },
     /// The GPU is not a catalogue id.
     #[error("unknown GPU {0:?} in workload: use a catalogue id (`flopmeter gpus`)")]
     UnknownGpu(String),
@@ -65,6 +74,9 @@ pub enum SimulationError {
     #[error("writing proc tree: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Most GPUs a simulated node may have (a large node has 8 to 16).
+pub const MAX_GPUS: u32 = 1024;
 
 /// A simulated process.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -134,11 +146,42 @@ impl Workload {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text)
+        Self::from_toml(&text).map_err(|e| SimulationError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })
     }
 
     fn validate(&self) -> Result<(), SimulationError> {
         catalogue::find(&self.gpu).ok_or_else(|| SimulationError::UnknownGpu(self.gpu.clone()))?;
+        // One record stream and one energy counter per GPU are allocated up front: a count
+        // from a typo must be refused, not allocated.
+        if !(1..=MAX_GPUS).contains(&self.count) {
+            return Err(SimulationError::Invalid(format!(
+                "count = {} is not in 1..={MAX_GPUS}",
+                self.count
+            )));
+        }
+        let finite = |name: &str, v: Option<f64>, min: f64| match v {
+            Some(v) if !(v.is_finite() && v >= min) => Err(SimulationError::Invalid(format!(
+                "{name} = {v} must be a finite number of at least {min}"
+            ))),
+            _ => Ok(()),
+        };
+        finite("power_watts", self.power_watts, 0.0)?;
+        for p in &self.processes {
+            let at = |k: &str| format!("process {}: {k}", p.pid);
+            finite(&at("sm_share"), Some(p.sm_share), 0.0)?;
+            finite(&at("from_seconds"), Some(p.from_seconds), 0.0)?;
+            finite(&at("until_seconds"), p.until_seconds, 0.0)?;
+            if let Some(g) = p.gpus.iter().find(|g| **g >= self.count) {
+                return Err(SimulationError::Invalid(format!(
+                    "{}: GPU {g} is not among the {} GPUs",
+                    at("gpus"),
+                    self.count
+                )));
+            }
+        }
         for (name, v) in [
             ("tensor_util", Some(self.tensor_util)),
             ("gpu_util", self.gpu_util),

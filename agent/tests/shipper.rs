@@ -216,7 +216,7 @@ async fn lost_batch_is_resent_on_request() {
 }
 
 #[tokio::test]
-async fn welcome_high_water_mark_drops_what_the_collector_holds() {
+async fn welcome_high_water_mark_drops_what_the_collector_holds_and_renumbers_the_rest() {
     let (fake, addr) = FakeCollector::start(Script::default()).await;
     fake.preset_hwm(AGENT, 30);
     let rig = start_preloaded(&addr, 50, |_| {});
@@ -226,23 +226,18 @@ async fn welcome_high_water_mark_drops_what_the_collector_holds() {
     stop(rig).await;
 
     // A collector that remembers more than this (wiped) spool ever numbered: the spool's
-    // records at or below its mark are dropped (the protocol allows it), and new records
-    // are numbered above the mark, so they are not mistaken for duplicates.
+    // records were never sent under those numbers, so they are renumbered above the mark
+    // and delivered, not taken as acknowledged (spool contract 8); new records follow.
     let (fake2, addr2) = FakeCollector::start(Script::default()).await;
     fake2.preset_hwm(AGENT, 1_000);
     let rig2 = start_preloaded(&addr2, 5, |_| {});
-    eventually(
-        "records at or below the mark dropped, counter raised",
-        || {
-            let st = rig2.spool.stats();
-            st.records == 0 && st.next_seq == 1001
-        },
-    )
+    eventually("renumbered above the mark and delivered", || {
+        fake2.applied_seqs(AGENT) == (1001..=1005).collect::<Vec<_>>()
+    })
     .await;
-    assert!(fake2.applied_seqs(AGENT).is_empty());
     append(&rig2.spool, 3);
-    eventually("renumbered records applied", || {
-        fake2.applied_seqs(AGENT) == vec![1001, 1002, 1003]
+    eventually("new records numbered after them", || {
+        fake2.applied_seqs(AGENT) == (1001..=1008).collect::<Vec<_>>()
     })
     .await;
     stop(rig2).await;

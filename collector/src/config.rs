@@ -11,6 +11,7 @@ use std::time::Duration;
 use flopmeter_core::stage::{Stage, StagePolicy};
 use serde::Serialize;
 
+use crate::admin::credentials::AdminCredentials;
 use crate::ingest::validate::Limits;
 
 /// Errors resolving the configuration.
@@ -61,8 +62,14 @@ Agent tokens file (TOML), checked against `authorization: Bearer <token>`:
   node-a-agent = \"s3cret\"
   node-b-agent = \"an0ther\"
 
+TLS (docs/tls.md): --tls-cert and --tls-key serve both ports over TLS; --tls-client-ca adds
+mutual TLS, where an agent's id must be its certificate's CN or DNS name. `flopmeter certs dev`
+writes a development CA and certificates.
+
 Examples:
   flopmeter collector --data-dir /var/lib/flopmeter/ledger
+  flopmeter collector --data-dir ./ledger --tls-cert certs/collector.pem \\
+      --tls-key certs/collector-key.pem --tls-client-ca certs/ca.pem
   flopmeter collector --data-dir ./ledger --listen 127.0.0.1:7443 --http-addr 127.0.0.1:9464 \\
       --agent-tokens tokens.toml --exclude-stages research,eval")]
 pub struct CollectorArgs {
@@ -98,8 +105,9 @@ pub struct CollectorArgs {
     #[arg(long, env = "FLOPMETER_AGENT_TOKENS", value_name = "FILE")]
     pub agent_tokens: Option<PathBuf>,
 
-    /// Token the admin write RPCs (model registry changes) require. Without it they are
-    /// open to anyone who can reach --listen.
+    /// Shared token the admin write RPCs (model registry changes, ack, dismiss) require.
+    /// Whoever holds it must name themselves (`--by`), and the audit log records that name.
+    /// Without it or --admin-tokens, those RPCs are open to anyone who can reach --listen.
     #[arg(
         long,
         env = "FLOPMETER_ADMIN_TOKEN",
@@ -108,6 +116,21 @@ pub struct CollectorArgs {
     )]
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
+
+    /// TOML file mapping admin actor to token (`alice = "…"`), for admin writes audited under
+    /// the actor the credential belongs to rather than the name the caller gives.
+    #[arg(long, env = "FLOPMETER_ADMIN_TOKENS", value_name = "FILE")]
+    pub admin_tokens: Option<PathBuf>,
+
+    /// Actor under which a change of the thresholds file is audited (the file is read at
+    /// start): e.g. the deploy pipeline's user or the commit that changed it.
+    #[arg(
+        long,
+        env = "FLOPMETER_CONFIG_ACTOR",
+        value_name = "NAME",
+        default_value = "collector-config"
+    )]
+    pub config_actor: String,
 
     /// Age after which raw record batches are rolled into hourly per-run rollups (kept for
     /// ever; totals do not change).
@@ -187,6 +210,17 @@ pub struct CollectorArgs {
     )]
     pub max_future: HumanDuration,
 
+    /// Largest gRPC message an agent may send (a Hello or a record batch), bytes. A bigger
+    /// one is refused with RESOURCE_EXHAUSTED before it is read into memory. Keep it well
+    /// above the agents' batch size (about 1 MiB by default).
+    #[arg(
+        long,
+        env = "FLOPMETER_MAX_MESSAGE_BYTES",
+        value_name = "BYTES",
+        default_value_t = crate::MAX_MESSAGE_BYTES
+    )]
+    pub max_message_bytes: usize,
+
     /// Ledger page cache, MiB (most of the collector's resident memory).
     #[arg(
         long,
@@ -236,6 +270,23 @@ pub struct CollectorArgs {
     )]
     #[serde(skip_serializing)]
     pub webhook_secret: Option<String>,
+
+    /// Serve gRPC and HTTP over TLS with this certificate (PEM, leaf first, then any
+    /// intermediates). Needs --tls-key. Agents then use --collector https://... and
+    /// --tls-ca. See docs/tls.md; `flopmeter certs dev` makes a local set.
+    #[arg(long, env = "FLOPMETER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "FLOPMETER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: verify client certificates against this CA (PEM), and take each agent's
+    /// identity from its certificate (the Hello's agent id must be the certificate's CN or
+    /// one of its DNS names). The CLI may still connect without a certificate; the admin
+    /// token guards its writes.
+    #[arg(long, env = "FLOPMETER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The resolved configuration the collector runs with.
@@ -249,8 +300,10 @@ pub struct CollectorConfig {
     pub http_addr: SocketAddr,
     /// Agent id → token, when tokens are required.
     pub agent_tokens: Option<HashMap<String, String>>,
-    /// Admin token for write RPCs.
+    /// Shared admin token for write RPCs.
     pub admin_token: Option<String>,
+    /// Named admin tokens, actor → token.
+    pub admin_tokens: HashMap<String, String>,
     /// Raw batches older than this are rolled up.
     pub raw_retention: Duration,
     /// Rollup sweep period.
@@ -265,8 +318,12 @@ pub struct CollectorConfig {
     pub cache_bytes: u64,
     /// Jobs waiting for the writer, at most (backpressure beyond).
     pub writer_queue: usize,
+    /// Largest inbound gRPC message, bytes.
+    pub max_message_bytes: usize,
     /// The compliance engine: thresholds, sinks, its clock.
     pub compliance: crate::compliance::ComplianceConfig,
+    /// TLS for both listeners (and mutual TLS), when set.
+    pub tls: Option<crate::tls::TlsPaths>,
 }
 
 impl fmt::Debug for CollectorConfig {
@@ -277,15 +334,21 @@ impl fmt::Debug for CollectorConfig {
             .field("listen", &self.listen)
             .field("http_addr", &self.http_addr)
             .field("agent_tokens", &self.agent_tokens.as_ref().map(|t| t.len()))
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("admin", &self.admin_credentials())
             .field("raw_retention", &self.raw_retention)
             .field("policy", &self.policy)
             .field("limits", &self.limits)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl CollectorConfig {
+    /// The admin credentials the write RPCs check.
+    pub fn admin_credentials(&self) -> AdminCredentials {
+        AdminCredentials::new(self.admin_token.clone(), self.admin_tokens.clone())
+    }
+
     /// Defaults for a ledger in `dir`, listening on loopback ports the OS picks (tests,
     /// embedding).
     pub fn for_data_dir(dir: &Path) -> CollectorConfig {
@@ -295,6 +358,7 @@ impl CollectorConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_tokens: None,
             admin_token: None,
+            admin_tokens: HashMap::new(),
             raw_retention: Duration::from_secs(90 * 86_400),
             rollup_every: Duration::from_secs(3600),
             policy: StagePolicy::default(),
@@ -302,7 +366,9 @@ impl CollectorConfig {
             commit_group: 1024,
             cache_bytes: 64 << 20,
             writer_queue: 8192,
+            max_message_bytes: crate::MAX_MESSAGE_BYTES,
             compliance: crate::compliance::ComplianceConfig::default(),
+            tls: None,
         }
     }
 
@@ -314,19 +380,49 @@ impl CollectorConfig {
                 a.peak_tolerance
             )));
         }
+        // Below this a normal Hello or a one-record batch no longer fits.
+        if a.max_message_bytes < 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "--max-message-bytes must be at least 4096, got {}",
+                a.max_message_bytes
+            )));
+        }
         if a.rollup_every.0.is_zero() {
             return Err(ConfigError::Invalid(
                 "--rollup-every must be above 0".into(),
             ));
         }
-        let agent_tokens = a.agent_tokens.as_deref().map(load_tokens).transpose()?;
-        let compliance = compliance_config(a)?;
+        // Checked here rather than by clap, so values from the config file count too.
+        if a.tls_cert.is_some() != a.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "--tls-cert and --tls-key go together: give both or neither".into(),
+            ));
+        }
+        if a.tls_client_ca.is_some() && a.tls_cert.is_none() {
+            return Err(ConfigError::Invalid(
+                "--tls-client-ca (mutual TLS) needs TLS: give --tls-cert and --tls-key too".into(),
+            ));
+        }
+        let agent_tokens = a
+            .agent_tokens
+            .as_deref()
+            .map(load_agent_tokens)
+            .transpose()?;
+        let admin_tokens = match &a.admin_tokens {
+            Some(path) => load_admin_tokens(path)?,
+            None => HashMap::new(),
+        };
+        let mut compliance = compliance_config(a)?;
+        if !a.config_actor.trim().is_empty() {
+            compliance.config_actor = a.config_actor.trim().to_string();
+        }
         Ok(CollectorConfig {
             data_dir: a.data_dir.clone(),
             listen: a.listen,
             http_addr: a.http_addr,
             agent_tokens,
             admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_tokens,
             raw_retention: a.raw_retention.0,
             rollup_every: a.rollup_every.0,
             policy: stage_policy(&a.count_stages, &a.exclude_stages, a.unknown_stages_count),
@@ -339,7 +435,17 @@ impl CollectorConfig {
             commit_group: a.commit_group.max(1),
             cache_bytes: a.ledger_cache_mb.max(16) << 20,
             writer_queue: 8192,
+            max_message_bytes: a.max_message_bytes,
             compliance,
+            tls: a
+                .tls_cert
+                .clone()
+                .zip(a.tls_key.clone())
+                .map(|(cert, key)| crate::tls::TlsPaths {
+                    cert,
+                    key,
+                    client_ca: a.tls_client_ca.clone(),
+                }),
         })
     }
 }
@@ -357,13 +463,7 @@ fn compliance_config(
                 path.display()
             ))
         })?;
-        c.thresholds = toml::from_str(&text).map_err(|e| {
-            ConfigError::Invalid(format!("thresholds file {}: {e}", path.display()))
-        })?;
-        // Validate now, so a typo stops the collector at start and not at first evaluation.
-        c.thresholds.resolve(&[]).map_err(|e| {
-            ConfigError::Invalid(format!("thresholds file {}: {e}", path.display()))
-        })?;
+        c.thresholds = parse_thresholds(path, &text)?;
     }
     for url in &a.alertmanager_url {
         c.sinks.push(SinkConfig::Alertmanager { url: url.clone() });
@@ -398,12 +498,80 @@ pub fn stage_policy(count: &[String], exclude: &[String], unknown_counts: bool) 
     p
 }
 
-/// Reads an agent tokens file: a TOML table `agent-id = "token"`.
+/// Reads the named admin tokens file: actor → token, each token unique (a token two actors
+/// share would let the audit log name the wrong one).
+pub fn load_admin_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let tokens = load_tokens(path)?;
+    let mut actors: Vec<_> = tokens.iter().collect();
+    actors.sort();
+    for (i, (a, t)) in actors.iter().enumerate() {
+        if let Some((b, _)) = actors[i + 1..].iter().find(|(_, u)| u == t) {
+            return Err(ConfigError::TokensParse {
+                path: path.to_path_buf(),
+                message: format!("{a:?} and {b:?} have the same token; give each actor its own"),
+            });
+        }
+        if a.trim().is_empty() || !crate::ingest::validate::valid_name(a) {
+            return Err(ConfigError::TokensParse {
+                path: path.to_path_buf(),
+                message: format!("{a:?} is not a usable actor name"),
+            });
+        }
+    }
+    Ok(tokens)
+}
+
+/// Parses a thresholds file's text (`path` names it in errors) and validates it, so a typo
+/// stops the collector at start and not at first evaluation.
+pub fn parse_thresholds(
+    path: &Path,
+    text: &str,
+) -> Result<flopmeter_core::threshold_config::ThresholdConfig, ConfigError> {
+    let config: flopmeter_core::threshold_config::ThresholdConfig = toml::from_str(text)
+        .map_err(|e| ConfigError::Invalid(format!("thresholds file {}: {e}", path.display())))?;
+    config
+        .resolve(&[])
+        .map_err(|e| ConfigError::Invalid(format!("thresholds file {}: {e}", path.display())))?;
+    Ok(config)
+}
+
+/// Reads the agent tokens file: agent id → token, each token unique (an agent that knows a
+/// token another agent also has could speak as that agent).
+pub fn load_agent_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokensRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_agent_tokens(path, &text)
+}
+
+/// [`load_agent_tokens`] on text already read.
+pub fn parse_agent_tokens(path: &Path, text: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let tokens = parse_tokens(path, text)?;
+    let mut agents: Vec<_> = tokens.iter().collect();
+    agents.sort();
+    for (i, (a, t)) in agents.iter().enumerate() {
+        if let Some((b, _)) = agents[i + 1..].iter().find(|(_, u)| u == t) {
+            return Err(ConfigError::TokensParse {
+                path: path.to_path_buf(),
+                message: format!("{a:?} and {b:?} have the same token; give each agent its own"),
+            });
+        }
+    }
+    Ok(tokens)
+}
+
+/// Reads a tokens file: a TOML table `name = "token"` (agent id or admin actor).
 pub fn load_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokensRead {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_tokens(path, &text)
+}
+
+/// [`load_tokens`] on text already read (`path` names it in errors).
+pub fn parse_tokens(path: &Path, text: &str) -> Result<HashMap<String, String>, ConfigError> {
     let table: toml::Table =
         text.parse()
             .map_err(|e: toml::de::Error| ConfigError::TokensParse {

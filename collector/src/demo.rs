@@ -428,7 +428,10 @@ pub async fn run(
     let mut admin = AdminClient::new(channel.clone());
     let token = format!("Bearer {}", opts.admin_token);
     let mut set_model = async |entry: pb::ModelEntry| -> Result<(), DemoError> {
-        let mut req = tonic::Request::new(pb::SetModelRequest { entry: Some(entry) });
+        let mut req = tonic::Request::new(pb::SetModelRequest {
+            entry: Some(entry),
+            by: "carol".into(),
+        });
         req.metadata_mut().insert(
             "authorization",
             token

@@ -28,6 +28,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod report;
+pub mod tls;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::config::CollectorConfig;
 use crate::ledger::sled_store::SledStore;
@@ -81,10 +82,14 @@ pub enum ServeError {
     /// The compliance engine could not start (its store, or an invalid threshold config).
     #[error("compliance engine: {0}")]
     Compliance(String),
+    /// The TLS certificate, key or client CA is missing, unreadable or unusable.
+    #[error(transparent)]
+    Tls(#[from] flopmeter_tls::TlsError),
 }
 
-/// Largest gRPC message accepted: a backfilling agent may send big batches.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest gRPC message accepted by default (`--max-message-bytes`): a backfilling agent
+/// may send big batches.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// How long a shutdown waits for connections to close before it stops them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -114,6 +119,13 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 impl Collector {
     /// Opens the ledger, starts the writer, binds both servers and starts serving.
     pub async fn start(cfg: CollectorConfig) -> Result<Collector, ServeError> {
+        // Before anything else: a certificate problem must stop the start with nothing
+        // opened or bound.
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|p| tls::ServerTls::load(p, flopmeter_tls::unix_now()))
+            .transpose()?;
         let data_dir = cfg.data_dir.clone();
         let cache_bytes = cfg.cache_bytes;
         let sled_store =
@@ -174,42 +186,54 @@ impl Collector {
             metrics.clone(),
             cfg.limits,
             cfg.agent_tokens.clone(),
+            tls.as_ref().is_some_and(tls::ServerTls::mutual),
             shutdown_rx.clone(),
         );
         let admin = admin::AdminService::new(
             store.clone(),
             writer.handle(),
             cfg.policy.clone(),
-            cfg.admin_token.clone(),
+            cfg.admin_credentials(),
         );
-        // Acks are small and latency-bound: without TCP_NODELAY, Nagle's algorithm and
-        // delayed ACKs add tens of milliseconds to each one.
-        let incoming = TcpListenerStream::new(grpc_listener).map(|s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
         let mut stop = shutdown_rx.clone();
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-                .add_service(
-                    IngestServer::new(ingest)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                )
-                .add_service(AdminServer::new(admin).max_encoding_message_size(MAX_MESSAGE_BYTES))
-                .add_service(ComplianceServer::new(
-                    compliance::admin::ComplianceService::new(
-                        compliance.engine().clone(),
-                        cfg.admin_token.clone(),
-                    ),
-                ))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
-        );
+        let grpc_router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(
+                IngestServer::new(ingest)
+                    .max_decoding_message_size(cfg.max_message_bytes)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(AdminServer::new(admin).max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .add_service(ComplianceServer::new(
+                compliance::admin::ComplianceService::new(
+                    compliance.engine().clone(),
+                    cfg.admin_credentials(),
+                ),
+            ));
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let grpc = match &tls {
+            Some(tls) => tokio::spawn(grpc_router.serve_with_incoming_shutdown(
+                ReceiverStream::new(tls.grpc_incoming(
+                    grpc_listener,
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                )),
+                stopped,
+            )),
+            None => {
+                // Acks are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
+                // and delayed ACKs add tens of milliseconds to each one.
+                let incoming = TcpListenerStream::new(grpc_listener).map(|s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+                tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
 
         let router = http::router(http::HttpState {
             store: store.clone(),
@@ -219,21 +243,56 @@ impl Collector {
         })
         .merge(compliance::http::router(compliance.engine().clone()));
         let mut stop = shutdown_rx.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(http_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let http = match &tls {
+            Some(tls) => {
+                let listener = tls
+                    .http_listener(http_listener, metrics.clone(), shutdown_rx.clone())
+                    .map_err(|source| ServeError::Bind {
+                        addr: cfg.http_addr,
+                        source,
+                    })?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
                 })
-                .await
-        });
+            }
+            None => tokio::spawn(async move {
+                axum::serve(http_listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+        };
 
         let rollups = tokio::spawn(rollup_loop(
             writer.handle(),
             cfg.raw_retention,
             cfg.rollup_every,
         ));
+        if cfg.admin_credentials().is_open() {
+            tracing::warn!(
+                "no admin credential (--admin-token or --admin-tokens): anyone who can reach \
+                 the gRPC port can change the model registry and acknowledge alerts"
+            );
+        }
         ready.store(true, Ordering::SeqCst);
-        tracing::info!(%grpc_addr, %http_addr, data_dir = %cfg.data_dir.display(), "collector serving");
+        let tls_mode = match &tls {
+            Some(t) if t.mutual() => "mutual",
+            Some(_) => "on",
+            None => "off",
+        };
+        if let Some(t) = &tls {
+            let c = t.certificate();
+            tracing::info!(
+                certificate = %c.display_name(),
+                expires = %flopmeter_tls::utc(c.not_after),
+                "TLS on for gRPC and HTTP"
+            );
+        }
+        tracing::info!(%grpc_addr, %http_addr, tls = tls_mode, data_dir = %cfg.data_dir.display(), "collector serving");
         Ok(Collector {
             grpc_addr,
             http_addr,

@@ -33,6 +33,19 @@ pub enum Refusal {
     BadHello,
     /// A batch's sequence numbers were zero or not strictly increasing.
     SequenceNotIncreasing,
+    /// A message that does not decode: not protobuf, truncated, or a broken gRPC frame.
+    MalformedMessage,
+    /// A message above the collector's decoding limit (`--max-message-bytes`).
+    MessageTooLarge,
+    /// A Hello naming one agent with the valid token of another: an authenticated agent
+    /// impersonating a different one, told apart from a plain wrong token because it means
+    /// a credential leaked or an agent is misbehaving, not a typo.
+    ForgedIdentity,
+    /// Mutual TLS is on and the agent presented no client certificate.
+    NoClientCertificate,
+    /// Mutual TLS is on and the Hello's agent id is neither the client certificate's CN
+    /// nor one of its DNS names.
+    CertificateMismatch,
 }
 
 impl Refusal {
@@ -43,8 +56,26 @@ impl Refusal {
             Refusal::BadToken => "bad-token",
             Refusal::BadHello => "bad-hello",
             Refusal::SequenceNotIncreasing => "sequence-not-increasing",
+            Refusal::MalformedMessage => "malformed-message",
+            Refusal::MessageTooLarge => "message-too-large",
+            Refusal::ForgedIdentity => "forged-identity",
+            Refusal::NoClientCertificate => "no-client-certificate",
+            Refusal::CertificateMismatch => "certificate-mismatch",
         }
     }
+
+    /// Every refusal, for metric initialisation and docs.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::UnknownAgent,
+        Refusal::BadToken,
+        Refusal::BadHello,
+        Refusal::SequenceNotIncreasing,
+        Refusal::MalformedMessage,
+        Refusal::MessageTooLarge,
+        Refusal::ForgedIdentity,
+        Refusal::NoClientCertificate,
+        Refusal::CertificateMismatch,
+    ];
 }
 
 /// Every collector metric.
@@ -63,12 +94,15 @@ pub struct Metrics {
     pub ingest_resends: IntCounter,
     rejected_records: IntCounterVec,
     refused: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     /// From receipt of a batch to its Ack being sent (after the flush).
     pub ack_latency: Histogram,
     /// Batches committed per flush (group commit).
     pub commit_group_batches: Histogram,
     /// Duration of one ledger flush (fsync).
     pub flush_seconds: Histogram,
+    /// Ledger writes or flushes that failed; nothing in them was acknowledged.
+    pub ledger_write_errors: IntCounter,
     /// Agent streams open now.
     pub agents_connected: IntGauge,
     agent_connected: IntGaugeVec,
@@ -135,6 +169,11 @@ impl Metrics {
                 "flopmeter_ingest_resends_total",
                 "Resend requests sent to agents because of a sequence gap.",
             ),
+            ledger_write_errors: counter(
+                "flopmeter_ledger_write_errors_total",
+                "Ledger writes or flushes that failed (disk full, I/O error); nothing in them \
+                 was acknowledged, so agents keep and resend those records.",
+            ),
             rejected_records: reg(
                 &r,
                 IntCounterVec::new(
@@ -154,6 +193,18 @@ impl Metrics {
                         "Agent streams or batches refused with a gRPC error, by reason.",
                     ),
                     &["reason"],
+                )
+                .expect("valid"),
+            ),
+            tls_handshake_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flopmeter_tls_handshake_failures_total",
+                        "TLS handshakes that failed, by listener (grpc, http) and reason \
+                         (not-tls, client-cert-unknown-issuer, client-cert-expired, ...).",
+                    ),
+                    &["listener", "reason"],
                 )
                 .expect("valid"),
             ),
@@ -255,13 +306,14 @@ impl Metrics {
         for reason in RejectReason::ALL {
             m.rejected_records.with_label_values(&[reason.as_str()]);
         }
-        for refusal in [
-            Refusal::UnknownAgent,
-            Refusal::BadToken,
-            Refusal::BadHello,
-            Refusal::SequenceNotIncreasing,
-        ] {
+        for refusal in Refusal::ALL {
             m.refused.with_label_values(&[refusal.as_str()]);
+        }
+        for listener in ["grpc", "http"] {
+            for reason in crate::tls::FAILURE_REASONS {
+                m.tls_handshake_failures
+                    .with_label_values(&[listener, reason]);
+            }
         }
         #[cfg(target_os = "linux")]
         m.registry
@@ -289,6 +341,20 @@ impl Metrics {
     /// Counts a refused stream or batch.
     pub fn refuse(&self, reason: Refusal) {
         self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Counts a failed TLS handshake (`reason` from `crate::tls::FAILURE_REASONS`).
+    pub fn tls_handshake_failed(&self, listener: &str, reason: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// Failed TLS handshakes so far.
+    pub fn tls_handshake_failures(&self, listener: &str, reason: &str) -> u64 {
+        self.tls_handshake_failures
+            .with_label_values(&[listener, reason])
+            .get()
     }
 
     /// Refusals so far for `reason`.

@@ -129,6 +129,7 @@ impl Writer {
 fn run(mut rx: mpsc::Receiver<Job>, store: &dyn LedgerStore, metrics: &Metrics, max_group: usize) {
     let mut group: Vec<Job> = Vec::with_capacity(max_group);
     let mut stop = false;
+    let mut broken: Option<String> = None;
     while !stop {
         match rx.blocking_recv() {
             None | Some(Job::Stop) => break,
@@ -144,7 +145,10 @@ fn run(mut rx: mpsc::Receiver<Job>, store: &dyn LedgerStore, metrics: &Metrics, 
                 Err(_) => break,
             }
         }
-        commit_group(&mut group, store, metrics);
+        match &broken {
+            None => broken = commit_group(&mut group, store, metrics),
+            Some(why) => refuse_group(&mut group, store, metrics, why),
+        }
     }
     // Everything answered was flushed already; flush once more so a clean shutdown leaves
     // nothing (such as agent Hellos) to sled's recovery.
@@ -157,7 +161,68 @@ enum Pending {
     RollUp(Option<Reply<RollupStats>>, Result<RollupStats, StoreError>),
 }
 
-fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics) {
+impl Pending {
+    fn storage_error(&self) -> Option<String> {
+        let e = match self {
+            Pending::Apply(_, r) => r.as_ref().err(),
+            Pending::SetModel(_, r) => r.as_ref().err(),
+            Pending::RollUp(_, r) => r.as_ref().err(),
+        };
+        match e {
+            Some(e @ StoreError::Storage(_)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    fn storage_failure(&self) -> bool {
+        self.storage_error().is_some()
+    }
+}
+
+/// Answers every job with the write failure that broke the ledger, without writing.
+///
+/// Why not retry: after a failed write (disk full, I/O error) the store's on-disk log may
+/// end before writes it still holds in memory, and a later flush that succeeds does not
+/// make them durable: on restart, recovery stops at the failure. Acknowledging anything
+/// after it could acknowledge records that vanish. Only a restart, which recovers the
+/// ledger to what is really on disk, makes acknowledgements trustworthy again; the agents
+/// keep their records meanwhile.
+fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics, why: &str) {
+    let err = || {
+        StoreError::Storage(format!(
+            "the ledger could not be written ({why}); nothing is acknowledged until the \
+             collector is restarted with room on its data volume"
+        ))
+    };
+    for job in group.drain(..) {
+        match job {
+            Job::Apply(_, reply) => {
+                metrics.ledger_write_errors.inc();
+                let _ = reply.send(Err(err()));
+            }
+            Job::SetModel(_, reply) => {
+                let _ = reply.send(Err(err()));
+            }
+            Job::RollUp { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(err()));
+                }
+            }
+            // Reads only: still useful to see what is on disk.
+            Job::Verify(reply) => {
+                let _ = reply.send(store.verify());
+            }
+            Job::RecordAgent(_) | Job::Stop => {}
+        }
+    }
+}
+
+/// Applies and flushes a group; returns why the ledger is broken if a write failed.
+fn commit_group(
+    group: &mut Vec<Job>,
+    store: &dyn LedgerStore,
+    metrics: &Metrics,
+) -> Option<String> {
     let mut pending = Vec::with_capacity(group.len());
     let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
     let mut applied = 0u64;
@@ -219,7 +284,7 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
     applied += apply(&mut batches, &mut pending);
     let batches = applied;
     if pending.is_empty() {
-        return;
+        return None;
     }
     let started = Instant::now();
     let flushed = store.flush();
@@ -229,33 +294,45 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
     if batches > 0 {
         metrics.commit_group_batches.observe(batches as f64);
     }
-    if let Err(e) = &flushed {
-        tracing::error!(error = %e, "ledger flush failed: acknowledging nothing");
+    let failed_writes = pending.iter().filter(|p| p.storage_failure()).count();
+    let broken = match &flushed {
+        Err(e) => Some(e.to_string()),
+        Ok(()) if failed_writes > 0 => pending.iter().find_map(Pending::storage_error),
+        Ok(()) => None,
+    };
+    if let Some(why) = &broken {
+        tracing::error!(
+            error = %why,
+            "ledger write failed (is its volume full?): acknowledging nothing until the \
+             collector is restarted; agents keep their records"
+        );
+        metrics
+            .ledger_write_errors
+            .inc_by(failed_writes.max(1) as u64);
     }
-    // Replies only after the flush: an Ack promises durability.
+    // Replies only after the flush: an Ack promises durability. After a failed write
+    // nothing in the group is acknowledged, not even what seemed to apply (see
+    // `refuse_group`).
+    fn outcome<T>(broken: &Option<String>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match broken {
+            None => r,
+            Some(why) => Err(StoreError::Storage(format!("ledger write failed: {why}"))),
+        }
+    }
     for p in pending {
-        let fail = |e: &StoreError| StoreError::Storage(format!("flush failed: {e}"));
         match p {
             Pending::Apply(reply, r) => {
-                let _ = reply.send(match &flushed {
-                    Ok(()) => r,
-                    Err(e) => Err(fail(e)),
-                });
+                let _ = reply.send(outcome(&broken, r));
             }
             Pending::SetModel(reply, r) => {
-                let _ = reply.send(match &flushed {
-                    Ok(()) => r,
-                    Err(e) => Err(fail(e)),
-                });
+                let _ = reply.send(outcome(&broken, r));
             }
             Pending::RollUp(reply, r) => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(match &flushed {
-                        Ok(()) => r,
-                        Err(e) => Err(fail(e)),
-                    });
+                    let _ = reply.send(outcome(&broken, r));
                 }
             }
         }
     }
+    broken
 }

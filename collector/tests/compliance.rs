@@ -100,6 +100,7 @@ async fn plan(c: &Collector, model: &str, flop: &str) {
                 planned_flop: flop.into(),
                 ..pb::ModelEntry::default()
             }),
+            by: String::new(),
         })
         .await
         .unwrap();
@@ -516,4 +517,115 @@ async fn the_demo_tells_its_story_in_short_mode() {
     let ledger = SledStore::open(&o.data_dir).unwrap();
     let store = ComplianceStore::open(ledger.db()).unwrap();
     assert_eq!(store.verify_audit().unwrap().unwrap(), o.audit_entries);
+}
+
+/// Admin writes over gRPC name their actor in the audit log: a named token's actor, whatever
+/// the caller types, or the person a shared-token request names. Wrong, missing or
+/// mismatched credentials change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_are_audited_under_the_credentials_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let mut cfg = config(dir.path(), &vnow, Vec::new());
+    cfg.admin_token = Some("shared-secret".into());
+    cfg.admin_tokens = [("alice".to_string(), "alice-secret".to_string())].into();
+    let c = Collector::start(cfg).await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = pb::admin_client::AdminClient::new(ch.clone());
+    let mut compliance = pb::compliance_client::ComplianceClient::new(ch);
+    fn with<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    }
+    let entry = |model: &str| pb::ModelEntry {
+        model: model.into(),
+        role: pb::ModelRole::Provider as i32,
+        planned_flop: "3e25".into(),
+        ..pb::ModelEntry::default()
+    };
+    let set = |model: &str, by: &str| pb::SetModelRequest {
+        entry: Some(entry(model)),
+        by: by.into(),
+    };
+
+    // Refusals first: none of them may leave a trace in the registry.
+    for (req, code) in [
+        (with(set("m1", "alice"), None), tonic::Code::Unauthenticated),
+        (
+            with(set("m1", "alice"), Some("guess")),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            with(set("m1", "bob"), Some("alice-secret")),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            with(set("m1", ""), Some("shared-secret")),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        assert_eq!(admin.set_model(req).await.unwrap_err().code(), code);
+    }
+    assert!(c.store().model_entry("m1").unwrap().is_none());
+
+    let saved = admin
+        .set_model(with(set("m1", ""), Some("alice-secret")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved.entry.unwrap().updated_by, "alice");
+    admin
+        .set_model(with(set("m2", "carol"), Some("shared-secret")))
+        .await
+        .unwrap();
+
+    // Both plans start clocks; acknowledge one with each kind of credential.
+    vnow.store(now_unix_ms() + 1_000, Ordering::SeqCst);
+    c.compliance().evaluate_now().await.unwrap();
+    let ack = |model: &str, by: &str| pb::AcknowledgeRequest {
+        model: model.into(),
+        threshold: "eu-systemic-risk".into(),
+        by: by.into(),
+        reference: "AI Office 2026-7".into(),
+    };
+    let mismatch = compliance
+        .acknowledge(with(ack("m1", "mallory"), Some("alice-secret")))
+        .await
+        .unwrap_err();
+    assert_eq!(mismatch.code(), tonic::Code::PermissionDenied);
+    assert!(mismatch.message().contains("alice"), "{mismatch}");
+    compliance
+        .acknowledge(with(ack("m1", ""), Some("alice-secret")))
+        .await
+        .unwrap();
+    compliance
+        .acknowledge(with(ack("m2", "carol"), Some("shared-secret")))
+        .await
+        .unwrap();
+    c.compliance().evaluate_now().await.unwrap();
+
+    let entries = c.compliance().engine().store().audit_entries().unwrap();
+    let actors = |kind: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e.kind.as_str() == kind)
+            .map(|e| e.actor.clone())
+            .collect()
+    };
+    assert_eq!(actors("registry-change"), ["alice", "carol"]);
+    assert_eq!(actors("acknowledged"), ["alice", "carol"]);
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.actor == "mallory" || e.actor == "bob")
+    );
+    c.shutdown().await.unwrap();
 }

@@ -235,21 +235,32 @@ async fn http_and_admin_api() {
     let denied = admin
         .set_model(pb::SetModelRequest {
             entry: Some(entry.clone()),
+            by: "dana".into(),
         })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::Unauthenticated);
-    let mut req = tonic::Request::new(pb::SetModelRequest { entry: Some(entry) });
-    req.metadata_mut()
-        .insert("authorization", "Bearer adm1n".parse().unwrap());
+    let with_token = |by: &str| {
+        let mut req = tonic::Request::new(pb::SetModelRequest {
+            entry: Some(entry.clone()),
+            by: by.into(),
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer adm1n".parse().unwrap());
+        req
+    };
+    // The shared token names nobody, so the request must.
+    let nameless = admin.set_model(with_token("")).await.unwrap_err();
+    assert_eq!(nameless.code(), tonic::Code::InvalidArgument);
     let saved = admin
-        .set_model(req)
+        .set_model(with_token("dana"))
         .await
         .unwrap()
         .into_inner()
         .entry
         .unwrap();
     assert!(saved.updated_unix_ms > 0);
+    assert_eq!(saved.updated_by, "dana");
     let got = admin
         .get_model(pb::GetModelRequest {
             model: "beta".into(),

@@ -12,9 +12,11 @@ use super::UsageError;
 /// Runs the collector until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: &CollectorArgs, _out: &mut dyn Write) -> anyhow::Result<()> {
     super::init_logging(matches!(args.log_format, LogFormat::Json));
+    // Every configuration error (a flag out of range, an unreadable or invalid tokens or
+    // thresholds file) is the user's to fix: exit code 2, like clap's.
     let cfg = CollectorConfig::from_args(args).map_err(|e| match e {
         ConfigError::Invalid(m) => anyhow::Error::from(UsageError(m)),
-        other => anyhow::Error::from(other),
+        other => anyhow::Error::from(UsageError(other.to_string())),
     })?;
     tracing::info!(config = ?cfg, "starting collector");
     let rt = tokio::runtime::Builder::new_multi_thread()

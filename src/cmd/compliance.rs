@@ -4,26 +4,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use flopmeter_collector::compliance::ComplianceStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::compliance_client::ComplianceClient;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::UsageError;
 use super::client::{ClientArgs, runtime, status_error};
 
 async fn connect(c: &ClientArgs) -> anyhow::Result<ComplianceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(c.collector.clone())
-        .map_err(|e| UsageError(format!("invalid --collector {:?}: {e}", c.collector)))?;
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the collector at {}", c.collector))?;
-    Ok(ComplianceClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(ComplianceClient::new(c.channel().await?).max_decoding_message_size(64 << 20))
 }
 
 /// Options of `flopmeter alerts`.
@@ -130,8 +122,9 @@ pub struct AckArgs {
     /// The notification's reference (what was sent, where).
     #[arg(long)]
     pub reference: String,
-    /// Who records it.
-    #[arg(long)]
+    /// Who records it. Required with the collector's shared admin token; with a named admin
+    /// token (the collector's --admin-tokens) the token names you and this may be left out.
+    #[arg(long, env = "FLOPMETER_BY", value_name = "NAME", default_value = "")]
     pub by: String,
 }
 
@@ -155,8 +148,9 @@ pub struct DismissArgs {
     /// Why (not placed on the EU market, rebuttal filed, ...).
     #[arg(long)]
     pub reason: String,
-    /// Who dismisses.
-    #[arg(long)]
+    /// Who dismisses. Required with the collector's shared admin token; with a named admin
+    /// token (the collector's --admin-tokens) the token names you and this may be left out.
+    #[arg(long, env = "FLOPMETER_BY", value_name = "NAME", default_value = "")]
     pub by: String,
 }
 

@@ -2,10 +2,11 @@
 //! compare, on a running collector (admin RPC) or offline on a ledger directory.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use flopmeter_collector::ledger::LedgerStore;
-use flopmeter_collector::ledger::sled_store::SledStore;
+use flopmeter_collector::ledger::sled_store::{DEFAULT_CACHE_BYTES, DamageScan, SledStore};
+use flopmeter_collector::ledger::verify::VerifyReport;
+use flopmeter_collector::ledger::{LedgerStore, StoreError};
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
@@ -50,12 +51,85 @@ pub struct VerifyArgs {
 #[error("ledger verification failed: {0} mismatch(es)")]
 pub struct VerifyFailed(pub usize);
 
+/// The ledger holds values that do not decode: `verify` cannot recompute on them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the ledger in {dir} has {count} damaged value(s) (listed above): restore {dir} from a \
+     backup; agents re-send everything they still hold above the restored high-water marks"
+)]
+pub struct LedgerDamaged {
+    /// The ledger directory.
+    pub dir: PathBuf,
+    /// Damaged values.
+    pub count: usize,
+}
+
+/// Offline verification: first every value must decode (each damaged one is listed), then
+/// the recomputation.
+fn verify_offline(dir: &Path, out: &mut dyn Write) -> anyhow::Result<VerifyReport> {
+    // sled creates what is missing: without this, a mistyped --data-dir would verify a new,
+    // empty ledger and report success.
+    if !dir.join("db").is_file() {
+        anyhow::bail!(
+            "no ledger in {}: it has no sled `db` file (check --data-dir)",
+            dir.display()
+        );
+    }
+    let store = match SledStore::open_unchecked(dir, DEFAULT_CACHE_BYTES) {
+        Ok(s) => s,
+        Err(StoreError::Damaged { detail, .. }) => anyhow::bail!(
+            "the ledger in {} cannot be opened: {detail}. Restore it from a backup; agents \
+             re-send everything they still hold above the restored high-water marks",
+            dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    // sled 0.34 can panic on damaged pages; that is a verdict on the ledger, not a crash.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut damage = store.damage(DamageScan::Full)?;
+        if let Err(e) = store.check_guard(dir) {
+            damage.push(match e {
+                StoreError::Damaged { detail, .. } => format!("ledger: {detail}"),
+                other => other.to_string(),
+            });
+        }
+        if damage.is_empty() {
+            store.verify().map(Ok)
+        } else {
+            Ok(Err(damage))
+        }
+    }));
+    match checked {
+        Ok(Ok(Ok(report))) => Ok(report),
+        Ok(Ok(Err(damage))) => {
+            for d in &damage {
+                writeln!(out, "DAMAGED {d}")?;
+            }
+            Err(LedgerDamaged {
+                dir: dir.to_path_buf(),
+                count: damage.len(),
+            }
+            .into())
+        }
+        Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!(
+            "verifying the ledger in {} failed; if it is damaged, restore it from a backup",
+            dir.display()
+        ))),
+        Err(_) => anyhow::bail!(
+            "the ledger in {} is damaged: the storage engine failed reading it. Restore it from \
+             a backup; agents re-send everything they still hold above the restored high-water \
+             marks",
+            dir.display()
+        ),
+    }
+}
+
 /// Runs `flopmeter ledger ...`.
 pub fn run(args: &LedgerArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let LedgerAction::Verify(a) = &args.action;
     let (summary, mismatches) = match &a.data_dir {
         Some(dir) => {
-            let r = SledStore::open(dir)?.verify()?;
+            let r = verify_offline(dir, out)?;
             (r.summary(), r.mismatches)
         }
         None => runtime()?.block_on(async {

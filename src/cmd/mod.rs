@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 pub mod agent;
+pub mod certs;
 pub mod client;
 pub mod collector;
 pub mod compliance;
@@ -51,7 +52,16 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    if e.downcast_ref::<UsageError>().is_some() {
+    if let Some(UsageError(m)) = e.downcast_ref::<UsageError>() {
+        // A range check after parsing names the flag; say when the file supplied it.
+        if let Some(s) = crate::config::file_settings_in_use()
+            && let Some((table, key)) = s.key_named_in(m)
+        {
+            eprintln!(
+                "  set in config file {} as [{table}] {key}",
+                s.path.display()
+            );
+        }
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE

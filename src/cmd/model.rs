@@ -41,6 +41,11 @@ pub struct ModelSetArgs {
     #[arg(env = "FLOPMETER_MODEL", value_name = "MODEL")]
     pub model: String,
 
+    /// Who makes the change, for the audit log. Required with the collector's shared admin
+    /// token; with a named admin token (the collector's --admin-tokens) the token names you.
+    #[arg(long, env = "FLOPMETER_BY", value_name = "NAME", default_value = "")]
+    pub by: String,
+
     /// Base model this one modifies or was initialised from.
     #[arg(long, env = "FLOPMETER_BASE_MODEL", value_name = "MODEL")]
     pub base: Option<String>,
@@ -185,6 +190,7 @@ pub fn run(args: &ModelArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 let r = c
                     .set_model(a.client.request(pb::SetModelRequest {
                         entry: Some(entry_to_pb(&entry)),
+                        by: a.by.clone(),
                     })?)
                     .await
                     .map_err(status_error)?;
@@ -242,8 +248,12 @@ fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "  planned end:   {}", date_time(e.planned_end_unix_ms))?;
     writeln!(
         out,
-        "  updated:       {}",
-        date_time(Some(e.updated_unix_ms))
+        "  updated:       {}{}",
+        date_time(Some(e.updated_unix_ms)),
+        e.updated_by
+            .as_deref()
+            .map(|by| format!(" by {by}"))
+            .unwrap_or_default()
     )?;
     Ok(())
 }

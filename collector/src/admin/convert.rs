@@ -81,6 +81,7 @@ pub fn entry_to_pb(e: &ModelEntry) -> pb::ModelEntry {
         planned_tokens: opt_u128(e.planned_tokens),
         planned_end_unix_ms: e.planned_end_unix_ms.unwrap_or(0),
         updated_unix_ms: e.updated_unix_ms,
+        updated_by: e.updated_by.clone().unwrap_or_default(),
     }
 }
 
@@ -102,6 +103,7 @@ pub fn entry_from_pb(e: &pb::ModelEntry) -> Result<ModelEntry, ConvertError> {
         planned_tokens: parse_u128("planned_tokens", &e.planned_tokens)?,
         planned_end_unix_ms: (e.planned_end_unix_ms != 0).then_some(e.planned_end_unix_ms),
         updated_unix_ms: e.updated_unix_ms,
+        updated_by: opt(&e.updated_by),
     })
 }
 
@@ -159,6 +161,7 @@ mod tests {
             planned_tokens: None,
             planned_end_unix_ms: Some(1_803_945_600_000),
             updated_unix_ms: 5,
+            updated_by: Some("alice".into()),
         };
         assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);
         assert_eq!(

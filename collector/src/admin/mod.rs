@@ -6,6 +6,7 @@
 //! sees a ledger no batch is half-way through (it pauses ingest while it runs).
 
 pub mod convert;
+pub mod credentials;
 
 use std::sync::Arc;
 
@@ -14,10 +15,10 @@ use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
-use crate::ingest::auth;
 use crate::ledger::{LedgerStore, summary};
 use crate::writer::{Job, WriterHandle};
 use crate::{now_unix_ms, report};
+use credentials::AdminCredentials;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -25,35 +26,22 @@ pub struct AdminService {
     store: Arc<dyn LedgerStore>,
     writer: WriterHandle,
     policy: StagePolicy,
-    admin_token: Option<String>,
+    credentials: AdminCredentials,
 }
 
 impl AdminService {
-    /// Creates the service; `admin_token`, when set, is required by write RPCs.
+    /// Creates the service; write RPCs need one of `credentials`, when it has any.
     pub fn new(
         store: Arc<dyn LedgerStore>,
         writer: WriterHandle,
         policy: StagePolicy,
-        admin_token: Option<String>,
+        credentials: AdminCredentials,
     ) -> AdminService {
         AdminService {
             store,
             writer,
             policy,
-            admin_token,
-        }
-    }
-
-    fn authorize_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.admin_token else {
-            return Ok(());
-        };
-        match auth::bearer(req.metadata()) {
-            Some(t) if auth::same_token(t, expected) => Ok(()),
-            Some(_) => Err(Status::unauthenticated("wrong admin token")),
-            None => Err(Status::unauthenticated(
-                "this collector requires an admin token (--admin-token / FLOPMETER_ADMIN_TOKEN)",
-            )),
+            credentials,
         }
     }
 }
@@ -101,7 +89,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetModelRequest>,
     ) -> Result<Response<pb::SetModelResponse>, Status> {
-        self.authorize_write(&req)?;
+        let r = req.get_ref();
+        let actor = self.credentials.actor(req.metadata(), &r.by, "admin")?;
         let wire = req
             .into_inner()
             .entry
@@ -113,6 +102,7 @@ impl Admin for AdminService {
             ));
         }
         entry.updated_unix_ms = now_unix_ms();
+        entry.updated_by = Some(actor);
         let saved = self
             .writer
             .call(|reply| Job::SetModel(entry, reply))

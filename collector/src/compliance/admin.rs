@@ -1,6 +1,6 @@
 //! The `Compliance` gRPC service (`proto/flopmeter/v1/compliance.proto`): alerts, ack,
-//! dismiss, audit verify and export. Ack and dismiss need the admin token, checked exactly as
-//! `Admin.SetModel` checks it.
+//! dismiss, audit verify and export. Ack and dismiss need an admin credential, checked exactly
+//! as `Admin.SetModel` checks it ([`AdminCredentials`]), and are audited under its actor.
 
 use std::sync::Arc;
 
@@ -10,34 +10,22 @@ use flopmeter_proto::v1::compliance_server::Compliance as ComplianceRpc;
 use tonic::{Request, Response, Status};
 
 use super::engine::{AlertView, Engine, EngineError};
-use crate::ingest::auth;
+use crate::admin::credentials::AdminCredentials;
 
 /// The service.
 #[derive(Debug, Clone)]
 pub struct ComplianceService {
     engine: Arc<Engine>,
-    admin_token: Option<String>,
+    credentials: AdminCredentials,
 }
 
 impl ComplianceService {
-    /// Creates the service; `admin_token`, when set, is required by Acknowledge and Dismiss.
-    pub fn new(engine: Arc<Engine>, admin_token: Option<String>) -> ComplianceService {
+    /// Creates the service; Acknowledge and Dismiss need one of `credentials`, when it has
+    /// any, and are audited under the actor it names.
+    pub fn new(engine: Arc<Engine>, credentials: AdminCredentials) -> ComplianceService {
         ComplianceService {
             engine,
-            admin_token,
-        }
-    }
-
-    fn authorize_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.admin_token else {
-            return Ok(());
-        };
-        match auth::bearer(req.metadata()) {
-            Some(t) if auth::same_token(t, expected) => Ok(()),
-            Some(_) => Err(Status::unauthenticated("wrong admin token")),
-            None => Err(Status::unauthenticated(
-                "this collector requires an admin token (--admin-token / FLOPMETER_ADMIN_TOKEN)",
-            )),
+            credentials,
         }
     }
 
@@ -127,11 +115,14 @@ impl ComplianceRpc for ComplianceService {
         &self,
         req: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AlertActionResponse>, Status> {
-        self.authorize_write(&req)?;
+        // No fallback actor: an acknowledgement nobody is named for is refused.
+        let by = self
+            .credentials
+            .actor(req.metadata(), &req.get_ref().by, "")?;
         let r = req.into_inner();
         let e = self.engine.clone();
         let (m, t) = (r.model.clone(), r.threshold.clone());
-        blocking(move || e.acknowledge(&r.model, &r.threshold, &r.by, &r.reference)).await?;
+        blocking(move || e.acknowledge(&r.model, &r.threshold, &by, &r.reference)).await?;
         Ok(Response::new(pb::AlertActionResponse {
             alert: Some(self.view(&m, &t)?),
         }))
@@ -141,11 +132,13 @@ impl ComplianceRpc for ComplianceService {
         &self,
         req: Request<pb::DismissRequest>,
     ) -> Result<Response<pb::AlertActionResponse>, Status> {
-        self.authorize_write(&req)?;
+        let by = self
+            .credentials
+            .actor(req.metadata(), &req.get_ref().by, "")?;
         let r = req.into_inner();
         let e = self.engine.clone();
         let (m, t) = (r.model.clone(), r.threshold.clone());
-        blocking(move || e.dismiss(&r.model, &r.threshold, &r.by, &r.reason)).await?;
+        blocking(move || e.dismiss(&r.model, &r.threshold, &by, &r.reason)).await?;
         Ok(Response::new(pb::AlertActionResponse {
             alert: Some(self.view(&m, &t)?),
         }))

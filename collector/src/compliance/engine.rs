@@ -387,7 +387,7 @@ impl Engine {
                 self.store.commit(&Change {
                     audit: vec![AuditRecord {
                         time_ms: now,
-                        actor: "admin".into(),
+                        actor: entry.updated_by.clone().unwrap_or_else(|| "admin".into()),
                         kind: AuditKind::RegistryChange,
                         payload: payload(&serde_json_free(&entry, seen.as_ref()))?,
                     }],

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use flopmeter_tls::rustls::pki_types::CertificateDer;
 use tonic::metadata::MetadataMap;
 
 use crate::metrics::Refusal;
@@ -36,7 +37,38 @@ pub fn check_agent(
     };
     match presented {
         Some(p) if same_token(p, expected) => Ok(()),
+        // Every token is compared, so the time taken does not tell which agent owns it.
+        Some(p) if tokens.values().fold(false, |hit, t| hit | same_token(p, t)) => {
+            Err(Refusal::ForgedIdentity)
+        }
         _ => Err(Refusal::BadToken),
+    }
+}
+
+/// The names a client certificate gives its holder: its CN and DNS SANs (`None` without a
+/// certificate, or when the leaf does not parse).
+pub fn peer_names(certs: Option<&[CertificateDer<'_>]>) -> Option<Vec<String>> {
+    let leaf = certs?.first()?;
+    flopmeter_tls::CertInfo::parse(leaf)
+        .ok()
+        .map(|info| info.names())
+}
+
+/// In mutual TLS (`required`), the agent is who its certificate says: the Hello's agent id
+/// must be the certificate's CN or one of its DNS names. A certificate vouches for one
+/// name, so an agent cannot report under another agent's id (and sequence numbers).
+pub fn check_identity(
+    required: bool,
+    names: Option<&[String]>,
+    agent_id: &str,
+) -> Result<(), Refusal> {
+    if !required {
+        return Ok(());
+    }
+    match names {
+        None => Err(Refusal::NoClientCertificate),
+        Some(n) if n.iter().any(|n| n == agent_id) => Ok(()),
+        Some(_) => Err(Refusal::CertificateMismatch),
     }
 }
 
@@ -45,8 +77,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn certificate_identity() {
+        let names = vec!["node-a".to_string(), "node-a.gpu.internal".to_string()];
+        assert_eq!(check_identity(false, None, "anything"), Ok(()));
+        assert_eq!(check_identity(true, Some(&names), "node-a"), Ok(()));
+        assert_eq!(
+            check_identity(true, Some(&names), "node-a.gpu.internal"),
+            Ok(())
+        );
+        assert_eq!(
+            check_identity(true, Some(&names), "node-b"),
+            Err(Refusal::CertificateMismatch)
+        );
+        assert_eq!(
+            check_identity(true, None, "node-a"),
+            Err(Refusal::NoClientCertificate)
+        );
+    }
+
+    #[test]
+    fn names_come_from_the_leaf() {
+        use flopmeter_tls::dev::{DevCa, LeafSpec};
+        use flopmeter_tls::rustls::pki_types::pem::PemObject as _;
+        let ca = DevCa::generate(1).unwrap();
+        let leaf = ca.issue(&LeafSpec::agent("node-a")).unwrap();
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        assert_eq!(peer_names(Some(&[der])), Some(vec!["node-a".to_string()]));
+        assert_eq!(peer_names(None), None);
+        assert_eq!(peer_names(Some(&[])), None);
+    }
+
+    #[test]
     fn tokens() {
-        let t: HashMap<String, String> = [("a".to_string(), "s3cret".to_string())].into();
+        let t: HashMap<String, String> = [
+            ("a".to_string(), "s3cret".to_string()),
+            ("c".to_string(), "other".to_string()),
+        ]
+        .into();
         assert_eq!(check_agent(None, "x", None), Ok(()));
         assert_eq!(check_agent(Some(&t), "a", Some("s3cret")), Ok(()));
         assert_eq!(
@@ -57,6 +124,10 @@ mod tests {
         assert_eq!(
             check_agent(Some(&t), "b", Some("s3cret")),
             Err(Refusal::UnknownAgent)
+        );
+        assert_eq!(
+            check_agent(Some(&t), "a", Some("other")),
+            Err(Refusal::ForgedIdentity)
         );
     }
 }

@@ -11,7 +11,16 @@
 //! - a batch whose sequence numbers are zero or not strictly increasing: INVALID_ARGUMENT,
 //!   nothing of it applied;
 //! - an unknown agent or a wrong token, when tokens are required: UNAUTHENTICATED;
-//! - a stream that does not start with a valid Hello: INVALID_ARGUMENT.
+//! - a stream that does not start with a valid Hello ([`validate::check_hello`]):
+//!   INVALID_ARGUMENT;
+//! - a Hello with another agent's valid token: UNAUTHENTICATED (`forged-identity`);
+//! - in mutual TLS, no client certificate: UNAUTHENTICATED; an agent id that is neither the
+//!   certificate's CN nor one of its DNS names: PERMISSION_DENIED (`certificate-mismatch`);
+//! - a message that does not decode (not protobuf, truncated): INVALID_ARGUMENT;
+//! - a message above `--max-message-bytes`: RESOURCE_EXHAUSTED, before it is read into memory.
+//!
+//! Each refusal bumps `flopmeter_ingest_refused_total{reason}` ([`Refusal`]); a broken
+//! connection is not a refusal and is not answered.
 
 pub mod auth;
 pub mod validate;
@@ -36,7 +45,7 @@ use crate::ledger::{
 use crate::metrics::{Metrics, Refusal};
 use crate::now_unix_ms;
 use crate::writer::{Job, WriterHandle};
-use validate::{Inventory, Limits, RejectReason, valid_name, verdict};
+use validate::{Inventory, Limits, RejectReason, check_hello, verdict};
 
 /// Batches a session reads ahead of their Acks.
 const READ_AHEAD: usize = 64;
@@ -54,17 +63,21 @@ struct Shared {
     metrics: Metrics,
     limits: Limits,
     tokens: Option<HashMap<String, String>>,
+    /// Mutual TLS: the agent id comes from the client certificate.
+    client_certs: bool,
     shutdown: watch::Receiver<bool>,
 }
 
 impl IngestService {
-    /// Creates the service. Sessions end when `shutdown` becomes true.
+    /// Creates the service. Sessions end when `shutdown` becomes true. With `client_certs`
+    /// (mutual TLS), an agent must present a client certificate naming its agent id.
     pub fn new(
         store: Arc<dyn LedgerStore>,
         writer: WriterHandle,
         metrics: Metrics,
         limits: Limits,
         tokens: Option<HashMap<String, String>>,
+        client_certs: bool,
         shutdown: watch::Receiver<bool>,
     ) -> IngestService {
         IngestService {
@@ -74,6 +87,7 @@ impl IngestService {
                 metrics,
                 limits,
                 tokens,
+                client_certs,
                 shutdown,
             }),
         }
@@ -91,11 +105,12 @@ impl Ingest for IngestService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let bearer = auth::bearer(request.metadata()).map(str::to_string);
+        let peer = auth::peer_names(request.peer_certs().as_deref().map(Vec::as_slice));
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         // The response starts at once and the Hello is read in the session: a client that
         // awaits the response before sending its Hello must not deadlock.
-        tokio::spawn(session(self.shared.clone(), bearer, inbound, tx));
+        tokio::spawn(session(self.shared.clone(), bearer, peer, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -111,16 +126,34 @@ async fn next_message(
     }
 }
 
-fn check_hello(hello: &Hello) -> Result<(), String> {
-    if hello.agent_id.is_empty() || !valid_name(&hello.agent_id) {
-        return Err(
-            "Hello.agent_id must be non-empty, at most 256 bytes, no control characters".into(),
-        );
+/// The status to end a stream with when reading it failed because of what the peer sent (a
+/// message that does not decode, or one above the size limit), counted; `None` when the
+/// connection broke or was reset, which leaves no one to answer.
+fn inbound_refusal(m: &Metrics, agent: &str, e: &Status) -> Option<Status> {
+    // tonic's decoder builds its statuses itself, without a source; transport failures
+    // (h2, hyper, I/O) always carry their cause as the source.
+    if std::error::Error::source(e).is_some() || e.code() == tonic::Code::Cancelled {
+        return None;
     }
-    if !valid_name(&hello.node) {
-        return Err("Hello.node must be at most 256 bytes, no control characters".into());
-    }
-    Ok(())
+    let (refusal, status) = match e.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => (
+            Refusal::MessageTooLarge,
+            Status::resource_exhausted(format!(
+                "message refused, nothing of it was applied: {}",
+                e.message()
+            )),
+        ),
+        _ => (
+            Refusal::MalformedMessage,
+            Status::invalid_argument(format!(
+                "malformed message, nothing of it was applied: {}",
+                e.message()
+            )),
+        ),
+    };
+    m.refuse(refusal);
+    tracing::warn!(%agent, reason = refusal.as_str(), error = %e.message(), "message refused");
+    Some(status)
 }
 
 /// Marks the agent disconnected when the session ends, however it ends.
@@ -147,6 +180,7 @@ enum Pending {
 async fn session(
     shared: Arc<Shared>,
     bearer: Option<String>,
+    peer: Option<Vec<String>>,
     mut inbound: Streaming<AgentMessage>,
     out: Outbound,
 ) {
@@ -156,8 +190,13 @@ async fn session(
         Some(Ok(Some(AgentMessage {
             kind: Some(agent_message::Kind::Hello(h)),
         }))) => h,
-        None => return,
-        Some(Err(_)) | Some(Ok(None)) => return,
+        None | Some(Ok(None)) => return,
+        Some(Err(e)) => {
+            if let Some(status) = inbound_refusal(m, "", &e) {
+                let _ = out.send(Err(status)).await;
+            }
+            return;
+        }
         Some(Ok(Some(_))) => {
             m.refuse(Refusal::BadHello);
             let _ = out
@@ -185,6 +224,26 @@ async fn session(
                 refusal.as_str()
             ))))
             .await;
+        return;
+    }
+    if let Err(refusal) =
+        auth::check_identity(shared.client_certs, peer.as_deref(), &hello.agent_id)
+    {
+        m.refuse(refusal);
+        tracing::warn!(agent = %hello.agent_id, node = %hello.node, certificate = ?peer, reason = refusal.as_str(), "agent refused");
+        let status = match refusal {
+            Refusal::NoClientCertificate => Status::unauthenticated(
+                "mutual TLS is on: the agent must present a client certificate (--tls-cert, \
+                 --tls-key) signed by the collector's --tls-client-ca",
+            ),
+            _ => Status::permission_denied(format!(
+                "agent id {:?} is not the name in the client certificate ({}); the agent id \
+                 must be the certificate's CN or one of its DNS names",
+                hello.agent_id,
+                peer.as_deref().unwrap_or_default().join(", ")
+            )),
+        };
+        let _ = out.send(Err(status)).await;
         return;
     }
     let agent = hello.agent_id.clone();
@@ -234,7 +293,15 @@ async fn session(
             Some(Ok(Some(msg))) => msg,
             // The agent closed its side, or the connection broke: the Acks still owed are
             // sent if the connection allows; nothing else to do.
-            Some(Ok(None)) | Some(Err(_)) => break,
+            Some(Ok(None)) => break,
+            // The same, unless the agent sent something undecodable or too large: then it
+            // hears why, after the Acks of the batches before.
+            Some(Err(e)) => {
+                if let Some(status) = inbound_refusal(m, &agent, &e) {
+                    let _ = pending_tx.send(Pending::Fail(status)).await;
+                }
+                break;
+            }
         };
         let batch = match msg.kind {
             Some(agent_message::Kind::Batch(b)) => b,

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use flopmeter_core::catalogue::{self, GpuModel};
-use flopmeter_proto::v1::{GpuInventory, IntervalRecord};
+use flopmeter_core::catalogue::{self, CATALOGUE, GpuModel};
+use flopmeter_proto::v1::{GpuInventory, Hello, IntervalRecord};
 
 use crate::ledger::RecordRejection;
 
@@ -37,11 +37,14 @@ pub enum RejectReason {
     BadIdentity,
     /// A non-finite or out-of-range value (tensor activity outside 0..1).
     BadValue,
+    /// The GPU is uncatalogued and the peak its agent declared for it is beyond any
+    /// plausible GPU ([`MAX_OPERATOR_PEAK_FACTOR`]), so it cannot bound the record's FLOP.
+    ImplausiblePeak,
 }
 
 impl RejectReason {
     /// Every reason, for metric initialisation and docs.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::FlopAbovePeak,
         RejectReason::BadInterval,
         RejectReason::IntervalTooLong,
@@ -52,6 +55,7 @@ impl RejectReason {
         RejectReason::ImplausibleEnergy,
         RejectReason::BadIdentity,
         RejectReason::BadValue,
+        RejectReason::ImplausiblePeak,
     ];
 
     /// The kebab-case tag.
@@ -67,6 +71,7 @@ impl RejectReason {
             RejectReason::ImplausibleEnergy => "implausible-energy",
             RejectReason::BadIdentity => "bad-identity",
             RejectReason::BadValue => "bad-value",
+            RejectReason::ImplausiblePeak => "implausible-peak",
         }
     }
 
@@ -117,23 +122,93 @@ pub fn valid_name(s: &str) -> bool {
     s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
 }
 
+/// Most GPUs one Hello may declare: far above any node, so only a hostile or broken agent
+/// meets it, and it bounds what one Hello writes into the agents table.
+pub const MAX_GPUS_PER_HELLO: usize = 4096;
+
+/// An operator-supplied peak above this multiple of the catalogue's fastest BF16 dense peak
+/// is not believed: a typo or a hostile agent could otherwise declare a peak that lets any
+/// FLOP figure through the ceiling check.
+pub const MAX_OPERATOR_PEAK_FACTOR: f64 = 10.0;
+
+/// The highest operator-supplied BF16 peak believed, TFLOP/s.
+pub fn max_operator_peak_tflops() -> f64 {
+    let fastest = CATALOGUE
+        .iter()
+        .filter_map(|m| m.peaks.bf16)
+        .fold(0.0, f64::max);
+    fastest * MAX_OPERATOR_PEAK_FACTOR
+}
+
+/// Checks a Hello before the agent is let in. Every string it carries ends up in the agents
+/// table and the API, so each is bounded and free of control characters (a terminal escape
+/// in a GPU name would reach an operator's terminal through `flopmeter agents`).
+pub fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.agent_id.is_empty() || !valid_name(&hello.agent_id) {
+        return Err(format!(
+            "Hello.agent_id must be non-empty, at most {MAX_NAME_LEN} bytes, no control \
+             characters"
+        ));
+    }
+    for (what, v) in [
+        ("node", &hello.node),
+        ("software_version", &hello.software_version),
+        ("driver_version", &hello.driver_version),
+        ("nvml_version", &hello.nvml_version),
+    ] {
+        if !valid_name(v) {
+            return Err(format!(
+                "Hello.{what} must be at most {MAX_NAME_LEN} bytes, no control characters"
+            ));
+        }
+    }
+    if hello.gpus.len() > MAX_GPUS_PER_HELLO {
+        return Err(format!(
+            "Hello declares {} GPUs, more than the {MAX_GPUS_PER_HELLO} a node may have",
+            hello.gpus.len()
+        ));
+    }
+    for (i, g) in hello.gpus.iter().enumerate() {
+        for (what, v) in [
+            ("uuid", &g.uuid),
+            ("name", &g.name),
+            ("catalogue_id", &g.catalogue_id),
+        ] {
+            if !valid_name(v) {
+                return Err(format!(
+                    "Hello.gpus[{i}].{what} must be at most {MAX_NAME_LEN} bytes, no control \
+                     characters"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The GPUs an agent declared in its Hello, for the operator-supplied peaks of uncatalogued
 /// devices.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     operator_peaks: HashMap<String, f64>,
+    /// Declared peaks beyond [`max_operator_peak_tflops`], kept to say why records on
+    /// those GPUs are quarantined.
+    implausible_peaks: HashMap<String, f64>,
 }
 
 impl Inventory {
     /// From a Hello's GPU list.
     pub fn from_hello(gpus: &[GpuInventory]) -> Inventory {
-        Inventory {
-            operator_peaks: gpus
-                .iter()
-                .filter(|g| g.operator_peak_tflops.is_finite() && g.operator_peak_tflops > 0.0)
-                .map(|g| (g.uuid.clone(), g.operator_peak_tflops))
-                .collect(),
+        let max = max_operator_peak_tflops();
+        let mut inv = Inventory::default();
+        for g in gpus {
+            let p = g.operator_peak_tflops;
+            if p.is_finite() && p > 0.0 && p <= max {
+                inv.operator_peaks.insert(g.uuid.clone(), p);
+            } else if p != 0.0 {
+                inv.implausible_peaks.insert(g.uuid.clone(), p);
+            }
         }
+        inv
     }
 
     /// The ceiling in FLOP/s of the GPU a record ran on: the catalogue's for a catalogued
@@ -158,18 +233,44 @@ pub fn check_record(
     now_unix_ms: i64,
 ) -> Option<(RejectReason, String)> {
     let reject = |r: RejectReason, d: String| Some((r, d));
+    let bad_name = |what: &str| {
+        reject(
+            RejectReason::BadIdentity,
+            format!("{what} is longer than {MAX_NAME_LEN} bytes or has control characters"),
+        )
+    };
+    // Every string is checked, not only the key parts: the others are stored with the run
+    // (job, namespace, base model) and shown by the API and the CLI.
     if let Some(id) = &rec.identity {
-        for (what, v) in [("model", &id.model), ("run", &id.run), ("stage", &id.stage)] {
+        for (what, v) in [
+            ("model", &id.model),
+            ("run", &id.run),
+            ("stage", &id.stage),
+            ("namespace", &id.namespace),
+            ("job", &id.job),
+        ] {
             if !valid_name(v) {
-                return reject(
-                    RejectReason::BadIdentity,
-                    format!("{what} is longer than {MAX_NAME_LEN} bytes or has control characters"),
-                );
+                return bad_name(what);
+            }
+        }
+    }
+    if let Some(d) = &rec.declaration {
+        for (what, v) in [
+            ("declaration.base_model", &d.base_model),
+            ("declaration.planned_flop", &d.planned_flop),
+            ("declaration.params", &d.params),
+            ("declaration.tokens", &d.tokens),
+        ] {
+            if !valid_name(v) {
+                return bad_name(what);
             }
         }
     }
     if !valid_name(&rec.gpu_type) {
-        return reject(RejectReason::BadIdentity, "bad gpu_type".into());
+        return bad_name("gpu_type");
+    }
+    if !valid_name(&rec.gpu_uuid) {
+        return bad_name("gpu_uuid");
     }
     let interval_ms = rec.end_unix_ms.saturating_sub(rec.start_unix_ms);
     if rec.start_unix_ms <= 0 || interval_ms <= 0 {
@@ -238,6 +339,17 @@ pub fn check_record(
         );
     }
     let Some(ceiling) = inventory.ceiling_flop_per_s(rec) else {
+        if let Some(p) = inventory.implausible_peaks.get(&rec.gpu_uuid) {
+            return reject(
+                RejectReason::ImplausiblePeak,
+                format!(
+                    "GPU {:?} is not in the catalogue and the peak its agent declared, {p} \
+                     TFLOP/s, is not plausible (at most {} TFLOP/s is believed)",
+                    rec.gpu_uuid,
+                    max_operator_peak_tflops()
+                ),
+            );
+        }
         return reject(
             RejectReason::UnknownGpuType,
             format!(
@@ -342,6 +454,70 @@ mod tests {
         assert_eq!(reason(&r), Some(RejectReason::BadValue));
         for reason in RejectReason::ALL {
             assert_eq!(RejectReason::parse(reason.as_str()), Some(reason));
+        }
+    }
+
+    #[test]
+    fn every_string_is_bounded() {
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let mut r = good();
+        r.gpu_uuid = long.clone();
+        assert_eq!(reason(&r), Some(RejectReason::BadIdentity));
+        let mut r = good();
+        r.identity = Some(flopmeter_proto::v1::WorkloadIdentity {
+            model: "m".into(),
+            job: "job\u{1b}[2J".into(),
+            ..Default::default()
+        });
+        assert_eq!(reason(&r), Some(RejectReason::BadIdentity));
+        let mut r = good();
+        r.declaration = Some(flopmeter_proto::v1::WorkloadDeclaration {
+            base_model: long.clone(),
+            ..Default::default()
+        });
+        assert_eq!(reason(&r), Some(RejectReason::BadIdentity));
+
+        let hello = |f: &dyn Fn(&mut Hello)| {
+            let mut h = Hello {
+                agent_id: "a".into(),
+                gpus: vec![GpuInventory::default()],
+                ..Default::default()
+            };
+            f(&mut h);
+            check_hello(&h)
+        };
+        assert_eq!(hello(&|_| ()), Ok(()));
+        assert!(hello(&|h| h.agent_id.clear()).is_err());
+        assert!(hello(&|h| h.software_version = long.clone()).is_err());
+        assert!(hello(&|h| h.gpus[0].name = "H100\u{7}".into()).is_err());
+        assert!(
+            hello(&|h| h.gpus = vec![GpuInventory::default(); MAX_GPUS_PER_HELLO + 1]).is_err()
+        );
+    }
+
+    #[test]
+    fn an_implausible_operator_peak_bounds_nothing() {
+        let inv = Inventory::from_hello(&[GpuInventory {
+            uuid: "GPU-1".into(),
+            operator_peak_tflops: max_operator_peak_tflops() * 1.01,
+            ..Default::default()
+        }]);
+        let mut r = good();
+        r.gpu_type.clear();
+        assert_eq!(
+            check_record(&r, &inv, &Limits::default(), NOW).map(|x| x.0),
+            Some(RejectReason::ImplausiblePeak)
+        );
+        for p in [f64::NAN, f64::INFINITY, -1.0] {
+            let inv = Inventory::from_hello(&[GpuInventory {
+                uuid: "GPU-1".into(),
+                operator_peak_tflops: p,
+                ..Default::default()
+            }]);
+            assert_eq!(
+                check_record(&r, &inv, &Limits::default(), NOW).map(|x| x.0),
+                Some(RejectReason::ImplausiblePeak)
+            );
         }
     }
 

@@ -55,6 +55,20 @@ pub enum StoreError {
     /// The caller asked for something invalid (an empty model name...).
     #[error("invalid ledger request: {0}")]
     Invalid(String),
+    /// The ledger's files cannot be opened, or values a start depends on do not decode. The
+    /// collector refuses to start on it: serving would build totals on unknown ground.
+    #[error(
+        "the ledger in {dir} is damaged: {detail}. Recovery: stop the collector and restore \
+         {dir} from a backup (agents re-send everything they still hold above the restored \
+         high-water marks), or run `flopmeter ledger verify --data-dir {dir}` to see what is \
+         damaged"
+    )]
+    Damaged {
+        /// The ledger directory.
+        dir: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl From<sled::Error> for StoreError {

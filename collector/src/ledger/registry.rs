@@ -71,6 +71,10 @@ pub struct ModelEntry {
     pub planned_end_unix_ms: Option<i64>,
     /// When the entry last changed, Unix ms (collector clock).
     pub updated_unix_ms: i64,
+    /// Who last changed it, as authenticated by the admin credential (absent in entries
+    /// written before actors were recorded).
+    #[serde(default)]
+    pub updated_by: Option<String>,
 }
 
 impl ModelEntry {

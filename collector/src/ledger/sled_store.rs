@@ -50,6 +50,126 @@ pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// Version of the on-disk layout, checked on open.
 const FORMAT_VERSION: u64 = 1;
 
+/// The truncation guard's file in the data directory. sled opens a truncated or partly
+/// overwritten log as whatever prefix it can read, silently: a ledger that lost its recent
+/// writes, or all of them, would serve smaller totals without a word. The guard remembers
+/// how far the high-water marks had got (they only grow), and a ledger behind it is refused.
+pub const GUARD_FILE: &str = "flopmeter-ledger-guard";
+
+/// How often, at most, a flush rewrites the guard.
+const GUARD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The guard's file and what it is computed from.
+#[derive(Debug)]
+struct GuardState {
+    path: std::path::PathBuf,
+    /// Set once the ledger passed its checks at open; until then nothing is written.
+    armed: std::sync::atomic::AtomicBool,
+    written: Mutex<Option<std::time::Instant>>,
+    db: sled::Db,
+    hwm: sled::Tree,
+}
+
+impl GuardState {
+    /// What the guard records now: the high-water marks only ever grow.
+    fn now(&self) -> Result<Guard, StoreError> {
+        let mut g = Guard::default();
+        for v in self.hwm.iter().values() {
+            g.agents += 1;
+            g.high_water_sum += u128::from(decode_u64(&v?)?);
+        }
+        Ok(g)
+    }
+
+    /// Flushes sled and moves the guard, at most every [`GUARD_EVERY`] unless `force`. The
+    /// high-water marks are read *before* the flush, so everything the guard counts is
+    /// durable when it is written, whichever thread flushes and whatever is applied
+    /// meanwhile: the guard is never ahead of the disk. A guard failure only weakens the
+    /// check: logged.
+    fn flush(&self, force: bool) -> Result<(), sled::Error> {
+        let due = self.armed.load(std::sync::atomic::Ordering::SeqCst) && {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            let due = force || written.is_none_or(|t| t.elapsed() >= GUARD_EVERY);
+            if due {
+                *written = Some(std::time::Instant::now());
+            }
+            due
+        };
+        let snapshot = due.then(|| self.now());
+        self.db.flush()?;
+        let r = match snapshot {
+            None => return Ok(()),
+            Some(g) => g
+                .map_err(|e| e.to_string())
+                .and_then(|g| g.write(&self.path).map_err(|e| e.to_string())),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, path = %self.path.display(), "cannot update the ledger's truncation guard");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuardState {
+    fn drop(&mut self) {
+        // The last handle on the ledger: what is flushed now is what the next open must find.
+        let _ = self.flush(true);
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Guard {
+    agents: u64,
+    high_water_sum: u128,
+}
+
+impl Guard {
+    fn read(path: &Path) -> Option<Guard> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let (a, s) = text.trim().split_once(' ')?;
+        Some(Guard {
+            agents: a.parse().ok()?,
+            high_water_sum: s.parse().ok()?,
+        })
+    }
+
+    /// Temporary file, fsync, rename: a torn write leaves the old value.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{} {}", self.agents, self.high_water_sum)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// How much [`SledStore::damage`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageScan {
+    /// Every tree except the raw batches and quarantined records (the bulk of the ledger,
+    /// read only by rollups, `verify` and evidence).
+    Startup,
+    /// Every tree.
+    Full,
+}
+
+/// Runs sled work that may panic on damaged files (sled 0.34 asserts on some corrupt pages)
+/// and turns a panic into [`StoreError::Damaged`].
+fn guarded<T>(dir: &Path, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        StoreError::Damaged {
+            dir: dir.to_path_buf(),
+            detail: format!("the storage engine failed reading it ({what})"),
+        }
+    })
+}
+
 /// The sled-backed [`LedgerStore`].
 #[derive(Debug, Clone)]
 pub struct SledStore {
@@ -68,6 +188,8 @@ pub struct SledStore {
     agents: sled::Tree,
     meta: sled::Tree,
     cache: Arc<Mutex<Cache>>,
+    /// The truncation guard (see [`GUARD_FILE`]); the last clone dropped writes it.
+    guard: Arc<GuardState>,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -96,22 +218,105 @@ impl SledStore {
     }
 
     /// Opens (or creates) the ledger in `dir`, with at most `cache_bytes` of sled page cache
-    /// (the collector's resident memory is mostly this cache).
+    /// (the collector's resident memory is mostly this cache). A ledger sled cannot open, or
+    /// whose meta, high-water marks, aggregates, declarations, registry or rollups do not
+    /// decode ([`DamageScan::Startup`]), is refused with [`StoreError::Damaged`].
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
+        let store = Self::open_unchecked(dir, cache_bytes)?;
+        let damage = guarded(dir, || store.damage(DamageScan::Startup))?.map_err(|e| {
+            StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                detail: e.to_string(),
+            }
+        })?;
+        if let Some(first) = damage.first() {
+            return Err(StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                detail: if damage.len() == 1 {
+                    first.clone()
+                } else {
+                    format!("{first} (and {} more)", damage.len() - 1)
+                },
+            });
+        }
+        store.check_guard(dir)?;
+        // Only a ledger that passed its checks moves the guard (a refused one must stay
+        // refused on the next attempt).
+        store
+            .guard
+            .armed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store.guard.flush(true)?;
+        Ok(store)
+    }
+
+    /// Refuses a ledger behind its truncation guard ([`GUARD_FILE`]) with
+    /// [`StoreError::Damaged`].
+    pub fn check_guard(&self, dir: &Path) -> Result<(), StoreError> {
+        let guard = &self.guard.path;
+        if let Some(had) = Guard::read(guard) {
+            let now = guarded(dir, || self.guard.now())??;
+            if now.high_water_sum < had.high_water_sum || now.agents < had.agents {
+                return Err(StoreError::Damaged {
+                    dir: dir.to_path_buf(),
+                    detail: format!(
+                        "its high-water marks sum to {} over {} agent(s), but had reached {} \
+                         over {} ({GUARD_FILE}): its files were truncated or replaced by an \
+                         older copy, so records acknowledged to agents are missing (if you \
+                         restored sled's files from a backup on purpose, delete {} to accept \
+                         them)",
+                        now.high_water_sum,
+                        now.agents,
+                        had.high_water_sum,
+                        had.agents,
+                        guard.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens (or creates) the ledger in `dir` without checking its values, for
+    /// `ledger verify`, which reports every damaged value itself ([`SledStore::damage`]).
+    pub fn open_unchecked(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // The ledger writer flushes after every commit group; a background flusher
             // would only add fsyncs that make nothing more durable.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                StoreError::Storage(format!(
+            .flush_every_ms(None);
+        let db = match guarded(dir, || config.open())? {
+            Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+                return Err(StoreError::Storage(format!(
                     "cannot open ledger in {}: {e} (a running collector holds it: stop it, or \
                      ask it with --collector instead of --data-dir)",
                     dir.display()
-                ))
-            })?;
+                )));
+            }
+            Err(sled::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::NotADirectory
+                        | std::io::ErrorKind::AlreadyExists
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                return Err(StoreError::Storage(format!(
+                    "cannot open ledger in {}: {e} (it must be a directory the collector can \
+                     read and write: check --data-dir, ownership and permissions)",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Damaged {
+                    dir: dir.to_path_buf(),
+                    detail: format!("the storage engine cannot open it ({e})"),
+                });
+            }
+        };
         let t = |name: &str| db.open_tree(name);
         let store = SledStore {
             raw: t("raw")?,
@@ -128,6 +333,13 @@ impl SledStore {
             agents: t("agents")?,
             meta: t("meta")?,
             cache: Arc::default(),
+            guard: Arc::new(GuardState {
+                path: dir.join(GUARD_FILE),
+                armed: std::sync::atomic::AtomicBool::new(false),
+                written: Mutex::new(None),
+                db: db.clone(),
+                hwm: db.open_tree("hwm")?,
+            }),
             db,
         };
         match store.meta.get("format_version")? {
@@ -137,7 +349,11 @@ impl SledStore {
                     .insert("format_version", to_json(&FORMAT_VERSION)?)?;
             }
             Some(v) => {
-                let found: u64 = from_json(&v, "format_version")?;
+                let found: u64 =
+                    from_json(&v, "format_version").map_err(|e| StoreError::Damaged {
+                        dir: dir.to_path_buf(),
+                        detail: e.to_string(),
+                    })?;
                 if found != FORMAT_VERSION {
                     return Err(StoreError::Storage(format!(
                         "ledger format {found} is not the supported {FORMAT_VERSION}"
@@ -146,6 +362,67 @@ impl SledStore {
             }
         }
         Ok(store)
+    }
+
+    /// Every stored value that does not decode as its tree's type, one line each
+    /// (`tree key: error`). `Startup` reads what a start and every write rely on; `Full` adds
+    /// the raw batches and quarantined records.
+    pub fn damage(&self, scan: DamageScan) -> Result<Vec<String>, StoreError> {
+        fn json<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<(), String> {
+            serde_json::from_slice::<T>(v)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        fn proto<T: prost::Message + Default>(v: &[u8]) -> Result<(), String> {
+            T::decode(v).map(drop).map_err(|e| e.to_string())
+        }
+        fn u64_be(v: &[u8]) -> Result<(), String> {
+            <[u8; 8]>::try_from(v)
+                .map(drop)
+                .map_err(|_| format!("{} bytes where a u64 (8 bytes) belongs", v.len()))
+        }
+        fn meta(k: &[u8], v: &[u8]) -> Result<(), String> {
+            match k {
+                b"format_version" => json::<u64>(v),
+                b"stage_policy" => json::<StagePolicy>(v),
+                _ => Ok(()),
+            }
+        }
+        type Check = fn(&[u8], &[u8]) -> Result<(), String>;
+        let mut checks: Vec<(&str, &sled::Tree, Check)> = vec![
+            ("meta", &self.meta, meta),
+            ("hwm", &self.hwm, |_, v| u64_be(v)),
+            ("run_agg", &self.run_agg, |_, v| json::<Aggregate>(v)),
+            ("model_agg", &self.model_agg, |_, v| json::<Aggregate>(v)),
+            ("unattributed", &self.unattributed, |_, v| {
+                json::<Aggregate>(v)
+            }),
+            ("run_meta", &self.run_meta, |_, v| json::<Declaration>(v)),
+            ("rollups", &self.rollups, |_, v| json::<Rollup>(v)),
+            ("models", &self.models, |_, v| json::<ModelEntry>(v)),
+            ("agents", &self.agents, |_, v| json::<AgentInfo>(v)),
+        ];
+        if scan == DamageScan::Full {
+            checks.push(("raw", &self.raw, |_, v| proto::<StoredBatch>(v)));
+            checks.push(("rejected", &self.rejected, |_, v| {
+                proto::<StoredRejection>(v)
+            }));
+        }
+        let mut out = Vec::new();
+        for (name, tree, check) in checks {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if let Err(e) = check(&k, &v) {
+                    let key: String = String::from_utf8_lossy(&k)
+                        .replace('\0', "/")
+                        .chars()
+                        .take(120)
+                        .collect();
+                    out.push(format!("{name} value at key {key:?} does not decode: {e}"));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The underlying sled database, for repair tools and tests (e.g. tampering with an
@@ -606,7 +883,7 @@ impl LedgerStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.guard.flush(false)?;
         Ok(())
     }
 

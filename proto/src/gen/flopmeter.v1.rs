@@ -684,6 +684,10 @@ pub struct ModelEntry {
     /// When the entry last changed, Unix ms (set by the collector).
     #[prost(int64, tag = "10")]
     pub updated_unix_ms: i64,
+    /// Who last changed it (set by the collector: the named admin credential's actor, or the
+    /// request's `by` under a shared admin token).
+    #[prost(string, tag = "11")]
+    pub updated_by: ::prost::alloc::string::String,
 }
 /// Per-model totals as the ledger holds them.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -777,9 +781,13 @@ pub struct ListRunsResponse {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SetModelRequest {
-    /// The whole entry; `updated_unix_ms` is ignored (the collector sets it).
+    /// The whole entry; `updated_unix_ms` and `updated_by` are ignored (the collector sets them).
     #[prost(message, optional, tag = "1")]
     pub entry: ::core::option::Option<ModelEntry>,
+    /// The person making the change, for the audit log. Required under a shared admin token;
+    /// under a named admin token (`--admin-tokens`) it must be empty or that token's actor.
+    #[prost(string, tag = "2")]
+    pub by: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SetModelResponse {
