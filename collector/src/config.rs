@@ -230,6 +230,18 @@ pub struct CollectorArgs {
     )]
     pub ledger_cache_mb: u64,
 
+    /// Free space the ledger's volume must keep, MiB. Below it the collector stops
+    /// acknowledging (agents keep their records) and counts
+    /// flopmeter_ledger_write_errors_total, and resumes by itself once there is room: the
+    /// storage engine never reaches a full disk, which it does not recover from cleanly.
+    #[arg(
+        long,
+        env = "FLOPMETER_MIN_FREE_MB",
+        value_name = "MIB",
+        default_value_t = 512
+    )]
+    pub min_free_mb: u64,
+
     /// Most batches made durable by one flush (group commit).
     #[arg(
         long,
@@ -316,6 +328,8 @@ pub struct CollectorConfig {
     pub commit_group: usize,
     /// Ledger page cache, bytes.
     pub cache_bytes: u64,
+    /// Free space the ledger's volume keeps; below it nothing is written or acknowledged.
+    pub min_free_bytes: u64,
     /// Jobs waiting for the writer, at most (backpressure beyond).
     pub writer_queue: usize,
     /// Largest inbound gRPC message, bytes.
@@ -365,6 +379,7 @@ impl CollectorConfig {
             limits: Limits::default(),
             commit_group: 1024,
             cache_bytes: 64 << 20,
+            min_free_bytes: 0,
             writer_queue: 8192,
             max_message_bytes: crate::MAX_MESSAGE_BYTES,
             compliance: crate::compliance::ComplianceConfig::default(),
@@ -434,6 +449,7 @@ impl CollectorConfig {
             },
             commit_group: a.commit_group.max(1),
             cache_bytes: a.ledger_cache_mb.max(16) << 20,
+            min_free_bytes: a.min_free_mb << 20,
             writer_queue: 8192,
             max_message_bytes: a.max_message_bytes,
             compliance,

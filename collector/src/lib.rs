@@ -147,6 +147,10 @@ impl Collector {
             metrics.clone(),
             cfg.writer_queue,
             cfg.commit_group,
+            writer::Headroom {
+                dir: cfg.data_dir.clone(),
+                min_free_bytes: cfg.min_free_bytes,
+            },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));

@@ -99,11 +99,12 @@ impl Writer {
         metrics: Metrics,
         queue: usize,
         max_group: usize,
+        headroom: Headroom,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let thread = thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(rx, store.as_ref(), &metrics, max_group.max(1)))
+            .spawn(move || run(rx, store.as_ref(), &metrics, max_group.max(1), &headroom))
             .expect("spawning the ledger writer thread");
         Writer {
             handle: WriterHandle { tx },
@@ -126,7 +127,42 @@ impl Writer {
     }
 }
 
-fn run(mut rx: mpsc::Receiver<Job>, store: &dyn LedgerStore, metrics: &Metrics, max_group: usize) {
+/// Free space the ledger's volume must keep before the writer writes.
+#[derive(Debug, Clone)]
+pub struct Headroom {
+    /// A directory on the volume (the ledger's).
+    pub dir: std::path::PathBuf,
+    /// Below this many free bytes, nothing is written (0: no check).
+    pub min_free_bytes: u64,
+}
+
+impl Headroom {
+    /// Why the writer must not write now, if it must not.
+    fn short(&self) -> Option<String> {
+        if self.min_free_bytes == 0 {
+            return None;
+        }
+        let st = rustix::fs::statvfs(&self.dir).ok()?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        (free < self.min_free_bytes).then(|| {
+            format!(
+                "the ledger's volume ({}) has {} MiB free, below --min-free-mb {}",
+                self.dir.display(),
+                free >> 20,
+                self.min_free_bytes >> 20
+            )
+        })
+    }
+}
+
+fn run(
+    mut rx: mpsc::Receiver<Job>,
+    store: &dyn LedgerStore,
+    metrics: &Metrics,
+    max_group: usize,
+    headroom: &Headroom,
+) {
+    let mut was_short = false;
     let mut group: Vec<Job> = Vec::with_capacity(max_group);
     let mut stop = false;
     let mut broken: Option<String> = None;
@@ -145,9 +181,21 @@ fn run(mut rx: mpsc::Receiver<Job>, store: &dyn LedgerStore, metrics: &Metrics, 
                 Err(_) => break,
             }
         }
-        match &broken {
-            None => broken = commit_group(&mut group, store, metrics),
-            Some(why) => refuse_group(&mut group, store, metrics, why),
+        // Stop before the disk is full rather than after: the storage engine does not
+        // recover cleanly from a write that failed for lack of space.
+        let short = headroom.short();
+        if short.is_some() != was_short {
+            match &short {
+                Some(why) => tracing::error!(
+                    "{why}: acknowledging nothing until there is room; agents keep their records"
+                ),
+                None => tracing::warn!("the ledger's volume has room again: acknowledging"),
+            }
+            was_short = short.is_some();
+        }
+        match (&broken, &short) {
+            (Some(why), _) | (None, Some(why)) => refuse_group(&mut group, store, metrics, why),
+            (None, None) => broken = commit_group(&mut group, store, metrics),
         }
     }
     // Everything answered was flushed already; flush once more so a clean shutdown leaves
@@ -179,19 +227,17 @@ impl Pending {
     }
 }
 
-/// Answers every job with the write failure that broke the ledger, without writing.
+/// Answers every job with why the ledger cannot be written now, without writing.
 ///
-/// Why not retry: after a failed write (disk full, I/O error) the store's on-disk log may
-/// end before writes it still holds in memory, and a later flush that succeeds does not
-/// make them durable: on restart, recovery stops at the failure. Acknowledging anything
-/// after it could acknowledge records that vanish. Only a restart, which recovers the
-/// ledger to what is really on disk, makes acknowledgements trustworthy again; the agents
-/// keep their records meanwhile.
+/// Two causes. Too little free space ([`Headroom`]): refused until there is room again.
+/// A write that failed (disk full anyway, I/O error): refused until restart, because the
+/// store's on-disk log may end before writes it still holds in memory and a later flush that
+/// succeeds does not make them durable; acknowledging after it could acknowledge records that
+/// vanish on recovery. Either way the agents keep their records meanwhile.
 fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics, why: &str) {
     let err = || {
         StoreError::Storage(format!(
-            "the ledger could not be written ({why}); nothing is acknowledged until the \
-             collector is restarted with room on its data volume"
+            "the ledger cannot be written now ({why}); nothing is acknowledged meanwhile"
         ))
     };
     for job in group.drain(..) {
