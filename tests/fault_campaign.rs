@@ -18,8 +18,9 @@
 //! tick is then the same float computation in both runs. Energy follows NVML's counter and is
 //! not compared.
 //!
-//! It takes a few minutes, so it is `#[ignore]`d; `scripts/test` runs it explicitly:
-//! `cargo test --locked --test fault_campaign -- --ignored --nocapture`.
+//! It takes a few minutes, so it runs only when `FLOPMETER_FAULT_CAMPAIGN=1` is set;
+//! `scripts/test` runs it as its own step, with its summary shown:
+//! `FLOPMETER_FAULT_CAMPAIGN=1 cargo test --locked --test fault_campaign -- --nocapture`.
 //! `FLOPMETER_CHAOS_SEED` picks the chaos plan (default fixed; printed). The summary is also
 //! written as JSON to `<target dir>/fault-campaign.json`.
 
@@ -571,8 +572,14 @@ fn target_dir() -> PathBuf {
 }
 
 #[test]
-#[ignore = "minutes long: run by scripts/test with --ignored"]
 fn fault_campaign_totals_equal_a_fault_free_run() {
+    if std::env::var_os("FLOPMETER_FAULT_CAMPAIGN").is_none() {
+        eprintln!(
+            "SKIPPED: the fault campaign takes minutes; set FLOPMETER_FAULT_CAMPAIGN=1 \
+             (scripts/test, which CI runs, does)"
+        );
+        return;
+    }
     let t0 = Instant::now();
     let seed = std::env::var("FLOPMETER_CHAOS_SEED")
         .ok()
