@@ -700,10 +700,12 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
             source: source as i32,
             namespace: id.namespace.clone(),
             job: id.job.clone(),
+            ..Default::default()
         }),
         approximate: a.approximate,
         declaration,
         unknown_peak: a.unknown_peak,
+        ..Default::default()
     }
 }
 

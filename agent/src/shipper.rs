@@ -304,6 +304,7 @@ impl Shipper {
                     } else {
                         0.0
                     },
+                    ..Default::default()
                 }
             })
             .collect();
@@ -316,6 +317,7 @@ impl Shipper {
                 driver_version: inv.driver_version.clone().unwrap_or_default(),
                 nvml_version: inv.nvml_version.clone().unwrap_or_default(),
                 gpus,
+                ..Default::default()
             })),
         }
     }

@@ -204,6 +204,7 @@ fn write_corpus() {
             source: 1,
             namespace: "ml".into(),
             job: "job-1".into(),
+            ..WorkloadIdentity::default()
         }),
         ..IntervalRecord::default()
     };

@@ -12,7 +12,7 @@
 mod fuzz_support;
 
 use flopmeter_collector::ingest::validate::{self, Limits};
-use flopmeter_proto::v1::{IntervalRecord, WorkloadDeclaration, WorkloadIdentity};
+use flopmeter_proto::v1::{IntervalRecord, MigInstance, WorkloadDeclaration, WorkloadIdentity};
 use fuzz_support::{NOW, check_verdict, corpus, inventory, no_panic};
 use proptest::prelude::*;
 use prost::Message as _;
@@ -113,16 +113,57 @@ fn text() -> impl Strategy<Value = String> {
 
 fn identity() -> impl Strategy<Value = Option<WorkloadIdentity>> {
     prop::option::of(
-        (text(), text(), text(), any::<i32>(), text(), text()).prop_map(
-            |(model, run, stage, source, namespace, job)| WorkloadIdentity {
-                model,
-                run,
-                stage,
-                source,
-                namespace,
-                job,
-            },
-        ),
+        (
+            text(),
+            text(),
+            text(),
+            any::<i32>(),
+            text(),
+            text(),
+            text(),
+            text(),
+            text(),
+        )
+            .prop_map(
+                |(model, run, stage, source, namespace, job, cluster, user, process)| {
+                    WorkloadIdentity {
+                        model,
+                        run,
+                        stage,
+                        source,
+                        namespace,
+                        job,
+                        cluster,
+                        user,
+                        process,
+                    }
+                },
+            ),
+    )
+}
+
+fn mig() -> impl Strategy<Value = Option<MigInstance>> {
+    prop::option::of(
+        (
+            text(),
+            text(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(uuid, profile, gpu_instance_id, compute_instance_id, sm_count, gpu_sm_count)| {
+                    MigInstance {
+                        uuid,
+                        profile,
+                        gpu_instance_id,
+                        compute_instance_id,
+                        sm_count,
+                        gpu_sm_count,
+                    }
+                },
+            ),
     )
 }
 
@@ -156,11 +197,14 @@ prop_compose! {
         (precision_declared, approximate, unknown_peak) in (any::<bool>(), any::<bool>(), any::<bool>()),
         identity in identity(),
         declaration in declaration(),
+        (no_estimate_reason, peak_conflict, energy_from_power) in (text(), any::<bool>(), any::<bool>()),
+        mig in mig(),
     ) -> IntervalRecord {
         IntervalRecord {
             seq, start_unix_ms, end_unix_ms, gpu_uuid, gpu_type, flop_low, flop_central,
             flop_high, gpu_ms, energy_mj, mean_sm_clock_mhz, mean_tensor_util, method,
             precision, precision_declared, identity, approximate, declaration, unknown_peak,
+            no_estimate_reason, peak_conflict, mig, energy_from_power,
         }
     }
 }

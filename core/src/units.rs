@@ -99,6 +99,12 @@ pub enum Method {
     Mfu,
     /// A figure declared by a person: a plan, 6·N·D, or an inherited base-model compute.
     Declared,
+    /// A MIG instance without per-instance GPM: the parent GPU's activity × the instance's
+    /// share of its SMs, with a wider band.
+    MigFallback,
+    /// No estimate could be made (uncatalogued GPU without a peak, no activity reading): the
+    /// GPU time and energy are real, the FLOP are not known.
+    None,
 }
 
 impl Method {
@@ -109,6 +115,8 @@ impl Method {
             Method::UtilMfu => "util-mfu",
             Method::Mfu => "mfu",
             Method::Declared => "declared",
+            Method::MigFallback => "mig-fallback",
+            Method::None => "none",
         }
     }
 }
@@ -121,7 +129,9 @@ impl fmt::Display for Method {
 
 /// A method tag that is not one we know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown method {given:?}: expected gpm-tensor, util-mfu, mfu or declared")]
+#[error(
+    "unknown method {given:?}: expected gpm-tensor, util-mfu, mfu, declared, mig-fallback or none"
+)]
 pub struct UnknownMethod {
     /// What was given.
     pub given: String,
@@ -136,6 +146,8 @@ impl FromStr for Method {
             "util-mfu" => Ok(Method::UtilMfu),
             "mfu" => Ok(Method::Mfu),
             "declared" => Ok(Method::Declared),
+            "mig-fallback" => Ok(Method::MigFallback),
+            "none" => Ok(Method::None),
             _ => Err(UnknownMethod {
                 given: s.to_string(),
             }),

@@ -13,6 +13,8 @@ impl From<Method> for v1::Method {
             Method::UtilMfu => v1::Method::UtilMfu,
             Method::Mfu => v1::Method::Mfu,
             Method::Declared => v1::Method::Declared,
+            Method::MigFallback => v1::Method::MigFallback,
+            Method::None => v1::Method::None,
         }
     }
 }
@@ -25,6 +27,8 @@ pub fn method_from_wire(m: v1::Method) -> Option<Method> {
         v1::Method::UtilMfu => Some(Method::UtilMfu),
         v1::Method::Mfu => Some(Method::Mfu),
         v1::Method::Declared => Some(Method::Declared),
+        v1::Method::MigFallback => Some(Method::MigFallback),
+        v1::Method::None => Some(Method::None),
     }
 }
 
@@ -63,6 +67,8 @@ mod tests {
             Method::UtilMfu,
             Method::Mfu,
             Method::Declared,
+            Method::MigFallback,
+            Method::None,
         ] {
             assert_eq!(method_from_wire(m.into()), Some(m));
         }

@@ -55,6 +55,10 @@ pub struct Hello {
     /// The GPUs on this node.
     #[prost(message, repeated, tag = "7")]
     pub gpus: ::prost::alloc::vec::Vec<GpuInventory>,
+    /// The cluster this node belongs to (`--cluster`; under Slurm it defaults to the cluster's
+    /// name). Empty when not configured. A model's totals sum over every cluster.
+    #[prost(string, tag = "8")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GpuInventory {
@@ -78,6 +82,38 @@ pub struct GpuInventory {
     /// Operator-supplied BF16 dense peak (TFLOP/s) for an uncatalogued device, else 0.
     #[prost(double, tag = "8")]
     pub operator_peak_tflops: f64,
+    /// The catalogue entry the NVML name alone names, when it differs from catalogue_id (which
+    /// the PCI device id chose). Such a device is estimated with the PCI id's peak and its high
+    /// bound with the larger of the two peaks; records carry `peak_conflict`.
+    #[prost(string, tag = "9")]
+    pub name_catalogue_id: ::prost::alloc::string::String,
+    /// The GPU is in MIG mode; its work is reported per MIG instance (IntervalRecord.mig).
+    #[prost(bool, tag = "10")]
+    pub mig_enabled: bool,
+    /// The MIG instances at the time of the Hello (they can be reconfigured later; records
+    /// name the instance that did the work).
+    #[prost(message, repeated, tag = "11")]
+    pub mig_instances: ::prost::alloc::vec::Vec<MigInstance>,
+}
+/// One MIG (Multi-Instance GPU) compute instance of a physical GPU.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MigInstance {
+    /// The MIG device's UUID ("MIG-...").
+    #[prost(string, tag = "1")]
+    pub uuid: ::prost::alloc::string::String,
+    /// Profile name, e.g. "1g.10gb", "3g.40gb".
+    #[prost(string, tag = "2")]
+    pub profile: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub gpu_instance_id: u32,
+    #[prost(uint32, tag = "4")]
+    pub compute_instance_id: u32,
+    /// Streaming multiprocessors of this instance, and of the whole GPU: the instance's share
+    /// of the GPU's peak is sm_count / gpu_sm_count.
+    #[prost(uint32, tag = "5")]
+    pub sm_count: u32,
+    #[prost(uint32, tag = "6")]
+    pub gpu_sm_count: u32,
 }
 /// The collector's answer to Hello.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -116,6 +152,16 @@ pub struct WorkloadIdentity {
     /// Slurm job id or Kubernetes pod name, when known.
     #[prost(string, tag = "6")]
     pub job: ::prost::alloc::string::String,
+    /// Slurm cluster of the job (SLURM_CLUSTER_NAME), when known.
+    #[prost(string, tag = "7")]
+    pub cluster: ::prost::alloc::string::String,
+    /// Slurm job user (SLURM_JOB_USER), when known.
+    #[prost(string, tag = "8")]
+    pub user: ::prost::alloc::string::String,
+    /// Command name (/proc/<pid>/comm) of the process that did the most work, so unattributed
+    /// work can be traced to what ran it.
+    #[prost(string, tag = "9")]
+    pub process: ::prost::alloc::string::String,
 }
 /// Optional declarations a run made (FLOPMETER_* or pod annotations).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -190,6 +236,24 @@ pub struct IntervalRecord {
     /// The peak was operator-supplied (uncatalogued GPU).
     #[prost(bool, tag = "19")]
     pub unknown_peak: bool,
+    /// Set when the work could not be estimated (machine-readable reason, e.g.
+    /// "unknown-gpu-no-peak", "no-activity-reading"): the FLOP fields are 0 and method is
+    /// METHOD_NONE, while gpu_ms and energy_mj are real. Such work is counted as GPU time that
+    /// could not be estimated, never silently left out.
+    #[prost(string, tag = "20")]
+    pub no_estimate_reason: ::prost::alloc::string::String,
+    /// The GPU's NVML name and PCI id name different catalogue GPUs; the high bound used the
+    /// larger peak of the two.
+    #[prost(bool, tag = "21")]
+    pub peak_conflict: bool,
+    /// The MIG instance that did the work, when the GPU is in MIG mode; gpu_uuid stays the
+    /// physical GPU's, so per-GPU plausibility sums over its instances.
+    #[prost(message, optional, tag = "22")]
+    pub mig: ::core::option::Option<MigInstance>,
+    /// The energy counter was stuck or unavailable while power read above zero: energy_mj is
+    /// the power integral.
+    #[prost(bool, tag = "23")]
+    pub energy_from_power: bool,
 }
 /// Everything with seq <= acked_through is durable at the collector (applied, or rejected
 /// and quarantined). The agent may delete it from its spool.
@@ -230,6 +294,11 @@ pub enum Method {
     UtilMfu = 2,
     Mfu = 3,
     Declared = 4,
+    /// A MIG instance without per-instance GPM: the parent GPU's activity × the instance's SM
+    /// share, with a wider band.
+    MigFallback = 5,
+    /// No FLOP estimate (no_estimate_reason says why); GPU time and energy are real.
+    None = 6,
 }
 impl Method {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -243,6 +312,8 @@ impl Method {
             Self::UtilMfu => "METHOD_UTIL_MFU",
             Self::Mfu => "METHOD_MFU",
             Self::Declared => "METHOD_DECLARED",
+            Self::MigFallback => "METHOD_MIG_FALLBACK",
+            Self::None => "METHOD_NONE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -253,6 +324,8 @@ impl Method {
             "METHOD_UTIL_MFU" => Some(Self::UtilMfu),
             "METHOD_MFU" => Some(Self::Mfu),
             "METHOD_DECLARED" => Some(Self::Declared),
+            "METHOD_MIG_FALLBACK" => Some(Self::MigFallback),
+            "METHOD_NONE" => Some(Self::None),
             _ => None,
         }
     }
