@@ -498,7 +498,11 @@ impl Sampler {
         let gpu_sm = info.gpu_sm_count();
         let busy: Vec<(&MigReading, Option<f64>)> = instances
             .iter()
-            .filter(|m| !m.processes.is_empty())
+            // An instance with activity but no visible process still did work: it is booked
+            // to "unattributed", as a whole GPU's would be.
+            .filter(|m| {
+                !m.processes.is_empty() || m.gpm.and_then(|g| g.any_tensor).is_some_and(|t| t > 0.0)
+            })
             .map(|m| {
                 let share = match (m.info.sm_count, gpu_sm) {
                     (Some(s), Some(g)) if s > 0 && g > 0 => {

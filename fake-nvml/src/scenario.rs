@@ -442,6 +442,23 @@ pub struct Faults {
     /// Per-metric GPM errors.
     #[serde(default)]
     pub gpm_metric_errors: Vec<MetricFault>,
+    /// Energy counters that freeze (stop counting while the board draws power).
+    #[serde(default)]
+    pub energy_frozen: Vec<FrozenEnergy>,
+}
+
+/// An energy counter stuck at its value from `from` until `until` (default: for ever),
+/// while power goes on; it then jumps to the true integral again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrozenEnergy {
+    /// The GPU.
+    pub gpu: u32,
+    /// From this time.
+    pub from: f64,
+    /// Until this time.
+    #[serde(default)]
+    pub until: Option<f64>,
 }
 
 /// How the fake answers the null-buffer "how many processes" query of
@@ -929,7 +946,15 @@ impl Scenario {
     /// driver does.
     pub fn energy_mj(&self, gpu: usize, t: f64) -> Option<u64> {
         let g = self.gpus.get(gpu)?;
-        let t = t.max(0.0);
+        let mut t = t.max(0.0);
+        if let Some(f) = self
+            .faults
+            .energy_frozen
+            .iter()
+            .find(|f| f.gpu as usize == gpu && t >= f.from && f.until.is_none_or(|u| t < u))
+        {
+            t = f.from;
+        }
         let joules = g.metrics.power_w.integral(self.last_reload(t), t);
         Some((joules * 1e3).max(0.0).floor() as u64)
     }
