@@ -1016,7 +1016,6 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
         peak_conflict: a.peak_conflict,
         mig: a.mig.clone(),
         energy_from_power: a.energy_from_power,
-        ..Default::default()
     }
 }
 

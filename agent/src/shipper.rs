@@ -321,7 +321,6 @@ impl Shipper {
                             gpu_sm_count: g.gpu_sm_count().unwrap_or(0),
                         })
                         .collect(),
-                    ..Default::default()
                 }
             })
             .collect();
