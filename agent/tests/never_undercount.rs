@@ -221,3 +221,24 @@ fn a_stuck_energy_counter_is_flagged_and_replaced_by_power() {
         5_000_000
     );
 }
+
+/// A driver reload at t = 5.5 restarts the counter from zero: the interval across it takes
+/// its energy from power (flagged), and the total is still 500 W × 10 s.
+#[test]
+fn a_driver_reload_loses_no_energy() {
+    let text = scenario(
+        "NVIDIA H100 80GB HBM3",
+        "0x2330",
+        132,
+        1980,
+        4096.0,
+        "[[driver_reload]]\nat = 5.5",
+    );
+    let rig = Rig::inline(&text);
+    let out = meter(&rig, &[(8100, TRAIN)], 10, None);
+    assert!(out.records.iter().any(|r| r.energy_from_power));
+    assert_eq!(
+        out.records.iter().map(|r| r.energy_mj).sum::<u64>(),
+        5_000_000
+    );
+}
