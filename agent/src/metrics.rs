@@ -62,6 +62,8 @@ pub struct AgentMetrics {
     pub gpu_flop_total: CounterVec,
     /// 1 for the estimation method the GPU's last sample used.
     pub gpu_method_info: IntGaugeVec,
+    /// 1 for a GPU whose PCI id and NVML name name different catalogue models.
+    pub gpu_peak_conflict: IntGaugeVec,
     /// 1 when the GPU was read on the last tick, 0 when it failed.
     pub gpu_up: IntGaugeVec,
     /// Central FLOP/s of each run on this node over the last report interval.
@@ -172,6 +174,14 @@ impl AgentMetrics {
                     "1 for the estimation method of the GPU's last sample (gpm-tensor, util-mfu)."
                 ),
                 &["gpu", "uuid", "method"]
+            )?),
+            gpu_peak_conflict: reg!(IntGaugeVec::new(
+                Opts::new(
+                    format!("{p}_gpu_peak_conflict"),
+                    "1 when the GPU's PCI id names catalogue model pci_model but its NVML name \
+                     names name_model; its band covers both peaks."
+                ),
+                &["gpu", "uuid", "pci_model", "name_model"]
             )?),
             gpu_up: reg!(IntGaugeVec::new(
                 Opts::new(

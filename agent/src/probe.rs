@@ -51,7 +51,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flopmeter_core::catalogue::Lookup;
+use flopmeter_core::catalogue::{GpuModel, Lookup};
 use flopmeter_core::format;
 use flopmeter_core::units::{FlopBand, FlopTotal, Precision};
 use serde::Serialize;
@@ -59,7 +59,7 @@ use serde::Serialize;
 use crate::gpu::nvml::{DEFAULT_LIB, NvmlLibrary, NvmlSource, NvmlSourceError, RetryPolicy};
 use crate::gpu::{
     GpuEstimate, GpuInfo, GpuReading, GpuSource, GpuStatus, IntervalSummary, Inventory,
-    estimate_for,
+    estimate_for_peak,
 };
 
 /// `flopmeter probe`: show the GPUs and what the agent would measure on them.
@@ -89,6 +89,11 @@ pub struct ProbeArgs {
     /// estimate assumes BF16 and the high bound FP8 where the GPU has it.
     #[arg(long, env = "FLOPMETER_PROBE_PRECISION", value_name = "PRECISION")]
     pub precision: Option<Precision>,
+
+    /// Dense BF16 peak (TFLOP/s) of GPUs the catalogue does not know, as the agent's flag of
+    /// the same name: check what the agent would report for them before deploying.
+    #[arg(long, env = "FLOPMETER_UNKNOWN_GPU_PEAK_TFLOPS", value_name = "TFLOPS")]
+    pub unknown_gpu_peak_tflops: Option<f64>,
 }
 
 /// Why the probe failed.
@@ -108,16 +113,21 @@ pub enum ProbeError {
 /// Runs the probe against the library named in `args`, writing text or JSON to `out`.
 /// Blocks for `args.seconds` seconds (it samples in real time, as the agent does).
 pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<(), ProbeError> {
+    let operator = args
+        .unknown_gpu_peak_tflops
+        .filter(|p| p.is_finite() && *p > 0.0)
+        .map(GpuModel::operator_supplied);
     let lib = NvmlLibrary::open(&args.nvml_lib)?;
     let mut source = NvmlSource::new(&lib, RetryPolicy::default())?;
     let lib_name = lib.path().to_string_lossy().into_owned();
 
+    let start = Instant::now();
+    // The baseline: GPM metrics and intervals need a previous sample. It comes first so the
+    // inventory shows MIG instances as they are now.
+    source.read(start.elapsed());
     if !args.json {
         write_inventory(out, &lib_name, source.inventory())?;
     }
-    let start = Instant::now();
-    // The baseline: GPM metrics and intervals need a previous sample.
-    source.read(start.elapsed());
     let mut readings = Vec::new();
     let mut totals: Vec<(FlopTotal, f64, Option<&'static str>)> =
         vec![(FlopTotal::ZERO, 0.0, None); source.inventory().gpus.len()];
@@ -136,7 +146,8 @@ pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<(), ProbeError> {
                 let estimate = IntervalSummary::from_reading(r)
                     .ok_or_else(|| no_interval_reason(r))
                     .and_then(|s| {
-                        estimate_for(info, &s, args.precision).map_err(|e| e.to_string())
+                        estimate_for_peak(info, operator.as_ref(), &s, args.precision)
+                            .map_err(|e| e.to_string())
                     });
                 ReadingOut::new(r, estimate)
             })
@@ -223,6 +234,9 @@ struct InventoryOut<'a> {
     max_mem_clock_mhz: Option<u32>,
     memory_total_bytes: Option<u64>,
     gpm_supported: bool,
+    name_conflict: Option<&'static str>,
+    mig_enabled: bool,
+    mig_instances: &'a [crate::gpu::MigInfo],
 }
 
 impl<'a> From<&'a GpuInfo> for InventoryOut<'a> {
@@ -237,6 +251,9 @@ impl<'a> From<&'a GpuInfo> for InventoryOut<'a> {
             max_mem_clock_mhz: g.max_mem_clock_mhz,
             memory_total_bytes: g.memory_total_bytes,
             gpm_supported: g.gpm_supported,
+            name_conflict: g.name_conflict.map(|m| m.id),
+            mig_enabled: g.mig_enabled,
+            mig_instances: &g.mig_instances,
         }
     }
 }
@@ -328,8 +345,48 @@ fn write_inventory(out: &mut dyn Write, lib: &str, inv: &Inventory) -> std::io::
             if g.gpm_supported { "yes" } else { "no" },
             g.uuid.clone().unwrap_or_else(unknown),
         )?;
+        if let Some(other) = g.name_conflict {
+            writeln!(
+                out,
+                "         PEAK CONFLICT: the NVML name names {}; estimates cover both models' peaks",
+                other.id
+            )?;
+        }
+        if g.mig_enabled {
+            writeln!(
+                out,
+                "         MIG mode: {} instance(s){}",
+                g.mig_instances.len(),
+                if g.mig_instances.is_empty() {
+                    " (read with the first sample)"
+                } else {
+                    ""
+                }
+            )?;
+            for m in &g.mig_instances {
+                write_mig(out, m, g.gpu_sm_count())?;
+            }
+        }
     }
     Ok(())
+}
+
+fn write_mig(
+    out: &mut dyn Write,
+    m: &crate::gpu::MigInfo,
+    gpu_sm: Option<u32>,
+) -> std::io::Result<()> {
+    let id = |v: Option<u32>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+    writeln!(
+        out,
+        "           {:<9} GI {:<2} CI {:<2} {} of {} SMs  {}",
+        m.profile,
+        id(m.gpu_instance_id),
+        id(m.compute_instance_id),
+        id(m.sm_count),
+        id(gpu_sm),
+        m.uuid
+    )
 }
 
 fn write_second(out: &mut dyn Write, second: u32, gpus: &[ReadingOut<'_>]) -> std::io::Result<()> {
@@ -408,6 +465,17 @@ fn describe(r: &GpuReading) -> String {
         } else {
             format!("pids {}", list.join(", "))
         });
+    }
+    for m in r.mig.iter().flatten() {
+        let pids: Vec<String> = m.processes.iter().map(|p| p.pid.to_string()).collect();
+        parts.push(format!(
+            "MIG {} tensor {} pids [{}]",
+            m.info.profile,
+            m.gpm
+                .and_then(|g| g.any_tensor)
+                .map_or_else(|| "n/a".to_string(), |t| format!("{t:.1}%")),
+            pids.join(", ")
+        ));
     }
     if !r.unavailable.is_empty() {
         let missing: Vec<String> = r

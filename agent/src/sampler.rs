@@ -33,13 +33,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flopmeter_core::catalogue::GpuModel;
-use flopmeter_core::energy::EnergyCounter;
+use flopmeter_core::energy::{EnergyCounter, EnergySource};
+use flopmeter_core::estimator::{self, MigSlice};
 use flopmeter_core::units::{FlopBand, Method, Precision};
 use flopmeter_proto::v1;
 
 use crate::attribution::{Attribution, Attributor, Source};
 use crate::clock::{Clock, StopSignal};
-use crate::gpu::{self, GpuInfo, GpuSource, GpuStatus, IntervalSummary, Inventory, Tick};
+use crate::gpu::{
+    self, GpuInfo, GpuProcess, GpuSource, GpuStatus, IntervalSummary, Inventory, MigReading, Tick,
+};
 use crate::metrics::AgentMetrics;
 use crate::spool::{Spool, SpoolError};
 
@@ -106,9 +109,13 @@ impl Default for SamplerConfig {
 struct Key {
     who: Arc<Attribution>,
     gpu: u32,
+    /// The MIG instance's UUID, for a GPU in MIG mode.
+    mig: Option<Arc<str>>,
     method: Method,
     precision: Precision,
     precision_declared: bool,
+    /// Why there is no estimate (`Method::None`).
+    no_estimate: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +123,9 @@ struct Acc {
     uuid: String,
     gpu_type: &'static str,
     unknown_peak: bool,
+    peak_conflict: bool,
+    energy_from_power: bool,
+    mig: Option<v1::MigInstance>,
     low: u64,
     central: u64,
     high: u64,
@@ -329,8 +339,23 @@ impl Sampler {
                 counter.delta(reading.energy_mj, None, 0.0);
                 continue;
             };
-            let (energy_mj, _) =
+            let (energy_mj, energy_source) =
                 counter.delta(reading.energy_mj, reading.power_mw.map(u64::from), seconds);
+            // Energy from power because the counter was stuck, reset or unreadable: flagged
+            // on the records, and logged once per GPU.
+            let energy_from_power = matches!(
+                energy_source,
+                EnergySource::StuckFromPower | EnergySource::ResetFromPower | EnergySource::Power
+            ) && energy_mj > 0;
+            if energy_source == EnergySource::StuckFromPower {
+                self.estimate_error(reading.index, "energy-counter-stuck", || {
+                    format!(
+                        "GPU {} ({uuid}): the energy counter stands still while power reads above \
+                         zero; energy is taken from the power integral",
+                        reading.index
+                    )
+                });
+            }
             self.metrics
                 .gpu_energy_joules_total
                 .with_label_values(&labels)
@@ -338,7 +363,11 @@ impl Sampler {
             let Some(summary) = IntervalSummary::from_reading(reading) else {
                 continue;
             };
-            self.book_gpu(info, &uuid, &summary, reading, energy_mj, now_ms);
+            let energy = Energy {
+                mj: energy_mj,
+                from_power: energy_from_power,
+            };
+            self.book_gpu(info, &uuid, &summary, reading, energy, now_ms);
         }
         self.attributor.end_tick();
         self.metrics.sampler_alive();
@@ -350,132 +379,360 @@ impl Sampler {
         uuid: &str,
         summary: &IntervalSummary,
         reading: &gpu::GpuReading,
-        energy_mj: u64,
+        energy: Energy,
         now_ms: i64,
     ) {
         let index = reading.index;
-        let idx = index.to_string();
         let operator_model = self.operator_model.clone();
-        let (model, gpu_type, unknown_peak): (&GpuModel, &'static str, bool) =
-            match (info.and_then(GpuInfo::model), operator_model.as_deref()) {
-                (Some(m), _) => (m, m.id, false),
-                (None, Some(op)) => (op, "", true),
-                (None, None) => {
-                    self.estimate_error(index, "unknown-gpu", || {
-                        format!(
-                            "GPU {index} ({uuid}) is not in the catalogue; set \
-                             --unknown-gpu-peak-tflops to measure it"
-                        )
-                    });
-                    return;
-                }
-            };
+        let model = info.and_then(|i| gpu::model_for(i, operator_model.as_deref()).ok());
+        let conflict = info.and_then(|i| i.name_conflict);
+        let mut base = Base {
+            index,
+            uuid,
+            gpu_type: info.and_then(GpuInfo::model).map_or("", |m| m.id),
+            unknown_peak: info.is_some_and(|i| i.model().is_none()) && model.is_some(),
+            peak_conflict: conflict.is_some(),
+            energy_from_power: energy.from_power,
+            tick_start_ms: now_ms - (summary.seconds * 1000.0).round() as i64,
+            now_ms,
+            summary,
+            mig: None,
+            reason: None,
+        };
+        if model.is_none() {
+            self.estimate_error(index, "unknown-gpu", || {
+                format!(
+                    "GPU {index} ({uuid}) is not in the catalogue; its GPU time and energy are \
+                     reported without an estimate (unknown-gpu-no-peak); set \
+                     --unknown-gpu-peak-tflops to measure it"
+                )
+            });
+        }
+        if let (Some(c), Some(i)) = (conflict, info) {
+            let pci = i.model().map_or("unknown", |m| m.id);
+            self.metrics
+                .gpu_peak_conflict
+                .with_label_values(&[&index.to_string(), uuid, pci, c.id])
+                .set(1);
+            self.estimate_error(index, "peak-conflict", || {
+                format!(
+                    "GPU {index} ({uuid}): its PCI id names {pci} but its NVML name {:?} names \
+                     {}; estimated with {pci}, the band covers both models' peaks",
+                    i.name.as_deref().unwrap_or(""),
+                    c.id
+                )
+            });
+        }
+        if let (Some(instances), Some(i)) = (&reading.mig, info) {
+            self.book_mig(i, model, &mut base, instances, energy.mj);
+            return;
+        }
 
         // Who ran on this GPU, and with which share of it.
-        let no_process = reading.processes.as_deref().is_none_or(<[_]>::is_empty);
-        let shares = self.shares(reading);
+        let procs = reading.processes.as_deref().unwrap_or(&[]);
+        let no_process = procs.is_empty();
+        let shares = self.shares(procs);
         let approximate = shares.len() > 1;
-        let tick_start_ms = now_ms - (summary.seconds * 1000.0).round() as i64;
+        for (who, share) in shares {
+            let outcome = match model {
+                Some(m) => gpu::estimate_with(m, conflict, summary, who.declaration.precision, 1.0)
+                    .map_err(|e| self.no_estimate_reason(index, &e)),
+                None => Err("unknown-gpu-no-peak"),
+            };
+            match outcome {
+                Ok(est) => {
+                    if no_process && est.estimate.flop.high == 0 {
+                        // An idle GPU nobody holds: nothing to book, no record every interval.
+                        return;
+                    }
+                    let band = scale(est.estimate.flop, share);
+                    self.add(
+                        &base,
+                        who,
+                        None,
+                        Some(&est.estimate),
+                        band,
+                        share,
+                        energy.mj as f64 * share,
+                        approximate,
+                    );
+                }
+                Err(reason) => {
+                    let active = summary.gpu_util_percent.is_some_and(|u| u > 0.0)
+                        || summary
+                            .gpm
+                            .and_then(|g| g.any_tensor)
+                            .is_some_and(|t| t > 0.0);
+                    if no_process && !active {
+                        return;
+                    }
+                    base.no_estimate(reason);
+                    self.add(
+                        &base,
+                        who,
+                        None,
+                        None,
+                        FlopBand::default(),
+                        share,
+                        energy.mj as f64 * share,
+                        approximate,
+                    );
+                }
+            }
+        }
+    }
+
+    /// A GPU in MIG mode: each instance with processes on it is estimated over its own SMs
+    /// from its own GPM activity, or, without that, by the bounded fallback from the GPU's
+    /// activity ([`estimator::mig_fallback`]); its processes share only its work. The GPU's
+    /// energy is split among the busy instances by SM share.
+    fn book_mig(
+        &mut self,
+        info: &GpuInfo,
+        model: Option<&GpuModel>,
+        base: &mut Base<'_>,
+        instances: &[MigReading],
+        energy_mj: u64,
+    ) {
+        let index = base.index;
+        let gpu_sm = info.gpu_sm_count();
+        let busy: Vec<(&MigReading, Option<f64>)> = instances
+            .iter()
+            // An instance with activity but no visible process still did work: it is booked
+            // to "unattributed", as a whole GPU's would be.
+            .filter(|m| {
+                !m.processes.is_empty() || m.gpm.and_then(|g| g.any_tensor).is_some_and(|t| t > 0.0)
+            })
+            .map(|m| {
+                let share = match (m.info.sm_count, gpu_sm) {
+                    (Some(s), Some(g)) if s > 0 && g > 0 => {
+                        Some((f64::from(s) / f64::from(g)).min(1.0))
+                    }
+                    _ => None,
+                };
+                (m, share)
+            })
+            .collect();
+        let share_total: f64 = busy.iter().filter_map(|(_, s)| *s).sum();
+        let slices: Vec<MigSlice> = busy
+            .iter()
+            .filter_map(|(m, s)| {
+                s.map(|sm_share| MigSlice {
+                    sm_share,
+                    activity: m.gpm.and_then(|g| gpm_activity(&g)),
+                })
+            })
+            .collect();
+        for (m, sm_share) in &busy {
+            let record = v1::MigInstance {
+                uuid: m.info.uuid.clone(),
+                profile: m.info.profile.clone(),
+                gpu_instance_id: m.info.gpu_instance_id.unwrap_or(u32::MAX),
+                compute_instance_id: m.info.compute_instance_id.unwrap_or(u32::MAX),
+                sm_count: m.info.sm_count.unwrap_or(0),
+                gpu_sm_count: gpu_sm.unwrap_or(0),
+            };
+            let energy_share = match sm_share {
+                Some(s) if share_total > 0.0 => energy_mj as f64 * s / share_total,
+                _ => energy_mj as f64 / busy.len() as f64,
+            };
+            let shares = self.shares(&m.processes);
+            let approximate = shares.len() > 1;
+            for (who, share) in shares {
+                let precision = who.declaration.precision;
+                let outcome: Result<estimator::Estimate, &'static str> = match (model, sm_share) {
+                    (None, _) => Err("unknown-gpu-no-peak"),
+                    (Some(_), None) => Err("mig-unknown-sm-count"),
+                    (Some(model), Some(s)) => match m.gpm {
+                        Some(g) if g.any_tensor.is_some() => {
+                            let own = IntervalSummary {
+                                gpm: Some(g),
+                                gpu_util_percent: None,
+                                ..*base.summary
+                            };
+                            gpu::estimate_with(model, info.name_conflict, &own, precision, *s)
+                                .map(|e| e.estimate)
+                                .map_err(|e| self.no_estimate_reason(index, &e))
+                        }
+                        _ => self.mig_fallback_for(model, base.summary, precision, &slices, *s),
+                    },
+                };
+                let mig_key: Arc<str> = Arc::from(m.info.uuid.as_str());
+                match outcome {
+                    Ok(est) => {
+                        let band = scale(est.flop, share);
+                        base.mig = Some(record.clone());
+                        self.add(
+                            base,
+                            who,
+                            Some(mig_key),
+                            Some(&est),
+                            band,
+                            share,
+                            energy_share * share,
+                            approximate,
+                        );
+                    }
+                    Err(reason) => {
+                        base.mig = Some(record.clone());
+                        base.no_estimate(reason);
+                        self.add(
+                            base,
+                            who,
+                            Some(mig_key),
+                            None,
+                            FlopBand::default(),
+                            share,
+                            energy_share * share,
+                            approximate,
+                        );
+                        base.reason = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fallback estimate of one instance (the first slice without activity of share
+    /// `sm_share`), or why there is none.
+    fn mig_fallback_for(
+        &mut self,
+        model: &GpuModel,
+        summary: &IntervalSummary,
+        precision: Option<Precision>,
+        slices: &[MigSlice],
+        sm_share: f64,
+    ) -> Result<estimator::Estimate, &'static str> {
+        let (parent, _) =
+            gpu::to_interval(summary, precision).map_err(|_| "no-activity-reading")?;
+        let estimates =
+            estimator::mig_fallback(model, &parent, slices).map_err(|_| "bad-reading")?;
+        let position = slices
+            .iter()
+            .filter(|s| s.activity.is_none())
+            .position(|s| s.sm_share == sm_share)
+            .ok_or("mig-no-activity-reading")?;
+        estimates
+            .get(position)
+            .copied()
+            .ok_or("mig-no-activity-reading")
+    }
+
+    fn no_estimate_reason(&mut self, index: u32, e: &gpu::EstimateError) -> &'static str {
+        let reason = match e {
+            gpu::EstimateError::NoActivity => "no-activity-reading",
+            gpu::EstimateError::UnknownGpu { .. } => "unknown-gpu-no-peak",
+            gpu::EstimateError::Estimator(_) => "bad-reading",
+        };
+        self.estimate_error(index, reason, || {
+            format!("GPU {index}: {e}; its GPU time and energy are reported without an estimate ({reason})")
+        });
+        reason
+    }
+
+    /// Adds one identity's part of one GPU (or MIG instance) interval to its accumulator.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        base: &Base<'_>,
+        who: Arc<Attribution>,
+        mig: Option<Arc<str>>,
+        est: Option<&estimator::Estimate>,
+        band: FlopBand,
+        share: f64,
+        energy_mj: f64,
+        approximate: bool,
+    ) {
+        let index = base.index;
+        let idx = index.to_string();
+        let uuid = base.uuid;
+        let method = est.map_or(Method::None, |e| e.method);
+        let method_tag = method.as_str();
+        if self.last_method.get(&index) != Some(&method_tag) {
+            if let Some(old) = self.last_method.insert(index, method_tag) {
+                let _ = self
+                    .metrics
+                    .gpu_method_info
+                    .remove_label_values(&[&idx, uuid, old]);
+            }
+            self.metrics
+                .gpu_method_info
+                .with_label_values(&[&idx, uuid, method_tag])
+                .set(1);
+        }
+        let central = band.central as f64;
+        self.metrics
+            .gpu_flop_total
+            .with_label_values(&[&idx, uuid])
+            .inc_by(central);
+        if who.identity.source == Source::Unattributed {
+            self.metrics
+                .unattributed_flop_total
+                .with_label_values(&[&idx, uuid])
+                .inc_by(central);
+        } else {
+            let id = &who.identity;
+            *self
+                .run_flop
+                .entry([id.model.clone(), id.run.clone(), id.stage.clone()])
+                .or_default() += central;
+        }
+        let summary = base.summary;
         let tensor = summary
             .gpm
             .and_then(|g| g.any_tensor)
             .map_or(0.0, |t| t / 100.0);
-        for (who, share) in shares {
-            let est = match gpu::estimate(model, summary, who.declaration.precision) {
-                Ok(e) => e,
-                Err(e) => {
-                    let reason = match e {
-                        gpu::EstimateError::NoActivity => "no-activity",
-                        gpu::EstimateError::UnknownGpu { .. } => "unknown-gpu",
-                        gpu::EstimateError::Estimator(_) => "bad-reading",
-                    };
-                    self.estimate_error(index, reason, || format!("GPU {index}: {e}"));
-                    return;
-                }
-            };
-            if no_process && est.estimate.flop.high == 0 {
-                // An idle GPU nobody holds: nothing to book, and no record every interval.
-                return;
-            }
-            let band = scale(est.estimate.flop, share);
-            let method = est.estimate.method;
-            let method_tag = method.as_str();
-            if self.last_method.get(&index) != Some(&method_tag) {
-                if let Some(old) = self.last_method.insert(index, method_tag) {
-                    let _ = self
-                        .metrics
-                        .gpu_method_info
-                        .remove_label_values(&[&idx, uuid, old]);
-                }
-                self.metrics
-                    .gpu_method_info
-                    .with_label_values(&[&idx, uuid, method_tag])
-                    .set(1);
-            }
-            let central = band.central as f64;
-            self.metrics
-                .gpu_flop_total
-                .with_label_values(&[&idx, uuid])
-                .inc_by(central);
-            if who.identity.source == Source::Unattributed {
-                self.metrics
-                    .unattributed_flop_total
-                    .with_label_values(&[&idx, uuid])
-                    .inc_by(central);
-            } else {
-                let id = &who.identity;
-                *self
-                    .run_flop
-                    .entry([id.model.clone(), id.run.clone(), id.stage.clone()])
-                    .or_default() += central;
-            }
-            let key = Key {
-                who,
-                gpu: index,
-                method,
-                precision: est.estimate.precision,
-                precision_declared: est.estimate.precision_declared,
-            };
-            let acc = self.open.entry(key).or_insert_with(|| Acc {
-                uuid: uuid.to_string(),
-                gpu_type,
-                unknown_peak,
-                low: 0,
-                central: 0,
-                high: 0,
-                gpu_ms: 0.0,
-                energy_mj: 0.0,
-                clock_mhz_s: 0.0,
-                clock_s: 0.0,
-                tensor_s: 0.0,
-                seconds: 0.0,
-                approximate: false,
-                start_ms: tick_start_ms,
-                end_ms: now_ms,
-            });
-            acc.low = acc.low.saturating_add(band.low);
-            acc.central = acc.central.saturating_add(band.central);
-            acc.high = acc.high.saturating_add(band.high);
-            acc.gpu_ms += summary.seconds * share * 1000.0;
-            acc.energy_mj += energy_mj as f64 * share;
-            if let Some(c) = summary.mean_sm_clock_mhz {
-                acc.clock_mhz_s += c * summary.seconds;
-                acc.clock_s += summary.seconds;
-            }
-            acc.tensor_s += tensor * summary.seconds;
-            acc.seconds += summary.seconds;
-            acc.approximate |= approximate;
-            acc.start_ms = acc.start_ms.min(tick_start_ms);
-            acc.end_ms = acc.end_ms.max(now_ms);
+        let key = Key {
+            who,
+            gpu: index,
+            mig,
+            method,
+            precision: est.map_or(Precision::Bf16, |e| e.precision),
+            precision_declared: est.is_some_and(|e| e.precision_declared),
+            no_estimate: if est.is_none() { base.reason } else { None },
+        };
+        let acc = self.open.entry(key).or_insert_with(|| Acc {
+            uuid: uuid.to_string(),
+            gpu_type: base.gpu_type,
+            unknown_peak: base.unknown_peak,
+            peak_conflict: base.peak_conflict,
+            energy_from_power: false,
+            mig: base.mig.clone(),
+            low: 0,
+            central: 0,
+            high: 0,
+            gpu_ms: 0.0,
+            energy_mj: 0.0,
+            clock_mhz_s: 0.0,
+            clock_s: 0.0,
+            tensor_s: 0.0,
+            seconds: 0.0,
+            approximate: false,
+            start_ms: base.tick_start_ms,
+            end_ms: base.now_ms,
+        });
+        acc.low = acc.low.saturating_add(band.low);
+        acc.central = acc.central.saturating_add(band.central);
+        acc.high = acc.high.saturating_add(band.high);
+        acc.gpu_ms += summary.seconds * share * 1000.0;
+        acc.energy_mj += energy_mj;
+        acc.energy_from_power |= base.energy_from_power;
+        if let Some(c) = summary.mean_sm_clock_mhz {
+            acc.clock_mhz_s += c * summary.seconds;
+            acc.clock_s += summary.seconds;
         }
+        acc.tensor_s += tensor * summary.seconds;
+        acc.seconds += summary.seconds;
+        acc.approximate |= approximate;
+        acc.start_ms = acc.start_ms.min(base.tick_start_ms);
+        acc.end_ms = acc.end_ms.max(base.now_ms);
     }
 
-    /// The identities on a GPU and their shares (summing to 1). Processes of one identity are
-    /// merged. Shares follow per-process SM utilisation when NVML gives it for every process
-    /// and it is not all zero; otherwise the processes split evenly. A GPU with activity and
-    /// no visible process is booked to "unattributed", whole.
-    fn shares(&mut self, reading: &gpu::GpuReading) -> Vec<(Arc<Attribution>, f64)> {
-        let procs = reading.processes.as_deref().unwrap_or(&[]);
+    /// The identities among `procs` and their shares (summing to 1). Processes of one
+    /// identity are merged. Shares follow per-process SM utilisation when NVML gives it for
+    /// every process and it is not all zero; otherwise the processes split evenly. No visible
+    /// process means "unattributed", whole.
+    fn shares(&mut self, procs: &[GpuProcess]) -> Vec<(Arc<Attribution>, f64)> {
         if procs.is_empty() {
             return vec![(Arc::new(Attribution::unattributed()), 1.0)];
         }
@@ -624,12 +881,22 @@ impl Sampler {
     fn records(&self) -> Vec<v1::IntervalRecord> {
         let mut entries: Vec<(&Key, &Acc)> = self.open.iter().collect();
         entries.sort_by(|(a, _), (b, _)| {
-            (a.gpu, &a.who.identity, a.method, a.precision).cmp(&(
-                b.gpu,
-                &b.who.identity,
-                b.method,
-                b.precision,
-            ))
+            (
+                a.gpu,
+                &a.mig,
+                &a.who.identity,
+                a.method,
+                a.precision,
+                a.no_estimate,
+            )
+                .cmp(&(
+                    b.gpu,
+                    &b.mig,
+                    &b.who.identity,
+                    b.method,
+                    b.precision,
+                    b.no_estimate,
+                ))
         });
         entries.into_iter().map(|(k, a)| to_record(k, a)).collect()
     }
@@ -638,6 +905,46 @@ impl Sampler {
     pub fn open_series(&self) -> usize {
         self.open.len()
     }
+}
+
+/// One interval's energy of a GPU.
+#[derive(Debug, Clone, Copy)]
+struct Energy {
+    mj: u64,
+    from_power: bool,
+}
+
+/// What every record of one GPU's interval shares.
+#[derive(Debug)]
+struct Base<'a> {
+    index: u32,
+    uuid: &'a str,
+    gpu_type: &'static str,
+    unknown_peak: bool,
+    peak_conflict: bool,
+    energy_from_power: bool,
+    tick_start_ms: i64,
+    now_ms: i64,
+    summary: &'a IntervalSummary,
+    mig: Option<v1::MigInstance>,
+    reason: Option<&'static str>,
+}
+
+impl Base<'_> {
+    fn no_estimate(&mut self, reason: &'static str) {
+        self.reason = Some(reason);
+    }
+}
+
+/// GPM percent → the estimator's fractions, if the tensor metric came back.
+fn gpm_activity(g: &gpu::GpmMetrics) -> Option<estimator::GpmActivity> {
+    let frac = |p: Option<f64>| p.unwrap_or(0.0) / 100.0;
+    g.any_tensor.map(|t| estimator::GpmActivity {
+        tensor: t / 100.0,
+        fp32: frac(g.fp32),
+        fp16: frac(g.fp16),
+        fp64: frac(g.fp64),
+    })
 }
 
 fn scale(b: FlopBand, share: f64) -> FlopBand {
@@ -705,7 +1012,10 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
         approximate: a.approximate,
         declaration,
         unknown_peak: a.unknown_peak,
-        ..Default::default()
+        no_estimate_reason: k.no_estimate.unwrap_or_default().to_string(),
+        peak_conflict: a.peak_conflict,
+        mig: a.mig.clone(),
+        energy_from_power: a.energy_from_power,
     }
 }
 

@@ -304,7 +304,23 @@ impl Shipper {
                     } else {
                         0.0
                     },
-                    ..Default::default()
+                    name_catalogue_id: g
+                        .name_conflict
+                        .map(|m| m.id.to_string())
+                        .unwrap_or_default(),
+                    mig_enabled: g.mig_enabled,
+                    mig_instances: g
+                        .mig_instances
+                        .iter()
+                        .map(|m| flopmeter_proto::v1::MigInstance {
+                            uuid: m.uuid.clone(),
+                            profile: m.profile.clone(),
+                            gpu_instance_id: m.gpu_instance_id.unwrap_or(u32::MAX),
+                            compute_instance_id: m.compute_instance_id.unwrap_or(u32::MAX),
+                            sm_count: m.sm_count.unwrap_or(0),
+                            gpu_sm_count: g.gpu_sm_count().unwrap_or(0),
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -259,6 +259,7 @@ impl SimulatedSource {
                 max_mem_clock_mhz: None,
                 memory_total_bytes: Some(80 << 30),
                 gpm_supported: model.gpm,
+                ..GpuInfo::unidentified(i)
             })
             .collect();
         Ok(SimulatedSource {
@@ -349,6 +350,7 @@ impl GpuSource for SimulatedSource {
                 energy_mj: Some(self.energy_mj[i as usize] as u64),
                 memory_used_bytes: Some(if busy { 40 << 30 } else { 0 }),
                 processes: Some(procs),
+                mig: None,
                 unavailable: Vec::new(),
             });
         }

@@ -19,6 +19,7 @@ fn probe(rig: &Rig, json: bool, seconds: u32, precision: Option<Precision>) -> S
         json,
         seconds,
         precision,
+        unknown_gpu_peak_tflops: None,
     };
     let mut out = Vec::new();
     run(&args, &mut out).unwrap();
@@ -125,6 +126,7 @@ fn inventory_only_and_no_driver() {
         json: false,
         seconds: 1,
         precision: None,
+        unknown_gpu_peak_tflops: None,
     };
     let err = run(&args, &mut Vec::new()).unwrap_err();
     assert!(
@@ -137,5 +139,81 @@ fn inventory_only_and_no_driver() {
     assert!(
         err.to_string().starts_with("no NVIDIA driver found"),
         "{err}"
+    );
+}
+
+/// MIG instances are listed under their GPU, with profile, ids, SMs and UUID.
+#[test]
+fn text_lists_mig_instances() {
+    let rig = Rig::shipped("h100-mig.toml");
+    rig.fake.set_time(3.0).unwrap();
+    let text = probe(&rig, false, 0, None);
+    assert!(text.contains("MIG mode: 2 instance(s)"), "{text}");
+    assert!(
+        text.contains(
+            "3g.40gb   GI 1  CI 0  60 of 132 SMs  MIG-0a3c0000-0000-4000-8000-000000000301"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("4g.40gb   GI 2  CI 0  64 of 132 SMs"),
+        "{text}"
+    );
+}
+
+/// An uncatalogued GPU: no estimate without a peak; with `--unknown-gpu-peak-tflops` set to
+/// its true peak (100 SMs × 4096 × 1500 MHz = 614.4 TFLOP/s) the probe shows what the
+/// agent will report, with the truth inside the band.
+#[test]
+fn unknown_gpu_peak_tflops_lets_an_operator_check_before_deploying() {
+    let rig = Rig::inline(
+        r#"
+driver_version = "550.90.07"
+[truth]
+precision = "bf16"
+tensor_flop_per_clk_per_sm = 4096
+[[gpu]]
+name = "NVIDIA Future GPU"
+uuid = "GPU-future-0"
+pci_device_id = 0x2B00
+sm_count = 100
+max_sm_clock_mhz = 1500
+gpm = true
+memory_total_mib = 81559
+[gpu.metrics]
+tensor_util = 40.0
+"#,
+    );
+    let without: Value = serde_json::from_str(&probe(&rig, true, 1, None)).unwrap();
+    let r = &without["readings"][0]["gpus"][0];
+    assert!(r["flop"].is_null(), "{r}");
+    assert!(
+        r["no_estimate"]
+            .as_str()
+            .unwrap()
+            .contains("not in the catalogue"),
+        "{r}"
+    );
+
+    let args = ProbeArgs {
+        nvml_lib: rig.fake.lib_path().to_path_buf(),
+        json: true,
+        seconds: 1,
+        precision: None,
+        unknown_gpu_peak_tflops: Some(100.0 * 4096.0 * 1500e6 / 1e12),
+    };
+    let mut out = Vec::new();
+    run(&args, &mut out).unwrap();
+    let doc: Value = serde_json::from_slice(&out).unwrap();
+    let r = &doc["readings"][0]["gpus"][0];
+    assert_eq!(r["method"], "gpm-tensor", "{r}");
+    let truth = 0.4 * 100.0 * 4096.0 * 1500e6 * r["interval_seconds"].as_f64().unwrap();
+    let (low, high) = (
+        r["flop"]["low"].as_f64().unwrap(),
+        r["flop"]["high"].as_f64().unwrap(),
+    );
+    assert!(
+        low <= truth && truth <= high,
+        "{truth:e} outside [{low:e}, {high:e}]"
     );
 }

@@ -125,7 +125,10 @@ pub struct GpuModel {
 
 impl GpuModel {
     /// A model for a device the catalogue does not know, with a BF16 dense peak the operator
-    /// supplied. Estimates for it use the util×MFU method and carry an "unknown peak" flag.
+    /// supplied. Estimates for it carry an "unknown peak" flag. Its FP8 peak is taken as twice
+    /// the BF16 one (the ratio on every NVIDIA part that has FP8), used only by the high bound:
+    /// tensor activity cannot tell BF16 from FP8, and an unknown device is most likely a new
+    /// one, so a high bound at BF16 could sit below an FP8 run's truth.
     pub fn operator_supplied(bf16_tflops: f64) -> GpuModel {
         GpuModel {
             id: "unknown",
@@ -143,7 +146,7 @@ impl GpuModel {
                 fp32: None,
                 tf32: None,
                 bf16: Some(bf16_tflops),
-                fp8: None,
+                fp8: Some(2.0 * bf16_tflops),
                 fp4: None,
             },
             tdp_watts: None,
@@ -160,26 +163,49 @@ impl GpuModel {
         Precision::Bf16
     }
 
-    /// The precision of the high bound when none is declared: FP8 where the part has it
-    /// (tensor activity cannot tell BF16 from FP8), else the default. FP4 is never assumed:
-    /// only a declaration can raise the band that far.
+    /// The precision of the high bound when none is declared: the fastest floating-point
+    /// tensor precision the part has (FP4 on Blackwell, FP8 on Hopper and Ada), else the
+    /// default. Tensor activity counts busy cycles and cannot tell one precision from
+    /// another, so any slower assumption would let an undeclared FP4 or FP8 run sit above the
+    /// high bound, which compliance decisions rely on never to undercount.
     pub fn high_precision(&self) -> Precision {
-        if self.peaks.fp8.is_some() {
+        if self.peaks.fp4.is_some() {
+            Precision::Fp4
+        } else if self.peaks.fp8.is_some() {
             Precision::Fp8
         } else {
             self.default_precision()
         }
     }
 
+    /// How far above the datasheet tensor peak the part can run: datasheets quote tensor
+    /// peaks at a tensor boost clock below the max SM clock (H100 SXM: 1830 vs 1980 MHz, so
+    /// up to 1070 instead of 989 TFLOP/s dense BF16). The high bound multiplies by this, so a
+    /// part boosting past the reference clock, or a clock that moved between two samples,
+    /// cannot put the truth above it. 1 where either clock is unverified or the part is
+    /// firmware-capped (its datasheet figure is the cap).
+    pub fn clock_headroom(&self) -> f64 {
+        match (
+            self.firmware_capped,
+            self.tensor_ref_clock_mhz,
+            self.max_sm_clock_mhz,
+        ) {
+            (false, Some(r), Some(m)) if r > 0 && m > r => f64::from(m) / f64::from(r),
+            _ => 1.0,
+        }
+    }
+
     /// The physical ceiling in FLOP/s: every tensor and vector unit at its highest rate at
-    /// once, with the estimator's high-bound margin on the tensor term. No honest estimate of
-    /// one interval can exceed it; the collector rejects records that do.
+    /// once, with the estimator's high-bound margin and the clock headroom on the tensor
+    /// term. No honest estimate of one interval can exceed it; the collector rejects records
+    /// that do.
     pub fn ceiling_flop_per_s(&self) -> f64 {
         let p = &self.peaks;
-        let tflops = p.max_tensor().unwrap_or(0.0) * crate::estimator::HIGH_MARGIN
-            + p.fp32.unwrap_or(0.0)
-            + p.fp16_vector().unwrap_or(0.0)
-            + p.fp64.unwrap_or(0.0);
+        let tflops =
+            p.max_tensor().unwrap_or(0.0) * crate::estimator::HIGH_MARGIN * self.clock_headroom()
+                + p.fp32.unwrap_or(0.0)
+                + p.fp16_vector().unwrap_or(0.0)
+                + p.fp64.unwrap_or(0.0);
         tflops * 1e12
     }
 }
@@ -220,6 +246,23 @@ pub fn lookup(pci_device_id: Option<u16>, nvml_name: Option<&str>) -> Lookup {
         }
     }
     Lookup::Unknown
+}
+
+/// The catalogue model the NVML name alone names, when it is not the one the PCI device id
+/// chose: the two disagree (an H20 or GB200 name on the H100 SXM's id 0x2330, seen on
+/// re-flashed boards and on other vendors' NVML implementations). The estimator then widens
+/// the band to cover both models' peaks rather than guess which one is right.
+pub fn name_conflict(
+    pci_device_id: Option<u16>,
+    nvml_name: Option<&str>,
+) -> Option<&'static GpuModel> {
+    let Lookup::Known(by_pci, MatchedBy::PciDeviceId) = lookup(pci_device_id, None) else {
+        return None;
+    };
+    let Lookup::Known(by_name, _) = lookup(None, nvml_name) else {
+        return None;
+    };
+    (by_name.id != by_pci.id).then_some(by_name)
 }
 
 /// Finds a model by catalogue id (`h100-sxm`) or PCI device id (`0x2330`, `2330`).
@@ -873,6 +916,36 @@ mod tests {
         }
         assert_eq!(lookup(Some(0xFFFF), Some("NVIDIA H100")), Lookup::Unknown);
         assert_eq!(lookup(None, None), Lookup::Unknown);
+    }
+
+    #[test]
+    fn name_conflicts_are_detected() {
+        assert_eq!(
+            name_conflict(Some(0x2330), Some("NVIDIA H20")).map(|m| m.id),
+            Some("h20")
+        );
+        assert_eq!(
+            name_conflict(Some(0x2330), Some("NVIDIA GB200")).map(|m| m.id),
+            Some("gb200")
+        );
+        assert_eq!(
+            name_conflict(Some(0x2330), Some("NVIDIA H100 80GB HBM3")),
+            None
+        );
+        // An unknown name, or no PCI match, is no conflict: nothing to compare.
+        assert_eq!(name_conflict(Some(0x2330), Some("NVIDIA Future")), None);
+        assert_eq!(name_conflict(Some(0xFFFF), Some("NVIDIA H20")), None);
+    }
+
+    #[test]
+    fn high_precision_is_the_fastest_the_part_has() {
+        assert_eq!(find("b200").unwrap().high_precision(), Precision::Fp4);
+        assert_eq!(find("h100-sxm").unwrap().high_precision(), Precision::Fp8);
+        assert_eq!(find("a100-sxm").unwrap().high_precision(), Precision::Bf16);
+        // 1980 / 1830 MHz on H100 SXM; none where the reference clock is unverified.
+        assert!((find("h100-sxm").unwrap().clock_headroom() - 1980.0 / 1830.0).abs() < 1e-12);
+        assert_eq!(find("gb200").unwrap().clock_headroom(), 1.0);
+        assert_eq!(find("h20").unwrap().clock_headroom(), 1.0);
     }
 
     #[test]

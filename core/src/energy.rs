@@ -21,6 +21,9 @@ pub enum EnergySource {
     ResetFromCounter,
     /// No counter reading: power × time.
     Power,
+    /// The counter did not move although power read at least 1 W·s worth over the
+    /// interval (a stuck counter): power × time stands in.
+    StuckFromPower,
     /// Nothing to measure with.
     None,
 }
@@ -65,6 +68,11 @@ impl EnergyCounter {
             self.last_mj = Some(now);
         }
         match (previous, counter_mj) {
+            // A counter that stands still while the board draws power is stuck, not idle:
+            // at least 1 J by power is far above the counter's millijoule resolution.
+            (Some(prev), Some(now)) if now == prev && from_power.is_some_and(|p| p >= 1_000) => {
+                (from_power.unwrap_or(0), EnergySource::StuckFromPower)
+            }
             (Some(prev), Some(now)) if now >= prev => (now - prev, EnergySource::Counter),
             (Some(prev), Some(now)) => {
                 let wrapped = u128::from(now) + u128::from(u64::MAX - prev) + 1;
@@ -133,6 +141,22 @@ mod tests {
         );
     }
 
+    /// A counter stuck at 5,000 mJ while power reads 600 W for 1 s: 600,000 mJ from power.
+    #[test]
+    fn a_stuck_counter_is_replaced_by_power() {
+        let mut c = EnergyCounter::new();
+        c.delta(Some(5_000), Some(600_000), 1.0);
+        assert_eq!(
+            c.delta(Some(5_000), Some(600_000), 1.0),
+            (600_000, EnergySource::StuckFromPower)
+        );
+        // An idle board (no power) with a still counter is just idle.
+        assert_eq!(
+            c.delta(Some(5_000), Some(0), 1.0),
+            (0, EnergySource::Counter)
+        );
+    }
+
     #[test]
     fn mwh() {
         assert!((joules_to_mwh(3.6e9) - 1.0).abs() < 1e-12);
@@ -152,7 +176,7 @@ mod tests {
                 match src {
                     EnergySource::Counter => prop_assert_eq!(d, mj - prev.unwrap()),
                     EnergySource::CounterWrapped => prop_assert!(d <= 5_000_000),
-                    EnergySource::ResetFromPower | EnergySource::Power => prop_assert_eq!(d, power_mw),
+                    EnergySource::ResetFromPower | EnergySource::Power | EnergySource::StuckFromPower => prop_assert_eq!(d, power_mw),
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
                 prev = Some(mj);

@@ -181,3 +181,71 @@ const _: () = {
     assert!(offset_of!(GpmMetricsGet, sample2) == 16);
     assert!(offset_of!(GpmMetricsGet, metrics) == 24);
 };
+
+/// `nvmlMemory_t` (v1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryV1 {
+    /// Total bytes.
+    pub total: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Used bytes.
+    pub used: u64,
+}
+
+/// `nvmlFieldValue_t`. The value is a union of 8 bytes; the fake writes it as `u64`
+/// (`valueType` 3, `NVML_VALUE_TYPE_UNSIGNED_LONG_LONG`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FieldValue {
+    /// `NVML_FI_*`, set by the caller.
+    pub field_id: c_uint,
+    /// Scope (NVLink id, ...), set by the caller.
+    pub scope_id: c_uint,
+    /// CPU timestamp, µs.
+    pub timestamp: i64,
+    /// How long the read took, µs.
+    pub latency_usec: i64,
+    /// `nvmlValueType_t`.
+    pub value_type: c_uint,
+    /// Per-field result.
+    pub nvml_return: NvmlReturn,
+    /// The value (union, 8 bytes).
+    pub value: u64,
+}
+
+/// `nvmlDeviceAttributes_t` (what `nvmlDeviceGetAttributes_v2` fills).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceAttributes {
+    /// SMs of the device or MIG instance.
+    pub multiprocessor_count: c_uint,
+    /// Copy engines.
+    pub shared_copy_engine_count: c_uint,
+    /// Decoders.
+    pub shared_decoder_count: c_uint,
+    /// Encoders.
+    pub shared_encoder_count: c_uint,
+    /// JPEG engines.
+    pub shared_jpeg_count: c_uint,
+    /// OFA engines.
+    pub shared_ofa_count: c_uint,
+    /// GPU instance slices.
+    pub gpu_instance_slice_count: c_uint,
+    /// Compute instance slices.
+    pub compute_instance_slice_count: c_uint,
+    /// Memory, MB.
+    pub memory_size_mb: u64,
+}
+
+const _: () = {
+    assert!(size_of::<MemoryV1>() == 24);
+    assert!(size_of::<FieldValue>() == 40);
+    assert!(offset_of!(FieldValue, timestamp) == 8);
+    assert!(offset_of!(FieldValue, value_type) == 24);
+    assert!(offset_of!(FieldValue, nvml_return) == 28);
+    assert!(offset_of!(FieldValue, value) == 32);
+    assert!(size_of::<DeviceAttributes>() == 40);
+    assert!(offset_of!(DeviceAttributes, memory_size_mb) == 32);
+};

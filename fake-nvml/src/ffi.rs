@@ -24,11 +24,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::abi::{
-    GPM_METRIC_MAX, GPM_METRICS_GET_VERSION, GPM_SUPPORT_VERSION, GpmMetric, GpmMetricsGet,
-    GpmSupport, MEMORY_V2_VERSION, MemoryV2, NvmlReturn, PciInfo, ProcessInfo,
-    ProcessUtilizationSample, Utilization,
+    DeviceAttributes, FieldValue, GPM_METRIC_MAX, GPM_METRICS_GET_VERSION, GPM_SUPPORT_VERSION,
+    GpmMetric, GpmMetricsGet, GpmSupport, MEMORY_V2_VERSION, MemoryV1, MemoryV2, NvmlReturn,
+    PciInfo, ProcessInfo, ProcessUtilizationSample, Utilization,
 };
-use crate::scenario::{Gpu, Scenario, gpm_metric};
+use crate::scenario::{CountProtocol, Gpu, MigInstance, Scenario, gpm_metric};
 use crate::{CLOCK_ENV, CLOCK_FILE_NAME, SCENARIO_ENV, SCENARIO_FILE_NAME};
 
 const SUCCESS: NvmlReturn = 0;
@@ -46,6 +46,12 @@ const UNKNOWN: NvmlReturn = 999;
 const HANDLE_BASE: usize = 0x4e56_0000;
 /// GPM sample handles, likewise (a different range so mixing them up is caught).
 const SAMPLE_BASE: usize = 0x5347_0000;
+/// MIG device handles: `MIG_BASE + gpu · MIG_STRIDE + instance` (the instance's position in
+/// the scenario's `[[gpu.mig]]` list, so a recreated instance is a new handle).
+const MIG_BASE: usize = 0x4d49_0000;
+const MIG_STRIDE: usize = 0x100;
+/// `NVML_VALUE_NOT_AVAILABLE` for `usedGpuMemory`.
+const MEMORY_NOT_AVAILABLE: u64 = u64::MAX;
 
 struct Instance {
     scenario: Scenario,
@@ -53,9 +59,12 @@ struct Instance {
     clock_file: Option<PathBuf>,
     last_clock: f64,
     refs: u32,
-    /// Allocated GPM samples: `None` until `nvmlGpmSampleGet` fills in (GPU, time).
-    samples: HashMap<usize, Option<(usize, f64)>>,
+    /// Allocated GPM samples: `None` until `nvmlGpmSampleGet` (or `nvmlGpmMigSampleGet`)
+    /// fills in (GPU, MIG instance, time).
+    samples: HashMap<usize, Option<(usize, Option<usize>, f64)>>,
     next_sample: usize,
+    /// Unix µs of scenario time 0 (process-utilisation timestamps).
+    epoch_us: u64,
 }
 
 impl Instance {
@@ -156,7 +165,6 @@ fn init() -> NvmlReturn {
         return code;
     }
     *guard = Some(Instance {
-        scenario,
         started: Instant::now(),
         // Decided once: a clock file that appears later still counts, because `now` tries
         // the path on every call.
@@ -165,6 +173,15 @@ fn init() -> NvmlReturn {
         refs: 1,
         samples: HashMap::new(),
         next_sample: 1,
+        // NVML stamps process samples with the CPU's Unix time in µs, and clients ask for
+        // "newer than now − 1 s" (nvitop), so without a fixed epoch the wall clock at init
+        // keeps the stamps near real time when the scenario plays in real time.
+        epoch_us: scenario.epoch_unix_us.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64)
+        }),
+        scenario,
     });
     SUCCESS
 }
@@ -216,6 +233,59 @@ where
         return code;
     }
     f(&scenario.gpus[index], t)
+}
+
+/// What a handle names: a physical GPU, or one of its MIG instances.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    index: usize,
+    gpu: &'a Gpu,
+    mig: Option<(usize, &'a MigInstance)>,
+}
+
+fn resolve(handle: *mut c_void, scenario: &Scenario, t: f64) -> Option<Target<'_>> {
+    let raw = handle as usize;
+    if let Some(index) = device_index(handle, scenario.gpus.len()) {
+        return Some(Target {
+            index,
+            gpu: &scenario.gpus[index],
+            mig: None,
+        });
+    }
+    let offset = raw.checked_sub(MIG_BASE)?;
+    let (index, instance) = (offset / MIG_STRIDE, offset % MIG_STRIDE);
+    let gpu = scenario.gpus.get(index)?;
+    let m = gpu.mig.get(instance).filter(|m| m.exists_at(t))?;
+    Some(Target {
+        index,
+        gpu,
+        mig: Some((instance, m)),
+    })
+}
+
+/// Like [`device`], for calls that also accept MIG device handles; lost-GPU and fault
+/// checks apply to the parent GPU.
+fn any_device<F>(function: &str, handle: *mut c_void, f: F) -> NvmlReturn
+where
+    F: FnOnce(&Scenario, Target<'_>, f64, u64) -> NvmlReturn,
+{
+    let mut guard = state();
+    let Some(instance) = guard.as_mut() else {
+        return UNINITIALIZED;
+    };
+    let t = instance.now();
+    let scenario = &instance.scenario;
+    let Some(target) = resolve(handle, scenario, t) else {
+        return INVALID_ARGUMENT;
+    };
+    let gpu = target.index as u32;
+    if scenario.is_lost(gpu, t) {
+        return GPU_IS_LOST;
+    }
+    if let Some(code) = scenario.function_fault(function, Some(gpu), t) {
+        return code;
+    }
+    f(scenario, target, t, instance.epoch_us)
 }
 
 /// Writes `s` NUL-terminated into a caller buffer of `length` bytes.
@@ -399,6 +469,19 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
     // SAFETY: NVML contract: a NUL-terminated string.
     let wanted = unsafe { CStr::from_ptr(uuid) }.to_bytes().to_vec();
     system("nvmlDeviceGetHandleByUUID", |i, t| {
+        let mig = i.scenario.gpus.iter().enumerate().find_map(|(g, gpu)| {
+            gpu.mig
+                .iter()
+                .position(|m| m.uuid.as_bytes() == wanted && m.exists_at(t))
+                .map(|k| (g, k))
+        });
+        if let Some((g, k)) = mig {
+            if i.scenario.is_lost(g as u32, t) {
+                return GPU_IS_LOST;
+            }
+            // SAFETY: NVML contract: a writable handle.
+            return unsafe { put(device, (MIG_BASE + g * MIG_STRIDE + k) as *mut c_void) };
+        }
         let Some(index) = i
             .scenario
             .gpus
@@ -436,9 +519,14 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     name: *mut c_char,
     length: c_uint,
 ) -> NvmlReturn {
-    device("nvmlDeviceGetName", dev, |g, _| {
+    any_device("nvmlDeviceGetName", dev, |_, d, _, _| {
+        // A MIG device's name is the GPU's with the profile: "NVIDIA H100 80GB HBM3 MIG 3g.40gb".
+        let text = match d.mig {
+            Some((_, m)) => format!("{} MIG {}", d.gpu.name, m.profile),
+            None => d.gpu.name.clone(),
+        };
         // SAFETY: NVML contract: `name` holds `length` bytes.
-        unsafe { write_str(name, length, &g.name) }
+        unsafe { write_str(name, length, &text) }
     })
 }
 
@@ -448,9 +536,10 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     uuid: *mut c_char,
     length: c_uint,
 ) -> NvmlReturn {
-    device("nvmlDeviceGetUUID", dev, |g, _| {
+    any_device("nvmlDeviceGetUUID", dev, |_, d, _, _| {
+        let text = d.mig.map_or(d.gpu.uuid.as_str(), |(_, m)| m.uuid.as_str());
         // SAFETY: NVML contract: `uuid` holds `length` bytes.
-        unsafe { write_str(uuid, length, &g.uuid) }
+        unsafe { write_str(uuid, length, text) }
     })
 }
 
@@ -518,6 +607,11 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     utilization: *mut Utilization,
 ) -> NvmlReturn {
     device("nvmlDeviceGetUtilizationRates", dev, |g, t| {
+        // NVML: "On MIG-enabled GPUs, querying device utilization rates is not currently
+        // supported."
+        if g.mig_enabled() {
+            return NOT_SUPPORTED;
+        }
         let u = Utilization {
             gpu: percent(g.metrics.gpu_util.at(t)),
             memory: percent(g.metrics.mem_util.at(t)),
@@ -543,9 +637,11 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     dev: *mut c_void,
     energy: *mut c_ulonglong,
 ) -> NvmlReturn {
-    device("nvmlDeviceGetTotalEnergyConsumption", dev, |g, t| {
-        let joules = g.metrics.power_w.integral(0.0, t);
-        let mj = (joules * 1e3).max(0.0).floor() as u64;
+    any_device("nvmlDeviceGetTotalEnergyConsumption", dev, |s, d, t, _| {
+        if d.mig.is_some() {
+            return NOT_SUPPORTED;
+        }
+        let mj = s.energy_mj(d.index, t).unwrap_or(0);
         // SAFETY: NVML contract: a writable u64 (millijoules).
         unsafe { put(energy, mj) }
     })
@@ -566,12 +662,21 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
     })
 }
 
-fn used_memory_bytes(g: &Gpu, t: f64) -> u64 {
-    g.processes
-        .iter()
-        .filter(|p| p.running_at(t))
-        .map(|p| p.used_memory_mib << 20)
-        .sum()
+fn used_memory_bytes(d: Target<'_>, t: f64) -> u64 {
+    let processes = match d.mig {
+        Some((_, m)) => m.processes.iter().filter(|p| p.running_at(t)).collect(),
+        None => d
+            .gpu
+            .processes_at(t)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect::<Vec<_>>(),
+    };
+    processes.iter().map(|p| p.used_memory_mib << 20).sum()
+}
+
+fn memory_total_bytes(d: Target<'_>) -> u64 {
+    d.mig.map_or(d.gpu.memory_total_mib, |(_, m)| m.memory_mib) << 20
 }
 
 #[unsafe(no_mangle)]
@@ -579,7 +684,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     dev: *mut c_void,
     memory: *mut MemoryV2,
 ) -> NvmlReturn {
-    device("nvmlDeviceGetMemoryInfo_v2", dev, |g, t| {
+    any_device("nvmlDeviceGetMemoryInfo_v2", dev, |_, d, t, _| {
         if memory.is_null() {
             return INVALID_ARGUMENT;
         }
@@ -588,8 +693,8 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if version != MEMORY_V2_VERSION {
             return ARGUMENT_VERSION_MISMATCH;
         }
-        let total = g.memory_total_mib << 20;
-        let used = used_memory_bytes(g, t).min(total);
+        let total = memory_total_bytes(d);
+        let used = used_memory_bytes(d, t).min(total);
         let info = MemoryV2 {
             version,
             total,
@@ -608,36 +713,103 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     count: *mut c_uint,
     infos: *mut ProcessInfo,
 ) -> NvmlReturn {
-    device("nvmlDeviceGetComputeRunningProcesses_v3", dev, |g, t| {
-        if count.is_null() {
-            return INVALID_ARGUMENT;
-        }
-        let running: Vec<_> = g.processes.iter().filter(|p| p.running_at(t)).collect();
-        let n = running.len() as c_uint;
-        // SAFETY: non-null; NVML contract: a readable and writable uint.
-        let capacity = unsafe { *count };
-        if n == 0 {
-            // SAFETY: as above.
-            return unsafe { put(count, 0) };
-        }
-        if infos.is_null() || capacity < n {
-            // SAFETY: as above.
-            unsafe { put(count, n) };
-            return INSUFFICIENT_SIZE;
-        }
-        for (k, p) in running.iter().enumerate() {
-            let info = ProcessInfo {
-                pid: p.pid,
-                used_gpu_memory: p.used_memory_mib << 20,
-                gpu_instance_id: u32::MAX,
-                compute_instance_id: u32::MAX,
+    any_device(
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        dev,
+        |s, d, t, _| {
+            if count.is_null() {
+                return INVALID_ARGUMENT;
+            }
+            // A MIG device lists its own processes; the GPU lists all of them, with their
+            // instance ids and (as nvitop observes on MIG-enabled GPUs) no memory figure.
+            let running: Vec<ProcessInfo> = match d.mig {
+                Some((_, m)) => m
+                    .processes
+                    .iter()
+                    .filter(|p| p.running_at(t))
+                    .map(|p| ProcessInfo {
+                        pid: p.pid,
+                        used_gpu_memory: p.used_memory_mib << 20,
+                        gpu_instance_id: m.gpu_instance_id,
+                        compute_instance_id: m.compute_instance_id,
+                    })
+                    .collect(),
+                None => d
+                    .gpu
+                    .processes_at(t)
+                    .into_iter()
+                    .map(|(p, mig)| ProcessInfo {
+                        pid: p.pid,
+                        used_gpu_memory: if mig.is_some() {
+                            MEMORY_NOT_AVAILABLE
+                        } else {
+                            p.used_memory_mib << 20
+                        },
+                        gpu_instance_id: mig.map_or(u32::MAX, |(gi, _)| gi),
+                        compute_instance_id: mig.map_or(u32::MAX, |(_, ci)| ci),
+                    })
+                    .collect(),
             };
-            // SAFETY: NVML contract: `infos` holds `capacity` ≥ n entries.
-            unsafe { infos.add(k).write(info) };
-        }
+            // SAFETY: non-null; NVML contract: a readable and writable uint.
+            unsafe { write_list(&running, count, infos, s.process_count_protocol) }
+        },
+    )
+}
+
+/// The process-list protocol: `*count` in is the caller's capacity; a null buffer (or too
+/// small a one) is answered with the count and INSUFFICIENT_SIZE (NVML's documented answer)
+/// or, if the scenario says so, SUCCESS with the count; otherwise the entries are written and
+/// `*count` is their number.
+///
+/// # Safety
+/// `count` must be valid for reads and writes; `infos` null or valid for `*count` entries.
+unsafe fn write_list<T: Copy>(
+    items: &[T],
+    count: *mut c_uint,
+    infos: *mut T,
+    protocol: CountProtocol,
+) -> NvmlReturn {
+    let n = items.len() as c_uint;
+    // SAFETY: by the caller's contract.
+    let capacity = unsafe { *count };
+    if n == 0 {
         // SAFETY: as above.
-        unsafe { put(count, n) }
-    })
+        return unsafe { put(count, 0) };
+    }
+    if infos.is_null() || capacity < n {
+        // SAFETY: as above.
+        unsafe { put(count, n) };
+        return match (protocol, infos.is_null()) {
+            (CountProtocol::Success, true) => SUCCESS,
+            _ => INSUFFICIENT_SIZE,
+        };
+    }
+    for (k, item) in items.iter().enumerate() {
+        // SAFETY: `infos` holds `capacity` ≥ n entries.
+        unsafe { infos.add(k).write(*item) };
+    }
+    // SAFETY: as above.
+    unsafe { put(count, n) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
+    dev: *mut c_void,
+    count: *mut c_uint,
+    infos: *mut ProcessInfo,
+) -> NvmlReturn {
+    any_device(
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        dev,
+        |s, _, _, _| {
+            if count.is_null() {
+                return INVALID_ARGUMENT;
+            }
+            // Data-centre GPUs run no graphics contexts.
+            // SAFETY: non-null; NVML contract as for the compute list.
+            unsafe { write_list::<ProcessInfo>(&[], count, infos, s.process_count_protocol) }
+        },
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -647,42 +819,51 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     count: *mut c_uint,
     last_seen: c_ulonglong,
 ) -> NvmlReturn {
-    device("nvmlDeviceGetProcessUtilization", dev, |g, t| {
-        if count.is_null() {
-            return INVALID_ARGUMENT;
-        }
-        // One sample per running process, stamped with the scenario time in µs (+1 so that
-        // a sample at t = 0 is newer than "never seen", which callers pass as 0).
-        let stamp = (t * 1e6) as u64 + 1;
-        let running: Vec<_> = g.processes.iter().filter(|p| p.running_at(t)).collect();
-        if running.is_empty() || stamp <= last_seen {
-            return NOT_FOUND;
-        }
-        let n = running.len() as c_uint;
-        // SAFETY: non-null; NVML contract: a readable and writable uint.
-        let capacity = unsafe { *count };
-        if utilization.is_null() || capacity < n {
+    any_device(
+        "nvmlDeviceGetProcessUtilization",
+        dev,
+        |_, d, t, epoch_us| {
+            let g = d.gpu;
+            if count.is_null() {
+                return INVALID_ARGUMENT;
+            }
+            if d.mig.is_some() || g.mig_enabled() {
+                return NOT_SUPPORTED;
+            }
+            // One sample per running process, stamped as NVML does: the CPU's Unix time in µs
+            // (`nvmlProcessUtilizationSample_t.timeStamp`), here the epoch plus scenario time,
+            // +1 so that a sample at t = 0 is newer than "never seen", which callers pass as 0.
+            let stamp = epoch_us + (t * 1e6) as u64 + 1;
+            let running: Vec<_> = g.processes.iter().filter(|p| p.running_at(t)).collect();
+            if running.is_empty() || stamp <= last_seen {
+                return NOT_FOUND;
+            }
+            let n = running.len() as c_uint;
+            // SAFETY: non-null; NVML contract: a readable and writable uint.
+            let capacity = unsafe { *count };
+            if utilization.is_null() || capacity < n {
+                // SAFETY: as above.
+                unsafe { put(count, n) };
+                return INSUFFICIENT_SIZE;
+            }
+            let sm = g.metrics.sm_util.at(t);
+            let mem = g.metrics.mem_util.at(t);
+            for (k, p) in running.iter().enumerate() {
+                let sample = ProcessUtilizationSample {
+                    pid: p.pid,
+                    time_stamp: stamp,
+                    sm_util: percent(p.sm_share * sm),
+                    mem_util: percent(p.sm_share * mem),
+                    enc_util: 0,
+                    dec_util: 0,
+                };
+                // SAFETY: NVML contract: `utilization` holds `capacity` ≥ n entries.
+                unsafe { utilization.add(k).write(sample) };
+            }
             // SAFETY: as above.
-            unsafe { put(count, n) };
-            return INSUFFICIENT_SIZE;
-        }
-        let sm = g.metrics.sm_util.at(t);
-        let mem = g.metrics.mem_util.at(t);
-        for (k, p) in running.iter().enumerate() {
-            let sample = ProcessUtilizationSample {
-                pid: p.pid,
-                time_stamp: stamp,
-                sm_util: percent(p.sm_share * sm),
-                mem_util: percent(p.sm_share * mem),
-                enc_util: 0,
-                dec_util: 0,
-            };
-            // SAFETY: NVML contract: `utilization` holds `capacity` ≥ n entries.
-            unsafe { utilization.add(k).write(sample) };
-        }
-        // SAFETY: as above.
-        unsafe { put(count, n) }
-    })
+            unsafe { put(count, n) }
+        },
+    )
 }
 
 // --- GPM. ---
@@ -759,7 +940,49 @@ pub extern "C" fn nvmlGpmSampleGet(dev: *mut c_void, sample: *mut c_void) -> Nvm
     }
     match sample_id(sample).and_then(|id| instance.samples.get_mut(&id)) {
         Some(slot) => {
-            *slot = Some((index, t));
+            *slot = Some((index, None, t));
+            SUCCESS
+        }
+        None => INVALID_ARGUMENT,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmMigSampleGet(
+    dev: *mut c_void,
+    gpu_instance_id: c_uint,
+    sample: *mut c_void,
+) -> NvmlReturn {
+    let mut guard = state();
+    let Some(instance) = guard.as_mut() else {
+        return UNINITIALIZED;
+    };
+    let Some(index) = device_index(dev, instance.scenario.gpus.len()) else {
+        return INVALID_ARGUMENT;
+    };
+    let t = instance.now();
+    let scenario = &instance.scenario;
+    if scenario.is_lost(index as u32, t) {
+        return GPU_IS_LOST;
+    }
+    if let Some(code) = scenario.function_fault("nvmlGpmMigSampleGet", Some(index as u32), t) {
+        return code;
+    }
+    let gpu = &scenario.gpus[index];
+    if !gpu.gpm || !gpu.mig_enabled() {
+        return NOT_SUPPORTED;
+    }
+    // NVML: INVALID_ARGUMENT "if device or GPU instance ID is invalid".
+    let Some(k) = gpu
+        .mig
+        .iter()
+        .position(|m| m.gpu_instance_id == gpu_instance_id && m.exists_at(t))
+    else {
+        return INVALID_ARGUMENT;
+    };
+    match sample_id(sample).and_then(|id| instance.samples.get_mut(&id)) {
+        Some(slot) => {
+            *slot = Some((index, Some(k), t));
             SUCCESS
         }
         None => INVALID_ARGUMENT,
@@ -806,10 +1029,10 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(request: *mut GpmMetricsGet) -> NvmlR
         return INVALID_ARGUMENT;
     }
     let filled = |s| sample_id(s).and_then(|id| instance.samples.get(&id).copied().flatten());
-    let (Some((g1, t1)), Some((g2, t2))) = (filled(s1), filled(s2)) else {
+    let (Some((g1, m1, t1)), Some((g2, m2, t2))) = (filled(s1), filled(s2)) else {
         return INVALID_ARGUMENT;
     };
-    if g1 != g2 {
+    if g1 != g2 || m1 != m2 {
         return INVALID_ARGUMENT;
     }
     let t = instance.now();
@@ -834,15 +1057,15 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(request: *mut GpmMetricsGet) -> NvmlR
         entry.metric_info.unit = unit.as_ptr().cast_mut();
         match (
             scenario.gpm_metric_fault(g1 as u32, id),
-            scenario.gpm_curve(g1, id),
+            scenario.gpm_mean(g1, m1, id, from, to),
         ) {
             (Some(code), _) => {
                 entry.nvml_return = code;
                 entry.value = 0.0;
             }
-            (None, Some(curve)) => {
+            (None, Some(value)) => {
                 entry.nvml_return = SUCCESS;
-                entry.value = curve.mean(from, to);
+                entry.value = value;
             }
             (None, None) => {
                 entry.nvml_return = NOT_SUPPORTED;
@@ -856,4 +1079,439 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(request: *mut GpmMetricsGet) -> NvmlR
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlEventSetFree(_set: *mut c_void) -> NvmlReturn {
     SUCCESS
+}
+
+// --- What every monitoring tool reads besides (nvidia-smi, nvitop, dcgm-exporter). ---
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+    dev: *mut c_void,
+    memory: *mut MemoryV1,
+) -> NvmlReturn {
+    any_device("nvmlDeviceGetMemoryInfo", dev, |_, d, t, _| {
+        let total = memory_total_bytes(d);
+        let used = used_memory_bytes(d, t).min(total);
+        let info = MemoryV1 {
+            total,
+            free: total - used,
+            used,
+        };
+        // SAFETY: NVML contract: a writable nvmlMemory_t.
+        unsafe { put(memory, info) }
+    })
+}
+
+/// Data-centre SXM boards are passively cooled: NVML has no fan to report.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed(
+    dev: *mut c_void,
+    _speed: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetFanSpeed", dev, |_, _| NOT_SUPPORTED)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed_v2(
+    dev: *mut c_void,
+    _fan: c_uint,
+    _speed: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetFanSpeed_v2", dev, |_, _| NOT_SUPPORTED)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetNumFans(dev: *mut c_void, fans: *mut c_uint) -> NvmlReturn {
+    device("nvmlDeviceGetNumFans", dev, |_, _| {
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(fans, 0) }
+    })
+}
+
+fn power_limit(g: &Gpu) -> Option<c_uint> {
+    g.power_limit_w.map(|w| round_u32(w * 1e3))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(
+    dev: *mut c_void,
+    limit: *mut c_uint,
+) -> NvmlReturn {
+    device(
+        "nvmlDeviceGetPowerManagementLimit",
+        dev,
+        |g, _| match power_limit(g) {
+            // SAFETY: NVML contract: a writable uint (milliwatts).
+            Some(mw) => unsafe { put(limit, mw) },
+            None => NOT_SUPPORTED,
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
+    dev: *mut c_void,
+    limit: *mut c_uint,
+) -> NvmlReturn {
+    device(
+        "nvmlDeviceGetEnforcedPowerLimit",
+        dev,
+        |g, _| match power_limit(g) {
+            // SAFETY: NVML contract: a writable uint (milliwatts).
+            Some(mw) => unsafe { put(limit, mw) },
+            None => NOT_SUPPORTED,
+        },
+    )
+}
+
+/// P0 while compute processes run, P8 (idle) otherwise.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPerformanceState(
+    dev: *mut c_void,
+    state: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetPerformanceState", dev, |g, t| {
+        let p = if g.processes_at(t).is_empty() { 8 } else { 0 };
+        // SAFETY: NVML contract: a writable nvmlPstates_t.
+        unsafe { put(state, p) }
+    })
+}
+
+/// Enabled, as on every managed data-centre node.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPersistenceMode(
+    dev: *mut c_void,
+    mode: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetPersistenceMode", dev, |_, _| {
+        // SAFETY: NVML contract: a writable nvmlEnableState_t.
+        unsafe { put(mode, 1) }
+    })
+}
+
+/// `NVML_COMPUTEMODE_DEFAULT`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeMode(
+    dev: *mut c_void,
+    mode: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetComputeMode", dev, |_, _| {
+        // SAFETY: NVML contract: a writable nvmlComputeMode_t.
+        unsafe { put(mode, 0) }
+    })
+}
+
+/// Training jobs use no video engines: 0% over the driver's 167 ms sampling period.
+fn codec_utilization(utilization: *mut c_uint, period_us: *mut c_uint) -> NvmlReturn {
+    // SAFETY: NVML contract: two writable uints.
+    unsafe {
+        let r = put(utilization, 0);
+        if r != SUCCESS {
+            return r;
+        }
+        put(period_us, 167_000)
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEncoderUtilization(
+    dev: *mut c_void,
+    utilization: *mut c_uint,
+    period_us: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetEncoderUtilization", dev, |_, _| {
+        codec_utilization(utilization, period_us)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDecoderUtilization(
+    dev: *mut c_void,
+    utilization: *mut c_uint,
+    period_us: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetDecoderUtilization", dev, |_, _| {
+        codec_utilization(utilization, period_us)
+    })
+}
+
+/// KB/s over the last 20 ms; counters 0 (TX) and 1 (RX). No traffic is modelled.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPcieThroughput(
+    dev: *mut c_void,
+    counter: c_uint,
+    value: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetPcieThroughput", dev, |_, _| {
+        if counter > 1 {
+            return INVALID_ARGUMENT;
+        }
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(value, 0) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCurrPcieLinkGeneration(
+    dev: *mut c_void,
+    generation: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetCurrPcieLinkGeneration", dev, |_, _| {
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(generation, 5) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCurrPcieLinkWidth(
+    dev: *mut c_void,
+    width: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetCurrPcieLinkWidth", dev, |_, _| {
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(width, 16) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(
+    dev: *mut c_void,
+    minor: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetMinorNumber", dev, |g, _| {
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(minor, g.index) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDisplayActive(
+    dev: *mut c_void,
+    active: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetDisplayActive", dev, |_, _| {
+        // SAFETY: NVML contract: a writable nvmlEnableState_t.
+        unsafe { put(active, 0) }
+    })
+}
+
+/// `NVML_FI_DEV_NVLINK_LINK_COUNT`.
+const FI_NVLINK_LINK_COUNT: c_uint = 91;
+/// `NVML_VALUE_TYPE_UNSIGNED_INT`.
+const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
+
+/// Per-field answers: the NVLink link count from the scenario's `nvlink_links`, every
+/// other field its own NOT_SUPPORTED (the call itself succeeds, as NVML's does).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    dev: *mut c_void,
+    count: c_int,
+    values: *mut FieldValue,
+) -> NvmlReturn {
+    any_device("nvmlDeviceGetFieldValues", dev, |_, d, t, epoch_us| {
+        if values.is_null() || count < 0 {
+            return INVALID_ARGUMENT;
+        }
+        let stamp = (epoch_us + (t * 1e6) as u64) as i64;
+        for k in 0..count as usize {
+            // SAFETY: NVML contract: `values` holds `count` entries.
+            let v = unsafe { &mut *values.add(k) };
+            v.timestamp = stamp;
+            v.latency_usec = 0;
+            match (v.field_id, d.gpu.nvlink_links) {
+                (FI_NVLINK_LINK_COUNT, Some(links)) if d.mig.is_none() => {
+                    v.value_type = VALUE_TYPE_UNSIGNED_INT;
+                    v.nvml_return = SUCCESS;
+                    v.value = u64::from(links);
+                }
+                _ => {
+                    v.nvml_return = NOT_SUPPORTED;
+                    v.value = 0;
+                }
+            }
+        }
+        SUCCESS
+    })
+}
+
+/// No ECC errors on any fake GPU.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
+    dev: *mut c_void,
+    _error_type: c_uint,
+    _counter_type: c_uint,
+    errors: *mut c_ulonglong,
+) -> NvmlReturn {
+    device("nvmlDeviceGetTotalEccErrors", dev, |_, _| {
+        // SAFETY: NVML contract: a writable u64.
+        unsafe { put(errors, 0) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetBAR1MemoryInfo(
+    dev: *mut c_void,
+    _bar1: *mut c_void,
+) -> NvmlReturn {
+    device("nvmlDeviceGetBAR1MemoryInfo", dev, |_, _| NOT_SUPPORTED)
+}
+
+// --- MIG. ---
+
+/// `NVML_DEVICE_MIG_ENABLE` when the scenario gives the GPU a layout; pending = current.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigMode(
+    dev: *mut c_void,
+    current: *mut c_uint,
+    pending: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetMigMode", dev, |g, _| {
+        let mode = c_uint::from(g.mig_enabled());
+        // SAFETY: NVML contract: two writable uints.
+        unsafe {
+            let r = put(current, mode);
+            if r != SUCCESS {
+                return r;
+            }
+            put(pending, mode)
+        }
+    })
+}
+
+/// Seven MIG devices at most on A100/H100 (`nvidia-smi mig -lgip`); 0 outside MIG mode.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
+    dev: *mut c_void,
+    count: *mut c_uint,
+) -> NvmlReturn {
+    device("nvmlDeviceGetMaxMigDeviceCount", dev, |g, _| {
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(count, if g.mig_enabled() { 7 } else { 0 }) }
+    })
+}
+
+/// The `index`-th MIG device existing now, in layout order; NOT_FOUND past the last (NVML
+/// documents NOT_FOUND "if the MIG device at the index does not exist").
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    dev: *mut c_void,
+    index: c_uint,
+    mig: *mut *mut c_void,
+) -> NvmlReturn {
+    any_device("nvmlDeviceGetMigDeviceHandleByIndex", dev, |_, d, t, _| {
+        if d.mig.is_some() {
+            return INVALID_ARGUMENT;
+        }
+        if !d.gpu.mig_enabled() {
+            return NOT_SUPPORTED;
+        }
+        let Some(k) = d
+            .gpu
+            .mig
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.exists_at(t))
+            .map(|(k, _)| k)
+            .nth(index as usize)
+        else {
+            return NOT_FOUND;
+        };
+        let handle = MIG_BASE + d.index * MIG_STRIDE + k;
+        // SAFETY: NVML contract: a writable handle.
+        unsafe { put(mig, handle as *mut c_void) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
+    dev: *mut c_void,
+    is_mig: *mut c_uint,
+) -> NvmlReturn {
+    any_device("nvmlDeviceIsMigDeviceHandle", dev, |_, d, _, _| {
+        // SAFETY: NVML contract: a writable uint.
+        unsafe { put(is_mig, c_uint::from(d.mig.is_some())) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+    dev: *mut c_void,
+    parent: *mut *mut c_void,
+) -> NvmlReturn {
+    any_device(
+        "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+        dev,
+        |_, d, _, _| {
+            if d.mig.is_none() {
+                return INVALID_ARGUMENT;
+            }
+            // SAFETY: NVML contract: a writable handle.
+            unsafe { put(parent, handle(d.index)) }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
+    dev: *mut c_void,
+    id: *mut c_uint,
+) -> NvmlReturn {
+    any_device("nvmlDeviceGetGpuInstanceId", dev, |_, d, _, _| {
+        match d.mig {
+            // SAFETY: NVML contract: a writable uint.
+            Some((_, m)) => unsafe { put(id, m.gpu_instance_id) },
+            None => NOT_SUPPORTED,
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
+    dev: *mut c_void,
+    id: *mut c_uint,
+) -> NvmlReturn {
+    any_device(
+        "nvmlDeviceGetComputeInstanceId",
+        dev,
+        |_, d, _, _| match d.mig {
+            // SAFETY: NVML contract: a writable uint.
+            Some((_, m)) => unsafe { put(id, m.compute_instance_id) },
+            None => NOT_SUPPORTED,
+        },
+    )
+}
+
+/// SMs and memory of a MIG device (or the whole GPU). Slice counts follow the profile name
+/// (`3g.40gb`: 3 GPU slices); copy engines and codecs are not modelled.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetAttributes_v2(
+    dev: *mut c_void,
+    attributes: *mut DeviceAttributes,
+) -> NvmlReturn {
+    any_device("nvmlDeviceGetAttributes_v2", dev, |_, d, _, _| {
+        let (sms, slices, mb) = match d.mig {
+            Some((_, m)) => {
+                let slices = m
+                    .profile
+                    .split('g')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                (m.sm_count, slices, m.memory_mib)
+            }
+            None => (d.gpu.sm_count, 7, d.gpu.memory_total_mib),
+        };
+        let a = DeviceAttributes {
+            multiprocessor_count: sms,
+            shared_copy_engine_count: 0,
+            shared_decoder_count: 0,
+            shared_encoder_count: 0,
+            shared_jpeg_count: 0,
+            shared_ofa_count: 0,
+            gpu_instance_slice_count: slices,
+            compute_instance_slice_count: slices,
+            memory_size_mb: mb,
+        };
+        // SAFETY: NVML contract: a writable nvmlDeviceAttributes_t.
+        unsafe { put(attributes, a) }
+    })
 }

@@ -138,6 +138,37 @@ pub const FUNCTIONS: &[&str] = &[
     "nvmlGpmSampleGet",
     "nvmlGpmMetricsGet",
     "nvmlEventSetFree",
+    // What every monitoring tool calls besides (nvidia-smi, nvitop, dcgm-exporter).
+    "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetFanSpeed",
+    "nvmlDeviceGetFanSpeed_v2",
+    "nvmlDeviceGetNumFans",
+    "nvmlDeviceGetPowerManagementLimit",
+    "nvmlDeviceGetEnforcedPowerLimit",
+    "nvmlDeviceGetPerformanceState",
+    "nvmlDeviceGetPersistenceMode",
+    "nvmlDeviceGetComputeMode",
+    "nvmlDeviceGetEncoderUtilization",
+    "nvmlDeviceGetDecoderUtilization",
+    "nvmlDeviceGetPcieThroughput",
+    "nvmlDeviceGetFieldValues",
+    "nvmlDeviceGetGraphicsRunningProcesses_v3",
+    "nvmlDeviceGetTotalEccErrors",
+    "nvmlDeviceGetMinorNumber",
+    "nvmlDeviceGetBAR1MemoryInfo",
+    "nvmlDeviceGetDisplayActive",
+    "nvmlDeviceGetCurrPcieLinkGeneration",
+    "nvmlDeviceGetCurrPcieLinkWidth",
+    // MIG.
+    "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+    "nvmlDeviceIsMigDeviceHandle",
+    "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+    "nvmlDeviceGetGpuInstanceId",
+    "nvmlDeviceGetComputeInstanceId",
+    "nvmlDeviceGetAttributes_v2",
+    "nvmlGpmMigSampleGet",
 ];
 
 /// GPM metric ids (`nvmlGpmMetricId_t`) the fake computes. Others come back with a
@@ -312,6 +343,42 @@ pub struct Gpu {
     pub processes: Vec<Process>,
     /// Ground truth (the GPU's own, else the scenario's).
     pub truth: Option<Truth>,
+    /// Power limit (W), `None`: NOT_SUPPORTED.
+    pub power_limit_w: Option<f64>,
+    /// NVLink links (NVML field 91), `None`: NOT_SUPPORTED.
+    pub nvlink_links: Option<u32>,
+    /// MIG instances; non-empty means the GPU is in MIG mode.
+    pub mig: Vec<MigInstance>,
+}
+
+impl Gpu {
+    /// Whether the GPU is in MIG mode.
+    pub fn mig_enabled(&self) -> bool {
+        !self.mig.is_empty()
+    }
+
+    /// The compute processes running at `t` with their MIG (GPU, compute) instance ids, or
+    /// `None` for a GPU not in MIG mode.
+    pub fn processes_at(&self, t: f64) -> Vec<(&Process, Option<(u32, u32)>)> {
+        if self.mig_enabled() {
+            self.mig
+                .iter()
+                .filter(|m| m.exists_at(t))
+                .flat_map(|m| {
+                    m.processes
+                        .iter()
+                        .filter(move |p| p.running_at(t))
+                        .map(move |p| (p, Some((m.gpu_instance_id, m.compute_instance_id))))
+                })
+                .collect()
+        } else {
+            self.processes
+                .iter()
+                .filter(|p| p.running_at(t))
+                .map(|p| (p, None))
+                .collect()
+        }
+    }
 }
 
 /// An injected error code for one function.
@@ -375,6 +442,96 @@ pub struct Faults {
     /// Per-metric GPM errors.
     #[serde(default)]
     pub gpm_metric_errors: Vec<MetricFault>,
+    /// Energy counters that freeze (stop counting while the board draws power).
+    #[serde(default)]
+    pub energy_frozen: Vec<FrozenEnergy>,
+}
+
+/// An energy counter stuck at its value from `from` until `until` (default: for ever),
+/// while power goes on; it then jumps to the true integral again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrozenEnergy {
+    /// The GPU.
+    pub gpu: u32,
+    /// From this time.
+    pub from: f64,
+    /// Until this time.
+    #[serde(default)]
+    pub until: Option<f64>,
+}
+
+/// How the fake answers the null-buffer "how many processes" query of
+/// `nvmlDeviceGetComputeRunningProcesses_v3` (`count = 0`, `infos = NULL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CountProtocol {
+    /// NVML's documented answer: `NVML_ERROR_INSUFFICIENT_SIZE` with `*count` set.
+    #[default]
+    InsufficientSize,
+    /// `NVML_SUCCESS` with `*count` set, as some NVML implementations answer (nvml-wrapper
+    /// 0.13 and pynvml then return an empty list).
+    Success,
+}
+
+/// A driver reload: the energy counter restarts from zero at `at`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverReload {
+    /// Scenario time of the reload.
+    pub at: f64,
+}
+
+/// One MIG instance (a GPU instance with one compute instance) of a GPU in MIG mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigInstance {
+    /// Profile name, e.g. `3g.40gb` (the MIG device's NVML name ends with it).
+    pub profile: String,
+    /// The MIG device's UUID (`MIG-...`).
+    pub uuid: String,
+    /// GPU instance id.
+    pub gpu_instance_id: u32,
+    /// Compute instance id (within the GPU instance).
+    pub compute_instance_id: u32,
+    /// SMs of the instance.
+    pub sm_count: u32,
+    /// Memory of the instance, MiB.
+    pub memory_mib: u64,
+    /// Exists from this time (created by the operator) ...
+    pub from: Option<f64>,
+    /// ... until this time (destroyed).
+    pub until: Option<f64>,
+    /// Activity curves, percent of the instance's own SMs (what per-instance GPM reports).
+    pub metrics: Metrics,
+    /// Processes on the instance.
+    pub processes: Vec<Process>,
+}
+
+impl MigInstance {
+    /// Whether the instance exists at `t`.
+    pub fn exists_at(&self, t: f64) -> bool {
+        self.from.is_none_or(|f| t >= f) && self.until.is_none_or(|u| t < u)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigFile {
+    profile: String,
+    uuid: String,
+    gpu_instance_id: u32,
+    #[serde(default)]
+    compute_instance_id: u32,
+    sm_count: u32,
+    memory_mib: u64,
+    #[serde(default)]
+    from: Option<f64>,
+    #[serde(default)]
+    until: Option<f64>,
+    #[serde(default)]
+    metrics: MetricsFile,
+    #[serde(default)]
+    processes: Vec<Process>,
 }
 
 /// A loaded, validated scenario.
@@ -390,6 +547,13 @@ pub struct Scenario {
     pub gpus: Vec<Gpu>,
     /// Faults.
     pub faults: Faults,
+    /// How the null-buffer process count query is answered.
+    pub process_count_protocol: CountProtocol,
+    /// The Unix time (µs) of scenario time 0 for process-utilisation timestamps; `None`: the
+    /// wall clock at `nvmlInit`.
+    pub epoch_unix_us: Option<u64>,
+    /// Driver reloads (energy counter resets).
+    pub driver_reloads: Vec<DriverReload>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +570,12 @@ struct ScenarioFile {
     gpu: Vec<GpuFile>,
     #[serde(default)]
     faults: Faults,
+    #[serde(default)]
+    process_count_protocol: CountProtocol,
+    #[serde(default)]
+    epoch_unix_us: Option<u64>,
+    #[serde(default)]
+    driver_reload: Vec<DriverReload>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +598,12 @@ struct GpuFile {
     processes: Vec<Process>,
     #[serde(default)]
     truth: Option<Truth>,
+    #[serde(default)]
+    power_limit_w: Option<f64>,
+    #[serde(default)]
+    nvlink_links: Option<u32>,
+    #[serde(default)]
+    mig: Vec<MigFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,29 +658,36 @@ impl Scenario {
                     spec.name
                 )));
             }
-            let m = spec.metrics;
-            let tensor = m.tensor_util.unwrap_or_default();
             let max_mem = spec.max_mem_clock_mhz.unwrap_or(DEFAULT_MAX_MEM_CLOCK_MHZ);
-            let metrics = Metrics {
-                sm_clock_mhz: m
-                    .sm_clock_mhz
-                    .unwrap_or(Curve::Constant(f64::from(spec.max_sm_clock_mhz))),
-                mem_clock_mhz: m
-                    .mem_clock_mhz
-                    .unwrap_or(Curve::Constant(f64::from(max_mem))),
-                hmma_util: m.hmma_util.unwrap_or_else(|| tensor.clone()),
-                sm_util: m.sm_util.unwrap_or_else(|| tensor.clone()),
-                tensor_util: tensor,
-                imma_util: m.imma_util.unwrap_or_default(),
-                dfma_util: m.dfma_util.unwrap_or_default(),
-                fp32_util: m.fp32_util.unwrap_or_default(),
-                fp16_util: m.fp16_util.unwrap_or_default(),
-                fp64_util: m.fp64_util.unwrap_or_default(),
-                gpu_util: m.gpu_util.unwrap_or_default(),
-                mem_util: m.mem_util.unwrap_or_default(),
-                power_w: m.power_w.unwrap_or_default(),
-                temperature_c: m.temperature_c.unwrap_or(Curve::Constant(40.0)),
-            };
+            let metrics = resolve_metrics(spec.metrics, spec.max_sm_clock_mhz, max_mem);
+            let mut mig = Vec::new();
+            for m in spec.mig {
+                if m.sm_count == 0 || m.sm_count > spec.sm_count {
+                    return Err(invalid(format!(
+                        "MIG instance {} has sm_count {} (the GPU has {})",
+                        m.uuid, m.sm_count, spec.sm_count
+                    )));
+                }
+                mig.push(MigInstance {
+                    profile: m.profile,
+                    uuid: m.uuid,
+                    gpu_instance_id: m.gpu_instance_id,
+                    compute_instance_id: m.compute_instance_id,
+                    sm_count: m.sm_count,
+                    memory_mib: m.memory_mib,
+                    from: m.from,
+                    until: m.until,
+                    metrics: resolve_metrics(m.metrics, spec.max_sm_clock_mhz, max_mem),
+                    processes: m.processes,
+                });
+            }
+            if !mig.is_empty() && count > 1 {
+                return Err(invalid(format!(
+                    "GPU entry {:?}: a MIG layout needs its own [[gpu]] entry (count = 1), \
+                     since MIG UUIDs are per GPU",
+                    spec.name
+                )));
+            }
             for p in &spec.processes {
                 if !(0.0..=1.0).contains(&p.sm_share) {
                     return Err(invalid(format!(
@@ -536,11 +719,19 @@ impl Scenario {
                     metrics: metrics.clone(),
                     processes,
                     truth: spec.truth.clone().or_else(|| file.truth.clone()),
+                    power_limit_w: spec.power_limit_w,
+                    nvlink_links: spec.nvlink_links,
+                    mig: mig.clone(),
                 });
             }
         }
         let mut uuids = HashSet::new();
         for g in &gpus {
+            for m in &g.mig {
+                if !uuids.insert(m.uuid.as_str()) {
+                    return Err(invalid(format!("duplicate UUID {}", m.uuid)));
+                }
+            }
             if !uuids.insert(g.uuid.as_str()) {
                 return Err(invalid(format!("duplicate UUID {}", g.uuid)));
             }
@@ -586,51 +777,185 @@ impl Scenario {
                 .unwrap_or(DEFAULT_CUDA_DRIVER_VERSION),
             gpus,
             faults,
+            process_count_protocol: file.process_count_protocol,
+            epoch_unix_us: file.epoch_unix_us,
+            driver_reloads: file.driver_reload,
         })
     }
 
     /// The true FLOP GPU `gpu` executed over scenario time `[t0, t1]`:
     /// `∫ Σ_pipe util_pipe(t)/100 · SMs · rate_pipe · f_SM(t)·10^6 dt`, integrated exactly.
+    /// For a GPU in MIG mode, the sum over its instances ([`Scenario::true_flop_mig`]).
     pub fn true_flop(&self, gpu: usize, t0: f64, t1: f64) -> Result<f64, TruthError> {
         let g = self.gpus.get(gpu).ok_or(TruthError::NoGpu(gpu))?;
+        if g.mig_enabled() {
+            return (0..g.mig.len())
+                .map(|i| self.true_flop_mig(gpu, i, t0, t1))
+                .sum();
+        }
         let truth = g.truth.as_ref().ok_or(TruthError::NoTruth(gpu))?;
-        let m = &g.metrics;
-        let clock = &m.sm_clock_mhz;
-        let per_percent_mhz = f64::from(g.sm_count) * 1e6 / 100.0;
-        let pipes = [
-            (&m.tensor_util, truth.tensor_flop_per_clk_per_sm),
-            (&m.fp32_util, truth.fp32_flop_per_clk_per_sm),
-            (&m.fp16_util, truth.fp16_flop_per_clk_per_sm),
-            (&m.fp64_util, truth.fp64_flop_per_clk_per_sm),
-        ];
-        Ok(pipes
-            .iter()
-            .filter(|(_, rate)| *rate != 0.0)
-            .map(|(util, rate)| rate * per_percent_mhz * integral_of_product(util, clock, t0, t1))
-            .sum())
+        Ok(pipe_flop(
+            truth,
+            &g.metrics,
+            &g.metrics.sm_clock_mhz,
+            g.sm_count,
+            t0,
+            t1,
+        ))
+    }
+
+    /// The true FLOP MIG instance `instance` (index in the GPU's `[[gpu.mig]]` list) of GPU
+    /// `gpu` executed over `[t0, t1]`: its own activity curves over its own SMs, at the
+    /// GPU's clock, during its lifetime only.
+    pub fn true_flop_mig(
+        &self,
+        gpu: usize,
+        instance: usize,
+        t0: f64,
+        t1: f64,
+    ) -> Result<f64, TruthError> {
+        let g = self.gpus.get(gpu).ok_or(TruthError::NoGpu(gpu))?;
+        let truth = g.truth.as_ref().ok_or(TruthError::NoTruth(gpu))?;
+        let m = g.mig.get(instance).ok_or(TruthError::NoGpu(gpu))?;
+        let a = t0.max(m.from.unwrap_or(f64::NEG_INFINITY));
+        let b = t1.min(m.until.unwrap_or(f64::INFINITY));
+        if b <= a {
+            return Ok(0.0);
+        }
+        Ok(pipe_flop(
+            truth,
+            &m.metrics,
+            &g.metrics.sm_clock_mhz,
+            m.sm_count,
+            a,
+            b,
+        ))
+    }
+
+    /// The mean of a GPM metric over `[t0, t1]` as NVML reports it, or `None` for a metric
+    /// the fake does not compute. `instance`: a MIG instance's own metric (percent of its
+    /// SMs). For the whole GPU in MIG mode: the SM-weighted sum over the instances (each
+    /// counting only while it exists), which is what an all-SM average measures.
+    pub fn gpm_mean(
+        &self,
+        gpu: usize,
+        instance: Option<usize>,
+        metric: u32,
+        t0: f64,
+        t1: f64,
+    ) -> Option<f64> {
+        let g = self.gpus.get(gpu)?;
+        let mean_over_life = |m: &MigInstance| -> Option<f64> {
+            let c = metric_curve(&m.metrics, metric)?;
+            if t1 <= t0 {
+                return Some(if m.exists_at(t0) { c.at(t0) } else { 0.0 });
+            }
+            let a = t0.max(m.from.unwrap_or(f64::NEG_INFINITY));
+            let b = t1.min(m.until.unwrap_or(f64::INFINITY));
+            Some(if b > a {
+                c.integral(a, b) / (t1 - t0)
+            } else {
+                0.0
+            })
+        };
+        match instance {
+            Some(i) => mean_over_life(g.mig.get(i)?),
+            None if g.mig_enabled() => {
+                let mut sum = 0.0;
+                for m in &g.mig {
+                    sum += mean_over_life(m)? * f64::from(m.sm_count) / f64::from(g.sm_count);
+                }
+                Some(sum)
+            }
+            None => Some(metric_curve(&g.metrics, metric)?.mean(t0, t1)),
+        }
     }
 
     /// The curve behind a GPM metric id, if the fake computes that metric.
     pub fn gpm_curve(&self, gpu: usize, metric: u32) -> Option<&Curve> {
-        let m = &self.gpus.get(gpu)?.metrics;
-        Some(match metric {
-            gpm_metric::GRAPHICS_UTIL => &m.gpu_util,
-            gpm_metric::SM_UTIL => &m.sm_util,
-            gpm_metric::ANY_TENSOR_UTIL => &m.tensor_util,
-            gpm_metric::DFMA_TENSOR_UTIL => &m.dfma_util,
-            gpm_metric::HMMA_TENSOR_UTIL => &m.hmma_util,
-            gpm_metric::IMMA_TENSOR_UTIL => &m.imma_util,
-            gpm_metric::FP64_UTIL => &m.fp64_util,
-            gpm_metric::FP32_UTIL => &m.fp32_util,
-            gpm_metric::FP16_UTIL => &m.fp16_util,
-            _ => return None,
-        })
+        metric_curve(&self.gpus.get(gpu)?.metrics, metric)
     }
 
-    /// Energy since init in millijoules: the exact integral of power over `[0, t]`.
+    /// The scenario time of the last driver reload at or before `t` (0 if none).
+    pub fn last_reload(&self, t: f64) -> f64 {
+        self.driver_reloads
+            .iter()
+            .map(|r| r.at)
+            .filter(|&at| at <= t)
+            .fold(0.0, f64::max)
+    }
+}
+
+fn pipe_flop(truth: &Truth, m: &Metrics, clock: &Curve, sm_count: u32, t0: f64, t1: f64) -> f64 {
+    let per_percent_mhz = f64::from(sm_count) * 1e6 / 100.0;
+    let pipes = [
+        (&m.tensor_util, truth.tensor_flop_per_clk_per_sm),
+        (&m.fp32_util, truth.fp32_flop_per_clk_per_sm),
+        (&m.fp16_util, truth.fp16_flop_per_clk_per_sm),
+        (&m.fp64_util, truth.fp64_flop_per_clk_per_sm),
+    ];
+    pipes
+        .iter()
+        .filter(|(_, rate)| *rate != 0.0)
+        .map(|(util, rate)| rate * per_percent_mhz * integral_of_product(util, clock, t0, t1))
+        .sum()
+}
+
+fn resolve_metrics(m: MetricsFile, max_sm_clock_mhz: u32, max_mem: u32) -> Metrics {
+    let tensor = m.tensor_util.unwrap_or_default();
+    Metrics {
+        sm_clock_mhz: m
+            .sm_clock_mhz
+            .unwrap_or(Curve::Constant(f64::from(max_sm_clock_mhz))),
+        mem_clock_mhz: m
+            .mem_clock_mhz
+            .unwrap_or(Curve::Constant(f64::from(max_mem))),
+        hmma_util: m.hmma_util.unwrap_or_else(|| tensor.clone()),
+        sm_util: m.sm_util.unwrap_or_else(|| tensor.clone()),
+        tensor_util: tensor,
+        imma_util: m.imma_util.unwrap_or_default(),
+        dfma_util: m.dfma_util.unwrap_or_default(),
+        fp32_util: m.fp32_util.unwrap_or_default(),
+        fp16_util: m.fp16_util.unwrap_or_default(),
+        fp64_util: m.fp64_util.unwrap_or_default(),
+        gpu_util: m.gpu_util.unwrap_or_default(),
+        mem_util: m.mem_util.unwrap_or_default(),
+        power_w: m.power_w.unwrap_or_default(),
+        temperature_c: m.temperature_c.unwrap_or(Curve::Constant(40.0)),
+    }
+}
+
+fn metric_curve(m: &Metrics, metric: u32) -> Option<&Curve> {
+    Some(match metric {
+        gpm_metric::GRAPHICS_UTIL => &m.gpu_util,
+        gpm_metric::SM_UTIL => &m.sm_util,
+        gpm_metric::ANY_TENSOR_UTIL => &m.tensor_util,
+        gpm_metric::DFMA_TENSOR_UTIL => &m.dfma_util,
+        gpm_metric::HMMA_TENSOR_UTIL => &m.hmma_util,
+        gpm_metric::IMMA_TENSOR_UTIL => &m.imma_util,
+        gpm_metric::FP64_UTIL => &m.fp64_util,
+        gpm_metric::FP32_UTIL => &m.fp32_util,
+        gpm_metric::FP16_UTIL => &m.fp16_util,
+        _ => return None,
+    })
+}
+
+impl Scenario {
+    /// The energy counter in millijoules: the exact integral of power since init, or since
+    /// the last driver reload (`[[driver_reload]]`), which restarts the counter as a real
+    /// driver does.
     pub fn energy_mj(&self, gpu: usize, t: f64) -> Option<u64> {
         let g = self.gpus.get(gpu)?;
-        let joules = g.metrics.power_w.integral(0.0, t.max(0.0));
+        let mut t = t.max(0.0);
+        if let Some(f) = self
+            .faults
+            .energy_frozen
+            .iter()
+            .find(|f| f.gpu as usize == gpu && t >= f.from && f.until.is_none_or(|u| t < u))
+        {
+            t = f.from;
+        }
+        let joules = g.metrics.power_w.integral(self.last_reload(t), t);
         Some((joules * 1e3).max(0.0).floor() as u64)
     }
 
@@ -735,5 +1060,39 @@ power_w = { ramp = [[0, 100], [10, 300]] }
             Scenario::parse(&unknown_key, "t"),
             Err(ScenarioError::Parse { .. })
         ));
+    }
+
+    /// A driver reload restarts the energy counter: ∫ 100→300 W ramp over 10..11 s after a
+    /// reload at 10 s is 300 J, not the 2,300 J since init.
+    #[test]
+    fn driver_reload_restarts_the_energy_counter() {
+        let s =
+            Scenario::parse(&format!("{MINIMAL}\n[[driver_reload]]\nat = 10.0\n"), "t").unwrap();
+        assert_eq!(s.energy_mj(0, 9.0), Some(1_710_000));
+        assert_eq!(s.energy_mj(0, 11.0), Some(300_000));
+    }
+
+    /// MIG truth is per instance and only while the instance exists: 50% of 60 SMs at
+    /// 4096 FLOP/clk and 1500 MHz for the 4 s of [8, 12] the instance lives = 7.3728e14; the
+    /// GPU's GPM is the SM-weighted sum (50% × 60/132 while it exists, half of [8, 12]).
+    #[test]
+    fn mig_truth_is_per_instance_and_lifetime() {
+        let text = MINIMAL.replace("count = 2\n", "")
+            + "[[gpu.mig]]\nprofile = \"3g.40gb\"\nuuid = \"MIG-a\"\ngpu_instance_id = 1\n\
+               sm_count = 60\nmemory_mib = 40192\nfrom = 10.0\n[gpu.mig.metrics]\n\
+               sm_clock_mhz = 1500\ntensor_util = 50.0\n";
+        let s = Scenario::parse(&text, "t").unwrap();
+        assert!(s.gpus[0].mig_enabled());
+        let t = s.true_flop_mig(0, 0, 8.0, 14.0).unwrap();
+        let expected = 0.5 * 60.0 * 4096.0 * 1.5e9 * 4.0;
+        assert!((t - expected).abs() / expected < 1e-12, "{t}");
+        assert_eq!(s.true_flop(0, 8.0, 14.0).unwrap(), t);
+        let parent = s
+            .gpm_mean(0, None, gpm_metric::ANY_TENSOR_UTIL, 8.0, 12.0)
+            .unwrap();
+        assert!(
+            (parent - 50.0 * 60.0 / 132.0 / 2.0).abs() < 1e-9,
+            "{parent}"
+        );
     }
 }

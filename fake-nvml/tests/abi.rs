@@ -60,6 +60,23 @@ fn structs_match_nvml_wrapper_sys() {
     same_layout!(abi::GpmMetric, sys::nvmlGpmMetric_t, {
         metric_id = metricId, nvml_return = nvmlReturn, value = value, metric_info = metricInfo,
     });
+    same_layout!(abi::MemoryV1, sys::nvmlMemory_t, { total = total, free = free, used = used });
+    same_layout!(abi::FieldValue, sys::nvmlFieldValue_t, {
+        field_id = fieldId,
+        scope_id = scopeId,
+        timestamp = timestamp,
+        latency_usec = latencyUsec,
+        value_type = valueType,
+        nvml_return = nvmlReturn,
+        value = value,
+    });
+    same_layout!(abi::DeviceAttributes, sys::nvmlDeviceAttributes_t, {
+        multiprocessor_count = multiprocessorCount,
+        shared_copy_engine_count = sharedCopyEngineCount,
+        gpu_instance_slice_count = gpuInstanceSliceCount,
+        compute_instance_slice_count = computeInstanceSliceCount,
+        memory_size_mb = memorySizeMB,
+    });
 }
 
 /// The metrics request is a fixed head plus the caller's array, which the fake never

@@ -91,15 +91,72 @@ pub struct GpuInfo {
     pub memory_total_bytes: Option<u64>,
     /// Whether NVML GPM (tensor activity) is available. False when the query itself fails.
     pub gpm_supported: bool,
+    /// The catalogue model the NVML name names when it is not the one the PCI id chose
+    /// (`catalogue::name_conflict`): estimates then cover both peaks and are flagged.
+    #[serde(serialize_with = "serialize_model_id")]
+    pub name_conflict: Option<&'static GpuModel>,
+    /// SMs of the whole GPU (`nvmlDeviceGetAttributes_v2`), if NVML says.
+    pub sm_count: Option<u32>,
+    /// Whether the GPU is in MIG mode (its work is then metered per instance).
+    pub mig_enabled: bool,
+    /// The MIG instances as last read (they can be reconfigured at any time).
+    pub mig_instances: Vec<MigInfo>,
+}
+
+/// One MIG instance of a GPU, as NVML describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigInfo {
+    /// The MIG device's UUID (`MIG-...`).
+    pub uuid: String,
+    /// Profile, e.g. `3g.40gb` (from the MIG device's NVML name).
+    pub profile: String,
+    /// GPU instance id, once NVML has shown it (on the instance's processes).
+    pub gpu_instance_id: Option<u32>,
+    /// Compute instance id, likewise.
+    pub compute_instance_id: Option<u32>,
+    /// SMs of the instance.
+    pub sm_count: Option<u32>,
+}
+
+fn serialize_model_id<S: serde::Serializer>(
+    m: &Option<&'static GpuModel>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    m.map(|m| m.id).serialize(s)
 }
 
 impl GpuInfo {
+    /// What is known of GPU `index` before NVML said anything about it.
+    pub fn unidentified(index: u32) -> GpuInfo {
+        GpuInfo {
+            index,
+            uuid: None,
+            name: None,
+            pci_device_id: None,
+            catalogue: Lookup::Unknown,
+            max_sm_clock_mhz: None,
+            max_mem_clock_mhz: None,
+            memory_total_bytes: None,
+            gpm_supported: false,
+            name_conflict: None,
+            sm_count: None,
+            mig_enabled: false,
+            mig_instances: Vec::new(),
+        }
+    }
+
     /// The catalogue model, if the GPU is known.
     pub fn model(&self) -> Option<&'static GpuModel> {
         match self.catalogue {
             Lookup::Known(m, _) => Some(m),
             Lookup::Unknown => None,
         }
+    }
+
+    /// SMs of the whole GPU: NVML's figure, else the catalogue's.
+    pub fn gpu_sm_count(&self) -> Option<u32> {
+        self.sm_count
+            .or_else(|| self.model().and_then(|m| m.sm_count))
     }
 
     /// Identifies the GPU in the catalogue from what NVML reported.
@@ -173,6 +230,19 @@ pub struct GpmMetrics {
     pub sm_util: Option<f64>,
 }
 
+/// One MIG instance's reading within its GPU's reading (same interval and clock).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigReading {
+    /// The instance.
+    pub info: MigInfo,
+    /// Its own GPM metrics over the interval (percent of its SMs), from
+    /// `nvmlGpmMigSampleGet`; `None` when per-instance GPM gave nothing (then the estimate
+    /// falls back to the GPU's activity, [`flopmeter_core::estimator::mig_fallback`]).
+    pub gpm: Option<GpmMetrics>,
+    /// Its compute processes.
+    pub processes: Vec<GpuProcess>,
+}
+
 /// A compute process on a GPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuProcess {
@@ -226,6 +296,8 @@ pub struct GpuReading {
     pub memory_used_bytes: Option<u64>,
     /// Running compute processes.
     pub processes: Option<Vec<GpuProcess>>,
+    /// The MIG instances with their own readings, for a GPU in MIG mode.
+    pub mig: Option<Vec<MigReading>>,
     /// Fields that could not be read, and why.
     pub unavailable: Vec<FieldError>,
 }
@@ -247,6 +319,7 @@ impl GpuReading {
             energy_mj: None,
             memory_used_bytes: None,
             processes: None,
+            mig: None,
             unavailable: Vec::new(),
         }
     }
@@ -449,9 +522,23 @@ pub fn estimate(
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
 ) -> Result<GpuEstimate, EstimateError> {
+    estimate_with(model, None, summary, declared_precision, 1.0)
+}
+
+/// [`estimate`] with a conflicting name's model (the band covers both,
+/// [`estimator::estimate_conflicted`]) and over a share of the GPU's SMs (a MIG instance).
+pub fn estimate_with(
+    model: &GpuModel,
+    conflict: Option<&GpuModel>,
+    summary: &IntervalSummary,
+    declared_precision: Option<Precision>,
+    sm_share: f64,
+) -> Result<GpuEstimate, EstimateError> {
     let (interval, mut method) = to_interval(summary, declared_precision)?;
-    let estimate = estimator::estimate(model, &interval)?;
-    // The estimator downgrades operator-supplied peaks to util × MFU; keep the tag honest.
+    let estimate = match conflict {
+        Some(other) => estimator::estimate_conflicted(model, other, &interval, sm_share)?,
+        None => estimator::estimate_share(model, &interval, sm_share)?,
+    };
     if estimate.method != method.method {
         method = MethodTag {
             method: estimate.method,
@@ -465,19 +552,43 @@ pub fn estimate(
     })
 }
 
-/// [`estimate`] for an inventoried GPU: its catalogue model, or an error for an unknown one.
+/// The model to estimate an inventoried GPU with: its catalogue model, else the
+/// operator-supplied one (`--unknown-gpu-peak-tflops`), else an error naming the device.
+pub fn model_for<'a>(
+    gpu: &GpuInfo,
+    operator: Option<&'a GpuModel>,
+) -> Result<&'a GpuModel, EstimateError> {
+    match (gpu.model(), operator) {
+        (Some(m), _) => Ok(m),
+        (None, Some(op)) => Ok(op),
+        (None, None) => Err(EstimateError::UnknownGpu {
+            pci_device_id: gpu
+                .pci_device_id
+                .map_or_else(|| "unknown".into(), |id| format!("{id:#06x}")),
+            name: gpu.name.clone().unwrap_or_else(|| "unknown".into()),
+        }),
+    }
+}
+
+/// [`estimate`] for an inventoried GPU: its catalogue model (with a name conflict's model),
+/// or an error for an unknown one.
 pub fn estimate_for(
     gpu: &GpuInfo,
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
 ) -> Result<GpuEstimate, EstimateError> {
-    let model = gpu.model().ok_or_else(|| EstimateError::UnknownGpu {
-        pci_device_id: gpu
-            .pci_device_id
-            .map_or_else(|| "unknown".into(), |id| format!("{id:#06x}")),
-        name: gpu.name.clone().unwrap_or_else(|| "unknown".into()),
-    })?;
-    estimate(model, summary, declared_precision)
+    estimate_for_peak(gpu, None, summary, declared_precision)
+}
+
+/// [`estimate_for`] with an operator-supplied model for an uncatalogued GPU.
+pub fn estimate_for_peak(
+    gpu: &GpuInfo,
+    operator: Option<&GpuModel>,
+    summary: &IntervalSummary,
+    declared_precision: Option<Precision>,
+) -> Result<GpuEstimate, EstimateError> {
+    let model = model_for(gpu, operator)?;
+    estimate_with(model, gpu.name_conflict, summary, declared_precision, 1.0)
 }
 
 #[cfg(test)]
@@ -573,15 +684,10 @@ mod tests {
     #[test]
     fn unknown_gpus_need_a_peak() {
         let gpu = GpuInfo {
-            index: 0,
-            uuid: None,
             name: Some("NVIDIA Future".into()),
             pci_device_id: Some(0xFFFF),
             catalogue: GpuInfo::lookup(Some(0xFFFF), Some("NVIDIA Future")),
-            max_sm_clock_mhz: None,
-            max_mem_clock_mhz: None,
-            memory_total_bytes: None,
-            gpm_supported: false,
+            ..GpuInfo::unidentified(0)
         };
         let s = IntervalSummary::from_reading(&reading(1.0, None, Some(50), 1500.0)).unwrap();
         let err = estimate_for(&gpu, &s, None).unwrap_err();

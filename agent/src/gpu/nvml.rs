@@ -27,7 +27,8 @@ use nvml_wrapper::gpm::{GpmSample, gpm_metrics_get};
 use nvml_wrapper::{Device, Nvml};
 
 use super::{
-    FieldError, GpmMetrics, GpuInfo, GpuProcess, GpuReading, GpuSource, GpuStatus, Inventory, Tick,
+    FieldError, GpmMetrics, GpuInfo, GpuProcess, GpuReading, GpuSource, GpuStatus, Inventory,
+    MigInfo, MigReading, Tick,
 };
 
 /// The library loaded when no path is given: the soname NVIDIA's driver installs.
@@ -200,6 +201,26 @@ struct Slot<'lib> {
     failure: Option<Failure>,
     /// Newest per-process utilisation sample seen (NVML's µs timestamp).
     last_process_sample: u64,
+    /// Per MIG instance (by UUID): its ids once seen, and its previous GPM sample.
+    mig: HashMap<String, MigSlot<'lib>>,
+}
+
+struct MigSlot<'lib> {
+    gpu_instance_id: Option<u32>,
+    compute_instance_id: Option<u32>,
+    sample: Option<GpmSample<'lib>>,
+}
+
+impl Slot<'_> {
+    fn new() -> Self {
+        Slot {
+            device: None,
+            previous: None,
+            failure: None,
+            last_process_sample: 0,
+            mig: HashMap::new(),
+        }
+    }
 }
 
 /// The GPU was lost during a read: the reading is abandoned.
@@ -232,37 +253,23 @@ impl<'lib> NvmlSource<'lib> {
         let mut gpus = Vec::new();
         let mut slots = Vec::new();
         for index in 0..count {
-            let mut info = GpuInfo {
-                index,
-                uuid: None,
-                name: None,
-                pci_device_id: None,
-                catalogue: GpuInfo::lookup(None, None),
-                max_sm_clock_mhz: None,
-                max_mem_clock_mhz: None,
-                memory_total_bytes: None,
-                gpm_supported: false,
-            };
+            let mut info = GpuInfo::unidentified(index);
             let slot = match nvml.device_by_index(index) {
                 Ok(device) => {
                     fill_info(&mut info, &device);
                     Slot {
                         device: Some(device),
-                        previous: None,
-                        failure: None,
-                        last_process_sample: 0,
+                        ..Slot::new()
                     }
                 }
                 Err(e) => Slot {
-                    device: None,
-                    previous: None,
                     failure: Some(Failure {
                         lost: matches!(e, NvmlError::GpuLost),
                         reason: e.to_string(),
                         next_retry: Duration::ZERO,
                         backoff: retry.initial,
                     }),
-                    last_process_sample: 0,
+                    ..Slot::new()
                 },
             };
             gpus.push(info);
@@ -286,6 +293,7 @@ impl<'lib> NvmlSource<'lib> {
         slot.device = None;
         // Dropping the previous sample ends the interval: the next reading is a baseline.
         slot.previous = None;
+        slot.mig.clear();
         let backoff = match &slot.failure {
             Some(f) => (f.backoff * 2).min(retry.max),
             None => retry.initial,
@@ -345,12 +353,25 @@ impl<'lib> NvmlSource<'lib> {
             }
         }
         let gpm_supported = self.inventory.gpus[index].gpm_supported;
+        let mig_enabled = self.inventory.gpus[index].mig_enabled;
         let info_index = self.inventory.gpus[index].index;
         let uuid = self.inventory.gpus[index].uuid.clone();
-        match read_device(self.nvml, &mut self.slots[index], now, gpm_supported) {
+        match read_device(
+            self.nvml,
+            &mut self.slots[index],
+            now,
+            gpm_supported,
+            mig_enabled,
+        ) {
             Ok(mut reading) => {
                 reading.index = info_index;
                 reading.uuid = uuid;
+                if let Some(instances) = &reading.mig {
+                    // Reconfiguration (instances destroyed and created) shows in the
+                    // inventory the next Hello carries.
+                    self.inventory.gpus[index].mig_instances =
+                        instances.iter().map(|m| m.info.clone()).collect();
+                }
                 reading
             }
             Err(Lost(reason)) => self.fail(index, now, true, reason),
@@ -402,7 +423,14 @@ fn fill_info(info: &mut GpuInfo, device: &Device<'_>) {
     if !info.gpm_supported {
         info.gpm_supported = device.gpm_support().unwrap_or(false);
     }
+    if info.sm_count.is_none() {
+        info.sm_count = device.attributes().ok().map(|a| a.multiprocessor_count);
+    }
+    // MIG mode changes only with a GPU reset, which re-acquires the handle.
+    info.mig_enabled = device.mig_mode().is_ok_and(|m| m.current == 1);
     info.catalogue = GpuInfo::lookup(info.pci_device_id, info.name.as_deref());
+    info.name_conflict =
+        flopmeter_core::catalogue::name_conflict(info.pci_device_id, info.name.as_deref());
 }
 
 /// Collects one field: its value, or `None` plus the reason; `GPU_IS_LOST` aborts the read.
@@ -431,6 +459,7 @@ fn read_device<'lib>(
     slot: &mut Slot<'lib>,
     now: Duration,
     gpm_supported: bool,
+    mig_enabled: bool,
 ) -> Result<GpuReading, Lost> {
     let Some(device) = slot.device.as_ref() else {
         return Err(Lost("no device handle".into()));
@@ -490,7 +519,7 @@ fn read_device<'lib>(
             slot.last_process_sample = slot.last_process_sample.max(s.timestamp);
         }
     }
-    let processes = processes.map(|list| {
+    let mut processes: Option<Vec<GpuProcess>> = processes.map(|list| {
         list.into_iter()
             .map(|p| GpuProcess {
                 pid: p.pid,
@@ -502,6 +531,36 @@ fn read_device<'lib>(
             })
             .collect()
     });
+    // Some NVML implementations answer the null-buffer count query with SUCCESS and the
+    // count instead of INSUFFICIENT_SIZE; nvml-wrapper 0.13 then returns an empty list. The
+    // per-process utilisation samples still name the processes that ran, so they stand in
+    // (without memory figures) rather than booking their work as unattributed.
+    if let Some(list) = &mut processes
+        && list.is_empty()
+        && !per_process.is_empty()
+    {
+        let mut pids: Vec<u32> = per_process.keys().copied().collect();
+        pids.sort_unstable();
+        *list = pids
+            .into_iter()
+            .map(|pid| GpuProcess {
+                pid,
+                used_memory_bytes: None,
+                sm_util_percent: per_process.get(&pid).map(|(sum, n)| sum / f64::from(*n)),
+            })
+            .collect();
+    }
+    let mig = if mig_enabled {
+        Some(read_mig(
+            nvml,
+            device,
+            &mut slot.mig,
+            previous.is_some(),
+            &mut f,
+        )?)
+    } else {
+        None
+    };
 
     let interval = previous
         .as_ref()
@@ -530,6 +589,111 @@ fn read_device<'lib>(
         energy_mj: energy,
         memory_used_bytes: memory.map(|m| m.used),
         processes,
+        mig,
         unavailable: f.unavailable,
     })
+}
+
+/// Reads the MIG instances of a GPU in MIG mode: each one's identity, SMs, processes and,
+/// over the interval, its own GPM metrics (`nvmlGpmMigSampleGet`, which needs the GPU
+/// instance id). nvml-wrapper 0.13 does not wrap `nvmlDeviceGetGpuInstanceId`, and the
+/// workspace forbids `unsafe` outside the fake, so the id is taken from the instance's
+/// processes (NVML fills `gpuInstanceId` on every process of a MIG device) and kept until the
+/// instance goes away. An instance whose id is not known yet, or whose per-instance sample
+/// fails, has no `gpm` and is estimated by the bounded fallback.
+fn read_mig<'lib>(
+    nvml: &'lib Nvml,
+    device: &Device<'lib>,
+    slots: &mut HashMap<String, MigSlot<'lib>>,
+    has_interval: bool,
+    f: &mut Fields,
+) -> Result<Vec<MigReading>, Lost> {
+    let max = f.take("mig", device.mig_device_count())?.unwrap_or(0);
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for index in 0..max {
+        let mig = match device.mig_device_by_index(index) {
+            Ok(d) => d,
+            Err(NvmlError::NotFound | NvmlError::InvalidArg) => continue,
+            Err(e) => {
+                f.take::<()>("mig", Err(e))?;
+                continue;
+            }
+        };
+        let Some(uuid) = f.take("mig.uuid", mig.uuid())? else {
+            continue;
+        };
+        let name = f.take("mig.name", mig.name())?.unwrap_or_default();
+        let profile = name
+            .rsplit_once(" MIG ")
+            .map_or_else(|| name.clone(), |(_, p)| p.trim().to_string());
+        let sm_count = f
+            .take("mig.sm_count", mig.attributes())?
+            .map(|a| a.multiprocessor_count);
+        let listed = f
+            .take("mig.processes", mig.running_compute_processes())?
+            .unwrap_or_default();
+        let state = slots.entry(uuid.clone()).or_insert(MigSlot {
+            gpu_instance_id: None,
+            compute_instance_id: None,
+            sample: None,
+        });
+        if let Some(p) = listed.iter().find(|p| p.gpu_instance_id.is_some()) {
+            state.gpu_instance_id = p.gpu_instance_id;
+            state.compute_instance_id = p.compute_instance_id;
+        }
+        let sample = match state.gpu_instance_id {
+            Some(gi) => f.take("mig.gpm", device.gpm_mig_sample(gi))?,
+            None => None,
+        };
+        let gpm = match (has_interval, state.sample.as_ref(), sample.as_ref()) {
+            (true, Some(earlier), Some(later)) => {
+                match f.take("mig.gpm", gpm_metrics_get(nvml, earlier, later, &GPM_IDS))? {
+                    Some(results) => {
+                        let mut values = [None; 6];
+                        for (value, result) in values.iter_mut().zip(results) {
+                            *value = f.take("mig.gpm", result.map(|m| m.value))?;
+                        }
+                        let [any_tensor, hmma, fp64, fp32, fp16, sm_util] = values;
+                        any_tensor.map(|_| GpmMetrics {
+                            any_tensor,
+                            hmma,
+                            fp64,
+                            fp32,
+                            fp16,
+                            sm_util,
+                        })
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        state.sample = sample;
+        seen.push(uuid.clone());
+        out.push(MigReading {
+            info: MigInfo {
+                uuid,
+                profile,
+                gpu_instance_id: state.gpu_instance_id,
+                compute_instance_id: state.compute_instance_id,
+                sm_count,
+            },
+            gpm,
+            processes: listed
+                .into_iter()
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    used_memory_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(bytes) => Some(bytes),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                    sm_util_percent: None,
+                })
+                .collect(),
+        });
+    }
+    // A destroyed instance's state goes with it: a recreated one (new UUID) starts afresh.
+    slots.retain(|uuid, _| seen.contains(uuid));
+    Ok(out)
 }

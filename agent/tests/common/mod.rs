@@ -86,3 +86,70 @@ pub fn seconds(n: u32) -> impl Iterator<Item = f64> {
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b
 }
+
+/// The sampler driven by the NVML source on the fake, tick by tick on virtual time: what
+/// the agent would spool, with attribution from a fixture proc tree (`pid → env`).
+pub struct Metered {
+    pub records: Vec<flopmeter_proto::v1::IntervalRecord>,
+    pub inventory: flopmeter_agent::gpu::Inventory,
+    pub metrics: String,
+}
+
+/// Runs the real sampler over `0..=n` virtual seconds of `rig`, one record flush at the end.
+pub fn meter(
+    rig: &Rig,
+    processes: &[(u32, &[(&str, &str)])],
+    n: u32,
+    unknown_gpu_peak_tflops: Option<f64>,
+) -> Metered {
+    use std::sync::Arc;
+
+    use flopmeter_agent::attribution::Attributor;
+    use flopmeter_agent::gpu::nvml::NvmlSource;
+    use flopmeter_agent::metrics::AgentMetrics;
+    use flopmeter_agent::sampler::{Sampler, SamplerConfig};
+    use flopmeter_agent::simulated::fake_stat;
+    use flopmeter_agent::spool::{Spool, SpoolOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    for (pid, env) in processes {
+        let p = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(&p).unwrap();
+        let mut environ = Vec::new();
+        for (k, v) in *env {
+            environ.extend_from_slice(format!("{k}={v}").as_bytes());
+            environ.push(0);
+        }
+        std::fs::write(p.join("environ"), environ).unwrap();
+        std::fs::write(p.join("stat"), fake_stat(*pid, u64::from(*pid) + 1000)).unwrap();
+        std::fs::write(p.join("cgroup"), "0::/\n").unwrap();
+    }
+    let spool = Arc::new(Spool::open(&dir.path().join("spool"), SpoolOptions::default()).unwrap());
+    let metrics = Arc::new(AgentMetrics::new().unwrap());
+    let mut sampler = Sampler::new(
+        SamplerConfig {
+            unknown_gpu_peak_tflops,
+            ..SamplerConfig::default()
+        },
+        Attributor::new(proc_root, None),
+        spool.clone(),
+        metrics.clone(),
+    );
+    let lib = rig.open();
+    let mut source = NvmlSource::new(&lib, eager_retry()).unwrap();
+    const START_MS: i64 = 1_700_000_000_000;
+    for t in seconds(n) {
+        rig.fake.set_time(t).unwrap();
+        let tick = source.read(Duration::from_secs_f64(t));
+        let inventory = source.inventory().clone();
+        sampler.tick(&inventory, &tick, START_MS + (t * 1000.0) as i64);
+    }
+    sampler.flush(START_MS + i64::from(n) * 1000, true);
+    let records = spool.read_from(0, usize::MAX, usize::MAX).unwrap();
+    Metered {
+        records,
+        inventory: source.inventory().clone(),
+        metrics: metrics.encode(),
+    }
+}

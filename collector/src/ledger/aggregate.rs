@@ -65,6 +65,27 @@ pub fn gpu_type_of(rec: &IntervalRecord) -> &str {
     }
 }
 
+/// The key of a record's GPU-days: its GPU type, and for work on a MIG instance the
+/// profile too (`h100-sxm/mig-3g.40gb`), so the ledger shows GPU-days per GPU type and MIG
+/// profile. Aggregates stored before MIG support keep their plain type keys and read as
+/// before. A profile that does not look like one (`1g.10gb`, `1g.10gb+me`, ...) becomes
+/// `mig-other`, so an agent cannot grow the key set (and metric labels) without bound.
+pub fn gpu_days_key(rec: &IntervalRecord) -> std::borrow::Cow<'_, str> {
+    let ty = gpu_type_of(rec);
+    match rec.mig.as_ref().map(|m| m.profile.as_str()) {
+        None => std::borrow::Cow::Borrowed(ty),
+        Some(p) => {
+            let plausible = !p.is_empty()
+                && p.len() <= 16
+                && p.contains('g')
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || b"gbme.+c".contains(&b));
+            let profile = if plausible { p } else { "other" };
+            std::borrow::Cow::Owned(format!("{ty}/mig-{profile}"))
+        }
+    }
+}
+
 /// The method tag of a record, as reports show it.
 pub fn method_of(rec: &IntervalRecord) -> &'static str {
     method_from_wire(rec.method()).map_or("unspecified", |m| m.as_str())
@@ -119,7 +140,7 @@ impl StageTotals {
         self.energy_mj = self.energy_mj.saturating_add(u128::from(rec.energy_mj));
         let g = self
             .gpu_types
-            .entry(gpu_type_of(rec).to_string())
+            .entry(gpu_days_key(rec).into_owned())
             .or_default();
         g.gpu_ms = g.gpu_ms.saturating_add(u128::from(rec.gpu_ms));
         g.flop.add_band(band);
@@ -278,6 +299,31 @@ mod tests {
             a.stages.keys().collect::<Vec<_>>(),
             ["eval", "finetune", "pretrain"]
         );
+    }
+
+    #[test]
+    fn gpu_days_are_keyed_by_type_and_mig_profile() {
+        let mut a = Aggregate::default();
+        a.add_record(&rec("", 1));
+        let mut mig = rec("", 1);
+        mig.mig = Some(flopmeter_proto::v1::MigInstance {
+            profile: "3g.40gb".into(),
+            ..Default::default()
+        });
+        a.add_record(&mig);
+        let mut odd = rec("", 1);
+        odd.mig = Some(flopmeter_proto::v1::MigInstance {
+            profile: "x".repeat(40),
+            ..Default::default()
+        });
+        a.add_record(&odd);
+        let keys: Vec<_> = a.all().gpu_types.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            ["h100-sxm", "h100-sxm/mig-3g.40gb", "h100-sxm/mig-other"]
+        );
+        // The stored shape is unchanged (a map from key to totals), so aggregates written
+        // before MIG support, with plain type keys only, read exactly as before.
     }
 
     #[test]
