@@ -700,7 +700,9 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
             source: source as i32,
             namespace: id.namespace.clone(),
             job: id.job.clone(),
-            ..Default::default()
+            cluster: id.cluster.clone(),
+            user: id.user.clone(),
+            process: id.process.clone(),
         }),
         approximate: a.approximate,
         declaration,
