@@ -142,7 +142,7 @@ impl SlurmComments {
                 }
             }
         }
-        if let Some(c) = self.from_prolog(job_id) {
+        if let Some(c) = self.prolog_record(job_id) {
             self.remember(job_id, Answer::Known(c.clone()), now);
             return Lookup::Known(c);
         }
@@ -177,7 +177,7 @@ impl SlurmComments {
     }
 
     /// The comment the Prolog recorded, if it did (`Some(None)`: recorded as empty).
-    fn from_prolog(&self, job_id: &str) -> Option<Option<String>> {
+    fn prolog_record(&self, job_id: &str) -> Option<Option<String>> {
         let path = self.cfg.dir.as_ref()?.join(job_id);
         match std::fs::File::open(&path) {
             Ok(f) => {

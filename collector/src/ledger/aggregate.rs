@@ -93,12 +93,10 @@ pub const MAX_SOURCES: usize = 32;
 
 /// Why a record carries no FLOP estimate, if it does not (`METHOD_NONE`).
 pub fn no_estimate_reason(rec: &IntervalRecord) -> Option<&str> {
-    (rec.method() == Method::None).then(|| {
-        if rec.no_estimate_reason.is_empty() {
-            "unspecified"
-        } else {
-            rec.no_estimate_reason.as_str()
-        }
+    (rec.method() == Method::None).then_some(if rec.no_estimate_reason.is_empty() {
+        "unspecified"
+    } else {
+        rec.no_estimate_reason.as_str()
     })
 }
 
@@ -165,8 +163,7 @@ fn add_bounded(map: &mut BTreeMap<String, UnestimatedCounts>, key: &str, c: &Une
         if named >= MAX_REASONS {
             let last = map
                 .keys()
-                .filter(|k| *k != OTHER_REASONS)
-                .next_back()
+                .rfind(|k| *k != OTHER_REASONS)
                 .cloned()
                 .expect("the map is full");
             if key > last.as_str() {
