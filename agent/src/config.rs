@@ -562,5 +562,15 @@ mod tests {
         assert!(b.validate().is_err());
         b.metrics_addr = "off".into();
         assert_eq!(b.metrics_socket().unwrap(), None);
+        let mut c = AgentArgs::defaults();
+        c.cluster = Some("gpu-a\n".into());
+        assert!(
+            c.validate().is_err(),
+            "the collector would refuse the Hello"
+        );
+        c.cluster = Some("gpu-a".into());
+        c.validate().unwrap();
+        c.slurm_squeue = "off".into();
+        assert_eq!(c.slurm_comments().squeue, None);
     }
 }

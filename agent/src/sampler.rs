@@ -397,6 +397,15 @@ impl Sampler {
                 // An idle GPU nobody holds: nothing to book, and no record every interval.
                 return;
             }
+            if no_process && self.warned.insert((index, "no-process")) {
+                // The one unattributed source the attributor never sees: say it once.
+                tracing::info!(
+                    gpu = index,
+                    uuid,
+                    "GPU work with no process visible to the agent is booked as unattributed \
+                     (in a container the agent needs hostPID)"
+                );
+            }
             let band = scale(est.estimate.flop, share);
             let method = est.estimate.method;
             let method_tag = method.as_str();

@@ -236,12 +236,15 @@ impl SlurmComments {
             }
             tx
         });
+        let tx = tx.clone();
+        // Marked before it is sent, so the worker's answer always finds the entry.
+        self.remember(job_id, Answer::Asked, now);
         match tx.try_send(job_id.to_string()) {
-            Ok(()) => {
-                self.remember(job_id, Answer::Asked, now);
-                true
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.remember(job_id, Answer::RetryAt(now), now);
+                false
             }
-            Err(TrySendError::Full(_)) => false,
             Err(TrySendError::Disconnected(_)) => {
                 self.remember(job_id, Answer::Known(None), now);
                 false
@@ -311,9 +314,15 @@ fn worker(shared: &Shared, squeue: &std::path::Path, timeout: Duration, rx: &Rec
                 Answer::RetryAt(Instant::now() + delay)
             }
         };
-        if let Some(j) = st.jobs.get_mut(&job_id) {
-            j.answer = answer;
-        }
+        let used = Instant::now();
+        st.jobs
+            .entry(job_id)
+            .or_insert(Job {
+                answer: Answer::Asked,
+                used,
+                delay: RETRY_FIRST,
+            })
+            .answer = answer;
         drop(st);
         shared.answered.notify_all();
     }
