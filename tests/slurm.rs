@@ -12,14 +12,15 @@
 //! | A | `sbatch --comment "flopmeter.model=… flopmeter.run=… flopmeter.stage=sft"` | model, run, finetune |
 //! | B | `sbatch -J flopmeter:<model>` | model, run `slurm-<id>` |
 //! | C | `srun --comment "flopmeter.model=…"` (an interactive step) | model |
-//! | D | `sbatch -J train --account research` (no label) | unattributed, traced to job, user, account, cluster |
+//! | D | `sbatch -J train --account research` (no label; Prolog record removed) | unattributed, traced to job, user, account, cluster |
 //! | E | batch script exporting `FLOPMETER_MODEL`, `--comment "flopmeter.stage=sft"` | model from env, stage from the comment |
 //! | F | `--comment`, Prolog record removed, controller stopped when the agent starts | unattributed with its job id until `squeue` answers, then its model |
 //! | G | `sbatch --comment` whose work runs in an `srun` step | model, stage rl |
 //!
 //! Slurm never puts the comment into a task's environment, so every comment here reaches
-//! the agent from Slurm itself: A, C, E and G through the Prolog's record, F through
-//! `squeue`, after the agent's first query timed out against the stopped controller.
+//! the agent from Slurm itself: A, B, C, E and G through the Prolog's record, D and F through
+//! `squeue` (`(null)` for D), after the agent's first queries timed out against the stopped
+//! controller.
 
 mod support;
 
@@ -392,7 +393,9 @@ fn slurm_jobs_are_attributed_by_their_comment_name_and_environment() {
         "",
         "no comment"
     );
+    // F's and D's records go: only squeue can tell F's comment, and that D has none.
     std::fs::remove_file(comments.join(&f)).unwrap();
+    std::fs::remove_file(comments.join(&d)).unwrap();
 
     // One H100 per job, busy, the job's real PID its only process.
     let mut scenario = String::from(
@@ -476,13 +479,13 @@ sm_share = 1.0
             .collect()
     };
     let message = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_string();
-    // F's comment cannot be had: the query times out, and F's work is unattributed but
-    // traceable to its job meanwhile.
-    eventually("the agent's squeue query for F timed out", || {
+    // F's (and D's) comment cannot be had: the queries time out (one warning per outage),
+    // and F's work is unattributed but traceable to its job meanwhile.
+    eventually("the agent's squeue queries timed out", || {
         events(&log).iter().any(|e| {
             e["level"] == "WARN"
                 && message(e).starts_with("Slurm did not give the job's comment")
-                && e["fields"]["job"] == *f
+                && (e["fields"]["job"] == *f || e["fields"]["job"] == *d)
         })
     });
     eventually("F's work booked unattributed with its job id", || {
@@ -545,6 +548,12 @@ sm_share = 1.0
             "job {job} unattributed"
         );
     }
+    // D is logged once Slurm has said it has no comment (never while that was pending).
+    eventually("D logged as unattributed", || {
+        events(&log)
+            .iter()
+            .any(|e| message(e).contains("booked as unattributed"))
+    });
     // The agent said which cluster it is in (the ClusterName of its slurm.conf).
     let agents = get(http, "/api/v1/agents").unwrap();
     assert_eq!(agents[0]["cluster"], CLUSTER);

@@ -160,6 +160,8 @@ async fn work_that_could_not_be_estimated_is_counted_reported_and_alertable() {
     assert_eq!(s78["counts"]["flop"]["central"], C / 2);
     let err = try_get(&c, "/api/v1/unattributed?limit=100000").unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
+    let err = try_get(&c, "/api/v1/unattributed?days=-1").unwrap_err();
+    assert!(err.to_string().contains("days back"), "{err}");
 
     // Metrics: bounded labels (reason, model), the fleet-wide figure the alert rule uses.
     let metrics = get(&c, "/metrics");
