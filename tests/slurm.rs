@@ -449,7 +449,7 @@ sm_share = 1.0
         .args(["--sample-interval", "100ms", "--report-interval", "500ms"])
         .arg("--slurm-comment-dir")
         .arg(&comments)
-        .args(["--slurm-query-timeout", "1s"])
+        .args(["--slurm-query-timeout", "2s"])
         .args(["--log-format", "json"])
         .env("SLURM_CONF", &slurm.conf)
         .env("FLOPMETER_LOG", "info");
