@@ -245,6 +245,44 @@ pub struct AgentArgs {
     )]
     pub kube: KubeMode,
 
+    /// The cluster this node belongs to, sent to the collector when the agent connects.
+    /// Default on a Slurm node: the ClusterName in slurm.conf ($SLURM_CONF, else
+    /// /etc/slurm/slurm.conf).
+    #[arg(long, env = "FLOPMETER_CLUSTER", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+
+    /// Where the flopmeter Slurm Prolog (deploy/slurm/) records each job's comment, which
+    /// Slurm never puts into a job's environment. Jobs without a record are asked of squeue.
+    #[arg(
+        long,
+        env = "FLOPMETER_SLURM_COMMENT_DIR",
+        value_name = "DIR",
+        default_value = "/run/flopmeter/slurm"
+    )]
+    pub slurm_comment_dir: PathBuf,
+
+    /// The squeue program that tells a Slurm job's comment when the Prolog did not record it
+    /// (one query per job, cached; the job is unattributed until it answers). "off" never
+    /// asks the controller.
+    #[arg(
+        long,
+        env = "FLOPMETER_SLURM_SQUEUE",
+        value_name = "PATH",
+        default_value = "squeue"
+    )]
+    pub slurm_squeue: String,
+
+    /// Longest one squeue query may take before it is killed and the job is asked again
+    /// later (after 5 s, doubling up to 5 min).
+    #[arg(
+        long,
+        env = "FLOPMETER_SLURM_QUERY_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub slurm_query_timeout: HumanDuration,
+
     /// Size cap of the spool. When full, the agent holds records in memory, raises
     /// flopmeter_agent_spool_full and never drops them. Memory has a hard ceiling whatever
     /// the collector does: at most 10000 held records (a few MiB) plus one open record per
@@ -401,8 +439,33 @@ impl AgentArgs {
                 "--virtual-stop {stop} is not after --virtual-clock-start {start}"
             )));
         }
+        if let Some(c) = &self.cluster
+            && (c.trim().is_empty() || c.len() > 256 || c.chars().any(char::is_control))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--cluster {c:?} must be a name of at most 256 bytes without control characters"
+            )));
+        }
+        if self.slurm_query_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--slurm-query-timeout must be above zero".into(),
+            ));
+        }
         self.metrics_socket()?;
         Ok(())
+    }
+
+    /// Where Slurm job comments come from.
+    pub fn slurm_comments(&self) -> crate::attribution::slurm_comments::SlurmCommentsConfig {
+        let squeue = match self.slurm_squeue.trim() {
+            "" | "off" | "none" => None,
+            p => Some(PathBuf::from(p)),
+        };
+        crate::attribution::slurm_comments::SlurmCommentsConfig {
+            dir: Some(self.slurm_comment_dir.clone()),
+            squeue,
+            timeout: self.slurm_query_timeout.0,
+        }
     }
 
     /// The TLS settings for --collector, with the files read and checked at `now` (Unix
@@ -499,5 +562,15 @@ mod tests {
         assert!(b.validate().is_err());
         b.metrics_addr = "off".into();
         assert_eq!(b.metrics_socket().unwrap(), None);
+        let mut c = AgentArgs::defaults();
+        c.cluster = Some("gpu-a\n".into());
+        assert!(
+            c.validate().is_err(),
+            "the collector would refuse the Hello"
+        );
+        c.cluster = Some("gpu-a".into());
+        c.validate().unwrap();
+        c.slurm_squeue = "off".into();
+        assert_eq!(c.slurm_comments().squeue, None);
     }
 }

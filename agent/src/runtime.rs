@@ -18,6 +18,8 @@ use tokio::sync::{oneshot, watch};
 use crate::agent_id::{self, AgentIdError};
 use crate::attribution::Attributor;
 use crate::attribution::kubernetes::{self, PodStore};
+use crate::attribution::slurm;
+use crate::attribution::slurm_comments::SlurmComments;
 use crate::clock::{Clock, RealClock, StopSignal, VirtualClock};
 use crate::config::{AgentArgs, ConfigError, KubeMode};
 use crate::gpu::nvml::{NvmlLibrary, NvmlSource, NvmlSourceError, RetryPolicy};
@@ -261,7 +263,8 @@ pub async fn run_with(
             replay,
             ..SamplerConfig::default()
         },
-        Attributor::new(proc_root, pods),
+        Attributor::new(proc_root, pods)
+            .with_slurm_comments(SlurmComments::new(config.slurm_comments())),
         spool.clone(),
         metrics.clone(),
     );
@@ -321,6 +324,11 @@ pub async fn run_with(
     ship_cfg.agent_token = config.agent_token.clone();
     ship_cfg.tls = client_tls;
     ship_cfg.operator_peak_tflops = config.unknown_gpu_peak_tflops;
+    ship_cfg.cluster = config
+        .cluster
+        .clone()
+        .or_else(slurm::local_cluster_name)
+        .unwrap_or_default();
     if replay.is_some() {
         // Replay runs against test and demo collectors that restart in seconds; a 30 s
         // backoff would only add idle time to every restart.
@@ -330,6 +338,7 @@ pub async fn run_with(
         tweak(&mut ship_cfg);
     }
     let (control_tx, control_rx) = watch::channel(ShipperControl::Run);
+    let cluster = ship_cfg.cluster.clone();
     let shipper = Shipper::new(
         ship_cfg,
         spool.clone(),
@@ -342,6 +351,7 @@ pub async fn run_with(
     tracing::info!(
         agent_id = %agent_id,
         node = %node,
+        cluster = %cluster,
         collector = %config.collector,
         spool = %spool.path().display(),
         "agent running"

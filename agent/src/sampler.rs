@@ -445,6 +445,15 @@ impl Sampler {
                         // An idle GPU nobody holds: nothing to book, no record every interval.
                         return;
                     }
+                    if no_process && self.warned.insert((index, "no-process")) {
+                        // The one unattributed source the attributor never sees: say it once.
+                        tracing::info!(
+                            gpu = index,
+                            uuid,
+                            "GPU work with no process visible to the agent is booked as \
+                             unattributed (in a container the agent needs hostPID)"
+                        );
+                    }
                     let band = scale(est.estimate.flop, share);
                     self.add(
                         &base,
@@ -1007,7 +1016,9 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
             source: source as i32,
             namespace: id.namespace.clone(),
             job: id.job.clone(),
-            ..Default::default()
+            cluster: id.cluster.clone(),
+            user: id.user.clone(),
+            process: id.process.clone(),
         }),
         approximate: a.approximate,
         declaration,

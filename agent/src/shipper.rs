@@ -97,6 +97,8 @@ pub struct ShipperConfig {
     pub agent_id: String,
     /// Node name.
     pub node: String,
+    /// The cluster this node belongs to (`Hello.cluster`), empty when unknown.
+    pub cluster: String,
     /// The peak reported for uncatalogued GPUs (TFLOP/s), if the operator supplied one.
     pub operator_peak_tflops: Option<f64>,
     /// Records per batch.
@@ -124,6 +126,7 @@ impl ShipperConfig {
             agent_token: None,
             agent_id,
             node,
+            cluster: String::new(),
             operator_peak_tflops: None,
             max_batch_records: 256,
             max_batch_bytes: 1 << 20,
@@ -333,7 +336,7 @@ impl Shipper {
                 driver_version: inv.driver_version.clone().unwrap_or_default(),
                 nvml_version: inv.nvml_version.clone().unwrap_or_default(),
                 gpus,
-                ..Default::default()
+                cluster: self.cfg.cluster.clone(),
             })),
         }
     }

@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use flopmeter_agent::attribution::kubernetes::{PodMeta, PodStore};
+use std::time::Duration;
+
+use flopmeter_agent::attribution::slurm_comments::{SlurmComments, SlurmCommentsConfig};
 use flopmeter_agent::attribution::{Attributor, Declared, Source};
 use flopmeter_agent::simulated::fake_stat;
 use flopmeter_core::units::Precision;
@@ -133,45 +136,47 @@ fn kubernetes_pod_labels_for_every_cgroup_layout() {
 }
 
 #[test]
-fn slurm_job_comment_and_name() {
+fn slurm_job_comment_from_the_prolog_record_name_user_and_cluster() {
     let root = tempfile::tempdir().unwrap();
-    proc_entry(
-        root.path(),
+    // What a real task carries: no SLURM_JOB_COMMENT (Slurm gives it to the Prolog only).
+    let job = |id: &str, name: &str, extra: &[(&'static str, &'static str)]| {
+        let mut env = vec![
+            ("SLURM_JOB_ID", id.to_string()),
+            ("SLURM_JOB_NAME", name.to_string()),
+            ("SLURM_JOB_USER", "alice".to_string()),
+            ("SLURM_CLUSTER_NAME", "gpu-a".to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    };
+    let entry = |pid: u32, env: Vec<(&str, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        proc_entry(root.path(), pid, 1, &env, "0::/\n");
+        std::fs::write(root.path().join(pid.to_string()).join("comm"), "python3\n").unwrap();
+    };
+    entry(
         300,
-        1,
-        &[
-            ("SLURM_JOB_ID", "991"),
-            ("SLURM_JOB_NAME", "pretrain"),
-            ("SLURM_JOB_ACCOUNT", "lab-a"),
-            (
-                "SLURM_JOB_COMMENT",
-                "flopmeter.model=slurm-13b flopmeter.stage=rl",
-            ),
-        ],
-        "0::/slurm/uid_1000/job_991/step_0/task_0\n",
+        job("991", "pretrain", &[("SLURM_JOB_ACCOUNT", "lab-a")]),
     );
-    proc_entry(
-        root.path(),
-        301,
-        1,
-        &[
-            ("SLURM_JOB_ID", "992"),
-            ("SLURM_JOB_NAME", "flopmeter:named-1b"),
-        ],
-        "0::/\n",
-    );
-    proc_entry(
-        root.path(),
-        302,
-        1,
-        &[
-            ("SLURM_JOB_ID", "993"),
-            ("SLURM_JOB_NAME", "train"),
-            ("SLURM_JOB_ACCOUNT", "lab-b"),
-        ],
-        "0::/\n",
-    );
-    let mut a = Attributor::new(root.path(), None);
+    entry(301, job("992", "flopmeter:named-1b", &[]));
+    entry(302, job("993", "train", &[("SLURM_JOB_ACCOUNT", "lab-b")]));
+    entry(303, job("994", "sft", &[("FLOPMETER_MODEL", "env-13b")]));
+    // The Prolog's records (deploy/slurm/flopmeter-prolog): one file per job id.
+    let prolog = tempfile::tempdir().unwrap();
+    std::fs::write(
+        prolog.path().join("991"),
+        "flopmeter.model=slurm-13b flopmeter.stage=rl\n",
+    )
+    .unwrap();
+    std::fs::write(prolog.path().join("993"), "").unwrap();
+    std::fs::write(prolog.path().join("994"), "flopmeter.stage=sft").unwrap();
+    let mut a = Attributor::new(root.path(), None).with_slurm_comments(SlurmComments::new(
+        SlurmCommentsConfig {
+            dir: Some(prolog.path().to_path_buf()),
+            squeue: None,
+            timeout: Duration::from_secs(1),
+        },
+    ));
     let c = a.attribute(300);
     assert_eq!(c.identity.source, Source::Slurm);
     assert_eq!(
@@ -183,8 +188,17 @@ fn slurm_job_comment_and_name() {
         ("slurm-13b", "slurm-991", "rl")
     );
     assert_eq!(
-        (c.identity.namespace.as_str(), c.identity.job.as_str()),
-        ("lab-a", "991")
+        (
+            c.identity.namespace.as_str(),
+            c.identity.job.as_str(),
+            c.identity.user.as_str(),
+            c.identity.cluster.as_str()
+        ),
+        ("lab-a", "991", "alice", "gpu-a")
+    );
+    assert_eq!(
+        c.identity.process, "",
+        "attributed work does not carry its command"
     );
     let n = a.attribute(301);
     assert_eq!(
@@ -195,8 +209,58 @@ fn slurm_job_comment_and_name() {
     let u = a.attribute(302);
     assert_eq!(u.identity.source, Source::Unattributed);
     assert_eq!(
-        (u.identity.namespace.as_str(), u.identity.job.as_str()),
-        ("lab-b", "993")
+        (
+            u.identity.namespace.as_str(),
+            u.identity.job.as_str(),
+            u.identity.user.as_str(),
+            u.identity.cluster.as_str(),
+            u.identity.process.as_str()
+        ),
+        ("lab-b", "993", "alice", "gpu-a", "python3")
+    );
+    // FLOPMETER_MODEL exported in the batch script, the stage in the comment: both.
+    let e = a.attribute(303);
+    assert_eq!(
+        (
+            e.identity.source,
+            e.identity.model.as_str(),
+            e.identity.stage.as_str(),
+            e.identity.run.as_str()
+        ),
+        (Source::ProcessEnv, "env-13b", "finetune", "slurm-994")
+    );
+}
+
+#[test]
+fn slurm_without_squeue_or_prolog_falls_back_to_the_job_name() {
+    let root = tempfile::tempdir().unwrap();
+    proc_entry(
+        root.path(),
+        310,
+        1,
+        &[("SLURM_JOB_ID", "5"), ("SLURM_JOB_NAME", "flopmeter:m")],
+        "0::/\n",
+    );
+    proc_entry(root.path(), 311, 1, &[("SLURM_JOB_ID", "6")], "0::/\n");
+    let mut a = Attributor::new(root.path(), None).with_slurm_comments(SlurmComments::new(
+        SlurmCommentsConfig {
+            dir: Some(root.path().join("no-prolog")),
+            squeue: Some(root.path().join("no-such-squeue")),
+            timeout: Duration::from_secs(1),
+        },
+    ));
+    let started = std::time::Instant::now();
+    assert_eq!(a.attribute(310).identity.model, "m");
+    let u = a.attribute(311);
+    assert_eq!(
+        (u.identity.source, u.identity.job.as_str()),
+        (Source::Unattributed, "6")
+    );
+    a.end_tick();
+    assert_eq!(a.attribute(311).identity.job, "6");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a missing squeue never holds the sampler up"
     );
 }
 

@@ -3,7 +3,9 @@
 //! Why one owner: metric names and label sets are defined once, here; call sites use typed
 //! methods (`record_rejected(RejectReason)`) and cannot misspell a name or invent a label
 //! value, which keeps cardinality bounded: labels are model, run, stage, bound, GPU type and
-//! reason; node names appear only on per-agent series; never PIDs.
+//! reason (no-estimate reasons folded to at most 17 values, like the ledger's); node names
+//! appear only on per-agent series; never PIDs, Slurm job ids, users or pod names (those are
+//! in `/api/v1/unattributed`).
 //!
 //! **Gauges, not counters, for ledger totals.** `flopmeter_model_flop` and
 //! `flopmeter_run_flop` are the ledger's cumulative totals, read from the durable store at
@@ -20,6 +22,7 @@ use prometheus::{
 };
 
 use crate::ingest::validate::RejectReason;
+use crate::ledger::aggregate::Unestimated;
 use crate::ledger::{LedgerStore, StoreError};
 
 /// Why a stream or batch was refused with a gRPC error (as opposed to a record quarantined).
@@ -115,6 +118,8 @@ pub struct Metrics {
     model_energy: GaugeVec,
     unattributed_flop: GaugeVec,
     unattributed_gpu_seconds: GaugeVec,
+    unestimated_gpu_seconds: GaugeVec,
+    model_unestimated_gpu_seconds: GaugeVec,
     /// Collector start time, Unix seconds.
     pub start_time: Gauge,
 }
@@ -293,6 +298,19 @@ impl Metrics {
                 "Cumulative GPU time no run claimed, per GPU type.",
                 &["gpu_type"],
             ),
+            unestimated_gpu_seconds: gauge_vec(
+                "flopmeter_unestimated_gpu_seconds",
+                "Cumulative GPU time that could not be estimated (uncatalogued GPU without a \
+                 peak, no activity reading), models and unattributed work together, per reason: \
+                 hardware time no FLOP figure covers.",
+                &["reason"],
+            ),
+            model_unestimated_gpu_seconds: gauge_vec(
+                "flopmeter_model_unestimated_gpu_seconds",
+                "Cumulative GPU time of the model that could not be estimated, all stages, per \
+                 reason.",
+                &["model", "reason"],
+            ),
             start_time: reg(
                 &r,
                 Gauge::new(
@@ -397,9 +415,14 @@ impl Metrics {
             &self.model_energy,
             &self.unattributed_flop,
             &self.unattributed_gpu_seconds,
+            &self.unestimated_gpu_seconds,
+            &self.model_unestimated_gpu_seconds,
         ] {
             g.reset();
         }
+        // One fleet-wide total per reason, folded like a stage's reasons so the label stays
+        // bounded whatever agents send.
+        let mut fleet = Unestimated::default();
         for model in store.model_names()? {
             let Some(agg) = store.model_aggregate(&model)? else {
                 continue;
@@ -422,6 +445,13 @@ impl Metrics {
             self.model_energy
                 .with_label_values(&[model.as_str()])
                 .set(all.energy_mj as f64 / 1000.0);
+            let unestimated = agg.unestimated();
+            for (reason, c) in &unestimated.reasons {
+                self.model_unestimated_gpu_seconds
+                    .with_label_values(&[model.as_str(), reason.as_str()])
+                    .set(c.gpu_ms as f64 / 1000.0);
+            }
+            fleet.merge(&unestimated);
             for run in store.runs(&model)? {
                 for (stage, t) in &run.aggregate.stages {
                     for b in Bound::ALL {
@@ -442,6 +472,7 @@ impl Metrics {
             (flopmeter_core::units::FlopTotal, u128),
         > = Default::default();
         for bucket in store.unattributed(i64::MIN, i64::MAX)? {
+            fleet.merge(&bucket.aggregate.unestimated());
             for (gpu_type, g) in bucket.aggregate.all().gpu_types {
                 let e = by_type.entry(gpu_type).or_default();
                 e.0.add_total(g.flop);
@@ -457,6 +488,11 @@ impl Metrics {
             self.unattributed_gpu_seconds
                 .with_label_values(&[gpu_type.as_str()])
                 .set(gpu_ms as f64 / 1000.0);
+        }
+        for (reason, c) in &fleet.reasons {
+            self.unestimated_gpu_seconds
+                .with_label_values(&[reason.as_str()])
+                .set(c.gpu_ms as f64 / 1000.0);
         }
         Ok(())
     }

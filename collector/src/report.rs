@@ -8,7 +8,10 @@
 //! - energy in MWh (GPU energy as measured; facility overhead is not included): [`EnergyFigure`];
 //! - what counts and what was excluded, per stage and per run: [`StageRow`], [`RunRow`];
 //! - unattributed compute on the same nodes in the same period, so a reader sees what may be
-//!   missing: [`UnattributedView`].
+//!   missing, with its largest sources (Slurm job, pod, process): [`UnattributedView`];
+//! - GPU time that could not be estimated (an uncatalogued GPU without a peak, no activity
+//!   reading), per reason: [`UnestimatedView`]. A total that silently left that hardware out
+//!   would be wrong, so it is stated beside the figures it is not part of.
 //!
 //! The report is a serialisable document (schema `flopmeter.report.v1`) built from the
 //! ledger under a stage policy at a given time, and rendered as text, JSON or CSV by pure
@@ -23,7 +26,9 @@ use flopmeter_core::stage::{Stage, StagePolicy};
 use flopmeter_core::units::FlopTotal;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::aggregate::{SourceCounts, Unestimated};
 use crate::ledger::keys::DAY_MS;
+use crate::ledger::summary::{SourceRow, summarise_unattributed};
 use crate::ledger::{Declaration, LedgerStore, ModelEntry, StoreError};
 
 /// The schema tag of the JSON document.
@@ -62,6 +67,9 @@ pub struct Report {
     pub hardware: Vec<HardwareDays>,
     /// Energy.
     pub energy: EnergyFigure,
+    /// GPU time of the counted stages that could not be estimated (not in the computation).
+    #[serde(default)]
+    pub unestimated: UnestimatedView,
     /// Per stage, counted and excluded.
     pub stages: Vec<StageRow>,
     /// Per run.
@@ -163,6 +171,9 @@ pub struct StageRow {
     pub energy_mwh: f64,
     /// Records.
     pub records: u64,
+    /// GPU-hours that could not be estimated.
+    #[serde(default)]
+    pub unestimated_gpu_hours: f64,
 }
 
 /// One run.
@@ -196,6 +207,82 @@ pub struct RunRow {
     pub six_n_d: Option<u128>,
     /// Measured central FLOP / 6·N·D.
     pub hardware_to_architecture_ratio: Option<f64>,
+    /// Slurm clusters it ran on.
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// GPU-hours that could not be estimated.
+    #[serde(default)]
+    pub unestimated_gpu_hours: f64,
+}
+
+/// GPU time that could not be estimated: the hardware ran, its FLOP are unknown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnestimatedView {
+    /// GPU-hours.
+    pub gpu_hours: f64,
+    /// Energy, MWh.
+    pub energy_mwh: f64,
+    /// Records.
+    pub records: u64,
+    /// Per reason, largest first.
+    pub reasons: Vec<UnestimatedReason>,
+    /// `12 GPU-hours that could not be estimated (unknown-gpu-no-peak)`, or `none`.
+    pub text: String,
+}
+
+/// One reason's share of [`UnestimatedView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnestimatedReason {
+    /// Machine-readable reason (`unknown-gpu-no-peak`, `no-activity-reading`, ...).
+    pub reason: String,
+    /// GPU-hours.
+    pub gpu_hours: f64,
+    /// Energy, MWh.
+    pub energy_mwh: f64,
+    /// Records.
+    pub records: u64,
+}
+
+impl UnestimatedView {
+    /// The view of `u`.
+    pub fn of(u: &Unestimated) -> UnestimatedView {
+        let mut reasons: Vec<UnestimatedReason> = u
+            .reasons
+            .iter()
+            .map(|(r, c)| UnestimatedReason {
+                reason: r.clone(),
+                gpu_hours: hours(c.gpu_ms),
+                energy_mwh: mwh(c.energy_mj),
+                records: c.records,
+            })
+            .collect();
+        reasons.sort_by(|a, b| {
+            b.gpu_hours
+                .total_cmp(&a.gpu_hours)
+                .then_with(|| a.reason.cmp(&b.reason))
+        });
+        let gpu_hours = hours(u.total.gpu_ms);
+        let text = if u.total.records == 0 {
+            "none".to_string()
+        } else {
+            format!(
+                "{} GPU-hours that could not be estimated ({})",
+                plain(gpu_hours),
+                reasons
+                    .iter()
+                    .map(|r| r.reason.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        UnestimatedView {
+            gpu_hours,
+            energy_mwh: mwh(u.total.energy_mj),
+            records: u.total.records,
+            reasons,
+            text,
+        }
+    }
 }
 
 /// Unattributed compute on the model's nodes during its training period.
@@ -215,7 +302,20 @@ pub struct UnattributedView {
     pub energy_mwh: f64,
     /// Records.
     pub records: u64,
+    /// Unattributed GPU time there that could not be estimated.
+    #[serde(default)]
+    pub unestimated: UnestimatedView,
+    /// Where that work came from (Slurm job, pod, process), largest first, at most
+    /// [`REPORT_SOURCES`]: the jobs to label.
+    #[serde(default)]
+    pub sources: Vec<SourceRow>,
+    /// Work of the sources not listed.
+    #[serde(default)]
+    pub other_sources: SourceCounts,
 }
+
+/// Unattributed sources listed in a report.
+pub const REPORT_SOURCES: usize = 10;
 
 /// Base model compute (downstream modifiers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +345,21 @@ const MJ_PER_MWH: f64 = 3.6e12;
 
 fn days(ms: u128) -> f64 {
     ms as f64 / DAY_MS as f64
+}
+
+fn hours(ms: u128) -> f64 {
+    ms as f64 / 3_600_000.0
+}
+
+/// A plain number for quantities people count (GPU-hours): `1234`, `12.5`, `0.25`.
+fn plain(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 fn mwh(mj: u128) -> f64 {
@@ -303,6 +418,7 @@ pub fn build(
             gpu_days: days(t.gpu_ms),
             energy_mwh: mwh(t.energy_mj),
             records: t.records,
+            unestimated_gpu_hours: hours(t.unestimated.total.gpu_ms),
         })
         .collect();
 
@@ -330,6 +446,8 @@ pub fn build(
                     .filter(|&x| x > 0)
                     .map(|x| a.flop.central as f64 / x as f64),
                 six_n_d,
+                clusters: r.aggregate.clusters.iter().cloned().collect(),
+                unestimated_gpu_hours: hours(r.aggregate.unestimated().total.gpu_ms),
                 declaration: r.declaration,
                 run: r.run,
             }
@@ -347,22 +465,28 @@ pub fn build(
         gpu_days: BTreeMap::new(),
         energy_mwh: 0.0,
         records: 0,
+        unestimated: UnestimatedView::of(&Unestimated::default()),
+        sources: Vec::new(),
+        other_sources: SourceCounts::default(),
     };
     if let (Some(a), Some(b)) = (first_day, last_day) {
-        let mut energy = 0u128;
-        for bucket in store.unattributed(a, b)? {
-            if !nodes.contains(&bucket.node) {
-                continue;
-            }
-            let t = bucket.aggregate.all();
-            unattributed.flop.add_total(t.flop);
-            unattributed.records += t.records;
-            energy += t.energy_mj;
-            for (g, gt) in &t.gpu_types {
+        let buckets: Vec<_> = store
+            .unattributed(a, b)?
+            .into_iter()
+            .filter(|b| nodes.contains(&b.node))
+            .collect();
+        for bucket in &buckets {
+            for (g, gt) in &bucket.aggregate.all().gpu_types {
                 *unattributed.gpu_days.entry(g.clone()).or_default() += days(gt.gpu_ms);
             }
         }
-        unattributed.energy_mwh = mwh(energy);
+        let sum = summarise_unattributed(&buckets, REPORT_SOURCES);
+        unattributed.flop = sum.flop;
+        unattributed.records = sum.records;
+        unattributed.energy_mwh = mwh(sum.energy_mj);
+        unattributed.unestimated = UnestimatedView::of(&sum.unestimated);
+        unattributed.sources = sum.sources;
+        unattributed.other_sources = sum.other_sources;
     }
 
     let base_model = entry.as_ref().and_then(|e| {
@@ -424,6 +548,7 @@ pub fn build(
             counted_mwh: mwh(counted.energy_mj),
             excluded_mwh: mwh(excluded.energy_mj),
         },
+        unestimated: UnestimatedView::of(&counted.unestimated),
         stages,
         runs,
         unattributed,
@@ -453,6 +578,15 @@ fn methodology() -> Vec<String> {
             .into(),
         "Stage policy (Commission guidelines Annex A.1) decides what counts; excluded compute \
          is listed. Training time spans the first to last event of the counted stages."
+            .into(),
+        "GPU time that could not be estimated (an uncatalogued GPU without an \
+         operator-supplied peak, a GPU without an activity reading) is measured and reported \
+         as GPU-hours and energy per reason, beside the computation and never inside it: its \
+         FLOP are unknown, so the computation does not cover that hardware time."
+            .into(),
+        "Unattributed work (no model label) on the model's nodes in its period is listed \
+         with its largest sources: the Slurm job (id, user, account, cluster), the pod, or \
+         the process's command name, so the jobs to label can be found."
             .into(),
     ]
 }
@@ -563,6 +697,20 @@ pub fn render_text(r: &Report) -> String {
         sig2(r.energy.counted_mwh),
         sig2(r.energy.excluded_mwh)
     );
+    let _ = writeln!(
+        o,
+        "Not estimated:     {}{}",
+        r.unestimated.text,
+        if r.unestimated.records == 0 {
+            String::new()
+        } else {
+            format!(
+                ", {} MWh; not in the computation above (the FLOP of that hardware time are \
+                 unknown)",
+                sig2(r.unestimated.energy_mwh)
+            )
+        }
+    );
     if let Some(b) = &r.base_model {
         let _ = writeln!(
             o,
@@ -656,6 +804,37 @@ pub fn render_text(r: &Report) -> String {
         sig2(u.energy_mwh),
         u.records
     );
+    if u.unestimated.records > 0 {
+        let _ = writeln!(o, "  and {}", u.unestimated.text);
+    }
+    if !u.sources.is_empty() {
+        let _ = writeln!(o, "  Largest sources (label these jobs):");
+        for s in &u.sources {
+            let c = &s.counts;
+            let _ = writeln!(
+                o,
+                "    {} on {}: {} FLOP, {} GPU-hours{}",
+                s.description,
+                s.nodes.join(","),
+                band(c.flop.low, c.flop.central, c.flop.high),
+                plain(hours(c.gpu_ms)),
+                if c.unestimated_gpu_ms > 0 {
+                    format!(" (+{} not estimated)", plain(hours(c.unestimated_gpu_ms)))
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if u.other_sources.records > 0 {
+            let c = &u.other_sources;
+            let _ = writeln!(
+                o,
+                "    other sources: {} FLOP, {} GPU-hours",
+                sig2_u128(c.flop.central),
+                plain(hours(c.size()))
+            );
+        }
+    }
     let q = &r.quality;
     let _ = writeln!(
         o,
@@ -807,6 +986,19 @@ pub fn render_csv(r: &Report) -> String {
             Some(run.records),
         );
     }
+    for x in &r.unestimated.reasons {
+        row(
+            "unestimated",
+            &x.reason,
+            "unknown",
+            None,
+            Some(x.gpu_hours / 24.0),
+            Some(x.energy_mwh),
+            None,
+            None,
+            Some(x.records),
+        );
+    }
     let u = &r.unattributed;
     row(
         "unattributed",
@@ -819,5 +1011,32 @@ pub fn render_csv(r: &Report) -> String {
         u.last_day.map(|d| (d + 1) * DAY_MS - 1),
         Some(u.records),
     );
+    for x in &u.unestimated.reasons {
+        row(
+            "unattributed-unestimated",
+            &x.reason,
+            "unknown",
+            None,
+            Some(x.gpu_hours / 24.0),
+            Some(x.energy_mwh),
+            None,
+            None,
+            Some(x.records),
+        );
+    }
+    for s in &u.sources {
+        let c = &s.counts;
+        row(
+            "unattributed-source",
+            &s.description,
+            "no",
+            Some(c.flop),
+            Some(c.size() as f64 / DAY_MS as f64),
+            Some(mwh(c.energy_mj)),
+            None,
+            None,
+            Some(c.records),
+        );
+    }
     o
 }

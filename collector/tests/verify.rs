@@ -20,6 +20,28 @@ fn build(dir: &std::path::Path) -> SledStore {
                 seq += 1;
                 recs.push(rec_at(seq, model, run, stage, C, END + day * 86_400_000));
             }
+            // Unattributed work traceable to its Slurm job, and work that could not be
+            // estimated, for a run and unattributed.
+            let at = END + day * 86_400_000;
+            let mut job = rec_at(0, "", "", "", C, at);
+            let id = job.identity.as_mut().unwrap();
+            (id.job, id.user, id.cluster) = (format!("{day}{agent}"), "alice".into(), "c1".into());
+            recs.push(job);
+            for model in ["m1", ""] {
+                let mut u = rec_at(
+                    0,
+                    model,
+                    if model.is_empty() { "" } else { "r1" },
+                    "",
+                    0,
+                    at,
+                );
+                (u.flop_low, u.flop_high) = (0, 0);
+                u.method = flopmeter_proto::v1::Method::None as i32;
+                u.no_estimate_reason = "unknown-gpu-no-peak".into();
+                u.gpu_type.clear();
+                recs.push(u);
+            }
             // Per-agent sequences: renumber for this agent.
             let base = s.high_water_mark(agent).unwrap();
             for (i, r) in recs.iter_mut().enumerate() {
@@ -45,8 +67,8 @@ fn clean_ledger_verifies_before_and_after_rollups() {
     let s = build(dir.path());
     let r = s.verify().unwrap();
     assert!(r.ok(), "{:?}", r.mismatches);
-    assert_eq!((r.raw_batches, r.raw_records), (6, 18));
-    assert_eq!((r.runs, r.models, r.unattributed_buckets), (2, 1, 6));
+    assert_eq!((r.raw_batches, r.raw_records), (6, 36));
+    assert_eq!((r.runs, r.models, r.unattributed_buckets), (2, 1, 12));
     let before = s.model_aggregate("m1").unwrap().unwrap();
     let unatt_before = s.unattributed(i64::MIN, i64::MAX).unwrap();
 
@@ -99,6 +121,33 @@ fn tampered_aggregates_are_detected() {
                 "unattributed",
                 &keys::with_bucket(&["n1", "h100-sxm"], day),
                 |a| a.stages.get_mut("pretrain").unwrap().records += 1,
+            )
+        }),
+        ("run m1/r1: stored unestimated GPU ms", |s| {
+            tamper(s, "run_agg", &keys::join(&["m1", "r1"]), |a| {
+                a.stages
+                    .get_mut("pretrain")
+                    .unwrap()
+                    .unestimated
+                    .total
+                    .gpu_ms += 1
+            })
+        }),
+        ("model m1: per-stage, per-GPU-type, per-reason", |s| {
+            tamper(s, "model_agg", b"m1", |a| {
+                let u = &mut a.stages.get_mut("pretrain").unwrap().unestimated;
+                let c = u.reasons.remove("unknown-gpu-no-peak").unwrap();
+                u.reasons.insert("no-activity-reading".into(), c);
+            })
+        }),
+        ("unattributed n1/h100-sxm/day", |s| {
+            // A source renamed: the work pinned on another job.
+            let day = (END - 10_000).div_euclid(86_400_000);
+            tamper(
+                s,
+                "unattributed",
+                &keys::with_bucket(&["n1", "h100-sxm"], day),
+                |a| a.sources.named[0].key.job = "someone-else".into(),
             )
         }),
         ("run m1/r2:", |s| {
@@ -174,4 +223,36 @@ fn a_group_applies_like_its_batches_one_by_one() {
         group.model_aggregate("m").unwrap()
     );
     assert!(group.verify().unwrap().ok());
+}
+
+#[test]
+fn more_unattributed_sources_than_a_bucket_names_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    // Two agents on one node, applied in the opposite order to the one verify reads them in,
+    // with 80 distinct jobs of different sizes: the named set can depend on the order, the
+    // sums cannot.
+    let job = |seq: u64, j: u64| {
+        let mut r = rec_at(seq, "", "", "", C, END);
+        r.gpu_ms = 100 + (j * 37) % 9_000;
+        r.identity.as_mut().unwrap().job = j.to_string();
+        r
+    };
+    for (agent, jobs) in [("a2", 0..40u64), ("a1", 40..80u64)] {
+        let recs = jobs
+            .enumerate()
+            .map(|(i, j)| job(i as u64 + 1, j))
+            .collect();
+        s.apply_batch(&incoming(agent, "n1", recs)).unwrap();
+    }
+    let buckets = s.unattributed(i64::MIN, i64::MAX).unwrap();
+    let src = &buckets[0].aggregate.sources;
+    assert_eq!(src.named.len(), 32);
+    assert!(!src.other.is_zero());
+    assert_eq!(src.total().records, 80);
+    let r = s.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.mismatches);
+    s.roll_up(i64::MAX, 100).unwrap();
+    let r = s.verify().unwrap();
+    assert!(r.ok(), "{:?}", r.mismatches);
 }

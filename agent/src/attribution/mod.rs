@@ -9,14 +9,18 @@
 //! 2. Kubernetes: the pod UID from `/proc/<pid>/cgroup` ([`cgroup`]), then that pod's
 //!    `flopmeter.io/*` labels and annotations from a watch of this node's pods
 //!    ([`kubernetes`]);
-//! 3. Slurm: `SLURM_JOB_*` in the environment, by the convention in [`slurm`];
+//! 3. Slurm: the job's comment and name, by the convention in [`slurm`]; the comment comes
+//!    from Slurm itself ([`slurm_comments`]), since Slurm never puts it into a task's
+//!    environment;
 //! 4. otherwise **unattributed**: still measured and sent (per node and GPU), never dropped.
 //!
 //! Fields the winning source leaves out (run, stage, declarations) are filled from the later
 //! sources that name the same model or none, so a Slurm job labelled only with
-//! `FLOPMETER_MODEL` still gets its job id as the run. Whatever wins, the record also carries
-//! the pod's namespace and name, or the Slurm account and job id, so even unattributed work
-//! can be traced to its job.
+//! `FLOPMETER_MODEL` still gets its job id as the run, and its `--comment
+//! "flopmeter.stage=sft"` its stage. Whatever wins, the record also carries the pod's
+//! namespace and name, or the Slurm job id, user, account and cluster; unattributed work
+//! also carries the process's command name, so it can be traced to what ran it. The first
+//! time a source's work is found unattributed, the agent says so once, at info level.
 //!
 //! Lookups are cached per PID, keyed by (PID, process start time from `/proc/<pid>/stat`
 //! field 22): a PID that exited and was reused by a new process is a different key, so an
@@ -27,16 +31,19 @@ pub mod cgroup;
 pub mod kubernetes;
 pub mod labels;
 pub mod slurm;
+pub mod slurm_comments;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use labels::{Declaration, Declared};
 
 use cgroup::PodRef;
 use kubernetes::PodStore;
 use slurm::SlurmJob;
+use slurm_comments::{Lookup, SlurmComments};
 
 /// Where an identity came from (the wire's `AttributionSource`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +85,13 @@ pub struct Identity {
     pub namespace: String,
     /// Kubernetes pod name or Slurm job id.
     pub job: String,
+    /// Slurm cluster of the job (`SLURM_CLUSTER_NAME`).
+    pub cluster: String,
+    /// Slurm job user (`SLURM_JOB_USER`).
+    pub user: String,
+    /// Command name of the process (`/proc/<pid>/comm`), for unattributed work only: it is
+    /// what traces work nobody labelled, and attributed work needs no more than its run.
+    pub process: String,
 }
 
 /// A process's identity and what its run declared.
@@ -100,6 +114,9 @@ impl Attribution {
                 source: Source::Unattributed,
                 namespace: String::new(),
                 job: String::new(),
+                cluster: String::new(),
+                user: String::new(),
+                process: String::new(),
             },
             declaration: Declaration::default(),
         }
@@ -120,6 +137,8 @@ pub struct ProcessFacts {
     pub pod: Option<PodRef>,
     /// The Slurm job, from `SLURM_*` variables.
     pub slurm: Option<SlurmJob>,
+    /// The command name, `/proc/<pid>/comm`.
+    pub comm: Option<String>,
 }
 
 /// Errors reading a process's `/proc` entries.
@@ -174,42 +193,70 @@ pub fn read_facts(proc_root: &Path, pid: u32) -> Result<ProcessFacts, ProcError>
         };
         if let Some(key) = k.strip_prefix("FLOPMETER_") {
             env.set(key, v);
-        } else if k.starts_with("SLURM_JOB_") {
+        } else if slurm::wanted(k) {
             slurm_env.insert(k.to_string(), v.to_string());
         }
     }
     let pod = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
         .and_then(|c| cgroup::parse_pod(&c));
+    let comm = std::fs::read_to_string(dir.join("comm"))
+        .ok()
+        .map(|c| {
+            c.trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+        })
+        .filter(|c| !c.is_empty());
     Ok(ProcessFacts {
         env,
         pod,
         slurm: SlurmJob::from_env(&slurm_env),
+        comm,
     })
 }
 
-/// Resolves facts to an attribution (the precedence rules of the module docs).
-pub fn resolve(facts: &ProcessFacts, pods: Option<&PodStore>) -> Attribution {
+/// Resolves facts to an attribution (the precedence rules of the module docs), with the
+/// Slurm job's comment as Slurm knows it.
+pub fn resolve(
+    facts: &ProcessFacts,
+    pods: Option<&PodStore>,
+    slurm_comment: Option<&str>,
+) -> Attribution {
     let pod = facts
         .pod
         .as_ref()
         .and_then(|p| pods.and_then(|s| s.get(&p.uid)));
+    let slurm_declared = facts.slurm.as_ref().map(|s| s.declared(slurm_comment));
     let mut candidates: Vec<(Source, &Declared)> = vec![(Source::ProcessEnv, &facts.env)];
     if let Some(p) = &pod {
         candidates.push((Source::Kubernetes, &p.declared));
     }
-    if let Some(s) = &facts.slurm {
-        candidates.push((Source::Slurm, &s.declared));
+    if let Some(d) = &slurm_declared {
+        candidates.push((Source::Slurm, d));
     }
     let (namespace, job) = match (&pod, &facts.slurm) {
         (Some(p), _) => (p.namespace.clone(), p.name.clone()),
         (None, Some(s)) => (s.account.clone().unwrap_or_default(), s.job_id.clone()),
         (None, None) => (String::new(), String::new()),
     };
+    let slurm_field = |f: fn(&SlurmJob) -> &Option<String>| {
+        facts
+            .slurm
+            .as_ref()
+            .and_then(|s| f(s).clone())
+            .unwrap_or_default()
+    };
+    let cluster = slurm_field(|s| &s.cluster);
+    let user = slurm_field(|s| &s.user);
     let Some(win) = candidates.iter().position(|(_, d)| d.model.is_some()) else {
         let mut u = Attribution::unattributed();
         u.identity.namespace = namespace;
         u.identity.job = job;
+        u.identity.cluster = cluster;
+        u.identity.user = user;
+        u.identity.process = facts.comm.clone().unwrap_or_default();
         return u;
     };
     let (source, winner) = candidates[win];
@@ -227,6 +274,9 @@ pub fn resolve(facts: &ProcessFacts, pods: Option<&PodStore>) -> Attribution {
             source,
             namespace,
             job,
+            cluster,
+            user,
+            process: String::new(),
         },
         declaration: declared.declaration(),
     }
@@ -236,7 +286,9 @@ pub fn resolve(facts: &ProcessFacts, pods: Option<&PodStore>) -> Attribution {
 struct Entry {
     start_time: u64,
     facts: Option<ProcessFacts>,
-    resolved: Option<(u64, Arc<Attribution>)>,
+    /// The attribution, the pod store's generation it saw, and whether it is provisional
+    /// (the Slurm job's comment was not known yet: resolved again every tick until it is).
+    resolved: Option<(u64, Arc<Attribution>, bool)>,
     last_seen: u64,
 }
 
@@ -244,30 +296,48 @@ struct Entry {
 const EVICT_AFTER_TICKS: u64 = 120;
 /// A hard ceiling on cached PIDs, so a node that churns processes cannot grow the agent.
 const MAX_ENTRIES: usize = 8192;
+/// Unattributed sources remembered as already logged; past it the memory starts afresh (a
+/// source may then be logged once more).
+const MAX_LOGGED: usize = 4096;
+/// How long, in all, one tick may wait for Slurm to tell new jobs' comments.
+const SLURM_WAIT_PER_TICK: Duration = Duration::from_millis(300);
 
 /// Resolves PIDs to attributions, with the per-(PID, start time) cache.
 #[derive(Debug)]
 pub struct Attributor {
     proc_root: PathBuf,
     pods: Option<PodStore>,
+    slurm: Option<SlurmComments>,
+    slurm_wait_left: Duration,
     cache: HashMap<u32, Entry>,
     tick: u64,
     unattributed: Arc<Attribution>,
     warned_unreadable: bool,
+    logged: HashSet<String>,
 }
 
 impl Attributor {
     /// An attributor reading `proc_root` (normally `/proc`), and pod metadata from `pods`
-    /// when Kubernetes is on.
+    /// when Kubernetes is on. Slurm job comments are not looked up until
+    /// [`Attributor::with_slurm_comments`].
     pub fn new(proc_root: impl Into<PathBuf>, pods: Option<PodStore>) -> Self {
         Attributor {
             proc_root: proc_root.into(),
             pods,
+            slurm: None,
+            slurm_wait_left: SLURM_WAIT_PER_TICK,
             cache: HashMap::new(),
             tick: 0,
             unattributed: Arc::new(Attribution::unattributed()),
             warned_unreadable: false,
+            logged: HashSet::new(),
         }
+    }
+
+    /// Looks Slurm jobs' comments up from `comments`.
+    pub fn with_slurm_comments(mut self, comments: SlurmComments) -> Self {
+        self.slurm = Some(comments);
+        self
     }
 
     /// The attribution of `pid` now.
@@ -323,19 +393,92 @@ impl Attributor {
             (Some(_), Some(store)) => store.generation(),
             _ => 0,
         };
-        if let Some((g, a)) = &entry.resolved
+        if let Some((g, a, provisional)) = &entry.resolved
             && *g == generation
+            && !provisional
         {
             return a.clone();
         }
-        let a = Arc::new(resolve(facts, self.pods.as_ref()));
-        entry.resolved = Some((generation, a.clone()));
+        let (comment, provisional) = match (&facts.slurm, &mut self.slurm) {
+            (Some(job), Some(comments)) if job.env_comment.is_none() => {
+                let asked = Instant::now();
+                let found = comments.lookup(&job.job_id, self.slurm_wait_left);
+                self.slurm_wait_left = self.slurm_wait_left.saturating_sub(asked.elapsed());
+                match found {
+                    Lookup::Known(c) => (c, false),
+                    Lookup::Pending => (None, true),
+                }
+            }
+            _ => (None, false),
+        };
+        let a = Arc::new(resolve(facts, self.pods.as_ref(), comment.as_deref()));
+        entry.resolved = Some((generation, a.clone(), provisional));
+        if !a.is_attributed() && !provisional {
+            self.log_unattributed(pid, start, &a);
+        }
         a
+    }
+
+    /// Says once per source (Slurm job, pod, or process) that its work is unattributed, with
+    /// what the operator needs to find and label it.
+    fn log_unattributed(&mut self, pid: u32, start: u64, a: &Attribution) {
+        let id = &a.identity;
+        let key = if id.job.is_empty() {
+            format!("pid/{pid}/{start}")
+        } else {
+            format!("job/{}/{}/{}", id.cluster, id.namespace, id.job)
+        };
+        if self.logged.len() >= MAX_LOGGED {
+            self.logged.clear();
+        }
+        if !self.logged.insert(key) {
+            return;
+        }
+        let facts = self.cache.get(&pid).and_then(|e| e.facts.as_ref());
+        let slurm = facts.is_some_and(|f| f.slurm.is_some() && f.pod.is_none());
+        let pod = facts.is_some_and(|f| f.pod.is_some());
+        let opt = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        if slurm {
+            tracing::info!(
+                pid,
+                process = %opt(&id.process),
+                slurm_job = %id.job,
+                user = %opt(&id.user),
+                account = %opt(&id.namespace),
+                cluster = %opt(&id.cluster),
+                "GPU work of a Slurm job that names no model is booked as unattributed; label \
+                 the job with --comment \"flopmeter.model=<model>\", -J flopmeter:<model> or \
+                 FLOPMETER_MODEL"
+            );
+        } else if pod {
+            tracing::info!(
+                pid,
+                process = %opt(&id.process),
+                namespace = %id.namespace,
+                pod = %id.job,
+                "GPU work of a pod without a flopmeter.io/model label or annotation is booked \
+                 as unattributed"
+            );
+        } else {
+            tracing::info!(
+                pid,
+                process = %opt(&id.process),
+                "GPU work of a process without FLOPMETER_MODEL (and outside any labelled pod \
+                 or Slurm job) is booked as unattributed"
+            );
+        }
     }
 
     /// Ends a sampling tick: forgets PIDs not seen for a while.
     pub fn end_tick(&mut self) {
         self.tick += 1;
+        self.slurm_wait_left = SLURM_WAIT_PER_TICK;
         if self.tick.is_multiple_of(16) {
             let tick = self.tick;
             self.cache

@@ -1,5 +1,7 @@
 //! The collector's HTTP side (axum): Prometheus `/metrics`, `/healthz`, `/readyz` and the
-//! read-only JSON API under `/api/v1`, for scripts and dashboards.
+//! read-only JSON API under `/api/v1`, for scripts and dashboards. `/api/v1/unattributed`
+//! lists the largest sources of work no model claimed (Slurm job, pod, process), and the
+//! GPU time that could not be estimated, per reason.
 //!
 //! FLOP figures in the JSON are exact integers (they may exceed 2^53; parse them as big
 //! integers or strings where that matters).
@@ -72,6 +74,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/models/{model}/report", get(model_report))
         .route("/api/v1/runs", get(runs))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/unattributed", get(unattributed))
         .route("/api/v1/rejections", get(rejections))
         .with_state(state)
 }
@@ -178,4 +181,61 @@ async fn rejections(
         q.agent.as_deref().filter(|a| !a.is_empty()),
         q.limit.unwrap_or(100),
     )?))
+}
+
+/// Query of `/api/v1/unattributed`.
+#[derive(Debug, Deserialize)]
+pub struct UnattributedQuery {
+    /// UTC days back from today, today included (default 7; 0 = all time).
+    pub days: Option<i64>,
+    /// Sources listed, largest first (default 20, at most [`MAX_UNATTRIBUTED_SOURCES`]).
+    pub limit: Option<usize>,
+}
+
+/// The most sources `/api/v1/unattributed` lists.
+pub const MAX_UNATTRIBUTED_SOURCES: usize = 1000;
+
+/// `/api/v1/unattributed`: work no model claimed over a period.
+#[derive(Debug, Serialize)]
+pub struct UnattributedReport {
+    /// First UTC day (days since the epoch), `null` for all time.
+    pub first_day: Option<i64>,
+    /// Last UTC day.
+    pub last_day: i64,
+    /// Totals, GPU time that could not be estimated, largest sources.
+    #[serde(flatten)]
+    pub summary: summary::UnattributedSummary,
+    /// `N GPU-hours that could not be estimated (reasons)`, or `none`.
+    pub unestimated_text: String,
+}
+
+async fn unattributed(
+    State(s): State<HttpState>,
+    Query(q): Query<UnattributedQuery>,
+) -> Result<axum::Json<UnattributedReport>, HttpError> {
+    let days = q.days.unwrap_or(7);
+    if days < 0 {
+        return Err(HttpError::BadRequest(format!(
+            "days={days}: give a number of days back (0 = all time)"
+        )));
+    }
+    let limit = q.limit.unwrap_or(20);
+    if limit > MAX_UNATTRIBUTED_SOURCES {
+        return Err(HttpError::BadRequest(format!(
+            "limit={limit} is above {MAX_UNATTRIBUTED_SOURCES}"
+        )));
+    }
+    let last_day = now_unix_ms().div_euclid(crate::ledger::keys::DAY_MS);
+    let first_day = (days > 0).then(|| last_day - (days - 1));
+    let buckets = s
+        .store
+        .unattributed(first_day.unwrap_or(i64::MIN), last_day)?;
+    let summary = summary::summarise_unattributed(&buckets, limit);
+    let unestimated_text = report::UnestimatedView::of(&summary.unestimated).text;
+    Ok(axum::Json(UnattributedReport {
+        first_day,
+        last_day,
+        summary,
+        unestimated_text,
+    }))
 }

@@ -392,6 +392,7 @@ fn agent_info(h: &Hello, now: i64) -> AgentInfo {
         software_version: h.software_version.clone(),
         gpus,
         last_hello_unix_ms: now,
+        cluster: h.cluster.clone(),
     }
 }
 

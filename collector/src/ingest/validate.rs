@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use flopmeter_core::catalogue::{self, CATALOGUE, GpuModel};
-use flopmeter_proto::v1::{GpuInventory, Hello, IntervalRecord};
+use flopmeter_proto::v1::{GpuInventory, Hello, IntervalRecord, Method};
 
 use crate::ledger::RecordRejection;
 
@@ -40,11 +40,14 @@ pub enum RejectReason {
     /// The GPU is uncatalogued and the peak its agent declared for it is beyond any
     /// plausible GPU ([`MAX_OPERATOR_PEAK_FACTOR`]), so it cannot bound the record's FLOP.
     ImplausiblePeak,
+    /// A record without an estimate (`METHOD_NONE`) carrying FLOP, without a reason, or
+    /// with a reason that is not a bounded kebab-case tag; or a reason on an estimate.
+    BadNoEstimate,
 }
 
 impl RejectReason {
     /// Every reason, for metric initialisation and docs.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::FlopAbovePeak,
         RejectReason::BadInterval,
         RejectReason::IntervalTooLong,
@@ -56,6 +59,7 @@ impl RejectReason {
         RejectReason::BadIdentity,
         RejectReason::BadValue,
         RejectReason::ImplausiblePeak,
+        RejectReason::BadNoEstimate,
     ];
 
     /// The kebab-case tag.
@@ -72,6 +76,7 @@ impl RejectReason {
             RejectReason::BadIdentity => "bad-identity",
             RejectReason::BadValue => "bad-value",
             RejectReason::ImplausiblePeak => "implausible-peak",
+            RejectReason::BadNoEstimate => "bad-no-estimate",
         }
     }
 
@@ -122,6 +127,22 @@ pub fn valid_name(s: &str) -> bool {
     s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
 }
 
+/// Longest `no_estimate_reason` accepted.
+pub const MAX_REASON_LEN: usize = 64;
+
+/// A `no_estimate_reason`: lower-case words of letters and digits joined by single hyphens
+/// (`unknown-gpu-no-peak`), at most [`MAX_REASON_LEN`] bytes. It becomes a ledger key and a
+/// metric label, so it is held to a tag's shape.
+pub fn valid_reason(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_REASON_LEN
+        && s.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
 /// Most GPUs one Hello may declare: far above any node, so only a hostile or broken agent
 /// meets it, and it bounds what one Hello writes into the agents table.
 pub const MAX_GPUS_PER_HELLO: usize = 4096;
@@ -152,6 +173,7 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
     }
     for (what, v) in [
         ("node", &hello.node),
+        ("cluster", &hello.cluster),
         ("software_version", &hello.software_version),
         ("driver_version", &hello.driver_version),
         ("nvml_version", &hello.nvml_version),
@@ -248,6 +270,9 @@ pub fn check_record(
             ("stage", &id.stage),
             ("namespace", &id.namespace),
             ("job", &id.job),
+            ("cluster", &id.cluster),
+            ("user", &id.user),
+            ("process", &id.process),
         ] {
             if !valid_name(v) {
                 return bad_name(what);
@@ -271,6 +296,33 @@ pub fn check_record(
     }
     if !valid_name(&rec.gpu_uuid) {
         return bad_name("gpu_uuid");
+    }
+    let no_estimate = rec.method() == Method::None;
+    if no_estimate || !rec.no_estimate_reason.is_empty() {
+        let bad = |d: String| reject(RejectReason::BadNoEstimate, d);
+        if !no_estimate {
+            return bad(format!(
+                "no_estimate_reason {:?} is set on a record with method {:?}: a record either \
+                 has an estimate or says why not (METHOD_NONE)",
+                rec.no_estimate_reason.chars().take(80).collect::<String>(),
+                rec.method()
+            ));
+        }
+        if !valid_reason(&rec.no_estimate_reason) {
+            return bad(format!(
+                "a record without an estimate (METHOD_NONE) needs no_estimate_reason as a \
+                 kebab-case tag of at most {MAX_REASON_LEN} bytes (e.g. unknown-gpu-no-peak), \
+                 got {:?}",
+                rec.no_estimate_reason.chars().take(80).collect::<String>()
+            ));
+        }
+        if rec.flop_low != 0 || rec.flop_central != 0 || rec.flop_high != 0 {
+            return bad(format!(
+                "a record without an estimate (METHOD_NONE, {}) must carry 0 FLOP, got low {} \
+                 central {} high {}",
+                rec.no_estimate_reason, rec.flop_low, rec.flop_central, rec.flop_high
+            ));
+        }
     }
     let interval_ms = rec.end_unix_ms.saturating_sub(rec.start_unix_ms);
     if rec.start_unix_ms <= 0 || interval_ms <= 0 {
@@ -337,6 +389,11 @@ pub fn check_record(
                 rec.energy_mj, limits.max_gpu_watts
             ),
         );
+    }
+    if no_estimate {
+        // 0 FLOP, checked above: there is nothing for a peak to bound, and an unknown GPU
+        // without a peak is exactly the work such records exist for.
+        return None;
     }
     let Some(ceiling) = inventory.ceiling_flop_per_s(rec) else {
         if let Some(p) = inventory.implausible_peaks.get(&rec.gpu_uuid) {
@@ -458,6 +515,47 @@ mod tests {
     }
 
     #[test]
+    fn work_without_an_estimate_is_accepted_only_in_its_own_shape() {
+        let none = || {
+            let mut r = good();
+            (r.flop_low, r.flop_central, r.flop_high) = (0, 0, 0);
+            r.method = Method::None as i32;
+            r.no_estimate_reason = "unknown-gpu-no-peak".into();
+            // An uncatalogued GPU without an operator peak: nothing to check FLOP against,
+            // and nothing to check.
+            r.gpu_type.clear();
+            r
+        };
+        assert_eq!(reason(&none()), None);
+        let mut r = none();
+        r.flop_high = 1;
+        assert_eq!(reason(&r), Some(RejectReason::BadNoEstimate));
+        for bad in [
+            "",
+            "Unknown",
+            "no_peak",
+            "-x",
+            "a--b",
+            "x\u{1b}[2J",
+            &"a".repeat(65),
+        ] {
+            let mut r = none();
+            r.no_estimate_reason = bad.into();
+            assert_eq!(reason(&r), Some(RejectReason::BadNoEstimate), "{bad:?}");
+        }
+        let mut r = good();
+        r.no_estimate_reason = "no-activity-reading".into();
+        assert_eq!(reason(&r), Some(RejectReason::BadNoEstimate));
+        // The other rules still hold: GPU time and energy are real measurements.
+        let mut r = none();
+        r.gpu_ms = 20_000;
+        assert_eq!(reason(&r), Some(RejectReason::GpuTimeAboveInterval));
+        let mut r = none();
+        r.energy_mj = 100_000_000;
+        assert_eq!(reason(&r), Some(RejectReason::ImplausibleEnergy));
+    }
+
+    #[test]
     fn every_string_is_bounded() {
         let long = "x".repeat(MAX_NAME_LEN + 1);
         let mut r = good();
@@ -489,6 +587,13 @@ mod tests {
         assert_eq!(hello(&|_| ()), Ok(()));
         assert!(hello(&|h| h.agent_id.clear()).is_err());
         assert!(hello(&|h| h.software_version = long.clone()).is_err());
+        assert!(hello(&|h| h.cluster = "c\n1".into()).is_err());
+        let mut r = good();
+        r.identity = Some(flopmeter_proto::v1::WorkloadIdentity {
+            process: "py\u{7}".into(),
+            ..Default::default()
+        });
+        assert_eq!(reason(&r), Some(RejectReason::BadIdentity));
         assert!(hello(&|h| h.gpus[0].name = "H100\u{7}".into()).is_err());
         assert!(
             hello(&|h| h.gpus = vec![GpuInventory::default(); MAX_GPUS_PER_HELLO + 1]).is_err()

@@ -158,6 +158,9 @@ pub struct AgentInfo {
     pub gpus: Vec<(String, u32)>,
     /// Collector clock at the last Hello, Unix ms.
     pub last_hello_unix_ms: i64,
+    /// The cluster the agent said it belongs to (`Hello.cluster`; absent in older ledgers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
 }
 
 /// Encodes a JSON value.

@@ -1,11 +1,16 @@
 //! Per-model and per-run summaries: what `flopmeter models` / `runs`, the JSON API and the
 //! admin RPCs show. Views over the store under a stage policy; nothing here is stored.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use flopmeter_core::stage::StagePolicy;
 use flopmeter_core::units::FlopTotal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Aggregate, Declaration, LedgerStore, ModelEntry, RunEntry, StoreError};
+use super::aggregate::{SourceCounts, SourceKey, Unestimated};
+use super::{
+    Aggregate, Declaration, LedgerStore, ModelEntry, RunEntry, StoreError, UnattributedBucket,
+};
 
 /// One model's totals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,6 +37,11 @@ pub struct ModelSummary {
     pub agents: u64,
     /// Distinct nodes.
     pub nodes: u64,
+    /// Slurm clusters its jobs ran on.
+    pub clusters: Vec<String>,
+    /// GPU time and energy that could not be estimated (per reason), all stages: hardware
+    /// the FLOP figures above do not cover.
+    pub unestimated: Unestimated,
     /// Registry entry, when registered.
     pub entry: Option<ModelEntry>,
 }
@@ -65,6 +75,10 @@ pub struct RunSummary {
     pub agents: u64,
     /// Distinct nodes.
     pub nodes: u64,
+    /// Slurm clusters its jobs ran on.
+    pub clusters: Vec<String>,
+    /// GPU time and energy that could not be estimated (per reason).
+    pub unestimated: Unestimated,
     /// What the run declared.
     pub declaration: Option<Declaration>,
 }
@@ -90,6 +104,8 @@ pub fn summarise_model(
         records: all.records,
         agents: agg.agents,
         nodes: agg.nodes,
+        clusters: agg.clusters.iter().cloned().collect(),
+        unestimated: agg.unestimated(),
         entry,
     }
 }
@@ -111,6 +127,8 @@ pub fn summarise_run(r: &RunEntry, policy: &StagePolicy) -> RunSummary {
         approximate_records: all.approximate_records,
         agents: r.aggregate.agents,
         nodes: r.aggregate.nodes,
+        clusters: r.aggregate.clusters.iter().cloned().collect(),
+        unestimated: r.aggregate.unestimated(),
         declaration: r.declaration.clone(),
     }
 }
@@ -161,4 +179,87 @@ pub fn run_summaries(
         .iter()
         .map(|r| summarise_run(r, policy))
         .collect())
+}
+
+/// The most nodes listed for one unattributed source (a job spanning more says "+N").
+pub const MAX_SOURCE_NODES: usize = 16;
+
+/// One unattributed source over a set of buckets (one Slurm job, pod or process).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRow {
+    /// Who: job id, user, account or namespace, cluster, command name (empty if unknown).
+    pub source: SourceKey,
+    /// The same in words: `job 42 (user alice, cluster c1, process python)`.
+    pub description: String,
+    /// Nodes it ran on (at most [`MAX_SOURCE_NODES`]).
+    pub nodes: Vec<String>,
+    /// What it did.
+    pub counts: SourceCounts,
+}
+
+/// Unattributed work over a set of buckets: how much, what could not be estimated, and
+/// where it came from, largest sources first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnattributedSummary {
+    /// Buckets (node, GPU type, UTC day) summed.
+    pub buckets: u64,
+    /// FLOP no run claimed.
+    pub flop: FlopTotal,
+    /// Estimated GPU time, ms.
+    pub gpu_ms: u128,
+    /// Energy of the estimated work, mJ.
+    pub energy_mj: u128,
+    /// Records.
+    pub records: u64,
+    /// GPU time and energy that could not be estimated, per reason.
+    pub unestimated: Unestimated,
+    /// The largest sources (by GPU time), at most the limit asked for.
+    pub sources: Vec<SourceRow>,
+    /// Work of every source not listed (beyond the limit, or not named by its bucket).
+    pub other_sources: SourceCounts,
+}
+
+/// Sums unattributed buckets and lists their `limit` largest sources, merged across nodes,
+/// GPU types and days.
+pub fn summarise_unattributed<'a>(
+    buckets: impl IntoIterator<Item = &'a UnattributedBucket>,
+    limit: usize,
+) -> UnattributedSummary {
+    let mut out = UnattributedSummary::default();
+    let mut by_source: BTreeMap<&SourceKey, (SourceCounts, BTreeSet<&str>)> = BTreeMap::new();
+    for b in buckets {
+        out.buckets += 1;
+        let all = b.aggregate.all();
+        out.flop.add_total(all.flop);
+        out.gpu_ms = out.gpu_ms.saturating_add(all.gpu_ms);
+        out.energy_mj = out.energy_mj.saturating_add(all.energy_mj);
+        out.records += all.records;
+        out.unestimated.merge(&b.aggregate.unestimated());
+        for e in &b.aggregate.sources.named {
+            let (c, nodes) = by_source.entry(&e.key).or_default();
+            c.add(&e.counts);
+            nodes.insert(&b.node);
+        }
+        out.other_sources.add(&b.aggregate.sources.other);
+    }
+    let mut rows: Vec<(&SourceKey, (SourceCounts, BTreeSet<&str>))> =
+        by_source.into_iter().collect();
+    rows.sort_by(|a, b| b.1.0.size().cmp(&a.1.0.size()).then_with(|| a.0.cmp(b.0)));
+    for (i, (key, (counts, nodes))) in rows.into_iter().enumerate() {
+        if i >= limit {
+            out.other_sources.add(&counts);
+            continue;
+        }
+        out.sources.push(SourceRow {
+            source: key.clone(),
+            description: key.describe(),
+            nodes: nodes
+                .into_iter()
+                .take(MAX_SOURCE_NODES)
+                .map(str::to_string)
+                .collect(),
+            counts,
+        });
+    }
+    out
 }
