@@ -72,14 +72,15 @@ fn report_text_json_csv() {
         "Computation:       1.0e16 [5.0e15 – 2.0e16] FLOP (central [low – high])",
         "  method mix:      97% gpm-tensor, 3% util-mfu",
         "  excluded:        1.0e15 [5.0e14 – 2.0e15] FLOP by stage policy",
-        "Training time:     1.0e0 wall-clock days",
-        "Hardware:          2.3e-4 h100-sxm GPU-days",
-        "Energy:            3.9e-6 MWh",
+        // Plain numbers: days and MWh are never in scientific notation.
+        "Training time:     1.0 wall-clock days",
+        "Hardware:          0.00023 h100-sxm GPU-days",
+        "Energy:            0.0000039 MWh (GPU energy measured by NVML; excluded stages 0.0000019 MWh)",
         "Base model:        llama with 3.8e24 FLOP (source: model card)",
         "  pretrain               yes",
         "  eval                   excluded",
         "Unattributed compute on the same hardware in the same period (1 node(s)",
-        "  1.0e15 [5.0e14 – 2.0e15] FLOP, 1.2e-4 h100-sxm GPU-days",
+        "  1.0e15 [5.0e14 – 2.0e15] FLOP, 0.00012 h100-sxm GPU-days",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -133,10 +134,49 @@ fn report_text_json_csv() {
         "{csv}"
     );
     assert!(csv.contains("\nexcluded,acme,no,500000000000000,1000000000000000,2000000000000000,"));
-    assert!(csv.contains("\nmethod,gpm-tensor,yes,9700000000000000,"));
+    // The method mix is of the central estimate only: no low or high figure in its rows.
+    assert!(
+        csv.contains("\nmethod,gpm-tensor,yes,,9700000000000000,,,,,,\n"),
+        "{csv}"
+    );
     assert!(csv.contains("\nstage,eval,no,"));
     assert!(csv.contains("\nrun,r1,yes,"));
     assert!(csv.contains("\nunattributed,same nodes and period,no,"));
+    assert!(!csv.contains(",-0,"), "{csv}");
+
+    // A registered model without measured work: empty sums are 0, never -0 or 0.0e0.
+    let beta = ModelEntry {
+        model: "beta".into(),
+        planned_flop: Some(10u128.pow(25) + 1),
+        ..ModelEntry::default()
+    };
+    drop(s);
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.set_model_entry(&beta).unwrap();
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let r = report::build(&s, "beta", &StagePolicy::default(), END)
+        .unwrap()
+        .unwrap();
+    let csv = report::render(&r, Format::Csv);
+    assert!(
+        csv.contains("\nunattributed,same nodes and period,no,0,0,0,0,0,,,0\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("\ntotal,beta,yes,0,0,0,0,0,,,\n"), "{csv}");
+    let text = report::render(&r, Format::Text);
+    for line in [
+        // One FLOP above 10^25 must not read as 10^25.
+        "declared plan: >1.0e25 FLOP",
+        "Computation:       0 [0 – 0] FLOP",
+        "Training time:     0 wall-clock days",
+        "Energy:            0 MWh",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("0.0e0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,10 +31,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Assessment, ClockState, FactKind, LevelSource};
-use crate::format::{band, sig2_u128};
+use crate::format::{band_near, flop, flop_near, time_left};
 use crate::threshold::Comparison;
 use crate::units::FlopTotal;
-use crate::utc::{MS_PER_HOUR, days_ms, format_duration, format_utc};
+use crate::utc::{MS_PER_HOUR, days_ms, format_utc};
 
 /// Alert settings (part of the collector config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -553,7 +553,7 @@ pub struct ClockContent {
     pub recorded_at: String,
     /// Deadline in force, ISO 8601 UTC.
     pub deadline: String,
-    /// Time left (negative when overdue), e.g. `13 d 04 h 05 min`.
+    /// Time to the deadline, `13 d 04 h left`, or `overdue by 31 d 07 h` once it passed.
     pub time_left: String,
     /// Whether the deadline has passed.
     pub overdue: bool,
@@ -600,8 +600,9 @@ pub struct AlertContent {
     pub summary: String,
 }
 
-fn flop_band(t: FlopTotal) -> String {
-    format!("{} FLOP", band(t.low, t.central, t.high))
+/// A band, with figures that would round to the level written so the comparison shows.
+fn flop_band(t: FlopTotal, level: u128) -> String {
+    format!("{} FLOP", band_near(t, &[level]))
 }
 
 fn level_words(a: &Assessment) -> String {
@@ -617,7 +618,7 @@ fn level_words(a: &Assessment) -> String {
             source,
         } => format!(
             " (a fraction of base model {base_model}'s {} FLOP{})",
-            sig2_u128(*base_flop),
+            flop(*base_flop),
             source
                 .as_ref()
                 .map(|s| format!(", per {s}"))
@@ -630,7 +631,7 @@ fn level_words(a: &Assessment) -> String {
             format!(" (fallback: {base_model}'s compute is unknown)")
         }
     };
-    format!("{cmp} {} FLOP{src}", sig2_u128(a.level.flop))
+    format!("{cmp} {} FLOP{src}", flop(a.level.flop))
 }
 
 fn method_words(a: &Assessment) -> String {
@@ -721,11 +722,7 @@ pub fn content(
             started_at: format_utc(start),
             recorded_at: format_utc(c.start.recorded_at_ms),
             deadline: format_utc(deadline),
-            time_left: if left > 0 {
-                format!("{} left", format_duration(left))
-            } else {
-                format!("overdue by {}", format_duration(-left))
-            },
+            time_left: time_left(left),
             overdue: left <= 0,
             facts: c
                 .facts
@@ -760,12 +757,13 @@ pub fn content(
                 .collect(),
         }
     });
-    let estimate = sig2_u128(fig.get(bound));
+    let level = a.level.flop;
+    let estimate = flop_near(fig.get(bound), &[level]);
     let notification_must_contain = vec![
         format!(
             "the triggering estimate in FLOP to two significant figures: {estimate} FLOP \
              (the {bound} bound of {})",
-            band(fig.low, fig.central, fig.high)
+            band_near(fig, &[level])
         ),
         format!(
             "the estimation method and its approximations: {}",
@@ -791,9 +789,9 @@ pub fn content(
         level: level_words(a),
         bound: bound.to_string(),
         figure,
-        measured: flop_band(p.measured),
-        projected: flop_band(p.projected),
-        committed: flop_band(p.committed),
+        measured: flop_band(p.measured, level),
+        projected: flop_band(p.projected, level),
+        committed: flop_band(p.committed, level),
         projected_crossing: a.projected_crossing_ms.map(format_utc),
         straddles,
         narrowing,
@@ -1068,7 +1066,7 @@ mod tests {
             "AI Act Art. 51(2)",
             "greater than 1.0e25 FLOP",
             "Clock started 2026-09-04T01:00:00Z because of (a) a plan registered",
-            "Deadline: 2026-09-18T01:00:00Z, 13 d 23 h 00 min left",
+            "Deadline: 2026-09-18T01:00:00Z, 13 d 23 h left",
             "to two significant figures: 2.0e25 FLOP",
             "gpm-tensor 100%, declared plan (planned FLOP)",
             "All times are UTC.",
@@ -1115,13 +1113,11 @@ mod tests {
             ]
         );
         let c = e.content(&ev, t0 + 20 * D);
-        let clock = c.clock.unwrap();
+        let clock = c.clock.clone().unwrap();
         assert!(clock.overdue);
-        assert!(
-            clock.time_left.starts_with("overdue by"),
-            "{}",
-            clock.time_left
-        );
+        // The high bound (2.5e25 a day) crossed 9.6 h into day 0: 5 d 14 h 24 min overdue.
+        assert_eq!(clock.time_left, "overdue by 5 d 14 h");
+        assert!(c.text().contains("(overdue by 5 d 14 h)"), "{}", c.text());
         assert!(clock.reason.starts_with("(c)"));
         // Re-notified daily, with stable keys; a skipped day is one re-notification.
         let deadline = e.clock.as_ref().unwrap().effective_deadline_ms();
@@ -1235,6 +1231,50 @@ mod tests {
         assert!(c.narrowing[1].contains("register the model's plan"));
         assert!(c.text().contains("The band straddles the threshold"));
         assert_eq!(c.measured, "8.8e24 [7.0e24 – 1.1e25] FLOP");
+    }
+
+    /// Two significant figures would print 10^25 + 1 FLOP as "1.0e25 FLOP vs greater than
+    /// 1.0e25 FLOP", a crossing that reads as none: the figure says which side it is on.
+    #[test]
+    fn a_figure_that_rounds_to_the_level_shows_the_crossing() {
+        let t0 = utc_ms(2026, 9, 1, 0, 0, 0);
+        let mut e = Engine::new();
+        let run = |total: u128| RunEvidence {
+            run_id: "r".into(),
+            stage: Stage::Pretrain,
+            active: false,
+            planned_end_ms: None,
+            precision: None,
+            buckets: vec![FlopBucket {
+                start_ms: t0,
+                end_ms: t0 + H,
+                flop: FlopTotal::exact(total),
+                method: Method::GpmTensor,
+            }],
+        };
+        let exactly = evidence(vec![], vec![run(pow10(25))]);
+        assert!(
+            e.step(&exactly, t0 + D).is_empty(),
+            "10^25 is not above 10^25"
+        );
+        let above = evidence(vec![], vec![run(pow10(25) + 1)]);
+        e.step(&above, t0 + D);
+        let c = e.content(&above, t0 + D);
+        assert!(
+            c.summary
+                .contains("measured >1.0e25 FLOP vs eu-systemic-risk (greater than 1.0e25 FLOP)"),
+            "{}",
+            c.summary
+        );
+        assert_eq!(c.measured, ">1.0e25 [>1.0e25 – >1.0e25] FLOP");
+        let close = evidence(vec![], vec![run(10_004 * pow10(21))]);
+        let mut e = Engine::new();
+        e.step(&close, t0 + D);
+        assert!(
+            e.content(&close, t0 + D)
+                .summary
+                .contains("measured 1.0004e25 FLOP vs"),
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn print_alerts(out: &mut dyn Write, alerts: &[pb::AlertSummary]) -> anyhow:
         writeln!(out, "{} / {}: {}", a.model, a.threshold, a.status)?;
         if !a.clock_start.is_empty() {
             writeln!(out, "  clock started {} {}", a.clock_start, a.reason)?;
-            writeln!(out, "  deadline      {} ({} left)", a.deadline, a.time_left)?;
+            writeln!(out, "  deadline      {} ({})", a.deadline, a.time_left)?;
         }
         if !a.acknowledged.is_empty() {
             writeln!(out, "  acknowledged  {}", a.acknowledged)?;

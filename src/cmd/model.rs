@@ -5,7 +5,8 @@ use std::io::Write;
 use flopmeter_collector::admin::convert::{entry_from_pb, entry_to_pb, parse_u128};
 use flopmeter_collector::ledger::{ModelEntry, Role};
 use flopmeter_collector::report::date_time;
-use flopmeter_core::format::sig2_u128;
+use flopmeter_core::format::{flop, flop_near};
+use flopmeter_core::threshold::default_levels;
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
@@ -217,7 +218,8 @@ pub fn run(args: &ModelArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
-    let n = |v: Option<u128>| v.map_or("-".to_string(), sig2_u128);
+    let levels = default_levels();
+    let n = |v: Option<u128>| v.map_or("-".to_string(), |v| flop_near(v, &levels));
     writeln!(out, "model {}", e.model)?;
     writeln!(
         out,
@@ -240,8 +242,7 @@ fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
         "  plan:          {} FLOP{}",
         n(e.planned_total()),
         match (e.planned_flop, e.planned_params, e.planned_tokens) {
-            (None, Some(p), Some(t)) =>
-                format!(" (6 x {} params x {} tokens)", sig2_u128(p), sig2_u128(t)),
+            (None, Some(p), Some(t)) => format!(" (6 x {} params x {} tokens)", flop(p), flop(t)),
             _ => String::new(),
         }
     )?;

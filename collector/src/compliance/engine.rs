@@ -15,10 +15,11 @@ use std::time::Duration;
 use flopmeter_core::alert::{self, Alert, AlertConfig, AlertContent, AlertEvent};
 use flopmeter_core::audit::{AuditKind, Json, to_json};
 use flopmeter_core::clock::{self, Assessment, ClockEvent, ClockState, ComplianceSettings};
+use flopmeter_core::format;
 use flopmeter_core::threshold::Threshold;
 use flopmeter_core::threshold_config::ThresholdConfig;
 use flopmeter_core::units::Bound;
-use flopmeter_core::utc::{format_duration, format_utc};
+use flopmeter_core::utc::format_utc;
 use serde::Serialize;
 
 use super::evidence::BucketCache;
@@ -198,8 +199,11 @@ pub struct AlertView {
     pub deadline: Option<String>,
     /// Deadline, Unix ms.
     pub deadline_ms: Option<i64>,
-    /// Time left at the engine's now (negative when overdue).
+    /// Distance to the deadline at the engine's now: `13 d 04 h left`, or `overdue by 31 d
+    /// 07 h` once it passed.
     pub time_left: Option<String>,
+    /// Whether the deadline in force has passed (at the engine's now).
+    pub overdue: bool,
     /// Who acknowledged, and the reference.
     pub acknowledged: Option<String>,
     /// Who dismissed, and why.
@@ -629,7 +633,8 @@ impl Engine {
                 }),
                 deadline: deadline_ms.map(format_utc),
                 deadline_ms,
-                time_left: deadline_ms.map(|d| format_duration(d - now)),
+                time_left: deadline_ms.map(|d| format::time_left(d - now)),
+                overdue: deadline_ms.is_some_and(|d| d <= now),
                 acknowledged: al
                     .acknowledgement
                     .as_ref()
