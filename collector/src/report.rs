@@ -489,7 +489,9 @@ pub fn render(r: &Report, format: Format) -> String {
     match format {
         Format::Text => render_text(r),
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(r).unwrap_or_default();
+            // The document as `/api/v1/models/{m}/report` serves it: `u128` as strings.
+            let mut s =
+                serde_json::to_string_pretty(&flopmeter_core::exact::Exact(r)).unwrap_or_default();
             s.push('\n');
             s
         }

@@ -86,12 +86,25 @@ fn report_text_json_csv() {
     }
     assert!(text.contains("  r1 ") && text.contains("  r2 "), "{text}");
 
-    let json = report::render(&r, Format::Json);
-    let back: Report = serde_json::from_str(&json).unwrap();
-    // Exact figures survive JSON exactly (floats such as GPU-days only to their printed form).
-    assert_eq!(back.computation, r.computation);
-    assert_eq!(back.energy.counted_mj, r.energy.counted_mj);
-    assert_eq!(back.unattributed.flop, r.unattributed.flop);
+    // Exact figures survive JSON exactly: every u128 is a decimal string, which JavaScript
+    // and jq read without rounding it to a double (floats such as GPU-days stay numbers).
+    let json: serde_json::Value = serde_json::from_str(&report::render(&r, Format::Json)).unwrap();
+    assert_eq!(
+        json["computation"]["counted"]["central"],
+        r.computation.counted.central.to_string()
+    );
+    assert_eq!(
+        json["computation"]["method_mix"][0]["central_flop"],
+        "9700000000000000"
+    );
+    assert_eq!(
+        json["energy"]["counted_mj"],
+        r.energy.counted_mj.to_string()
+    );
+    assert_eq!(json["unattributed"]["flop"]["high"], "2000000000000000");
+    assert_eq!(json["entry"]["planned_flop"], "20000000000000000000000000");
+    assert!(json["training_time"]["wall_clock_days"].is_f64());
+    assert!(json["quality"]["records"].is_u64());
     assert_eq!(r.schema, "flopmeter.report.v1");
     assert_eq!(r.computation.counted.central, 10_000_000_000_000_000);
     assert_eq!(r.computation.excluded.central, 1_000_000_000_000_000);
@@ -220,7 +233,13 @@ async fn http_and_admin_api() {
 
     let models: serde_json::Value = serde_json::from_str(&get("/api/v1/models").unwrap()).unwrap();
     assert_eq!(models[0]["model"], "acme");
-    assert_eq!(models[0]["counted"]["central"], 10_000_000_000_000_000u64);
+    // u128 figures are decimal strings, as in the gRPC admin API.
+    assert_eq!(models[0]["counted"]["central"], "10000000000000000");
+    assert_eq!(models[0]["gpu_ms"], "30000");
+    assert_eq!(
+        models[0]["entry"]["planned_flop"],
+        "20000000000000000000000000"
+    );
     assert_eq!(models[0]["runs"], 2);
     assert_eq!(models[0]["entry"]["role"], "modifier");
     let m: serde_json::Value = serde_json::from_str(&get("/api/v1/models/acme").unwrap()).unwrap();
@@ -230,7 +249,7 @@ async fn http_and_admin_api() {
         serde_json::from_str(&get("/api/v1/runs?model=acme").unwrap()).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 2);
     assert_eq!(runs[1]["run"], "r2");
-    assert_eq!(runs[1]["excluded"]["central"], 1_000_000_000_000_000u64);
+    assert_eq!(runs[1]["excluded"]["central"], "1000000000000000");
     let err = get("/api/v1/runs").unwrap_err().to_string();
     assert!(err.contains("400") && err.contains("model="), "{err}");
     assert!(
@@ -242,6 +261,11 @@ async fn http_and_admin_api() {
     let rep: serde_json::Value =
         serde_json::from_str(&get("/api/v1/models/acme/report").unwrap()).unwrap();
     assert_eq!(rep["schema"], "flopmeter.report.v1");
+    assert_eq!(rep["computation"]["excluded"]["low"], "500000000000000");
+    assert_eq!(
+        m["aggregate"]["stages"]["eval"]["flop"]["central"],
+        "1000000000000000"
+    );
 
     // Admin gRPC.
     let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", c.grpc_addr()))

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
 use super::engine::Engine;
+use crate::http::ExactJson;
 
 /// The routes.
 pub fn router(engine: Arc<Engine>) -> Router {
@@ -26,7 +27,7 @@ fn error(e: impl std::fmt::Display) -> Response {
 
 async fn alerts(State(e): State<Arc<Engine>>) -> Response {
     match tokio::task::spawn_blocking(move || e.alert_views()).await {
-        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Ok(v)) => ExactJson(v).into_response(),
         Ok(Err(err)) => error(err),
         Err(err) => error(err),
     }
@@ -42,14 +43,14 @@ struct Verified {
 
 async fn verify(State(e): State<Arc<Engine>>) -> Response {
     match tokio::task::spawn_blocking(move || e.store().verify_audit()).await {
-        Ok(Ok(Ok(n))) => Json(Verified {
+        Ok(Ok(Ok(n))) => ExactJson(Verified {
             ok: true,
             entries: n,
             broken_index: None,
             broken_reason: None,
         })
         .into_response(),
-        Ok(Ok(Err(b))) => Json(Verified {
+        Ok(Ok(Err(b))) => ExactJson(Verified {
             ok: false,
             entries: 0,
             broken_index: Some(b.index),
