@@ -629,3 +629,133 @@ async fn admin_writes_are_audited_under_the_credentials_actor() {
     );
     c.shutdown().await.unwrap();
 }
+
+/// GET on the collector's HTTP port from a blocking thread.
+fn api(c: &Collector, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", c.http_addr());
+    let body = std::thread::spawn(move || flopmeter_collector::loadgen::http_get(&url))
+        .join()
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A tampered audit chain is loud: found when the collector starts (and by the incremental
+/// check after each pass), shown as `flopmeter_audit_chain_intact 0` for the
+/// `FlopmeterAuditChainBroken` rule, recorded in the chain once, and `/api/v1/audit/verify`
+/// and `Compliance.VerifyAudit` give the real counts. The collector keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_chain_is_loud_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    assert!(
+        c.metrics()
+            .render()
+            .contains("flopmeter_audit_chain_intact 1"),
+        "an intact chain verifies at start"
+    );
+    plan(&c, "t1", "2e25").await;
+    vnow.store(now_unix_ms() + 1_000, Ordering::SeqCst);
+    c.compliance().evaluate_now().await.unwrap();
+    // The incremental check: an entry appended by the last pass, altered while running, is
+    // caught by the next pass.
+    let store = c.compliance().engine().store().clone();
+    let last = store.audit_entries().unwrap().pop().unwrap();
+    let mut forged = last.clone();
+    forged.actor = "mallory".into();
+    store
+        .audit_tree()
+        .insert(last.seq.to_be_bytes(), serde_json::to_vec(&forged).unwrap())
+        .unwrap();
+    c.compliance().evaluate_now().await.unwrap();
+    assert!(
+        c.metrics()
+            .render()
+            .contains("flopmeter_audit_chain_intact 0"),
+        "{}",
+        c.metrics().render()
+    );
+    store
+        .audit_tree()
+        .insert(last.seq.to_be_bytes(), serde_json::to_vec(&last).unwrap())
+        .unwrap();
+    drop(store);
+    c.shutdown().await.unwrap();
+
+    // Offline: entry 2 is edited.
+    let n = {
+        let ledger = SledStore::open(dir.path()).unwrap();
+        let store = ComplianceStore::open(ledger.db()).unwrap();
+        let n = store
+            .verify_audit()
+            .unwrap()
+            .expect("restored chain verifies");
+        let mut e = store.audit_entries().unwrap()[2].clone();
+        e.actor = "mallory".into();
+        store
+            .audit_tree()
+            .insert(2u64.to_be_bytes(), serde_json::to_vec(&e).unwrap())
+            .unwrap();
+        ledger.db().flush().unwrap();
+        n
+    };
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .expect("a broken audit chain does not stop ingest or the clocks");
+    let metrics = c.metrics().render();
+    assert!(
+        metrics.contains("flopmeter_audit_chain_intact 0"),
+        "{metrics}"
+    );
+    let v = api(&c, "/api/v1/audit/verify");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["broken_index"], 2, "{v}");
+    assert_eq!(v["verified"], 2, "{v}");
+    // The detection itself was appended to the chain: one more entry than before.
+    assert_eq!(v["entries"], n + 1, "{v}");
+    assert_eq!(v["head_entries"], n + 1, "{v}");
+    assert!(
+        v["broken_reason"]
+            .as_str()
+            .unwrap()
+            .contains("entry modified"),
+        "{v}"
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = pb::compliance_client::ComplianceClient::new(ch)
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.ok, r.entries, r.verified, r.broken_index),
+        (false, n + 1, 2, 2)
+    );
+    let broken = |c: &Collector| {
+        c.compliance()
+            .engine()
+            .store()
+            .audit_entries()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind.as_str() == "audit-chain-broken")
+            .count()
+    };
+    assert_eq!(broken(&c), 1);
+    // Ingest and the registry still work on a broken chain.
+    plan(&c, "t2", "3e25").await;
+    c.shutdown().await.unwrap();
+    // Recorded once per break, not at every start.
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(broken(&c), 1);
+    c.shutdown().await.unwrap();
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flopmeter_core::alert::{self, Alert, AlertConfig, AlertContent, AlertEvent};
-use flopmeter_core::audit::{AuditKind, Json, to_json};
+use flopmeter_core::audit::{AuditKind, ChainHead, Json, to_json};
 use flopmeter_core::clock::{self, Assessment, ClockEvent, ClockState, ComplianceSettings};
 use flopmeter_core::format;
 use flopmeter_core::threshold::Threshold;
@@ -239,6 +239,8 @@ pub struct Engine {
     sinks: Vec<SinkConfig>,
     /// One delivery pass at a time: two concurrent passes would send the same item twice.
     deliver_lock: tokio::sync::Mutex<()>,
+    /// The audit chain's head as far as it was verified; `None` once it was found broken.
+    verified: Mutex<Option<ChainHead>>,
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
@@ -305,7 +307,9 @@ impl Engine {
         if !sinks.contains(&SinkConfig::Log) {
             sinks.push(SinkConfig::Log);
         }
+        let verified = check_chain_at_start(&store, &metrics, now)?;
         Ok(Engine {
+            verified: Mutex::new(verified),
             ledger,
             store,
             thresholds: resolved.thresholds,
@@ -403,10 +407,49 @@ impl Engine {
         Ok(())
     }
 
+    /// Verifies the whole audit chain now (`audit verify`, `/api/v1/audit/verify`), and shows
+    /// a break in the metric as a pass would.
+    pub fn verify_chain(&self) -> Result<super::store::ChainStatus, EngineError> {
+        let status = self.store.chain_status()?;
+        if !status.ok() {
+            self.metrics.audit_intact.set(0);
+            *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        Ok(status)
+    }
+
+    /// Verifies the audit entries appended since the last check (the start verified the
+    /// whole chain): cheap, and a break found is logged and shown at once.
+    fn check_chain(&self) -> Result<(), EngineError> {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(from) = verified.clone() else {
+            return Ok(()); // broken already: said at the time, and the metric stays 0
+        };
+        match self.store.verify_since(&from)? {
+            Ok(head) => {
+                self.metrics.audit_entries.set(head.next_seq as i64);
+                *verified = Some(head);
+            }
+            Err(b) => {
+                self.metrics.audit_intact.set(0);
+                tracing::error!(
+                    broken_index = b.index,
+                    reason = %b.reason,
+                    "THE AUDIT LOG NO LONGER VERIFIES: {b}. Entries from {} on cannot be \
+                     trusted; stop the collector and run `flopmeter audit verify --data-dir`",
+                    b.index
+                );
+                *verified = None;
+            }
+        }
+        Ok(())
+    }
+
     /// One evaluation pass at the engine's now. Durable (flushed) before it returns, so the
     /// outbox may deliver what it recorded.
     pub fn evaluate(&self) -> Result<PassSummary, EngineError> {
         let now = self.now();
+        self.check_chain()?;
         self.audit_registry(now)?;
         let evidence = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -691,6 +734,69 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Verifies the whole audit chain when the engine opens. A broken chain is logged at error
+/// level, shown as `flopmeter_audit_chain_intact 0` (the `FlopmeterAuditChainBroken` rule
+/// fires on it) and recorded in the chain itself, once per break.
+///
+/// The collector still serves: refusing to start would stop ingest (agents' spools fill) and
+/// the notification clocks (deadlines run on), for a log that can be verified, exported and
+/// restored from a backup meanwhile. Returns the verified head, or `None` when broken.
+fn check_chain_at_start(
+    store: &ComplianceStore,
+    metrics: &ComplianceMetrics,
+    now: i64,
+) -> Result<Option<ChainHead>, EngineError> {
+    let status = store.chain_status()?;
+    metrics.audit_entries.set(status.head_entries as i64);
+    let Some(b) = &status.broken else {
+        metrics.audit_intact.set(1);
+        return Ok(Some(store.head()?));
+    };
+    metrics.audit_intact.set(0);
+    tracing::error!(
+        broken_index = b.index,
+        entries = status.entries,
+        head_entries = status.head_entries,
+        reason = %b.reason,
+        "THE AUDIT LOG FAILS VERIFICATION: {b}. Entries 0..{} verify; from {} on the log was \
+         edited, deleted, reordered or cut short. The collector keeps serving (ingest and \
+         deadlines must not stop) and records this in the log. Restore the ledger directory \
+         from a backup, or keep `flopmeter audit export` of the verified part as evidence",
+        b.index,
+        b.index
+    );
+    #[derive(Serialize, serde::Deserialize, PartialEq)]
+    struct Break {
+        broken_index: u64,
+        reason: String,
+        entries: u64,
+        head_entries: u64,
+    }
+    let found = Break {
+        broken_index: b.index as u64,
+        reason: b.reason.to_string(),
+        entries: status.entries,
+        head_entries: status.head_entries,
+    };
+    let reported: Option<Break> = store.meta("audit_break_reported")?;
+    if reported.as_ref().map(|r| (r.broken_index, &r.reason))
+        != Some((found.broken_index, &found.reason))
+    {
+        store.commit(&Change {
+            audit: vec![AuditRecord {
+                time_ms: now,
+                actor: "collector".into(),
+                kind: AuditKind::AuditChainBroken,
+                payload: payload(&found)?,
+            }],
+            meta: vec![("audit_break_reported".into(), meta_value(&found)?)],
+            ..Change::default()
+        })?;
+        store.flush()?;
+    }
+    Ok(None)
 }
 
 /// The registry audit payload: the entry now and the one before.

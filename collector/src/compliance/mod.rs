@@ -8,6 +8,7 @@
 //!   dismiss), views for the CLI and API, gauges;
 //! - [`store`]: the sled trees (clocks, alerts, audit log and head, outbox, meta) and the
 //!   one-transaction [`store::Change`];
+//! - [`chain`]: appending to the audit chain inside any transaction (the ledger's too);
 //! - [`outbox`]: delivery with retries and backoff to Alertmanager, webhooks, the log;
 //! - [`metrics`]: the metric families `deploy/prometheus/rules.yml` queries;
 //! - [`admin`]: the `Compliance` gRPC service (alerts, ack, dismiss, audit);
@@ -22,6 +23,7 @@
 //! half second or when kicked, re-posts active alerts to Alertmanager every `resend`).
 
 pub mod admin;
+pub mod chain;
 pub mod engine;
 pub mod evidence;
 pub mod http;

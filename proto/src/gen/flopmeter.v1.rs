@@ -1735,6 +1735,7 @@ pub struct AlertSummary {
     pub reason: ::prost::alloc::string::String,
     #[prost(string, tag = "6")]
     pub deadline: ::prost::alloc::string::String,
+    /// "13 d 04 h left", or "overdue by 31 d 07 h" once the deadline passed.
     #[prost(string, tag = "7")]
     pub time_left: ::prost::alloc::string::String,
     #[prost(string, tag = "8")]
@@ -1749,6 +1750,9 @@ pub struct AlertSummary {
     /// The full alert content as JSON (what webhooks receive).
     #[prost(string, tag = "12")]
     pub content_json: ::prost::alloc::string::String,
+    /// Whether the deadline in force has passed.
+    #[prost(bool, tag = "70")]
+    pub overdue: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListAlertsResponse {
@@ -1791,6 +1795,7 @@ pub struct VerifyAuditRequest {}
 pub struct VerifyAuditResponse {
     #[prost(bool, tag = "1")]
     pub ok: bool,
+    /// Entries present in the log (also when the chain is broken).
     #[prost(uint64, tag = "2")]
     pub entries: u64,
     /// When not ok: the index of the first broken link and how it is broken.
@@ -1798,6 +1803,13 @@ pub struct VerifyAuditResponse {
     pub broken_index: u64,
     #[prost(string, tag = "4")]
     pub broken_reason: ::prost::alloc::string::String,
+    /// Entries that verify: all of them, or those before the first broken link.
+    #[prost(uint64, tag = "70")]
+    pub verified: u64,
+    /// Entries the separately stored chain head accounts for (more than `entries` when the log
+    /// was cut short).
+    #[prost(uint64, tag = "71")]
+    pub head_entries: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExportAuditRequest {
