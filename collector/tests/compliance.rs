@@ -5,6 +5,8 @@
 //! Time: the engine runs on a virtual clock (an atomic the test moves), so no assertion
 //! depends on wall-clock timing; waits are bounded polls.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -757,5 +759,179 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
         .await
         .unwrap();
     assert_eq!(broken(&c), 1);
+    c.shutdown().await.unwrap();
+}
+
+/// Polls (bounded) until the clock of (model, eu-systemic-risk) exists, without asking the
+/// engine to evaluate: only its own event-driven loop can make it appear.
+async fn wait_for_clock(c: &Collector, model: &str) -> flopmeter_core::clock::ClockState {
+    for _ in 0..200 {
+        if let Some(clock) = c
+            .compliance()
+            .engine()
+            .store()
+            .clock(model, "eu-systemic-risk")
+            .unwrap()
+        {
+            return clock;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no clock for {model} within 10 s: the engine did not react to the new fact");
+}
+
+/// A plan of 2e25 revised to 5e24 three seconds later was lost: only the net registry
+/// change reached the audit log at the engine's next pass, and no clock started. Each change
+/// is now a fact at the moment it is made (audited in its transaction, with its actor, kept
+/// as a plan version), and the plan above the threshold starts the clock at its own instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_revised_seconds_later_still_started_the_clock_and_is_on_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now_unix_ms() - 60_000;
+    {
+        // Both changes land before any engine pass.
+        use flopmeter_collector::ledger::{LedgerStore, ModelEntry, Role};
+        let s = SledStore::open(dir.path()).unwrap();
+        let entry = |flop: u128, at: i64| ModelEntry {
+            model: "rev".into(),
+            role: Some(Role::Provider),
+            planned_flop: Some(flop),
+            updated_unix_ms: at,
+            updated_by: Some("alice".into()),
+            ..ModelEntry::default()
+        };
+        s.set_model_entry(&entry(2 * 10u128.pow(25), t)).unwrap();
+        s.set_model_entry(&entry(5 * 10u128.pow(24), t + 3_000))
+            .unwrap();
+        s.flush().unwrap();
+        let h = s.plan_histories("rev").unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].1.versions.len(), 2, "both versions are kept");
+    }
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    c.compliance().evaluate_now().await.unwrap();
+    let clock = c
+        .compliance()
+        .engine()
+        .store()
+        .clock("rev", "eu-systemic-risk")
+        .unwrap()
+        .expect("the 2e25 plan started the clock although revised to 5e24");
+    assert_eq!(
+        (clock.start.at_ms, clock.start.reason),
+        (t, flopmeter_core::clock::StartReason::Plan)
+    );
+    let entries = c.compliance().engine().store().audit_entries().unwrap();
+    let changes: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind.as_str() == "registry-change")
+        .collect();
+    assert_eq!(changes.len(), 2, "every change, not the net one");
+    for (e, (at, flop)) in changes.iter().zip([
+        (t, "20000000000000000000000000"),
+        (t + 3_000, "5000000000000000000000000"),
+    ]) {
+        assert_eq!(e.actor, "alice");
+        assert_eq!(e.time_ms, at);
+        let plan = e.payload.get("plan").unwrap();
+        assert_eq!(
+            plan.get("planned_flop").unwrap().as_str(),
+            Some(flop),
+            "{e:?}"
+        );
+    }
+    c.shutdown().await.unwrap();
+}
+
+/// Registry changes reach the engine at once, not at its periodic pass (here an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_plan_reaches_the_engine_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms() + 60_000));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    // Let the loop's first (start-up) pass go by, so only the plan can wake it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    plan(&c, "now-1", "2e25").await;
+    let clock = wait_for_clock(&c, "now-1").await;
+    assert_eq!(clock.start.reason, flopmeter_core::clock::StartReason::Plan);
+    c.shutdown().await.unwrap();
+}
+
+/// A plan declared in a run's records is dated when it was first declared (the event time
+/// of the first record that carried it), not at the run's first event: a run that declared
+/// 2.1e25 on day 30 got a clock dated day 0, "overdue by 26 d". It reaches the engine at once,
+/// and the chain records which agent declared it (issue 12: who may declare a plan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_declared_in_records_is_dated_when_declared_and_by_whom() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms() + 60_000));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let day0 = now_unix_ms() - 30 * MS_PER_DAY;
+    let declared = now_unix_ms() - 60_000;
+    let mut early = common::rec_at(1, "late-plan", "r1", "", 1_000_000_000, day0);
+    early.declaration = Some(pb::WorkloadDeclaration {
+        precision: pb::Precision::Bf16 as i32,
+        ..Default::default()
+    });
+    let with_plan = |seq: u64, end: i64| {
+        let mut r = common::rec_at(seq, "late-plan", "r1", "", 1_000_000_000, end);
+        r.declaration = Some(pb::WorkloadDeclaration {
+            planned_flop: "2.1e25".into(),
+            ..Default::default()
+        });
+        r
+    };
+    let later = vec![with_plan(2, declared), with_plan(3, declared + 10_000)];
+    let mut s = common::Stream::open(c.grpc_addr(), "planner", None).await;
+    let _welcome = s.next().await.unwrap();
+    s.send(vec![early]).await;
+    s.next().await.unwrap();
+    s.send(later).await;
+    s.next().await.unwrap();
+    let clock = wait_for_clock(&c, "late-plan").await;
+    assert_eq!(clock.start.reason, flopmeter_core::clock::StartReason::Plan);
+    assert_eq!(
+        clock.start.at_ms,
+        declared - 10_000,
+        "dated at the first record carrying the plan, not at day 0"
+    );
+    let fact = c
+        .compliance()
+        .engine()
+        .store()
+        .audit_entries()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind.as_str() == "plan-declared")
+        .expect("the declaration is in the chain");
+    assert_eq!(fact.actor, "agent:planner");
+    let v = fact.payload.get("version").unwrap();
+    assert_eq!(
+        v.get("planned_flop").unwrap().as_str(),
+        Some("21000000000000000000000000")
+    );
+    assert_eq!(
+        v.get("by").unwrap().get("node").unwrap().as_str(),
+        Some("planner-node")
+    );
+    // Only one version: the second record repeats the plan.
+    let n = c
+        .compliance()
+        .engine()
+        .store()
+        .audit_entries()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind.as_str() == "plan-declared")
+        .count();
+    assert_eq!(n, 1);
     c.shutdown().await.unwrap();
 }

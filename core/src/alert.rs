@@ -887,6 +887,7 @@ mod tests {
             planned_flop: Some(flop),
             params: None,
             tokens: None,
+            declared_by: None,
         }
     }
 

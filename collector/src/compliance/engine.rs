@@ -28,7 +28,7 @@ use super::store::{
     AuditRecord, Change, ComplianceStore, ComplianceStoreError, DeliveryState, OutboxItem,
     meta_value,
 };
-use crate::ledger::{LedgerStore, ModelEntry, StoreError};
+use crate::ledger::{LedgerStore, StoreError};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -382,31 +382,6 @@ impl Engine {
             .collect()
     }
 
-    /// Records registry changes seen since the last pass (the admin RPC writes the registry;
-    /// the engine makes sure each version of an entry is in the audit log).
-    fn audit_registry(&self, now: i64) -> Result<(), EngineError> {
-        for model in self.ledger.model_names()? {
-            let Some(entry) = self.ledger.model_entry(&model)? else {
-                continue;
-            };
-            let name = format!("registry/{model}");
-            let seen: Option<ModelEntry> = self.store.meta(&name)?;
-            if seen.as_ref() != Some(&entry) {
-                self.store.commit(&Change {
-                    audit: vec![AuditRecord {
-                        time_ms: now,
-                        actor: entry.updated_by.clone().unwrap_or_else(|| "admin".into()),
-                        kind: AuditKind::RegistryChange,
-                        payload: payload(&serde_json_free(&entry, seen.as_ref()))?,
-                    }],
-                    meta: vec![(name, meta_value(&entry)?)],
-                    ..Change::default()
-                })?;
-            }
-        }
-        Ok(())
-    }
-
     /// Verifies the whole audit chain now (`audit verify`, `/api/v1/audit/verify`), and shows
     /// a break in the metric as a pass would.
     pub fn verify_chain(&self) -> Result<super::store::ChainStatus, EngineError> {
@@ -450,7 +425,6 @@ impl Engine {
     pub fn evaluate(&self) -> Result<PassSummary, EngineError> {
         let now = self.now();
         self.check_chain()?;
-        self.audit_registry(now)?;
         let evidence = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache.refresh(self.store.db())?;
@@ -797,22 +771,4 @@ fn check_chain_at_start(
         store.flush()?;
     }
     Ok(None)
-}
-
-/// The registry audit payload: the entry now and the one before.
-fn serde_json_free<'a>(
-    entry: &'a ModelEntry,
-    before: Option<&'a ModelEntry>,
-) -> impl Serialize + 'a {
-    #[derive(Serialize)]
-    struct RegistryChange<'a> {
-        model: &'a str,
-        entry: &'a ModelEntry,
-        before: Option<&'a ModelEntry>,
-    }
-    RegistryChange {
-        model: &entry.model,
-        entry,
-        before,
-    }
 }

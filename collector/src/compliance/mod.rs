@@ -17,9 +17,10 @@
 //! Invariants: a recorded clock start never moves; the audit log is append-only and its
 //! chain verifies; nothing is sent before it is durable; the outbox never drops a message.
 //!
-//! [`Compliance::start`] runs two tasks: the **engine loop** (evaluates at most every
+//! [`Compliance::start`] runs two tasks: the **engine loop** (evaluates at once when kicked,
+//! i.e. when a registry change or a newly declared plan became durable; at most every
 //! `debounce` after the ledger's applied-record counter moved, i.e. after a committed ingest
-//! group, and at least every `interval`), and the **outbox loop** (delivers due items every
+//! group; and at least every `interval`), and the **outbox loop** (delivers due items every
 //! half second or when kicked, re-posts active alerts to Alertmanager every `resend`).
 
 pub mod admin;
@@ -52,10 +53,15 @@ pub struct Compliance {
 
 impl Compliance {
     /// Starts the engine and outbox loops. `applied` is the ledger's applied-record counter:
-    /// when it moves, ingest committed something new.
-    pub fn start(engine: Engine, applied: IntCounter, stop: watch::Receiver<bool>) -> Compliance {
+    /// when it moves, ingest committed something new. `kick` asks for an evaluation now: the
+    /// ledger writer notifies it when a registry change or a new plan became durable.
+    pub fn start(
+        engine: Engine,
+        applied: IntCounter,
+        kick: Arc<Notify>,
+        stop: watch::Receiver<bool>,
+    ) -> Compliance {
         let engine = Arc::new(engine);
-        let kick = Arc::new(Notify::new());
         let deliver = Arc::new(Notify::new());
         let tasks = vec![
             tokio::spawn(engine_loop(
