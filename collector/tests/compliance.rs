@@ -935,3 +935,102 @@ async fn a_plan_declared_in_records_is_dated_when_declared_and_by_whom() {
     assert_eq!(n, 1);
     c.shutdown().await.unwrap();
 }
+
+/// The modifier fallback: with the base's compute unknown, a third of 10^25 applies to a
+/// base declared systemic-risk (`model set --base-systemic-risk`), a third of 10^23
+/// otherwise, and the alert names which fallback applied and why. The collector used to
+/// decide "systemic-risk" from the base's compute alone, so with it unknown the 10^25/3
+/// level could never apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_modifier_fallback_follows_the_declared_base_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms() + 60_000));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = pb::admin_client::AdminClient::new(ch);
+    let set = |model: &str, planned: &str, systemic: Option<bool>| pb::SetModelRequest {
+        entry: Some(pb::ModelEntry {
+            model: model.into(),
+            role: pb::ModelRole::Modifier as i32,
+            base_model: "frontier-x".into(),
+            planned_flop: planned.into(),
+            base_systemic_risk: systemic,
+            ..pb::ModelEntry::default()
+        }),
+        by: String::new(),
+    };
+    // 1e24 planned: above 10^23/3, below 10^25/3.
+    admin
+        .set_model(set("ft-declared", "1e24", Some(true)))
+        .await
+        .unwrap();
+    admin
+        .set_model(set("ft-undeclared", "1e24", None))
+        .await
+        .unwrap();
+    admin
+        .set_model(set("ft-big", "4e24", Some(true)))
+        .await
+        .unwrap();
+    let saved = admin
+        .get_model(pb::GetModelRequest {
+            model: "ft-declared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        saved.summary.unwrap().entry.unwrap().base_systemic_risk,
+        Some(true)
+    );
+    c.compliance().evaluate_now().await.unwrap();
+    let clock = |m: &str| {
+        c.compliance()
+            .engine()
+            .store()
+            .clock(m, "eu-modifier")
+            .unwrap()
+    };
+    assert!(clock("ft-declared").is_none(), "1e24 < 10^25/3");
+    assert!(clock("ft-undeclared").is_some(), "1e24 > 10^23/3");
+    assert!(clock("ft-big").is_some(), "4e24 > 10^25/3");
+    let metrics = c.metrics().render();
+    assert!(
+        metrics.contains(
+            "flopmeter_threshold_level_flop{model=\"ft-declared\",threshold=\"eu-modifier\"} 3333333333333333"
+        ),
+        "{metrics}"
+    );
+    let level = |m: &str| {
+        c.compliance()
+            .engine()
+            .alert_views()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.model == m && v.threshold == "eu-modifier")
+            .and_then(|v| v.content)
+            .map(|c| c.level)
+            .unwrap()
+    };
+    let big = level("ft-big");
+    assert!(
+        big.contains("fallback for a systemic-risk base")
+            && big.contains(
+                "frontier-x's compute is unknown, and it is declared a systemic-risk model"
+            ),
+        "{big}"
+    );
+    let undeclared = level("ft-undeclared");
+    assert!(
+        undeclared.contains("its systemic-risk status is not declared")
+            && undeclared.contains("flopmeter model set ft-undeclared --base-systemic-risk"),
+        "{undeclared}"
+    );
+    c.shutdown().await.unwrap();
+}

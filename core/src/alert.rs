@@ -624,12 +624,35 @@ fn level_words(a: &Assessment) -> String {
                 .map(|s| format!(", per {s}"))
                 .unwrap_or_default()
         ),
-        LevelSource::FallbackSystemic { base_model } => format!(
-            " (fallback: {base_model}'s compute is unknown and it is a systemic-risk model)"
+        LevelSource::FallbackSystemic {
+            base_model,
+            declared,
+        } => format!(
+            " (fallback for a systemic-risk base: {base_model}'s compute is unknown, and it {} a \
+             systemic-risk model)",
+            if *declared {
+                "is declared"
+            } else {
+                "is taken to be"
+            }
         ),
-        LevelSource::FallbackOther { base_model } => {
-            format!(" (fallback: {base_model}'s compute is unknown)")
-        }
+        LevelSource::FallbackOther {
+            base_model,
+            declared: true,
+        } => format!(
+            " (fallback for a base that is not systemic-risk: {base_model}'s compute is unknown, \
+             and it is declared not to be a systemic-risk model)"
+        ),
+        LevelSource::FallbackOther {
+            base_model,
+            declared: false,
+        } => format!(
+            " (fallback for a base that is not systemic-risk: {base_model}'s compute is unknown \
+             and its systemic-risk status is not declared, so the lower, conservative level \
+             applies; if {base_model} is a systemic-risk model, declare it with `flopmeter model \
+             set {} --base-systemic-risk`, or give its compute with --base-flop)",
+            a.model
+        ),
     };
     format!("{cmp} {} FLOP{src}", flop(a.level.flop))
 }

@@ -99,15 +99,22 @@ pub enum LevelSource {
         /// Where that figure comes from.
         source: Option<String>,
     },
-    /// The fallback for an unknown-compute systemic-risk base.
+    /// The fallback for an unknown-compute systemic-risk base (the guidelines' 10^25 / 3).
     FallbackSystemic {
         /// Base model.
         base_model: String,
+        /// Whether the base's status was declared (`model set --base-systemic-risk`).
+        #[serde(default)]
+        declared: bool,
     },
-    /// The fallback for an unknown-compute base that is not systemic-risk.
+    /// The fallback for an unknown-compute base that is not systemic-risk (10^23 / 3): also
+    /// the one that applies while the base's status is not declared, being the lower level.
     FallbackOther {
         /// Base model.
         base_model: String,
+        /// Whether the base was declared not to be systemic-risk (rather than undeclared).
+        #[serde(default)]
+        declared: bool,
     },
 }
 
@@ -134,6 +141,7 @@ pub fn applicable_level(threshold: &Threshold, role: &ModelRole) -> Option<Thres
         base_compute,
         base_compute_source,
         base_systemic,
+        base_systemic_declared,
     } = role
     else {
         return None;
@@ -146,9 +154,11 @@ pub fn applicable_level(threshold: &Threshold, role: &ModelRole) -> Option<Thres
         },
         (None, true) => LevelSource::FallbackSystemic {
             base_model: base_model.clone(),
+            declared: *base_systemic_declared,
         },
         (None, false) => LevelSource::FallbackOther {
             base_model: base_model.clone(),
+            declared: *base_systemic_declared,
         },
     };
     Some(ThresholdLevel {
@@ -845,6 +855,7 @@ mod tests {
             base_compute,
             base_compute_source: Some("model card".into()),
             base_systemic,
+            base_systemic_declared: true,
         };
         // Bands for the straddle cases: high crosses, central does not.
         let straddle = FlopTotal {

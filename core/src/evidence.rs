@@ -179,6 +179,10 @@ pub enum ModelRole {
         /// Whether the base is a systemic-risk model (decides the fallback when its compute is
         /// unknown).
         base_systemic: bool,
+        /// Whether `base_systemic` was declared (`model set --base-systemic-risk`) rather than
+        /// inferred from a known compute or assumed: the alert says which.
+        #[serde(default)]
+        base_systemic_declared: bool,
     },
 }
 

@@ -35,6 +35,7 @@ pub enum ModelAction {
 #[command(after_help = "\
 Examples:
   flopmeter model set acme-7b --role provider --planned-params 7e9 --planned-tokens 2e12
+  flopmeter model set acme-ft --role modifier --base frontier-x --base-systemic-risk
   flopmeter model set acme-7b-chat --base llama-3-70b --base-flop 3.8e24 \\
       --base-flop-source \"model card\" --role modifier --planned-flop 2e25 --planned-end 2027-03-01")]
 pub struct ModelSetArgs {
@@ -58,6 +59,18 @@ pub struct ModelSetArgs {
     /// Where --base-flop comes from (model card, provider statement, estimate...).
     #[arg(long, env = "FLOPMETER_BASE_FLOP_SOURCE", value_name = "TEXT")]
     pub base_flop_source: Option<String>,
+
+    /// Declare whether the base model is a systemic-risk model, when its compute is unknown:
+    /// the modifier threshold then falls back to a third of 10^25 (systemic-risk base) or of
+    /// 10^23 (`--base-systemic-risk=false`). Undeclared, the lower 10^23/3 applies.
+    #[arg(
+        long,
+        env = "FLOPMETER_BASE_SYSTEMIC_RISK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub base_systemic_risk: Option<bool>,
 
     /// provider (trains the model) or modifier (modifies a base model).
     #[arg(long, env = "FLOPMETER_ROLE", value_name = "ROLE")]
@@ -138,6 +151,9 @@ pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> Result<Model
     }
     if let Some(s) = &args.base_flop_source {
         e.base_flop_source = Some(s.clone()).filter(|s| !s.is_empty());
+    }
+    if args.base_systemic_risk.is_some() {
+        e.base_systemic_risk = args.base_systemic_risk;
     }
     if args.role.is_some() {
         e.role = args.role;
@@ -236,6 +252,15 @@ fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
         "  base compute:  {} FLOP (source: {})",
         n(e.base_flop),
         e.base_flop_source.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  base status:   {}",
+        match e.base_systemic_risk {
+            Some(true) => "systemic-risk model (declared)",
+            Some(false) => "not a systemic-risk model (declared)",
+            None => "not declared",
+        }
     )?;
     writeln!(
         out,

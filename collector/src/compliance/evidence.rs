@@ -150,11 +150,13 @@ impl BucketCache {
                     base_model: e.base_model.clone().unwrap_or_default(),
                     base_compute: e.base_flop,
                     base_compute_source: e.base_flop_source.clone(),
-                    // Unknown: the conservative fallback is the systemic-risk one only when
-                    // the base is known to be above 1e25.
-                    base_systemic: e
-                        .base_flop
-                        .is_some_and(|f| f > flopmeter_core::threshold::pow10(25)),
+                    // As declared; else a known compute above 10^25 says so; else not, which
+                    // is the lower (conservative) fallback while the status is unknown.
+                    base_systemic: e.base_systemic_risk.unwrap_or_else(|| {
+                        e.base_flop
+                            .is_some_and(|f| f > flopmeter_core::threshold::pow10(25))
+                    }),
+                    base_systemic_declared: e.base_systemic_risk.is_some(),
                 },
                 _ => ModelRole::Provider,
             };

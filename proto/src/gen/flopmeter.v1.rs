@@ -761,6 +761,11 @@ pub struct ModelEntry {
     /// request's `by` under a shared admin token).
     #[prost(string, tag = "11")]
     pub updated_by: ::prost::alloc::string::String,
+    /// Whether the base model is a systemic-risk model, as declared; unset = not declared.
+    /// Decides the modifier threshold's fallback when base_flop is unknown (10^25/3 for a
+    /// systemic-risk base, else 10^23/3).
+    #[prost(bool, optional, tag = "70")]
+    pub base_systemic_risk: ::core::option::Option<bool>,
 }
 /// Per-model totals as the ledger holds them.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
