@@ -31,6 +31,7 @@ const SECRET: &str = "test-secret";
 struct Receiver {
     down: AtomicBool,
     accepted: Mutex<Vec<String>>,
+    bodies: Mutex<Vec<serde_json::Value>>,
     refused: Mutex<u32>,
 }
 
@@ -60,6 +61,7 @@ async fn receive(
         Some(key.as_str())
     );
     r.accepted.lock().unwrap().push(key);
+    r.bodies.lock().unwrap().push(v);
     StatusCode::OK
 }
 
@@ -1031,6 +1033,135 @@ async fn the_modifier_fallback_follows_the_declared_base_status() {
         undeclared.contains("its systemic-risk status is not declared")
             && undeclared.contains("flopmeter model set ft-undeclared --base-systemic-risk"),
         "{undeclared}"
+    );
+    c.shutdown().await.unwrap();
+}
+
+/// An overdue deadline reads "overdue by …" in the API, the gRPC listing and the webhook,
+/// never a negative "time left"; an acknowledgement's reference and a dismissal's reason,
+/// with who gave them, are in the hash-chained audit entry and in the webhook payloads
+/// (they used to live only in the alert record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overdue_ack_and_dismissal_are_said_in_full_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, addr) = start_receiver().await;
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let c = Collector::start(config(
+        dir.path(),
+        &vnow,
+        vec![SinkConfig::Webhook {
+            name: "t".into(),
+            url: format!("http://{addr}/hook"),
+            secret: SECRET.into(),
+        }],
+    ))
+    .await
+    .unwrap();
+    plan(&c, "late-1", "2e25").await;
+    plan(&c, "late-2", "2e25").await;
+    let registered = now_unix_ms();
+    // Twenty days later nobody has notified: six days overdue.
+    vnow.store(registered + 20 * MS_PER_DAY, Ordering::SeqCst);
+    c.compliance().evaluate_now().await.unwrap();
+    let views = api(&c, "/api/v1/alerts");
+    for v in views.as_array().unwrap() {
+        let left = v["time_left"].as_str().unwrap();
+        assert!(
+            left.starts_with("overdue by 5 d 23 h") || left.starts_with("overdue by 6 d 00 h"),
+            "{v}"
+        );
+        assert!(!left.contains('-') && !left.contains("left"), "{left}");
+        assert_eq!(v["overdue"], true);
+    }
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::compliance_client::ComplianceClient::new(ch);
+    let listed = client
+        .list_alerts(pb::ListAlertsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert!(
+        listed
+            .iter()
+            .all(|a| a.overdue && a.time_left.starts_with("overdue by ")),
+        "{listed:?}"
+    );
+    client
+        .acknowledge(pb::AcknowledgeRequest {
+            model: "late-1".into(),
+            threshold: "eu-systemic-risk".into(),
+            by: "alice".into(),
+            reference: "AI Office GPAI-2026-0099".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .dismiss(pb::DismissRequest {
+            model: "late-2".into(),
+            threshold: "eu-systemic-risk".into(),
+            by: "bob".into(),
+            reason: "not placed on the EU market".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        c.compliance().deliver_now().await.unwrap();
+        if pending(&c) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bodies = recv.bodies.lock().unwrap().clone();
+    let body = |key: &str| {
+        bodies
+            .iter()
+            .find(|b| b["key"] == key)
+            .unwrap_or_else(|| panic!("{key} not delivered: {bodies:?}"))
+            .clone()
+    };
+    let overdue = body("late-1/eu-systemic-risk/overdue/1");
+    let left = overdue["content"]["clock"]["time_left"].as_str().unwrap();
+    assert!(left.starts_with("overdue by "), "{left}");
+    let acked = body("late-1/eu-systemic-risk/acknowledged/1");
+    assert_eq!(acked["content"]["acknowledgement"]["by"], "alice");
+    assert_eq!(
+        acked["content"]["acknowledgement"]["reference"],
+        "AI Office GPAI-2026-0099"
+    );
+    let dismissed = body("late-2/eu-systemic-risk/dismissed/1");
+    assert_eq!(dismissed["content"]["dismissal"]["by"], "bob");
+    assert_eq!(
+        dismissed["content"]["dismissal"]["reason"],
+        "not placed on the EU market"
+    );
+    let entries = c.compliance().engine().store().audit_entries().unwrap();
+    let entry = |kind: &str| entries.iter().find(|e| e.kind.as_str() == kind).unwrap();
+    let ack = entry("acknowledged");
+    assert_eq!(ack.actor, "alice");
+    assert_eq!(
+        ack.payload
+            .get("acknowledgement")
+            .and_then(|a| a.get("reference"))
+            .and_then(|r| r.as_str()),
+        Some("AI Office GPAI-2026-0099")
+    );
+    assert_eq!(
+        ack.payload.get("key").and_then(|k| k.as_str()),
+        Some("late-1/eu-systemic-risk/acknowledged/1")
+    );
+    let dis = entry("dismissed");
+    assert_eq!(dis.actor, "bob");
+    assert_eq!(
+        dis.payload
+            .get("dismissal")
+            .and_then(|d| d.get("reason"))
+            .and_then(|r| r.as_str()),
+        Some("not placed on the EU market")
     );
     c.shutdown().await.unwrap();
 }

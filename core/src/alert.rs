@@ -598,6 +598,12 @@ pub struct AlertContent {
     pub notification_must_contain: Vec<String>,
     /// One line for a title or a chat message.
     pub summary: String,
+    /// Who recorded the notification, when, and its reference (an acknowledged alert).
+    #[serde(default)]
+    pub acknowledgement: Option<Acknowledgement>,
+    /// Who dismissed the alert, when, and why (a dismissed alert).
+    #[serde(default)]
+    pub dismissal: Option<Dismissal>,
 }
 
 /// A band, with figures that would round to the level written so the comparison shows.
@@ -820,6 +826,8 @@ pub fn content(
         narrowing,
         clock: clock_content,
         notification_must_contain,
+        acknowledgement: alert.acknowledgement.clone(),
+        dismissal: alert.dismissal.clone(),
         summary: format!(
             "[{}] {}: {} {estimate} FLOP vs {} ({}){when}",
             alert.status.as_str(),
@@ -879,6 +887,22 @@ impl AlertContent {
                 line(format!("  - {f}"));
             }
             line(format!("Deadline: {}, {}", c.deadline, c.time_left));
+        }
+        if let Some(a) = &self.acknowledgement {
+            line(format!(
+                "Acknowledged by {} at {}: notification reference {}",
+                a.by,
+                format_utc(a.at_ms),
+                a.reference
+            ));
+        }
+        if let Some(d) = &self.dismissal {
+            line(format!(
+                "Dismissed by {} at {}: {}",
+                d.by,
+                format_utc(d.at_ms),
+                d.reason
+            ));
         }
         line("The notification must contain:".to_string());
         for n in &self.notification_must_contain {

@@ -541,13 +541,36 @@ impl Engine {
         };
         let (al, ev) = act(prev, now)?;
         let clock = self.store.clock(model, threshold)?;
+        /// The audit record of a person's action: the event, and what the person said (the
+        /// notification's reference, or the reason for a dismissal) with who said it, so the
+        /// hash chain holds it and not only the alert record.
+        #[derive(Serialize)]
+        struct Action<'a> {
+            #[serde(flatten)]
+            event: &'a AlertEvent,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            acknowledgement: Option<&'a alert::Acknowledgement>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dismissal: Option<&'a alert::Dismissal>,
+        }
+        let said = Action {
+            event: &ev,
+            acknowledgement: al
+                .acknowledgement
+                .as_ref()
+                .filter(|_| kind == AuditKind::Acknowledged),
+            dismissal: al
+                .dismissal
+                .as_ref()
+                .filter(|_| kind == AuditKind::Dismissed),
+        };
         let mut change = Change {
             alert: Some(al.clone()),
             audit: vec![AuditRecord {
                 time_ms: now,
                 actor: by.trim().to_string(),
                 kind,
-                payload: payload(&ev)?,
+                payload: payload(&said)?,
             }],
             ..Change::default()
         };

@@ -104,13 +104,23 @@ impl Compliance {
         outbox::deliver_due(&self.engine).await
     }
 
-    /// Stops the loops and waits until they have let go of the engine (and with it the
-    /// database, which an offline tool may want to open next).
+    /// Waits until the loops, told to stop by the stop signal given to [`Compliance::start`]
+    /// (send it first), have let go of the engine (and with it the database, which an
+    /// offline tool or a restarted collector may want to open next).
+    ///
+    /// Why wait rather than abort: an evaluation runs as a blocking task, which an abort does
+    /// not stop; the loop ends at its next wait once that evaluation is done. A loop that
+    /// does not end within a minute is aborted.
     pub async fn stop(&self) {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in tasks {
-            t.abort();
-            let _ = t.await;
+        for mut t in tasks {
+            if tokio::time::timeout(Duration::from_secs(60), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 }
