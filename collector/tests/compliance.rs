@@ -826,6 +826,31 @@ async fn a_plan_revised_seconds_later_still_started_the_clock_and_is_on_record()
         (clock.start.at_ms, clock.start.reason),
         (t, flopmeter_core::clock::StartReason::Plan)
     );
+    // The revision is a fact of the clock, and the alert cites the plan that started it.
+    let view = c
+        .compliance()
+        .engine()
+        .alert_views()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.model == "rev")
+        .unwrap();
+    let content = view.content.unwrap();
+    let clock_text = content.clock.as_ref().unwrap();
+    assert!(
+        clock_text
+            .facts
+            .iter()
+            .any(|f| f.starts_with("plan revised to 5.0e24 FLOP")),
+        "{clock_text:?}"
+    );
+    assert!(
+        content.notification_must_contain[0]
+            .contains("2.0e25 FLOP, the plan that started the clock")
+            && content.notification_must_contain[0].contains("by alice via the model registry"),
+        "{:?}",
+        content.notification_must_contain
+    );
     let entries = c.compliance().engine().store().audit_entries().unwrap();
     let changes: Vec<_> = entries
         .iter()
@@ -904,6 +929,21 @@ async fn a_plan_declared_in_records_is_dated_when_declared_and_by_whom() {
         clock.start.at_ms,
         declared - 10_000,
         "dated at the first record carrying the plan, not at day 0"
+    );
+    c.compliance().evaluate_now().await.unwrap();
+    let view = c
+        .compliance()
+        .engine()
+        .alert_views()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.model == "late-plan")
+        .unwrap();
+    let trigger = view.content.unwrap().notification_must_contain[0].clone();
+    assert!(
+        trigger.contains("2.1e25 FLOP, the plan that started the clock")
+            && trigger.contains("by agent planner on node planner-node"),
+        "{trigger}"
     );
     let fact = c
         .compliance()

@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Assessment, ClockState, FactKind, LevelSource};
+use crate::clock::{Assessment, ClockState, FactKind, LevelSource, StartReason};
 use crate::format::{band_near, flop, flop_near, time_left};
 use crate::threshold::Comparison;
 use crate::units::FlopTotal;
@@ -536,6 +536,8 @@ pub fn dismiss(
 pub enum Figure {
     /// The counted measured total.
     Measured,
+    /// The declared plan that started the clock (the measured total has not crossed).
+    Plan,
     /// The committed projection (plans, declared ends).
     Committed,
     /// The projection including open-ended runs over the horizon.
@@ -557,8 +559,11 @@ pub struct ClockContent {
     pub time_left: String,
     /// Whether the deadline has passed.
     pub overdue: bool,
-    /// Added facts in words (confirmations, earlier evidence).
+    /// Added facts in words (confirmations, earlier evidence, plan revisions).
     pub facts: Vec<String>,
+    /// For a clock started by a plan: the plan, its figure and who declared it, when.
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// What an alert says, as data (for webhooks and Alertmanager annotations) and as text.
@@ -696,18 +701,57 @@ pub fn content(
 ) -> AlertContent {
     let p = &a.projection;
     let bound = a.bound;
+    // A clock started by a plan is about that plan, even once it was revised: it cites it.
+    let started_by_plan = clock
+        .filter(|c| c.effective_start().1 == StartReason::Plan)
+        .and(a.plan_crossing.as_ref());
     let figure = if a.crosses(p.measured.get(bound)) {
         Figure::Measured
+    } else if started_by_plan.is_some() {
+        Figure::Plan
     } else if a.crosses(p.committed.get(bound)) {
         Figure::Committed
     } else {
         Figure::Projected
     };
-    let fig = match figure {
-        Figure::Measured => p.measured,
-        Figure::Committed => p.committed,
-        Figure::Projected => p.projected,
+    let fig = match (figure, started_by_plan) {
+        (Figure::Plan, Some(pc)) => pc.declared,
+        (Figure::Measured, _) => p.measured,
+        (Figure::Committed | Figure::Plan, _) => p.committed,
+        (Figure::Projected, _) => p.projected,
     };
+    let level = a.level.flop;
+    let plan_words = started_by_plan.map(|pc| {
+        let plans: Vec<String> = pc
+            .plans
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} ({}{}, declared {}{})",
+                    d.plan_id,
+                    d.total()
+                        .map(|t| format!("{} FLOP, ", flop_near(t.high, &[level])))
+                        .unwrap_or_default(),
+                    d.basis(),
+                    format_utc(d.registered_at_ms),
+                    d.declared_by
+                        .as_ref()
+                        .map(|b| format!(" by {b}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        format!(
+            "declared {} FLOP at {}: {}",
+            flop_near(pc.declared.get(bound), &[level]),
+            format_utc(pc.registered_at_ms),
+            if plans.is_empty() {
+                pc.plan_ids.join(", ")
+            } else {
+                plans.join("; ")
+            }
+        )
+    });
     let straddles = a.crosses(fig.high) && !a.crosses(fig.low);
     let mut narrowing = Vec::new();
     if straddles {
@@ -782,18 +826,46 @@ pub fn content(
                         "threshold rule changed from v{from_version} to v{to_version} at {}",
                         format_utc(f.recorded_at_ms)
                     ),
+                    FactKind::PlanRevised {
+                        at_ms,
+                        declared,
+                        withdrawn,
+                        ..
+                    } => format!(
+                        "plan {} at {}{}: the clock keeps running, because the earlier plan \
+                         made it known that the threshold would be met; if it will not be, \
+                         record why with `flopmeter dismiss --reason`",
+                        if *withdrawn {
+                            "withdrawn".to_string()
+                        } else {
+                            format!(
+                                "revised to {} FLOP",
+                                flop_near(declared.get(bound), &[level])
+                            )
+                        },
+                        format_utc(*at_ms),
+                        if *withdrawn { "" } else { ", below the level" },
+                    ),
                 })
                 .collect(),
+            plan: plan_words.clone(),
         }
     });
-    let level = a.level.flop;
     let estimate = flop_near(fig.get(bound), &[level]);
-    let notification_must_contain = vec![
-        format!(
+    let triggering = match &plan_words {
+        Some(words) if figure == Figure::Plan => format!(
+            "the triggering estimate in FLOP to two significant figures: {estimate} FLOP, the \
+             plan that started the clock ({words}); measured so far {} FLOP",
+            band_near(p.measured, &[level])
+        ),
+        _ => format!(
             "the triggering estimate in FLOP to two significant figures: {estimate} FLOP \
              (the {bound} bound of {})",
             band_near(fig, &[level])
         ),
+    };
+    let notification_must_contain = vec![
+        triggering,
         format!(
             "the estimation method and its approximations: {}",
             method_words(a)
@@ -834,6 +906,7 @@ pub fn content(
             a.model,
             match figure {
                 Figure::Measured => "measured",
+                Figure::Plan => "declared plan",
                 Figure::Committed => "committed projection",
                 Figure::Projected => "projection",
             },
@@ -883,6 +956,9 @@ impl AlertContent {
                 "Clock started {} because of {}; recorded {}",
                 c.started_at, c.reason, c.recorded_at
             ));
+            if let Some(plan) = &c.plan {
+                line(format!("  the plan: {plan}"));
+            }
             for f in &c.facts {
                 line(format!("  - {f}"));
             }
@@ -1323,6 +1399,78 @@ mod tests {
                 .summary
                 .contains("measured 1.0004e25 FLOP vs"),
         );
+    }
+
+    /// A clock started by a plan cites the plan (figure, who declared it, when), not "the
+    /// high bound" of some other figure; a later downward revision is a recorded fact that
+    /// keeps the clock, and the citation stays the plan that started it.
+    #[test]
+    fn a_clock_started_by_a_plan_cites_it_and_outlives_its_revision() {
+        let t0 = utc_ms(2026, 9, 1, 0, 0, 0);
+        let declared = |at: i64, flop: u128| DeclaredPlan {
+            declared_by: Some("alice via the model registry".into()),
+            ..plan(at, flop)
+        };
+        let measured = vec![trend(t0, 24, 49 * pow10(23), true)];
+        let mut e = Engine::new();
+        let first = evidence(vec![declared(t0, 21 * pow10(24))], measured.clone());
+        e.step(&first, t0 + D);
+        let c = e.content(&first, t0 + D);
+        assert_eq!(c.figure, Figure::Plan);
+        assert!(
+            c.summary.contains("declared plan 2.1e25 FLOP vs"),
+            "{}",
+            c.summary
+        );
+        let trigger = &c.notification_must_contain[0];
+        assert!(
+            trigger.contains("2.1e25 FLOP, the plan that started the clock")
+                && trigger.contains("by alice via the model registry")
+                && trigger.contains("measured so far 4.9e24"),
+            "{trigger}"
+        );
+        assert!(!trigger.contains("bound of"), "{trigger}");
+        // Revised to 5e24 three seconds later: known now, and a fact of the clock.
+        let revised = evidence(
+            vec![
+                declared(t0, 21 * pow10(24)),
+                declared(t0 + 3_000, 5 * pow10(24)),
+            ],
+            measured,
+        );
+        let events = e.step(&revised, t0 + D + H);
+        assert!(events.is_empty(), "no alert event: {:?}", keys(&events));
+        let clock = e.clock.clone().unwrap();
+        assert_eq!(clock.start.at_ms, t0, "the start stays");
+        assert!(matches!(
+            clock.facts.last().unwrap().kind,
+            FactKind::PlanRevised { at_ms, withdrawn: false, .. } if at_ms == t0 + 3_000
+        ));
+        let c = e.content(&revised, t0 + D + H);
+        assert!(
+            c.clock.as_ref().unwrap().facts[0].starts_with("plan revised to 5.0e24 FLOP at"),
+            "{:?}",
+            c.clock
+        );
+        assert!(c.notification_must_contain[0].contains("2.1e25 FLOP, the plan"));
+        assert!(
+            c.text()
+                .contains("  the plan: declared 2.1e25 FLOP at 2026-09-01T00:00:00Z")
+        );
+        // Seen again: nothing new.
+        let n = e.clock.as_ref().unwrap().facts.len();
+        e.step(&revised, t0 + D + 2 * H);
+        assert_eq!(e.clock.as_ref().unwrap().facts.len(), n);
+        // A model whose plan was revised before the engine ever saw it: the clock starts at
+        // the plan above the level, and the revision is on record at once.
+        let mut late = Engine::new();
+        late.step(&revised, t0 + D);
+        let clock = late.clock.unwrap();
+        assert_eq!(
+            (clock.start.at_ms, clock.start.reason),
+            (t0, StartReason::Plan)
+        );
+        assert_eq!(clock.facts.len(), 1);
     }
 
     #[test]
