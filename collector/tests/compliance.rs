@@ -1205,3 +1205,77 @@ async fn overdue_ack_and_dismissal_are_said_in_full_everywhere() {
     );
     c.shutdown().await.unwrap();
 }
+
+/// What records do to a run's plan history, at the ledger: a repeated plan is one version;
+/// a garbled figure or a record without figures withdraws nothing; a revision is a version;
+/// another node's late records showing the plan earlier date it earlier; each version is a
+/// `plan-declared` entry of the chain written with the batch.
+#[test]
+fn record_plans_become_versions_only_when_they_say_something_new() {
+    use flopmeter_collector::ledger::LedgerStore;
+    use flopmeter_collector::ledger::plans::PlanScope;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let t = now_unix_ms() - 3_600_000;
+    let rec = |seq: u64, end: i64, planned: &str| {
+        let mut r = common::rec_at(seq, "m", "r", "", 1_000, end);
+        r.declaration = Some(pb::WorkloadDeclaration {
+            planned_flop: planned.into(),
+            ..Default::default()
+        });
+        r
+    };
+    s.apply_batch(&common::incoming(
+        "a1",
+        "n1",
+        vec![
+            rec(1, t, "2e25"),
+            rec(2, t + 10_000, "2e25"),
+            rec(3, t + 20_000, "lots"),
+            rec(4, t + 30_000, ""),
+        ],
+    ))
+    .unwrap();
+    let out = s
+        .apply_batch(&common::incoming(
+            "a1",
+            "n1",
+            vec![rec(5, t + 40_000, "5e24")],
+        ))
+        .unwrap();
+    assert_eq!(out.plans_declared, 1);
+    // Node n2's spool arrives late: the same 2e25, from an hour earlier.
+    s.apply_batch(&common::incoming(
+        "a2",
+        "n2",
+        vec![rec(1, t - 3_590_000, "2e25")],
+    ))
+    .unwrap();
+    let h = s.plan_histories("m").unwrap();
+    assert_eq!(h[0].0, PlanScope::Run("r".into()));
+    let versions: Vec<(i64, Option<u128>)> = h[0]
+        .1
+        .versions
+        .iter()
+        .map(|v| (v.declared_at_ms, v.planned_flop))
+        .collect();
+    let e = |x: u32| 10u128.pow(x);
+    assert_eq!(
+        versions,
+        [
+            (t - 3_600_000, Some(2 * e(25))),
+            (t - 10_000, Some(2 * e(25))),
+            (t + 30_000, Some(5 * e(24))),
+        ]
+    );
+    let store = ComplianceStore::open(s.db()).unwrap();
+    let declared: Vec<String> = store
+        .audit_entries()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.as_str() == "plan-declared")
+        .map(|e| e.actor)
+        .collect();
+    assert_eq!(declared, ["agent:a1", "agent:a1", "agent:a2"]);
+    assert!(store.verify_audit().unwrap().is_ok());
+}

@@ -871,7 +871,9 @@ fn apply_in_tx(
         };
         let mut changed = false;
         for st in said {
-            let v = st.version(agent, node, b.received_unix_ms);
+            let Some(v) = st.version(agent, node, b.received_unix_ms) else {
+                continue;
+            };
             match history.record(v.clone()) {
                 Recorded::Added => {
                     changed = true;
@@ -937,10 +939,14 @@ impl<'a> PlanStatement<'a> {
     }
 
     /// The version it states, dated at the event time of its record (the moment the job
-    /// ran with it), never after the collector received it.
-    fn version(&self, agent: &str, node: &str, received_unix_ms: i64) -> PlanVersion {
+    /// ran with it), never after the collector received it. `None` when no figure parses:
+    /// a garbled label is not a withdrawn plan.
+    fn version(&self, agent: &str, node: &str, received_unix_ms: i64) -> Option<PlanVersion> {
         let d = Declaration::from_wire(self.wire);
-        PlanVersion {
+        if (d.planned_flop, d.params, d.tokens) == (None, None, None) {
+            return None;
+        }
+        Some(PlanVersion {
             planned_flop: d.planned_flop,
             params: d.params,
             tokens: d.tokens,
@@ -951,7 +957,7 @@ impl<'a> PlanStatement<'a> {
                 node: node.to_string(),
                 seq: self.rec.seq,
             },
-        }
+        })
     }
 }
 
