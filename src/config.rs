@@ -111,9 +111,33 @@ pub fn parse<T: CommandFactory + FromArgMatches>() -> Result<T, ConfigError> {
     }
     let matches: ArgMatches = match cmd.try_get_matches_from(&args) {
         Ok(m) => m,
-        Err(e) => return Err(from_file_error(&e).unwrap_or_else(|| e.exit())),
+        Err(e) => {
+            return Err(from_file_error(&e).unwrap_or_else(|| {
+                if e.use_stderr() {
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or_default();
+                    json_error_if_asked(first.trim_start_matches("error: "), e.exit_code());
+                }
+                e.exit()
+            }));
+        }
     };
-    Ok(T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+    Ok(T::from_arg_matches(&matches).unwrap_or_else(|e| {
+        json_error_if_asked(&e.to_string(), e.exit_code());
+        e.exit()
+    }))
+}
+
+/// For an error before the command is known (the command line did not parse): when the
+/// arguments ask for `--json`, writes the error as a JSON document on stdout, so a script
+/// still reads a document.
+pub fn json_error_if_asked(message: &str, exit_code: i32) {
+    if std::env::args_os().any(|a| a == "--json") {
+        let doc = serde_json::json!({
+            "error": message.trim(), "caused_by": [], "exit_code": exit_code,
+        });
+        println!("{doc:#}");
+    }
 }
 
 /// Options whose value came from the config file (neither the command line nor the

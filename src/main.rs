@@ -77,11 +77,28 @@ enum Command {
     Certs(cmd::certs::CertsArgs),
 }
 
+impl Command {
+    /// Whether the command was asked for JSON on stdout (its errors then are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Gpus(a) => a.json,
+            Command::Estimate(a) => a.json,
+            Command::Models(a) => a.json,
+            Command::Runs(a) => a.json,
+            Command::Alerts(a) => a.json,
+            Command::Probe(a) => a.json,
+            Command::Report(a) => a.format == flopmeter_collector::report::Format::Json,
+            _ => false,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli: Cli = match config::parse() {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("error: {e}");
+            config::json_error_if_asked(&e.to_string(), 2);
             return ExitCode::from(2);
         }
     };
@@ -109,6 +126,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cmd::report_error(&e),
+        Err(e) => {
+            let json = cli.command.json();
+            cmd::report_error(&e, json.then_some(&mut stdout as &mut dyn std::io::Write))
+        }
     }
 }

@@ -241,7 +241,48 @@ fn gpus_lists_the_catalogue() {
         .find(|m| m["id"] == "h100-sxm")
         .unwrap();
     assert_eq!(h100["peaks"]["bf16"], 989.0);
-    assert_eq!(h100["pci_device_ids"][0], 0x2330);
+    // Hex, as `probe` and NVIDIA's tools write PCI device ids.
+    assert_eq!(h100["pci_device_ids"][0], "0x2330");
+}
+
+/// An error's "caused by" lines never repeat what was already said, and `--json` commands
+/// print their fatal error as JSON on stdout.
+#[test]
+fn errors_say_each_cause_once_and_in_json_under_json() {
+    // Nothing listens on port 1: tonic's error chain says "tcp connect error" twice.
+    let o = flopmeter(&["models", "--collector", "http://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("cannot reach the collector"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &lines {
+        assert!(seen.insert(*l), "{l:?} repeated in\n{err}");
+    }
+    assert!(stdout(&o).is_empty());
+
+    let o = flopmeter(&["models", "--json", "--collector", "http://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the collector"),
+        "{doc}"
+    );
+    assert_eq!(doc["exit_code"], 1);
+    let causes: Vec<&str> = doc["caused_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        causes.iter().filter(|c| **c == "tcp connect error").count(),
+        1,
+        "{doc}"
+    );
 }
 
 #[test]

@@ -182,6 +182,29 @@ fn collector_subcommands() {
         url,
     ]);
     assert_eq!(o.status.code(), Some(2));
+    // A base's status without its compute, for the modifier threshold's fallback.
+    let o = flopmeter(&[
+        "model",
+        "set",
+        "acme-ft",
+        "--role",
+        "modifier",
+        "--base",
+        "frontier-x",
+        "--base-systemic-risk",
+        "--collector",
+        url,
+        "--admin-token",
+        "adm1n",
+        "--by",
+        "erin",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("base status:   systemic-risk model (declared)"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = flopmeter(&["models", "--collector", url]);
     assert!(o.status.success(), "{}", stderr(&o));

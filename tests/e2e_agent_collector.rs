@@ -139,8 +139,10 @@ fn agent_with_fake_nvml_streams_to_a_real_collector_exactly_once() {
     let runs = get(http, "/api/v1/runs?model=demo-7b").unwrap();
     assert_eq!(runs[0]["run"], "e2e-run");
     // 0.5 × 989e12 FLOP per second of GPU time (declared BF16), to rounding.
-    let gpu_ms = summary["gpu_ms"].as_f64().unwrap();
-    let central = summary["counted"]["central"].as_f64().unwrap();
+    // u128 figures are decimal strings in the JSON API.
+    let num = |v: &serde_json::Value| v.as_str().unwrap().parse::<f64>().unwrap();
+    let gpu_ms = num(&summary["gpu_ms"]);
+    let central = num(&summary["counted"]["central"]);
     let expected = 0.5 * 989e12 * gpu_ms / 1000.0;
     assert!(
         (central - expected).abs() / expected < 0.01,

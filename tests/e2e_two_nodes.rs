@@ -153,7 +153,7 @@ fn two_agents_two_runs_one_model_match_the_ground_truth() {
     let summary = &get(http, "/api/v1/models/demo-7b").unwrap()["summary"];
     assert_eq!(summary["nodes"].as_u64(), Some(2), "{summary}");
     assert_eq!(summary["agents"].as_u64(), Some(2), "{summary}");
-    let gpu_s = summary["gpu_ms"].as_f64().unwrap() / 1000.0;
+    let gpu_s = as_f64(&summary["gpu_ms"]) / 1000.0;
     let truth = truth_rate * gpu_s;
     assert!(
         (central - truth).abs() / truth <= 0.03,

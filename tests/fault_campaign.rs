@@ -132,10 +132,19 @@ fn node(i: usize) -> Node {
     }
 }
 
+/// A `u128` of the JSON API, which writes them as decimal strings.
+fn dec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 struct Flop {
+    #[serde(deserialize_with = "dec")]
     low: u128,
+    #[serde(deserialize_with = "dec")]
     central: u128,
+    #[serde(deserialize_with = "dec")]
     high: u128,
 }
 
@@ -146,6 +155,7 @@ struct ModelTotals {
     counted: Flop,
     excluded: Flop,
     runs: u32,
+    #[serde(deserialize_with = "dec")]
     gpu_ms: u128,
     first_event_unix_ms: Option<i64>,
     last_event_unix_ms: Option<i64>,
@@ -160,6 +170,7 @@ struct RunTotals {
     run: String,
     counted: Flop,
     excluded: Flop,
+    #[serde(deserialize_with = "dec")]
     gpu_ms: u128,
     first_event_unix_ms: Option<i64>,
     last_event_unix_ms: Option<i64>,

@@ -23,7 +23,7 @@
 //!   "readings": [{                            // one per second, after a baseline read
 //!     "second": 1, "at_seconds": 1.0,
 //!     "gpus": [{
-//!       "index": 0, "uuid": "GPU-…",
+//!       "index": 0, "uuid": "GPU-…",          // once each (from the reading)
 //!       "method": "gpm-tensor",               // or "util-mfu (gpm unsupported)", ...; null
 //!                                             //   when there is no estimate
 //!       "precision": "bf16", "precision_declared": false,
@@ -267,8 +267,9 @@ struct SecondOut {
 
 #[derive(Serialize)]
 struct ReadingOut<'a> {
+    /// For the text output and the totals; the JSON has it once, from the reading.
+    #[serde(skip)]
     index: u32,
-    uuid: Option<String>,
     method: Option<&'static str>,
     precision: Option<Precision>,
     precision_declared: bool,
@@ -292,7 +293,6 @@ impl<'a> ReadingOut<'a> {
         };
         ReadingOut {
             index: reading.index,
-            uuid: reading.uuid.clone(),
             method,
             precision,
             precision_declared: declared,
@@ -491,20 +491,39 @@ fn describe(r: &GpuReading) -> String {
 fn write_totals(out: &mut dyn Write, totals: &[TotalOut]) -> std::io::Result<()> {
     writeln!(out, "totals: central [low – high]")?;
     let mut node = FlopTotal::ZERO;
+    let mut estimated = 0;
     for t in totals {
+        let Some(method) = t.method else {
+            // A zero would read as an idle GPU; this one could not be measured at all.
+            writeln!(out, "  GPU {:<2} no estimate", t.index)?;
+            continue;
+        };
+        estimated += 1;
         node.add_total(t.flop);
         writeln!(
             out,
-            "  GPU {:<2} {} over {:.1} s ({})",
+            "  GPU {:<2} {} over {:.1} s ({method})",
             t.index,
             format::band(t.flop.low, t.flop.central, t.flop.high),
             t.seconds,
-            t.method.unwrap_or("no estimate"),
         )?;
     }
-    writeln!(
-        out,
-        "  node   {}",
-        format::band(node.low, node.central, node.high)
-    )
+    match estimated {
+        0 => writeln!(
+            out,
+            "  node   no estimate: none of the {} GPU(s) could be estimated (see above why)",
+            totals.len()
+        ),
+        n if n < totals.len() => writeln!(
+            out,
+            "  node   {} ({n} of {} GPUs; the others could not be estimated)",
+            format::band(node.low, node.central, node.high),
+            totals.len()
+        ),
+        _ => writeln!(
+            out,
+            "  node   {}",
+            format::band(node.low, node.central, node.high)
+        ),
+    }
 }

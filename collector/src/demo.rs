@@ -453,8 +453,8 @@ pub async fn run(
     .await?;
     writeln!(
         out,
-        "day  0  registry: frontier-400b plans {:.1e} FLOP (declared before pre-training starts)",
-        2.1e25 * s
+        "day  0  registry: frontier-400b plans {} FLOP (declared before pre-training starts)",
+        flopmeter_core::format::sig2(2.1e25 * s)
     )?;
     set_model(pb::ModelEntry {
         model: "helper-8b-ft".into(),
@@ -467,8 +467,8 @@ pub async fn run(
     .await?;
     writeln!(
         out,
-        "day  0  registry: helper-8b-ft is a modifier of open-base-405b ({:.1e} FLOP per its model card)",
-        3.0e24 * s
+        "day  0  registry: helper-8b-ft is a modifier of open-base-405b ({} FLOP per its model card)",
+        flopmeter_core::format::sig2(3.0e24 * s)
     )?;
 
     // The runs. High FLOP per GPU-hour is set so that the totals cross where the story
@@ -588,7 +588,7 @@ pub async fn run(
                         .map_or("—".to_string(), |c| format!("projected crossing {c}"))
                 ),
                 "clock-started" => format!(
-                    "CLOCK STARTED {} / {}: reason {}, start {}, deadline {} ({} left)",
+                    "CLOCK STARTED {} / {}: reason {}, start {}, deadline {} ({})",
                     v.model,
                     v.threshold,
                     v.reason.clone().unwrap_or_default(),
@@ -667,7 +667,7 @@ pub async fn run(
     for a in &listed {
         writeln!(
             out,
-            "  {:<14} {:<17} {:<13} start {:<25} deadline {:<25} left {:<18} webhook {}",
+            "  {:<14} {:<17} {:<13} start {:<25} deadline {:<25} {:<24} webhook {}",
             a.model,
             a.threshold,
             a.status,

@@ -142,6 +142,8 @@ impl Collector {
         store.flush()?;
         let metrics = Metrics::new();
         metrics.start_time.set(now_unix_ms() as f64 / 1000.0);
+        // Registry changes and new plans wake the compliance engine as soon as they are durable.
+        let facts = Arc::new(tokio::sync::Notify::new());
         let writer = Writer::start(
             store.clone(),
             metrics.clone(),
@@ -151,6 +153,7 @@ impl Collector {
                 dir: cfg.data_dir.clone(),
                 min_free_bytes: cfg.min_free_bytes,
             },
+            facts.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
@@ -166,6 +169,7 @@ impl Collector {
         let compliance = compliance::Compliance::start(
             engine,
             metrics.ingest_records.clone(),
+            facts,
             shutdown_rx.clone(),
         );
 

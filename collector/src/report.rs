@@ -21,8 +21,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use flopmeter_core::estimator::six_n_d;
-use flopmeter_core::format::{band, sig2, sig2_u128};
+use flopmeter_core::format::{band_near, flop, flop_near, quantity};
 use flopmeter_core::stage::{Stage, StagePolicy};
+use flopmeter_core::threshold::default_levels;
 use flopmeter_core::units::FlopTotal;
 use serde::{Deserialize, Serialize};
 
@@ -267,7 +268,7 @@ impl UnestimatedView {
         } else {
             format!(
                 "{} GPU-hours that could not be estimated ({})",
-                plain(gpu_hours),
+                quantity(gpu_hours),
                 reasons
                     .iter()
                     .map(|r| r.reason.as_str())
@@ -349,17 +350,6 @@ fn days(ms: u128) -> f64 {
 
 fn hours(ms: u128) -> f64 {
     ms as f64 / 3_600_000.0
-}
-
-/// A plain number for quantities people count (GPU-hours): `1234`, `12.5`, `0.25`.
-fn plain(x: f64) -> String {
-    if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 1.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.3}")
-    }
 }
 
 fn mwh(mj: u128) -> f64 {
@@ -523,7 +513,7 @@ pub fn build(
         },
         computation: Computation {
             counted: counted.flop,
-            counted_text: band(counted.flop.low, counted.flop.central, counted.flop.high),
+            counted_text: band_near(counted.flop, &default_levels()),
             excluded: excluded.flop,
             measured: all.flop,
             method_mix,
@@ -622,7 +612,9 @@ pub fn render(r: &Report, format: Format) -> String {
     match format {
         Format::Text => render_text(r),
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(r).unwrap_or_default();
+            // The document as `/api/v1/models/{m}/report` serves it: `u128` as strings.
+            let mut s =
+                serde_json::to_string_pretty(&flopmeter_core::exact::Exact(r)).unwrap_or_default();
             s.push('\n');
             s
         }
@@ -634,6 +626,9 @@ pub fn render(r: &Report, format: Format) -> String {
 pub fn render_text(r: &Report) -> String {
     let mut o = String::new();
     let c = &r.computation;
+    // A figure that rounds to a threshold's level is written so the comparison shows.
+    let levels = default_levels();
+    let band = |t: &FlopTotal| band_near(*t, &levels);
     let _ = writeln!(
         o,
         "flopmeter report: model {} (AI Act Annex XI §1.2(d)(e), Model Documentation Form)",
@@ -647,7 +642,7 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(
                 o,
                 "declared plan: {} FLOP, planned end {}",
-                sig2_u128(plan),
+                flop_near(plan, &levels),
                 date_time(e.planned_end_unix_ms)
             );
         }
@@ -656,7 +651,7 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(
         o,
         "Computation:       {} FLOP (central [low – high])",
-        c.counted_text
+        band(&c.counted)
     );
     let _ = writeln!(
         o,
@@ -670,20 +665,20 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(
         o,
         "  excluded:        {} FLOP by stage policy (not counted, shown for completeness)",
-        band(c.excluded.low, c.excluded.central, c.excluded.high)
+        band(&c.excluded)
     );
     let t = &r.training_time;
     let _ = writeln!(
         o,
         "Training time:     {} wall-clock days ({} to {})",
-        sig2(t.wall_clock_days),
+        quantity(t.wall_clock_days),
         date_time(t.first_event_unix_ms),
         date_time(t.last_event_unix_ms)
     );
     let hw = r
         .hardware
         .iter()
-        .map(|h| format!("{} {} GPU-days", sig2(h.gpu_days), h.gpu_type))
+        .map(|h| format!("{} {} GPU-days", quantity(h.gpu_days), h.gpu_type))
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(
@@ -694,8 +689,8 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(
         o,
         "Energy:            {} MWh (GPU energy measured by NVML; excluded stages {} MWh)",
-        sig2(r.energy.counted_mwh),
-        sig2(r.energy.excluded_mwh)
+        quantity(r.energy.counted_mwh),
+        quantity(r.energy.excluded_mwh)
     );
     let _ = writeln!(
         o,
@@ -707,7 +702,7 @@ pub fn render_text(r: &Report) -> String {
             format!(
                 ", {} MWh; not in the computation above (the FLOP of that hardware time are \
                  unknown)",
-                sig2(r.unestimated.energy_mwh)
+                quantity(r.unestimated.energy_mwh)
             )
         }
     );
@@ -717,7 +712,7 @@ pub fn render_text(r: &Report) -> String {
             "Base model:        {} with {} FLOP (source: {}); this model's counted high bound \
              is {} of it",
             b.base_model,
-            b.base_flop.map_or("unknown".to_string(), sig2_u128),
+            b.base_flop.map_or("unknown".to_string(), flop),
             b.source.as_deref().unwrap_or("-"),
             b.modification_share_high
                 .map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0))
@@ -736,9 +731,9 @@ pub fn render_text(r: &Report) -> String {
             "  {:<22} {:<8} {:>32} {:>10} {:>10} {:>9}",
             s.stage,
             if s.counts { "yes" } else { "excluded" },
-            band(s.flop.low, s.flop.central, s.flop.high),
-            sig2(s.gpu_days),
-            sig2(s.energy_mwh),
+            band(&s.flop),
+            quantity(s.gpu_days),
+            quantity(s.energy_mwh),
             s.records
         );
     }
@@ -759,9 +754,9 @@ pub fn render_text(r: &Report) -> String {
                 &run.run
             },
             run.stages.join(","),
-            band(run.counted.low, run.counted.central, run.counted.high),
-            sig2_u128(run.excluded.central),
-            sig2(run.gpu_days),
+            band(&run.counted),
+            flop_near(run.excluded.central, &levels),
+            quantity(run.gpu_days),
             run.agents,
             run.nodes,
             date_time(run.first_event_unix_ms),
@@ -772,7 +767,7 @@ pub fn render_text(r: &Report) -> String {
                 o,
                 "  {:<20} declared 6·N·D = {} FLOP; measured / declared = {:.2}",
                 "",
-                sig2_u128(x),
+                flop_near(x, &levels),
                 ratio
             );
         }
@@ -789,19 +784,19 @@ pub fn render_text(r: &Report) -> String {
     let gd = u
         .gpu_days
         .iter()
-        .map(|(g, d)| format!("{} {g} GPU-days", sig2(*d)))
+        .map(|(g, d)| format!("{} {g} GPU-days", quantity(*d)))
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(
         o,
         "  {} FLOP, {}, {} MWh, {} records (no run claimed this work; it may belong to this model)",
-        band(u.flop.low, u.flop.central, u.flop.high),
+        band(&u.flop),
         if gd.is_empty() {
             "0 GPU-days".to_string()
         } else {
             gd
         },
-        sig2(u.energy_mwh),
+        quantity(u.energy_mwh),
         u.records
     );
     if u.unestimated.records > 0 {
@@ -816,10 +811,13 @@ pub fn render_text(r: &Report) -> String {
                 "    {} on {}: {} FLOP, {} GPU-hours{}",
                 s.description,
                 s.nodes.join(","),
-                band(c.flop.low, c.flop.central, c.flop.high),
-                plain(hours(c.gpu_ms)),
+                flopmeter_core::format::band(c.flop.low, c.flop.central, c.flop.high),
+                quantity(hours(c.gpu_ms)),
                 if c.unestimated_gpu_ms > 0 {
-                    format!(" (+{} not estimated)", plain(hours(c.unestimated_gpu_ms)))
+                    format!(
+                        " (+{} not estimated)",
+                        quantity(hours(c.unestimated_gpu_ms))
+                    )
                 } else {
                     String::new()
                 }
@@ -830,8 +828,8 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(
                 o,
                 "    other sources: {} FLOP, {} GPU-hours",
-                sig2_u128(c.flop.central),
-                plain(hours(c.size()))
+                flop(c.flop.central),
+                quantity(hours(c.size()))
             );
         }
     }
@@ -868,8 +866,26 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A float cell: the shortest exact decimal, and `0` for a negative zero (an empty `f64` sum
+/// is `-0.0`, which a spreadsheet shows as "-0").
+fn csv_number(v: f64) -> String {
+    if v == 0.0 {
+        "0".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The FLOP cells of a row: low, central, high; `None` leaves a cell empty.
+type FlopCells = [Option<u128>; 3];
+
+fn cells(f: FlopTotal) -> FlopCells {
+    [Some(f.low), Some(f.central), Some(f.high)]
+}
+
 /// One row per figure: `section,name,counts,flop_low,flop_central,flop_high,gpu_days,
-/// energy_mwh,first_event,last_event,records`.
+/// energy_mwh,first_event,last_event,records`. A `method` row has only a central figure (the
+/// method mix is kept for the central estimate), so its low and high cells are empty.
 pub fn render_csv(r: &Report) -> String {
     let mut o = String::from(
         "section,name,counts,flop_low,flop_central,flop_high,gpu_days,energy_mwh,first_event,\
@@ -878,7 +894,7 @@ pub fn render_csv(r: &Report) -> String {
     let mut row = |section: &str,
                    name: &str,
                    counts: &str,
-                   f: Option<FlopTotal>,
+                   f: FlopCells,
                    gpu_days: Option<f64>,
                    mwh: Option<f64>,
                    first: Option<i64>,
@@ -891,11 +907,11 @@ pub fn render_csv(r: &Report) -> String {
             section,
             csv_field(name),
             counts,
-            opt(f.map(|f| f.low.to_string())),
-            opt(f.map(|f| f.central.to_string())),
-            opt(f.map(|f| f.high.to_string())),
-            opt(gpu_days.map(|d| format!("{d}"))),
-            opt(mwh.map(|d| format!("{d}"))),
+            opt(f[0].map(|v| v.to_string())),
+            opt(f[1].map(|v| v.to_string())),
+            opt(f[2].map(|v| v.to_string())),
+            opt(gpu_days.map(csv_number)),
+            opt(mwh.map(csv_number)),
             iso(first),
             iso(last),
             opt(records.map(|n| n.to_string())),
@@ -907,8 +923,13 @@ pub fn render_csv(r: &Report) -> String {
         "total",
         &r.model,
         "yes",
-        Some(c.counted),
-        Some(r.hardware.iter().map(|h| h.gpu_days).sum()),
+        cells(c.counted),
+        Some(
+            r.hardware
+                .iter()
+                .map(|h| h.gpu_days)
+                .fold(0.0, |a, d| a + d),
+        ),
         Some(r.energy.counted_mwh),
         t.first_event_unix_ms,
         t.last_event_unix_ms,
@@ -918,7 +939,7 @@ pub fn render_csv(r: &Report) -> String {
         "excluded",
         &r.model,
         "no",
-        Some(c.excluded),
+        cells(c.excluded),
         None,
         Some(r.energy.excluded_mwh),
         None,
@@ -926,12 +947,11 @@ pub fn render_csv(r: &Report) -> String {
         None,
     );
     for m in &c.method_mix {
-        let f = FlopTotal::exact(m.central_flop);
         row(
             "method",
             &m.method,
             "yes",
-            Some(f),
+            [None, Some(m.central_flop), None],
             None,
             None,
             None,
@@ -944,7 +964,7 @@ pub fn render_csv(r: &Report) -> String {
             "hardware",
             &h.gpu_type,
             "yes",
-            Some(h.flop),
+            cells(h.flop),
             Some(h.gpu_days),
             None,
             None,
@@ -957,7 +977,7 @@ pub fn render_csv(r: &Report) -> String {
             "stage",
             &s.stage,
             if s.counts { "yes" } else { "no" },
-            Some(s.flop),
+            cells(s.flop),
             Some(s.gpu_days),
             Some(s.energy_mwh),
             None,
@@ -978,7 +998,7 @@ pub fn render_csv(r: &Report) -> String {
             "run",
             &run.run,
             counts,
-            Some(all),
+            cells(all),
             Some(run.gpu_days),
             Some(run.energy_mwh),
             run.first_event_unix_ms,
@@ -991,7 +1011,7 @@ pub fn render_csv(r: &Report) -> String {
             "unestimated",
             &x.reason,
             "unknown",
-            None,
+            [None, None, None],
             Some(x.gpu_hours / 24.0),
             Some(x.energy_mwh),
             None,
@@ -1004,8 +1024,8 @@ pub fn render_csv(r: &Report) -> String {
         "unattributed",
         "same nodes and period",
         "no",
-        Some(u.flop),
-        Some(u.gpu_days.values().sum()),
+        cells(u.flop),
+        Some(u.gpu_days.values().fold(0.0, |a, d| a + d)),
         Some(u.energy_mwh),
         u.first_day.map(|d| d * DAY_MS),
         u.last_day.map(|d| (d + 1) * DAY_MS - 1),
@@ -1016,7 +1036,7 @@ pub fn render_csv(r: &Report) -> String {
             "unattributed-unestimated",
             &x.reason,
             "unknown",
-            None,
+            [None, None, None],
             Some(x.gpu_hours / 24.0),
             Some(x.energy_mwh),
             None,
@@ -1030,7 +1050,7 @@ pub fn render_csv(r: &Report) -> String {
             "unattributed-source",
             &s.description,
             "no",
-            Some(c.flop),
+            cells(c.flop),
             Some(c.size() as f64 / DAY_MS as f64),
             Some(mwh(c.energy_mj)),
             None,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ledger::{
     AgentInfo, ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RollupStats, StoreError,
@@ -94,17 +94,29 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer on its own OS thread (sled calls block). `queue` bounds the jobs
     /// waiting; `max_group` bounds the batches per flush.
+    /// `facts` is notified after a flush that made a registry change or a newly declared
+    /// plan durable: the compliance engine evaluates them at once.
     pub fn start(
         store: Arc<dyn LedgerStore>,
         metrics: Metrics,
         queue: usize,
         max_group: usize,
         headroom: Headroom,
+        facts: Arc<Notify>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let thread = thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(rx, store.as_ref(), &metrics, max_group.max(1), &headroom))
+            .spawn(move || {
+                run(
+                    rx,
+                    store.as_ref(),
+                    &metrics,
+                    max_group.max(1),
+                    &headroom,
+                    &facts,
+                )
+            })
             .expect("spawning the ledger writer thread");
         Writer {
             handle: WriterHandle { tx },
@@ -161,6 +173,7 @@ fn run(
     metrics: &Metrics,
     max_group: usize,
     headroom: &Headroom,
+    facts: &Notify,
 ) {
     let mut was_short = false;
     let mut group: Vec<Job> = Vec::with_capacity(max_group);
@@ -195,7 +208,7 @@ fn run(
         }
         match (&broken, &short) {
             (Some(why), _) | (None, Some(why)) => refuse_group(&mut group, store, metrics, why),
-            (None, None) => broken = commit_group(&mut group, store, metrics),
+            (None, None) => broken = commit_group(&mut group, store, metrics, facts),
         }
     }
     // Everything answered was flushed already; flush once more so a clean shutdown leaves
@@ -268,6 +281,7 @@ fn commit_group(
     group: &mut Vec<Job>,
     store: &dyn LedgerStore,
     metrics: &Metrics,
+    facts: &Notify,
 ) -> Option<String> {
     let mut pending = Vec::with_capacity(group.len());
     let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
@@ -355,6 +369,16 @@ fn commit_group(
         metrics
             .ledger_write_errors
             .inc_by(failed_writes.max(1) as u64);
+    }
+    // A registry change or a newly declared plan is a fact the engine must evaluate now, not
+    // at its next periodic pass: only once durable, like everything else it acts on.
+    let new_facts = pending.iter().any(|p| match p {
+        Pending::SetModel(_, r) => r.is_ok(),
+        Pending::Apply(_, r) => r.as_ref().is_ok_and(|o| o.plans_declared > 0),
+        Pending::RollUp(..) => false,
+    });
+    if broken.is_none() && new_facts {
+        facts.notify_one();
     }
     // Replies only after the flush: an Ack promises durability. After a failed write
     // nothing in the group is acknowledged, not even what seemed to apply (see

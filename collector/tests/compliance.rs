@@ -5,6 +5,8 @@
 //! Time: the engine runs on a virtual clock (an atomic the test moves), so no assertion
 //! depends on wall-clock timing; waits are bounded polls.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -29,6 +31,7 @@ const SECRET: &str = "test-secret";
 struct Receiver {
     down: AtomicBool,
     accepted: Mutex<Vec<String>>,
+    bodies: Mutex<Vec<serde_json::Value>>,
     refused: Mutex<u32>,
 }
 
@@ -58,6 +61,7 @@ async fn receive(
         Some(key.as_str())
     );
     r.accepted.lock().unwrap().push(key);
+    r.bodies.lock().unwrap().push(v);
     StatusCode::OK
 }
 
@@ -628,4 +632,650 @@ async fn admin_writes_are_audited_under_the_credentials_actor() {
             .any(|e| e.actor == "mallory" || e.actor == "bob")
     );
     c.shutdown().await.unwrap();
+}
+
+/// GET on the collector's HTTP port from a blocking thread.
+fn api(c: &Collector, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", c.http_addr());
+    let body = std::thread::spawn(move || flopmeter_collector::loadgen::http_get(&url))
+        .join()
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A tampered audit chain is loud: found when the collector starts (and by the incremental
+/// check after each pass), shown as `flopmeter_audit_chain_intact 0` for the
+/// `FlopmeterAuditChainBroken` rule, recorded in the chain once, and `/api/v1/audit/verify`
+/// and `Compliance.VerifyAudit` give the real counts. The collector keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_chain_is_loud_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    assert!(
+        c.metrics()
+            .render()
+            .contains("flopmeter_audit_chain_intact 1"),
+        "an intact chain verifies at start"
+    );
+    plan(&c, "t1", "2e25").await;
+    vnow.store(now_unix_ms() + 1_000, Ordering::SeqCst);
+    c.compliance().evaluate_now().await.unwrap();
+    // The incremental check: an entry appended by the last pass, altered while running, is
+    // caught by the next pass.
+    let store = c.compliance().engine().store().clone();
+    let last = store.audit_entries().unwrap().pop().unwrap();
+    let mut forged = last.clone();
+    forged.actor = "mallory".into();
+    store
+        .audit_tree()
+        .insert(last.seq.to_be_bytes(), serde_json::to_vec(&forged).unwrap())
+        .unwrap();
+    c.compliance().evaluate_now().await.unwrap();
+    assert!(
+        c.metrics()
+            .render()
+            .contains("flopmeter_audit_chain_intact 0"),
+        "{}",
+        c.metrics().render()
+    );
+    store
+        .audit_tree()
+        .insert(last.seq.to_be_bytes(), serde_json::to_vec(&last).unwrap())
+        .unwrap();
+    drop(store);
+    c.shutdown().await.unwrap();
+
+    // Offline: entry 2 is edited.
+    let n = {
+        let ledger = SledStore::open(dir.path()).unwrap();
+        let store = ComplianceStore::open(ledger.db()).unwrap();
+        let n = store
+            .verify_audit()
+            .unwrap()
+            .expect("restored chain verifies");
+        let mut e = store.audit_entries().unwrap()[2].clone();
+        e.actor = "mallory".into();
+        store
+            .audit_tree()
+            .insert(2u64.to_be_bytes(), serde_json::to_vec(&e).unwrap())
+            .unwrap();
+        ledger.db().flush().unwrap();
+        n
+    };
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .expect("a broken audit chain does not stop ingest or the clocks");
+    let metrics = c.metrics().render();
+    assert!(
+        metrics.contains("flopmeter_audit_chain_intact 0"),
+        "{metrics}"
+    );
+    let v = api(&c, "/api/v1/audit/verify");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["broken_index"], 2, "{v}");
+    assert_eq!(v["verified"], 2, "{v}");
+    // The detection itself was appended to the chain: one more entry than before.
+    assert_eq!(v["entries"], n + 1, "{v}");
+    assert_eq!(v["head_entries"], n + 1, "{v}");
+    assert!(
+        v["broken_reason"]
+            .as_str()
+            .unwrap()
+            .contains("entry modified"),
+        "{v}"
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = pb::compliance_client::ComplianceClient::new(ch)
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.ok, r.entries, r.verified, r.broken_index),
+        (false, n + 1, 2, 2)
+    );
+    let broken = |c: &Collector| {
+        c.compliance()
+            .engine()
+            .store()
+            .audit_entries()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind.as_str() == "audit-chain-broken")
+            .count()
+    };
+    assert_eq!(broken(&c), 1);
+    // Ingest and the registry still work on a broken chain.
+    plan(&c, "t2", "3e25").await;
+    c.shutdown().await.unwrap();
+    // Recorded once per break, not at every start.
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(broken(&c), 1);
+    c.shutdown().await.unwrap();
+}
+
+/// Polls (bounded) until the clock of (model, eu-systemic-risk) exists, without asking the
+/// engine to evaluate: only its own event-driven loop can make it appear.
+async fn wait_for_clock(c: &Collector, model: &str) -> flopmeter_core::clock::ClockState {
+    for _ in 0..200 {
+        if let Some(clock) = c
+            .compliance()
+            .engine()
+            .store()
+            .clock(model, "eu-systemic-risk")
+            .unwrap()
+        {
+            return clock;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no clock for {model} within 10 s: the engine did not react to the new fact");
+}
+
+/// A plan of 2e25 revised to 5e24 three seconds later was lost: only the net registry
+/// change reached the audit log at the engine's next pass, and no clock started. Each change
+/// is now a fact at the moment it is made (audited in its transaction, with its actor, kept
+/// as a plan version), and the plan above the threshold starts the clock at its own instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_revised_seconds_later_still_started_the_clock_and_is_on_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now_unix_ms() - 60_000;
+    {
+        // Both changes land before any engine pass.
+        use flopmeter_collector::ledger::{LedgerStore, ModelEntry, Role};
+        let s = SledStore::open(dir.path()).unwrap();
+        let entry = |flop: u128, at: i64| ModelEntry {
+            model: "rev".into(),
+            role: Some(Role::Provider),
+            planned_flop: Some(flop),
+            updated_unix_ms: at,
+            updated_by: Some("alice".into()),
+            ..ModelEntry::default()
+        };
+        s.set_model_entry(&entry(2 * 10u128.pow(25), t)).unwrap();
+        s.set_model_entry(&entry(5 * 10u128.pow(24), t + 3_000))
+            .unwrap();
+        s.flush().unwrap();
+        let h = s.plan_histories("rev").unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].1.versions.len(), 2, "both versions are kept");
+    }
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    c.compliance().evaluate_now().await.unwrap();
+    let clock = c
+        .compliance()
+        .engine()
+        .store()
+        .clock("rev", "eu-systemic-risk")
+        .unwrap()
+        .expect("the 2e25 plan started the clock although revised to 5e24");
+    assert_eq!(
+        (clock.start.at_ms, clock.start.reason),
+        (t, flopmeter_core::clock::StartReason::Plan)
+    );
+    // The revision is a fact of the clock, and the alert cites the plan that started it.
+    let view = c
+        .compliance()
+        .engine()
+        .alert_views()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.model == "rev")
+        .unwrap();
+    let content = view.content.unwrap();
+    let clock_text = content.clock.as_ref().unwrap();
+    assert!(
+        clock_text
+            .facts
+            .iter()
+            .any(|f| f.starts_with("plan revised to 5.0e24 FLOP")),
+        "{clock_text:?}"
+    );
+    assert!(
+        content.notification_must_contain[0]
+            .contains("2.0e25 FLOP, the plan that started the clock")
+            && content.notification_must_contain[0].contains("by alice via the model registry"),
+        "{:?}",
+        content.notification_must_contain
+    );
+    let entries = c.compliance().engine().store().audit_entries().unwrap();
+    let changes: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind.as_str() == "registry-change")
+        .collect();
+    assert_eq!(changes.len(), 2, "every change, not the net one");
+    for (e, (at, flop)) in changes.iter().zip([
+        (t, "20000000000000000000000000"),
+        (t + 3_000, "5000000000000000000000000"),
+    ]) {
+        assert_eq!(e.actor, "alice");
+        assert_eq!(e.time_ms, at);
+        let plan = e.payload.get("plan").unwrap();
+        assert_eq!(
+            plan.get("planned_flop").unwrap().as_str(),
+            Some(flop),
+            "{e:?}"
+        );
+    }
+    c.shutdown().await.unwrap();
+}
+
+/// Registry changes reach the engine at once, not at its periodic pass (here an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_plan_reaches_the_engine_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms() + 60_000));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    // Let the loop's first (start-up) pass go by, so only the plan can wake it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    plan(&c, "now-1", "2e25").await;
+    let clock = wait_for_clock(&c, "now-1").await;
+    assert_eq!(clock.start.reason, flopmeter_core::clock::StartReason::Plan);
+    c.shutdown().await.unwrap();
+}
+
+/// A plan declared in a run's records is dated when it was first declared (the event time
+/// of the first record that carried it), not at the run's first event: a run that declared
+/// 2.1e25 on day 30 got a clock dated day 0, "overdue by 26 d". It reaches the engine at once,
+/// and the chain records which agent declared it (issue 12: who may declare a plan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_declared_in_records_is_dated_when_declared_and_by_whom() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms() + 60_000));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let day0 = now_unix_ms() - 30 * MS_PER_DAY;
+    let declared = now_unix_ms() - 60_000;
+    let mut early = common::rec_at(1, "late-plan", "r1", "", 1_000_000_000, day0);
+    early.declaration = Some(pb::WorkloadDeclaration {
+        precision: pb::Precision::Bf16 as i32,
+        ..Default::default()
+    });
+    let with_plan = |seq: u64, end: i64| {
+        let mut r = common::rec_at(seq, "late-plan", "r1", "", 1_000_000_000, end);
+        r.declaration = Some(pb::WorkloadDeclaration {
+            planned_flop: "2.1e25".into(),
+            ..Default::default()
+        });
+        r
+    };
+    let later = vec![with_plan(2, declared), with_plan(3, declared + 10_000)];
+    let mut s = common::Stream::open(c.grpc_addr(), "planner", None).await;
+    let _welcome = s.next().await.unwrap();
+    s.send(vec![early]).await;
+    s.next().await.unwrap();
+    s.send(later).await;
+    s.next().await.unwrap();
+    let clock = wait_for_clock(&c, "late-plan").await;
+    assert_eq!(clock.start.reason, flopmeter_core::clock::StartReason::Plan);
+    assert_eq!(
+        clock.start.at_ms,
+        declared - 10_000,
+        "dated at the first record carrying the plan, not at day 0"
+    );
+    c.compliance().evaluate_now().await.unwrap();
+    let view = c
+        .compliance()
+        .engine()
+        .alert_views()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.model == "late-plan")
+        .unwrap();
+    let trigger = view.content.unwrap().notification_must_contain[0].clone();
+    assert!(
+        trigger.contains("2.1e25 FLOP, the plan that started the clock")
+            && trigger.contains("by agent planner on node planner-node"),
+        "{trigger}"
+    );
+    let fact = c
+        .compliance()
+        .engine()
+        .store()
+        .audit_entries()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind.as_str() == "plan-declared")
+        .expect("the declaration is in the chain");
+    assert_eq!(fact.actor, "agent:planner");
+    let v = fact.payload.get("version").unwrap();
+    assert_eq!(
+        v.get("planned_flop").unwrap().as_str(),
+        Some("21000000000000000000000000")
+    );
+    assert_eq!(
+        v.get("by").unwrap().get("node").unwrap().as_str(),
+        Some("planner-node")
+    );
+    // Only one version: the second record repeats the plan.
+    let n = c
+        .compliance()
+        .engine()
+        .store()
+        .audit_entries()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind.as_str() == "plan-declared")
+        .count();
+    assert_eq!(n, 1);
+    c.shutdown().await.unwrap();
+}
+
+/// The modifier fallback: with the base's compute unknown, a third of 10^25 applies to a
+/// base declared systemic-risk (`model set --base-systemic-risk`), a third of 10^23
+/// otherwise, and the alert names which fallback applied and why. The collector used to
+/// decide "systemic-risk" from the base's compute alone, so with it unknown the 10^25/3
+/// level could never apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_modifier_fallback_follows_the_declared_base_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms() + 60_000));
+    let c = Collector::start(config(dir.path(), &vnow, Vec::new()))
+        .await
+        .unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = pb::admin_client::AdminClient::new(ch);
+    let set = |model: &str, planned: &str, systemic: Option<bool>| pb::SetModelRequest {
+        entry: Some(pb::ModelEntry {
+            model: model.into(),
+            role: pb::ModelRole::Modifier as i32,
+            base_model: "frontier-x".into(),
+            planned_flop: planned.into(),
+            base_systemic_risk: systemic,
+            ..pb::ModelEntry::default()
+        }),
+        by: String::new(),
+    };
+    // 1e24 planned: above 10^23/3, below 10^25/3.
+    admin
+        .set_model(set("ft-declared", "1e24", Some(true)))
+        .await
+        .unwrap();
+    admin
+        .set_model(set("ft-undeclared", "1e24", None))
+        .await
+        .unwrap();
+    admin
+        .set_model(set("ft-big", "4e24", Some(true)))
+        .await
+        .unwrap();
+    let saved = admin
+        .get_model(pb::GetModelRequest {
+            model: "ft-declared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        saved.summary.unwrap().entry.unwrap().base_systemic_risk,
+        Some(true)
+    );
+    c.compliance().evaluate_now().await.unwrap();
+    let clock = |m: &str| {
+        c.compliance()
+            .engine()
+            .store()
+            .clock(m, "eu-modifier")
+            .unwrap()
+    };
+    assert!(clock("ft-declared").is_none(), "1e24 < 10^25/3");
+    assert!(clock("ft-undeclared").is_some(), "1e24 > 10^23/3");
+    assert!(clock("ft-big").is_some(), "4e24 > 10^25/3");
+    let metrics = c.metrics().render();
+    assert!(
+        metrics.contains(
+            "flopmeter_threshold_level_flop{model=\"ft-declared\",threshold=\"eu-modifier\"} 3333333333333333"
+        ),
+        "{metrics}"
+    );
+    let level = |m: &str| {
+        c.compliance()
+            .engine()
+            .alert_views()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.model == m && v.threshold == "eu-modifier")
+            .and_then(|v| v.content)
+            .map(|c| c.level)
+            .unwrap()
+    };
+    let big = level("ft-big");
+    assert!(
+        big.contains("fallback for a systemic-risk base")
+            && big.contains(
+                "frontier-x's compute is unknown, and it is declared a systemic-risk model"
+            ),
+        "{big}"
+    );
+    let undeclared = level("ft-undeclared");
+    assert!(
+        undeclared.contains("its systemic-risk status is not declared")
+            && undeclared.contains("flopmeter model set ft-undeclared --base-systemic-risk"),
+        "{undeclared}"
+    );
+    c.shutdown().await.unwrap();
+}
+
+/// An overdue deadline reads "overdue by …" in the API, the gRPC listing and the webhook,
+/// never a negative "time left"; an acknowledgement's reference and a dismissal's reason,
+/// with who gave them, are in the hash-chained audit entry and in the webhook payloads
+/// (they used to live only in the alert record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overdue_ack_and_dismissal_are_said_in_full_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, addr) = start_receiver().await;
+    let vnow = Arc::new(AtomicI64::new(now_unix_ms()));
+    let c = Collector::start(config(
+        dir.path(),
+        &vnow,
+        vec![SinkConfig::Webhook {
+            name: "t".into(),
+            url: format!("http://{addr}/hook"),
+            secret: SECRET.into(),
+        }],
+    ))
+    .await
+    .unwrap();
+    plan(&c, "late-1", "2e25").await;
+    plan(&c, "late-2", "2e25").await;
+    let registered = now_unix_ms();
+    // Twenty days later nobody has notified: six days overdue.
+    vnow.store(registered + 20 * MS_PER_DAY, Ordering::SeqCst);
+    c.compliance().evaluate_now().await.unwrap();
+    let views = api(&c, "/api/v1/alerts");
+    for v in views.as_array().unwrap() {
+        let left = v["time_left"].as_str().unwrap();
+        assert!(
+            left.starts_with("overdue by 5 d 23 h") || left.starts_with("overdue by 6 d 00 h"),
+            "{v}"
+        );
+        assert!(!left.contains('-') && !left.contains("left"), "{left}");
+        assert_eq!(v["overdue"], true);
+    }
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::compliance_client::ComplianceClient::new(ch);
+    let listed = client
+        .list_alerts(pb::ListAlertsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert!(
+        listed
+            .iter()
+            .all(|a| a.overdue && a.time_left.starts_with("overdue by ")),
+        "{listed:?}"
+    );
+    client
+        .acknowledge(pb::AcknowledgeRequest {
+            model: "late-1".into(),
+            threshold: "eu-systemic-risk".into(),
+            by: "alice".into(),
+            reference: "AI Office GPAI-2026-0099".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .dismiss(pb::DismissRequest {
+            model: "late-2".into(),
+            threshold: "eu-systemic-risk".into(),
+            by: "bob".into(),
+            reason: "not placed on the EU market".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        c.compliance().deliver_now().await.unwrap();
+        if pending(&c) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bodies = recv.bodies.lock().unwrap().clone();
+    let body = |key: &str| {
+        bodies
+            .iter()
+            .find(|b| b["key"] == key)
+            .unwrap_or_else(|| panic!("{key} not delivered: {bodies:?}"))
+            .clone()
+    };
+    let overdue = body("late-1/eu-systemic-risk/overdue/1");
+    let left = overdue["content"]["clock"]["time_left"].as_str().unwrap();
+    assert!(left.starts_with("overdue by "), "{left}");
+    let acked = body("late-1/eu-systemic-risk/acknowledged/1");
+    assert_eq!(acked["content"]["acknowledgement"]["by"], "alice");
+    assert_eq!(
+        acked["content"]["acknowledgement"]["reference"],
+        "AI Office GPAI-2026-0099"
+    );
+    let dismissed = body("late-2/eu-systemic-risk/dismissed/1");
+    assert_eq!(dismissed["content"]["dismissal"]["by"], "bob");
+    assert_eq!(
+        dismissed["content"]["dismissal"]["reason"],
+        "not placed on the EU market"
+    );
+    let entries = c.compliance().engine().store().audit_entries().unwrap();
+    let entry = |kind: &str| entries.iter().find(|e| e.kind.as_str() == kind).unwrap();
+    let ack = entry("acknowledged");
+    assert_eq!(ack.actor, "alice");
+    assert_eq!(
+        ack.payload
+            .get("acknowledgement")
+            .and_then(|a| a.get("reference"))
+            .and_then(|r| r.as_str()),
+        Some("AI Office GPAI-2026-0099")
+    );
+    assert_eq!(
+        ack.payload.get("key").and_then(|k| k.as_str()),
+        Some("late-1/eu-systemic-risk/acknowledged/1")
+    );
+    let dis = entry("dismissed");
+    assert_eq!(dis.actor, "bob");
+    assert_eq!(
+        dis.payload
+            .get("dismissal")
+            .and_then(|d| d.get("reason"))
+            .and_then(|r| r.as_str()),
+        Some("not placed on the EU market")
+    );
+    c.shutdown().await.unwrap();
+}
+
+/// What records do to a run's plan history, at the ledger: a repeated plan is one version;
+/// a garbled figure or a record without figures withdraws nothing; a revision is a version;
+/// another node's late records showing the plan earlier date it earlier; each version is a
+/// `plan-declared` entry of the chain written with the batch.
+#[test]
+fn record_plans_become_versions_only_when_they_say_something_new() {
+    use flopmeter_collector::ledger::LedgerStore;
+    use flopmeter_collector::ledger::plans::PlanScope;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let t = now_unix_ms() - 3_600_000;
+    let rec = |seq: u64, end: i64, planned: &str| {
+        let mut r = common::rec_at(seq, "m", "r", "", 1_000, end);
+        r.declaration = Some(pb::WorkloadDeclaration {
+            planned_flop: planned.into(),
+            ..Default::default()
+        });
+        r
+    };
+    s.apply_batch(&common::incoming(
+        "a1",
+        "n1",
+        vec![
+            rec(1, t, "2e25"),
+            rec(2, t + 10_000, "2e25"),
+            rec(3, t + 20_000, "lots"),
+            rec(4, t + 30_000, ""),
+        ],
+    ))
+    .unwrap();
+    let out = s
+        .apply_batch(&common::incoming(
+            "a1",
+            "n1",
+            vec![rec(5, t + 40_000, "5e24")],
+        ))
+        .unwrap();
+    assert_eq!(out.plans_declared, 1);
+    // Node n2's spool arrives late: the same 2e25, from an hour earlier.
+    s.apply_batch(&common::incoming(
+        "a2",
+        "n2",
+        vec![rec(1, t - 3_590_000, "2e25")],
+    ))
+    .unwrap();
+    let h = s.plan_histories("m").unwrap();
+    assert_eq!(h[0].0, PlanScope::Run("r".into()));
+    let versions: Vec<(i64, Option<u128>)> = h[0]
+        .1
+        .versions
+        .iter()
+        .map(|v| (v.declared_at_ms, v.planned_flop))
+        .collect();
+    let e = |x: u32| 10u128.pow(x);
+    assert_eq!(
+        versions,
+        [
+            (t - 3_600_000, Some(2 * e(25))),
+            (t - 10_000, Some(2 * e(25))),
+            (t + 30_000, Some(5 * e(24))),
+        ]
+    );
+    let store = ComplianceStore::open(s.db()).unwrap();
+    let declared: Vec<String> = store
+        .audit_entries()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.as_str() == "plan-declared")
+        .map(|e| e.actor)
+        .collect();
+    assert_eq!(declared, ["agent:a1", "agent:a1", "agent:a2"]);
+    assert!(store.verify_audit().unwrap().is_ok());
 }

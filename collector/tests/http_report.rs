@@ -72,25 +72,39 @@ fn report_text_json_csv() {
         "Computation:       1.0e16 [5.0e15 – 2.0e16] FLOP (central [low – high])",
         "  method mix:      97% gpm-tensor, 3% util-mfu",
         "  excluded:        1.0e15 [5.0e14 – 2.0e15] FLOP by stage policy",
-        "Training time:     1.0e0 wall-clock days",
-        "Hardware:          2.3e-4 h100-sxm GPU-days",
-        "Energy:            3.9e-6 MWh",
+        // Plain numbers: days and MWh are never in scientific notation.
+        "Training time:     1.0 wall-clock days",
+        "Hardware:          0.00023 h100-sxm GPU-days",
+        "Energy:            0.0000039 MWh (GPU energy measured by NVML; excluded stages 0.0000019 MWh)",
         "Base model:        llama with 3.8e24 FLOP (source: model card)",
         "  pretrain               yes",
         "  eval                   excluded",
         "Unattributed compute on the same hardware in the same period (1 node(s)",
-        "  1.0e15 [5.0e14 – 2.0e15] FLOP, 1.2e-4 h100-sxm GPU-days",
+        "  1.0e15 [5.0e14 – 2.0e15] FLOP, 0.00012 h100-sxm GPU-days",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     assert!(text.contains("  r1 ") && text.contains("  r2 "), "{text}");
 
-    let json = report::render(&r, Format::Json);
-    let back: Report = serde_json::from_str(&json).unwrap();
-    // Exact figures survive JSON exactly (floats such as GPU-days only to their printed form).
-    assert_eq!(back.computation, r.computation);
-    assert_eq!(back.energy.counted_mj, r.energy.counted_mj);
-    assert_eq!(back.unattributed.flop, r.unattributed.flop);
+    // Exact figures survive JSON exactly: every u128 is a decimal string, which JavaScript
+    // and jq read without rounding it to a double (floats such as GPU-days stay numbers).
+    let json: serde_json::Value = serde_json::from_str(&report::render(&r, Format::Json)).unwrap();
+    assert_eq!(
+        json["computation"]["counted"]["central"],
+        r.computation.counted.central.to_string()
+    );
+    assert_eq!(
+        json["computation"]["method_mix"][0]["central_flop"],
+        "9700000000000000"
+    );
+    assert_eq!(
+        json["energy"]["counted_mj"],
+        r.energy.counted_mj.to_string()
+    );
+    assert_eq!(json["unattributed"]["flop"]["high"], "2000000000000000");
+    assert_eq!(json["entry"]["planned_flop"], "20000000000000000000000000");
+    assert!(json["training_time"]["wall_clock_days"].is_f64());
+    assert!(json["quality"]["records"].is_u64());
     assert_eq!(r.schema, "flopmeter.report.v1");
     assert_eq!(r.computation.counted.central, 10_000_000_000_000_000);
     assert_eq!(r.computation.excluded.central, 1_000_000_000_000_000);
@@ -133,10 +147,49 @@ fn report_text_json_csv() {
         "{csv}"
     );
     assert!(csv.contains("\nexcluded,acme,no,500000000000000,1000000000000000,2000000000000000,"));
-    assert!(csv.contains("\nmethod,gpm-tensor,yes,9700000000000000,"));
+    // The method mix is of the central estimate only: no low or high figure in its rows.
+    assert!(
+        csv.contains("\nmethod,gpm-tensor,yes,,9700000000000000,,,,,,\n"),
+        "{csv}"
+    );
     assert!(csv.contains("\nstage,eval,no,"));
     assert!(csv.contains("\nrun,r1,yes,"));
     assert!(csv.contains("\nunattributed,same nodes and period,no,"));
+    assert!(!csv.contains(",-0,"), "{csv}");
+
+    // A registered model without measured work: empty sums are 0, never -0 or 0.0e0.
+    let beta = ModelEntry {
+        model: "beta".into(),
+        planned_flop: Some(10u128.pow(25) + 1),
+        ..ModelEntry::default()
+    };
+    drop(s);
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.set_model_entry(&beta).unwrap();
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let r = report::build(&s, "beta", &StagePolicy::default(), END)
+        .unwrap()
+        .unwrap();
+    let csv = report::render(&r, Format::Csv);
+    assert!(
+        csv.contains("\nunattributed,same nodes and period,no,0,0,0,0,0,,,0\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("\ntotal,beta,yes,0,0,0,0,0,,,\n"), "{csv}");
+    let text = report::render(&r, Format::Text);
+    for line in [
+        // One FLOP above 10^25 must not read as 10^25.
+        "declared plan: >1.0e25 FLOP",
+        "Computation:       0 [0 – 0] FLOP",
+        "Training time:     0 wall-clock days",
+        "Energy:            0 MWh",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("0.0e0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +233,13 @@ async fn http_and_admin_api() {
 
     let models: serde_json::Value = serde_json::from_str(&get("/api/v1/models").unwrap()).unwrap();
     assert_eq!(models[0]["model"], "acme");
-    assert_eq!(models[0]["counted"]["central"], 10_000_000_000_000_000u64);
+    // u128 figures are decimal strings, as in the gRPC admin API.
+    assert_eq!(models[0]["counted"]["central"], "10000000000000000");
+    assert_eq!(models[0]["gpu_ms"], "30000");
+    assert_eq!(
+        models[0]["entry"]["planned_flop"],
+        "20000000000000000000000000"
+    );
     assert_eq!(models[0]["runs"], 2);
     assert_eq!(models[0]["entry"]["role"], "modifier");
     let m: serde_json::Value = serde_json::from_str(&get("/api/v1/models/acme").unwrap()).unwrap();
@@ -190,7 +249,7 @@ async fn http_and_admin_api() {
         serde_json::from_str(&get("/api/v1/runs?model=acme").unwrap()).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 2);
     assert_eq!(runs[1]["run"], "r2");
-    assert_eq!(runs[1]["excluded"]["central"], 1_000_000_000_000_000u64);
+    assert_eq!(runs[1]["excluded"]["central"], "1000000000000000");
     let err = get("/api/v1/runs").unwrap_err().to_string();
     assert!(err.contains("400") && err.contains("model="), "{err}");
     assert!(
@@ -202,6 +261,11 @@ async fn http_and_admin_api() {
     let rep: serde_json::Value =
         serde_json::from_str(&get("/api/v1/models/acme/report").unwrap()).unwrap();
     assert_eq!(rep["schema"], "flopmeter.report.v1");
+    assert_eq!(rep["computation"]["excluded"]["low"], "500000000000000");
+    assert_eq!(
+        m["aggregate"]["stages"]["eval"]["flop"]["central"],
+        "1000000000000000"
+    );
 
     // Admin gRPC.
     let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", c.grpc_addr()))

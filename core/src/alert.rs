@@ -30,11 +30,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Assessment, ClockState, FactKind, LevelSource};
-use crate::format::{band, sig2_u128};
+use crate::clock::{Assessment, ClockState, FactKind, LevelSource, StartReason};
+use crate::format::{band_near, flop, flop_near, time_left};
 use crate::threshold::Comparison;
 use crate::units::FlopTotal;
-use crate::utc::{MS_PER_HOUR, days_ms, format_duration, format_utc};
+use crate::utc::{MS_PER_HOUR, days_ms, format_utc};
 
 /// Alert settings (part of the collector config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -536,6 +536,8 @@ pub fn dismiss(
 pub enum Figure {
     /// The counted measured total.
     Measured,
+    /// The declared plan that started the clock (the measured total has not crossed).
+    Plan,
     /// The committed projection (plans, declared ends).
     Committed,
     /// The projection including open-ended runs over the horizon.
@@ -553,12 +555,15 @@ pub struct ClockContent {
     pub recorded_at: String,
     /// Deadline in force, ISO 8601 UTC.
     pub deadline: String,
-    /// Time left (negative when overdue), e.g. `13 d 04 h 05 min`.
+    /// Time to the deadline, `13 d 04 h left`, or `overdue by 31 d 07 h` once it passed.
     pub time_left: String,
     /// Whether the deadline has passed.
     pub overdue: bool,
-    /// Added facts in words (confirmations, earlier evidence).
+    /// Added facts in words (confirmations, earlier evidence, plan revisions).
     pub facts: Vec<String>,
+    /// For a clock started by a plan: the plan, its figure and who declared it, when.
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// What an alert says, as data (for webhooks and Alertmanager annotations) and as text.
@@ -598,10 +603,17 @@ pub struct AlertContent {
     pub notification_must_contain: Vec<String>,
     /// One line for a title or a chat message.
     pub summary: String,
+    /// Who recorded the notification, when, and its reference (an acknowledged alert).
+    #[serde(default)]
+    pub acknowledgement: Option<Acknowledgement>,
+    /// Who dismissed the alert, when, and why (a dismissed alert).
+    #[serde(default)]
+    pub dismissal: Option<Dismissal>,
 }
 
-fn flop_band(t: FlopTotal) -> String {
-    format!("{} FLOP", band(t.low, t.central, t.high))
+/// A band, with figures that would round to the level written so the comparison shows.
+fn flop_band(t: FlopTotal, level: u128) -> String {
+    format!("{} FLOP", band_near(t, &[level]))
 }
 
 fn level_words(a: &Assessment) -> String {
@@ -617,20 +629,43 @@ fn level_words(a: &Assessment) -> String {
             source,
         } => format!(
             " (a fraction of base model {base_model}'s {} FLOP{})",
-            sig2_u128(*base_flop),
+            flop(*base_flop),
             source
                 .as_ref()
                 .map(|s| format!(", per {s}"))
                 .unwrap_or_default()
         ),
-        LevelSource::FallbackSystemic { base_model } => format!(
-            " (fallback: {base_model}'s compute is unknown and it is a systemic-risk model)"
+        LevelSource::FallbackSystemic {
+            base_model,
+            declared,
+        } => format!(
+            " (fallback for a systemic-risk base: {base_model}'s compute is unknown, and it {} a \
+             systemic-risk model)",
+            if *declared {
+                "is declared"
+            } else {
+                "is taken to be"
+            }
         ),
-        LevelSource::FallbackOther { base_model } => {
-            format!(" (fallback: {base_model}'s compute is unknown)")
-        }
+        LevelSource::FallbackOther {
+            base_model,
+            declared: true,
+        } => format!(
+            " (fallback for a base that is not systemic-risk: {base_model}'s compute is unknown, \
+             and it is declared not to be a systemic-risk model)"
+        ),
+        LevelSource::FallbackOther {
+            base_model,
+            declared: false,
+        } => format!(
+            " (fallback for a base that is not systemic-risk: {base_model}'s compute is unknown \
+             and its systemic-risk status is not declared, so the lower, conservative level \
+             applies; if {base_model} is a systemic-risk model, declare it with `flopmeter model \
+             set {} --base-systemic-risk`, or give its compute with --base-flop)",
+            a.model
+        ),
     };
-    format!("{cmp} {} FLOP{src}", sig2_u128(a.level.flop))
+    format!("{cmp} {} FLOP{src}", flop(a.level.flop))
 }
 
 fn method_words(a: &Assessment) -> String {
@@ -666,18 +701,57 @@ pub fn content(
 ) -> AlertContent {
     let p = &a.projection;
     let bound = a.bound;
+    // A clock started by a plan is about that plan, even once it was revised: it cites it.
+    let started_by_plan = clock
+        .filter(|c| c.effective_start().1 == StartReason::Plan)
+        .and(a.plan_crossing.as_ref());
     let figure = if a.crosses(p.measured.get(bound)) {
         Figure::Measured
+    } else if started_by_plan.is_some() {
+        Figure::Plan
     } else if a.crosses(p.committed.get(bound)) {
         Figure::Committed
     } else {
         Figure::Projected
     };
-    let fig = match figure {
-        Figure::Measured => p.measured,
-        Figure::Committed => p.committed,
-        Figure::Projected => p.projected,
+    let fig = match (figure, started_by_plan) {
+        (Figure::Plan, Some(pc)) => pc.declared,
+        (Figure::Measured, _) => p.measured,
+        (Figure::Committed | Figure::Plan, _) => p.committed,
+        (Figure::Projected, _) => p.projected,
     };
+    let level = a.level.flop;
+    let plan_words = started_by_plan.map(|pc| {
+        let plans: Vec<String> = pc
+            .plans
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} ({}{}, declared {}{})",
+                    d.plan_id,
+                    d.total()
+                        .map(|t| format!("{} FLOP, ", flop_near(t.high, &[level])))
+                        .unwrap_or_default(),
+                    d.basis(),
+                    format_utc(d.registered_at_ms),
+                    d.declared_by
+                        .as_ref()
+                        .map(|b| format!(" by {b}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        format!(
+            "declared {} FLOP at {}: {}",
+            flop_near(pc.declared.get(bound), &[level]),
+            format_utc(pc.registered_at_ms),
+            if plans.is_empty() {
+                pc.plan_ids.join(", ")
+            } else {
+                plans.join("; ")
+            }
+        )
+    });
     let straddles = a.crosses(fig.high) && !a.crosses(fig.low);
     let mut narrowing = Vec::new();
     if straddles {
@@ -721,11 +795,7 @@ pub fn content(
             started_at: format_utc(start),
             recorded_at: format_utc(c.start.recorded_at_ms),
             deadline: format_utc(deadline),
-            time_left: if left > 0 {
-                format!("{} left", format_duration(left))
-            } else {
-                format!("overdue by {}", format_duration(-left))
-            },
+            time_left: time_left(left),
             overdue: left <= 0,
             facts: c
                 .facts
@@ -756,17 +826,46 @@ pub fn content(
                         "threshold rule changed from v{from_version} to v{to_version} at {}",
                         format_utc(f.recorded_at_ms)
                     ),
+                    FactKind::PlanRevised {
+                        at_ms,
+                        declared,
+                        withdrawn,
+                        ..
+                    } => format!(
+                        "plan {} at {}{}: the clock keeps running, because the earlier plan \
+                         made it known that the threshold would be met; if it will not be, \
+                         record why with `flopmeter dismiss --reason`",
+                        if *withdrawn {
+                            "withdrawn".to_string()
+                        } else {
+                            format!(
+                                "revised to {} FLOP",
+                                flop_near(declared.get(bound), &[level])
+                            )
+                        },
+                        format_utc(*at_ms),
+                        if *withdrawn { "" } else { ", below the level" },
+                    ),
                 })
                 .collect(),
+            plan: plan_words.clone(),
         }
     });
-    let estimate = sig2_u128(fig.get(bound));
-    let notification_must_contain = vec![
-        format!(
+    let estimate = flop_near(fig.get(bound), &[level]);
+    let triggering = match &plan_words {
+        Some(words) if figure == Figure::Plan => format!(
+            "the triggering estimate in FLOP to two significant figures: {estimate} FLOP, the \
+             plan that started the clock ({words}); measured so far {} FLOP",
+            band_near(p.measured, &[level])
+        ),
+        _ => format!(
             "the triggering estimate in FLOP to two significant figures: {estimate} FLOP \
              (the {bound} bound of {})",
-            band(fig.low, fig.central, fig.high)
+            band_near(fig, &[level])
         ),
+    };
+    let notification_must_contain = vec![
+        triggering,
         format!(
             "the estimation method and its approximations: {}",
             method_words(a)
@@ -791,20 +890,23 @@ pub fn content(
         level: level_words(a),
         bound: bound.to_string(),
         figure,
-        measured: flop_band(p.measured),
-        projected: flop_band(p.projected),
-        committed: flop_band(p.committed),
+        measured: flop_band(p.measured, level),
+        projected: flop_band(p.projected, level),
+        committed: flop_band(p.committed, level),
         projected_crossing: a.projected_crossing_ms.map(format_utc),
         straddles,
         narrowing,
         clock: clock_content,
         notification_must_contain,
+        acknowledgement: alert.acknowledgement.clone(),
+        dismissal: alert.dismissal.clone(),
         summary: format!(
             "[{}] {}: {} {estimate} FLOP vs {} ({}){when}",
             alert.status.as_str(),
             a.model,
             match figure {
                 Figure::Measured => "measured",
+                Figure::Plan => "declared plan",
                 Figure::Committed => "committed projection",
                 Figure::Projected => "projection",
             },
@@ -854,10 +956,29 @@ impl AlertContent {
                 "Clock started {} because of {}; recorded {}",
                 c.started_at, c.reason, c.recorded_at
             ));
+            if let Some(plan) = &c.plan {
+                line(format!("  the plan: {plan}"));
+            }
             for f in &c.facts {
                 line(format!("  - {f}"));
             }
             line(format!("Deadline: {}, {}", c.deadline, c.time_left));
+        }
+        if let Some(a) = &self.acknowledgement {
+            line(format!(
+                "Acknowledged by {} at {}: notification reference {}",
+                a.by,
+                format_utc(a.at_ms),
+                a.reference
+            ));
+        }
+        if let Some(d) = &self.dismissal {
+            line(format!(
+                "Dismissed by {} at {}: {}",
+                d.by,
+                format_utc(d.at_ms),
+                d.reason
+            ));
         }
         line("The notification must contain:".to_string());
         for n in &self.notification_must_contain {
@@ -889,6 +1010,7 @@ mod tests {
             planned_flop: Some(flop),
             params: None,
             tokens: None,
+            declared_by: None,
         }
     }
 
@@ -1068,7 +1190,7 @@ mod tests {
             "AI Act Art. 51(2)",
             "greater than 1.0e25 FLOP",
             "Clock started 2026-09-04T01:00:00Z because of (a) a plan registered",
-            "Deadline: 2026-09-18T01:00:00Z, 13 d 23 h 00 min left",
+            "Deadline: 2026-09-18T01:00:00Z, 13 d 23 h left",
             "to two significant figures: 2.0e25 FLOP",
             "gpm-tensor 100%, declared plan (planned FLOP)",
             "All times are UTC.",
@@ -1115,13 +1237,11 @@ mod tests {
             ]
         );
         let c = e.content(&ev, t0 + 20 * D);
-        let clock = c.clock.unwrap();
+        let clock = c.clock.clone().unwrap();
         assert!(clock.overdue);
-        assert!(
-            clock.time_left.starts_with("overdue by"),
-            "{}",
-            clock.time_left
-        );
+        // The high bound (2.5e25 a day) crossed 9.6 h into day 0: 5 d 14 h 24 min overdue.
+        assert_eq!(clock.time_left, "overdue by 5 d 14 h");
+        assert!(c.text().contains("(overdue by 5 d 14 h)"), "{}", c.text());
         assert!(clock.reason.starts_with("(c)"));
         // Re-notified daily, with stable keys; a skipped day is one re-notification.
         let deadline = e.clock.as_ref().unwrap().effective_deadline_ms();
@@ -1235,6 +1355,122 @@ mod tests {
         assert!(c.narrowing[1].contains("register the model's plan"));
         assert!(c.text().contains("The band straddles the threshold"));
         assert_eq!(c.measured, "8.8e24 [7.0e24 – 1.1e25] FLOP");
+    }
+
+    /// Two significant figures would print 10^25 + 1 FLOP as "1.0e25 FLOP vs greater than
+    /// 1.0e25 FLOP", a crossing that reads as none: the figure says which side it is on.
+    #[test]
+    fn a_figure_that_rounds_to_the_level_shows_the_crossing() {
+        let t0 = utc_ms(2026, 9, 1, 0, 0, 0);
+        let mut e = Engine::new();
+        let run = |total: u128| RunEvidence {
+            run_id: "r".into(),
+            stage: Stage::Pretrain,
+            active: false,
+            planned_end_ms: None,
+            precision: None,
+            buckets: vec![FlopBucket {
+                start_ms: t0,
+                end_ms: t0 + H,
+                flop: FlopTotal::exact(total),
+                method: Method::GpmTensor,
+            }],
+        };
+        let exactly = evidence(vec![], vec![run(pow10(25))]);
+        assert!(
+            e.step(&exactly, t0 + D).is_empty(),
+            "10^25 is not above 10^25"
+        );
+        let above = evidence(vec![], vec![run(pow10(25) + 1)]);
+        e.step(&above, t0 + D);
+        let c = e.content(&above, t0 + D);
+        assert!(
+            c.summary
+                .contains("measured >1.0e25 FLOP vs eu-systemic-risk (greater than 1.0e25 FLOP)"),
+            "{}",
+            c.summary
+        );
+        assert_eq!(c.measured, ">1.0e25 [>1.0e25 – >1.0e25] FLOP");
+        let close = evidence(vec![], vec![run(10_004 * pow10(21))]);
+        let mut e = Engine::new();
+        e.step(&close, t0 + D);
+        assert!(
+            e.content(&close, t0 + D)
+                .summary
+                .contains("measured 1.0004e25 FLOP vs"),
+        );
+    }
+
+    /// A clock started by a plan cites the plan (figure, who declared it, when), not "the
+    /// high bound" of some other figure; a later downward revision is a recorded fact that
+    /// keeps the clock, and the citation stays the plan that started it.
+    #[test]
+    fn a_clock_started_by_a_plan_cites_it_and_outlives_its_revision() {
+        let t0 = utc_ms(2026, 9, 1, 0, 0, 0);
+        let declared = |at: i64, flop: u128| DeclaredPlan {
+            declared_by: Some("alice via the model registry".into()),
+            ..plan(at, flop)
+        };
+        let measured = vec![trend(t0, 24, 49 * pow10(23), true)];
+        let mut e = Engine::new();
+        let first = evidence(vec![declared(t0, 21 * pow10(24))], measured.clone());
+        e.step(&first, t0 + D);
+        let c = e.content(&first, t0 + D);
+        assert_eq!(c.figure, Figure::Plan);
+        assert!(
+            c.summary.contains("declared plan 2.1e25 FLOP vs"),
+            "{}",
+            c.summary
+        );
+        let trigger = &c.notification_must_contain[0];
+        assert!(
+            trigger.contains("2.1e25 FLOP, the plan that started the clock")
+                && trigger.contains("by alice via the model registry")
+                && trigger.contains("measured so far 4.9e24"),
+            "{trigger}"
+        );
+        assert!(!trigger.contains("bound of"), "{trigger}");
+        // Revised to 5e24 three seconds later: known now, and a fact of the clock.
+        let revised = evidence(
+            vec![
+                declared(t0, 21 * pow10(24)),
+                declared(t0 + 3_000, 5 * pow10(24)),
+            ],
+            measured,
+        );
+        let events = e.step(&revised, t0 + D + H);
+        assert!(events.is_empty(), "no alert event: {:?}", keys(&events));
+        let clock = e.clock.clone().unwrap();
+        assert_eq!(clock.start.at_ms, t0, "the start stays");
+        assert!(matches!(
+            clock.facts.last().unwrap().kind,
+            FactKind::PlanRevised { at_ms, withdrawn: false, .. } if at_ms == t0 + 3_000
+        ));
+        let c = e.content(&revised, t0 + D + H);
+        assert!(
+            c.clock.as_ref().unwrap().facts[0].starts_with("plan revised to 5.0e24 FLOP at"),
+            "{:?}",
+            c.clock
+        );
+        assert!(c.notification_must_contain[0].contains("2.1e25 FLOP, the plan"));
+        assert!(
+            c.text()
+                .contains("  the plan: declared 2.1e25 FLOP at 2026-09-01T00:00:00Z")
+        );
+        // Seen again: nothing new.
+        let n = e.clock.as_ref().unwrap().facts.len();
+        e.step(&revised, t0 + D + 2 * H);
+        assert_eq!(e.clock.as_ref().unwrap().facts.len(), n);
+        // A model whose plan was revised before the engine ever saw it: the clock starts at
+        // the plan above the level, and the revision is on record at once.
+        let mut late = Engine::new();
+        late.step(&revised, t0 + D);
+        let clock = late.clock.unwrap();
+        assert_eq!(
+            (clock.start.at_ms, clock.start.reason),
+            (t0, StartReason::Plan)
+        );
+        assert_eq!(clock.facts.len(), 1);
     }
 
     #[test]

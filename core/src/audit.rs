@@ -558,6 +558,12 @@ pub enum AuditKind {
     ThresholdConfigChange,
     /// A stage inclusion or exclusion was decided or overridden.
     StagePolicyChange,
+    /// A plan was declared or revised in a run's records (the registry's plans are in
+    /// [`AuditKind::RegistryChange`]).
+    PlanDeclared,
+    /// The collector found the chain broken: the fact, recorded once per break, so the log
+    /// says from when on it was known not to verify.
+    AuditChainBroken,
     /// Any other kind.
     Other(String),
 }
@@ -575,6 +581,8 @@ impl AuditKind {
             AuditKind::RegistryChange => "registry-change",
             AuditKind::ThresholdConfigChange => "threshold-config-change",
             AuditKind::StagePolicyChange => "stage-policy-change",
+            AuditKind::PlanDeclared => "plan-declared",
+            AuditKind::AuditChainBroken => "audit-chain-broken",
             AuditKind::Other(s) => s,
         }
     }
@@ -598,6 +606,8 @@ impl From<String> for AuditKind {
             "registry-change" => AuditKind::RegistryChange,
             "threshold-config-change" => AuditKind::ThresholdConfigChange,
             "stage-policy-change" => AuditKind::StagePolicyChange,
+            "plan-declared" => AuditKind::PlanDeclared,
+            "audit-chain-broken" => AuditKind::AuditChainBroken,
             _ => AuditKind::Other(s),
         }
     }

@@ -99,15 +99,22 @@ pub enum LevelSource {
         /// Where that figure comes from.
         source: Option<String>,
     },
-    /// The fallback for an unknown-compute systemic-risk base.
+    /// The fallback for an unknown-compute systemic-risk base (the guidelines' 10^25 / 3).
     FallbackSystemic {
         /// Base model.
         base_model: String,
+        /// Whether the base's status was declared (`model set --base-systemic-risk`).
+        #[serde(default)]
+        declared: bool,
     },
-    /// The fallback for an unknown-compute base that is not systemic-risk.
+    /// The fallback for an unknown-compute base that is not systemic-risk (10^23 / 3): also
+    /// the one that applies while the base's status is not declared, being the lower level.
     FallbackOther {
         /// Base model.
         base_model: String,
+        /// Whether the base was declared not to be systemic-risk (rather than undeclared).
+        #[serde(default)]
+        declared: bool,
     },
 }
 
@@ -134,6 +141,7 @@ pub fn applicable_level(threshold: &Threshold, role: &ModelRole) -> Option<Thres
         base_compute,
         base_compute_source,
         base_systemic,
+        base_systemic_declared,
     } = role
     else {
         return None;
@@ -146,9 +154,11 @@ pub fn applicable_level(threshold: &Threshold, role: &ModelRole) -> Option<Thres
         },
         (None, true) => LevelSource::FallbackSystemic {
             base_model: base_model.clone(),
+            declared: *base_systemic_declared,
         },
         (None, false) => LevelSource::FallbackOther {
             base_model: base_model.clone(),
+            declared: *base_systemic_declared,
         },
     };
     Some(ThresholdLevel {
@@ -166,6 +176,10 @@ pub struct PlanCrossing {
     pub plan_ids: Vec<String>,
     /// The declared total then.
     pub declared: FlopTotal,
+    /// The plans in force then, with who declared them: what a clock started by a plan
+    /// cites.
+    #[serde(default)]
+    pub plans: Vec<DeclaredPlan>,
 }
 
 /// Everything the clock and the alerts need to know about one (model, threshold) at `now`:
@@ -230,14 +244,12 @@ pub fn assess(
         let declared = evidence.declared_at(policy, at)?;
         crossed(declared.get(bound)).then(|| {
             let (model, runs) = evidence.plans_in_force(policy, at);
+            let plans: Vec<DeclaredPlan> = model.into_iter().chain(runs).cloned().collect();
             PlanCrossing {
                 registered_at_ms: at,
-                plan_ids: model
-                    .into_iter()
-                    .chain(runs)
-                    .map(|p| p.plan_id.clone())
-                    .collect(),
+                plan_ids: plans.iter().map(|p| p.plan_id.clone()).collect(),
                 declared,
+                plans,
             }
         })
     });
@@ -448,6 +460,23 @@ pub enum FactKind {
         #[serde(with = "crate::units::flop_total_compat")]
         measured: FlopTotal,
     },
+    /// The plans in force were revised (or withdrawn) below the level after a plan had
+    /// crossed it. The clock is kept: that a plan above the level was declared is what made
+    /// it known that the threshold would be met, and a later revision cannot undo that
+    /// knowledge. Whether a notification is still owed is for a person to decide (notify,
+    /// or dismiss with the reason); the fact tells them.
+    PlanRevised {
+        /// When the revision became known (the latest registration among the plans in
+        /// force).
+        at_ms: i64,
+        /// The declared total after it (zero when withdrawn).
+        #[serde(with = "crate::units::flop_total_compat")]
+        declared: FlopTotal,
+        /// Whether nothing is declared any more.
+        withdrawn: bool,
+        /// The plans in force after it.
+        plan_ids: Vec<String>,
+    },
     /// The threshold's rule changed (new version) while the clock was running. The clock is
     /// kept: what was known under the old rule stays on record.
     ThresholdChanged {
@@ -605,6 +634,28 @@ fn candidates(a: &Assessment, now_ms: i64) -> Vec<(i64, StartReason)> {
     c
 }
 
+/// A [`FactKind::PlanRevised`] to add, if a plan started or confirmed this clock and the
+/// plans in force now declare less than the level (or nothing), as of a registration not
+/// recorded yet.
+fn plan_revision(state: &ClockState, a: &Assessment) -> Option<FactKind> {
+    let crossed_at = state.earliest_of(StartReason::Plan)?;
+    let declared = a.projection.declared;
+    if declared.is_some_and(|d| a.crosses(d.get(a.bound))) {
+        return None;
+    }
+    let at_ms = a.plans_in_force.iter().map(|p| p.registered_at_ms).max()?;
+    let recorded = state
+        .facts
+        .iter()
+        .any(|f| matches!(f.kind, FactKind::PlanRevised { at_ms: t, .. } if t == at_ms));
+    (at_ms > crossed_at && !recorded).then(|| FactKind::PlanRevised {
+        at_ms,
+        declared: declared.unwrap_or(FlopTotal::ZERO),
+        withdrawn: declared.is_none(),
+        plan_ids: a.plans_in_force.iter().map(|p| p.plan_id.clone()).collect(),
+    })
+}
+
 /// Advances the clock of one (model, threshold) at `now_ms`.
 ///
 /// `state` is the previous result for the same model and threshold (`None` before the clock
@@ -677,6 +728,9 @@ pub fn evaluate(
                 to_version: a.threshold.version,
             },
         );
+    }
+    if let Some(kind) = plan_revision(&state, a) {
+        add(&mut state, kind);
     }
     let measured = a.projection.measured;
     for (at_ms, reason) in cands {
@@ -755,6 +809,7 @@ mod tests {
             planned_flop: Some(flop),
             params: None,
             tokens: None,
+            declared_by: None,
         }
     }
 
@@ -821,6 +876,7 @@ mod tests {
             FactKind::Confirmation { .. } => "confirmation",
             FactKind::EarlierEvidence { .. } => "earlier",
             FactKind::ThresholdChanged { .. } => "threshold-changed",
+            FactKind::PlanRevised { .. } => "plan-revised",
         }
     }
 
@@ -844,6 +900,7 @@ mod tests {
             base_compute,
             base_compute_source: Some("model card".into()),
             base_systemic,
+            base_systemic_declared: true,
         };
         // Bands for the straddle cases: high crosses, central does not.
         let straddle = FlopTotal {

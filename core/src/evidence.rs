@@ -128,6 +128,10 @@ pub struct DeclaredPlan {
     pub params: Option<u128>,
     /// Training tokens D, for 6·N·D.
     pub tokens: Option<u128>,
+    /// Who declared it, in words (`alice via the model registry`, `agent a1 on node n1`):
+    /// cited wherever the plan is, because an agent may declare a plan that starts a clock.
+    #[serde(default)]
+    pub declared_by: Option<String>,
 }
 
 impl DeclaredPlan {
@@ -175,6 +179,10 @@ pub enum ModelRole {
         /// Whether the base is a systemic-risk model (decides the fallback when its compute is
         /// unknown).
         base_systemic: bool,
+        /// Whether `base_systemic` was declared (`model set --base-systemic-risk`) rather than
+        /// inferred from a known compute or assumed: the alert says which.
+        #[serde(default)]
+        base_systemic_declared: bool,
     },
 }
 
@@ -396,6 +404,7 @@ mod tests {
             planned_flop: Some(flop),
             params: None,
             tokens: None,
+            declared_by: None,
         };
         let m = ModelEvidence {
             model: "m".into(),

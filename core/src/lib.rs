@@ -14,7 +14,9 @@
 //!   changes to them (add, change, disable, deciding bound), versioned.
 //! - [`stage`]: training stages and which count toward the regulatory total.
 //! - [`duration`]: durations as humans write them in flags and config (`10s`, `90d`).
-//! - [`format`]: figures as regulators ask for them (two significant figures, MWh, days).
+//! - [`format`]: figures as regulators ask for them (two significant figures, more near a
+//!   threshold, plain days and MWh, deadlines); [`exact`]: JSON with `u128` as decimal
+//!   strings, for clients that read numbers as doubles.
 //! - [`utc`]: time as `i64` Unix milliseconds, UTC only: fixed-length days and ISO 8601.
 //! - [`evidence`]: what is known about a model: role, declared plans, runs' counted FLOP over
 //!   event time.
@@ -37,6 +39,7 @@ pub mod duration;
 pub mod energy;
 pub mod estimator;
 pub mod evidence;
+pub mod exact;
 pub mod format;
 pub mod plan;
 pub mod projection;

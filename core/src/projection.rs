@@ -467,6 +467,7 @@ mod tests {
             planned_flop: Some(flop),
             params: None,
             tokens: None,
+            declared_by: None,
         };
         let policy = StagePolicy::default();
         let cfg = ProjectionConfig::default();

@@ -164,6 +164,19 @@ pub fn find<'a>(thresholds: &'a [Threshold], id: &str) -> Option<&'a Threshold> 
     thresholds.iter().find(|t| t.id == id)
 }
 
+/// The absolute levels of the default thresholds (10^23, 10^25, 10^26), sorted: what a table
+/// without a model's own thresholds writes its figures against ([`crate::format::flop_near`]).
+pub fn default_levels() -> Vec<u128> {
+    let mut levels: Vec<u128> = defaults()
+        .iter()
+        .filter(|t| !t.is_relative())
+        .map(|t| t.level_flop(None, false))
+        .collect();
+    levels.sort_unstable();
+    levels.dedup();
+    levels
+}
+
 /// The default thresholds.
 pub fn defaults() -> Vec<Threshold> {
     let absolute = |id: &str, jur: &str, basis: &str, flop: u128, cmp, obligation| Threshold {

@@ -74,17 +74,6 @@ pub fn format_utc(ms: i64) -> String {
     }
 }
 
-/// A duration as `13 d 04 h 05 min` (negative durations get a leading `-`). Used for "time
-/// left" in alerts; minutes are enough resolution for a two-week deadline.
-pub fn format_duration(ms: i64) -> String {
-    let sign = if ms < 0 { "-" } else { "" };
-    let abs = ms.unsigned_abs();
-    let day = MS_PER_DAY as u64;
-    let hour = MS_PER_HOUR as u64;
-    let (d, h, m) = (abs / day, abs % day / hour, abs % hour / 60_000);
-    format!("{sign}{d} d {h:02} h {m:02} min")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,11 +97,6 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(format_duration(14 * MS_PER_DAY), "14 d 00 h 00 min");
-        assert_eq!(
-            format_duration(-(MS_PER_DAY + 2 * MS_PER_HOUR + 60_000)),
-            "-1 d 02 h 01 min"
-        );
         assert_eq!(days_ms(u32::MAX), i64::from(u32::MAX) * MS_PER_DAY);
     }
 }

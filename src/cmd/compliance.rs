@@ -40,7 +40,7 @@ pub fn print_alerts(out: &mut dyn Write, alerts: &[pb::AlertSummary]) -> anyhow:
         writeln!(out, "{} / {}: {}", a.model, a.threshold, a.status)?;
         if !a.clock_start.is_empty() {
             writeln!(out, "  clock started {} {}", a.clock_start, a.reason)?;
-            writeln!(out, "  deadline      {} ({} left)", a.deadline, a.time_left)?;
+            writeln!(out, "  deadline      {} ({})", a.deadline, a.time_left)?;
         }
         if !a.acknowledged.is_empty() {
             writeln!(out, "  acknowledged  {}", a.acknowledged)?;
@@ -259,11 +259,19 @@ pub fn parse_since(s: &str) -> anyhow::Result<i64> {
 pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &args.action {
         AuditAction::Verify(src) => {
-            let (ok, entries, broken) = match &src.data_dir {
-                Some(dir) => match open_offline(dir)?.verify_audit()? {
-                    Ok(n) => (true, n, None),
-                    Err(b) => (false, 0, Some((b.index as u64, b.reason.to_string()))),
-                },
+            let (ok, entries, verified, head, broken) = match &src.data_dir {
+                Some(dir) => {
+                    let s = open_offline(dir)?.chain_status()?;
+                    (
+                        s.ok(),
+                        s.entries,
+                        s.verified(),
+                        s.head_entries,
+                        s.broken
+                            .as_ref()
+                            .map(|b| (b.index as u64, b.reason.to_string())),
+                    )
+                }
                 None => {
                     let r = runtime()?
                         .block_on(async {
@@ -276,6 +284,8 @@ pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     (
                         r.ok,
                         r.entries,
+                        r.verified,
+                        r.head_entries,
                         (!r.ok).then_some((r.broken_index, r.broken_reason)),
                     )
                 }
@@ -289,6 +299,10 @@ pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             } else {
                 let (i, why) = broken.unwrap_or_default();
                 writeln!(out, "audit chain BROKEN at entry {i}: {why}")?;
+                writeln!(
+                    out,
+                    "  {entries} entries present, the head accounts for {head}; entries 0..{verified} verify"
+                )?;
                 anyhow::bail!("the audit chain is broken at entry {i}")
             }
         }

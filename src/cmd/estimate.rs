@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use flopmeter_core::catalogue::{self, GpuModel};
-use flopmeter_core::format::{sig2, sig2_u128};
+use flopmeter_core::format::{flop, flop_near, quantity};
 use flopmeter_core::plan::{self, PlanInput, PlanOutcome, Utilisation};
 use flopmeter_core::threshold;
 use flopmeter_core::units::Precision;
@@ -241,8 +241,11 @@ fn write_text(out: &mut dyn Write, input: &PlanInput<'_>, o: &PlanOutcome) -> st
     let gpu = input.gpu;
     writeln!(
         out,
-        "{} x {} ({}) for {:.1} days",
-        input.count, gpu.name, gpu.id, o.days
+        "{} x {} ({}) for {} days",
+        input.count,
+        gpu.name,
+        gpu.id,
+        quantity(o.days)
     )?;
     let peak = gpu.peaks.tensor(o.precision).unwrap_or(0.0);
     match input.utilisation {
@@ -268,19 +271,20 @@ fn write_text(out: &mut dyn Write, input: &PlanInput<'_>, o: &PlanOutcome) -> st
         )?;
     }
     writeln!(out)?;
+    let levels: Vec<u128> = o.thresholds.iter().map(|t| t.flop).collect();
     writeln!(
         out,
         "  FLOP       {} central   [low {}, high {}]",
-        sig2_u128(o.flop.central),
-        sig2_u128(o.flop.low),
-        sig2_u128(o.flop.high)
+        flop_near(o.flop.central, &levels),
+        flop_near(o.flop.low, &levels),
+        flop_near(o.flop.high, &levels)
     )?;
-    writeln!(out, "  per day    {} central", sig2_u128(o.per_day.central))?;
+    writeln!(out, "  per day    {} central", flop(o.per_day.central))?;
     if let Some(a) = o.architecture {
         writeln!(
             out,
             "  6·N·D      {}   hardware / architecture = {:.2}",
-            sig2_u128(a.flop),
+            flop_near(a.flop, &levels),
             a.ratio
         )?;
     }
@@ -301,7 +305,7 @@ fn write_text(out: &mut dyn Write, input: &PlanInput<'_>, o: &PlanOutcome) -> st
             "  {:<20} {:<6} {:>7}  {:<18} {}",
             t.name,
             t.jurisdiction,
-            sig2(t.flop as f64),
+            flop(t.flop),
             show(t.crossed, t.crossing_day),
             show(t.crossed_high, t.crossing_day_high)
         )?;

@@ -20,7 +20,19 @@ pub struct GpusArgs {
 /// Runs `flopmeter gpus`.
 pub fn run(args: &GpusArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, CATALOGUE)?;
+        // PCI device ids in hex, as `probe` and NVIDIA's tools write them (0x2330, not 9008).
+        let mut doc = serde_json::to_value(CATALOGUE)?;
+        for (m, entry) in CATALOGUE
+            .iter()
+            .zip(doc.as_array_mut().into_iter().flatten())
+        {
+            entry["pci_device_ids"] = m
+                .pci_device_ids
+                .iter()
+                .map(|id| format!("{id:#06x}"))
+                .collect();
+        }
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
         return Ok(());
     }

@@ -38,8 +38,30 @@ pub fn init_logging(json: bool) {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// An error's message and the causes worth a line of their own: a cause whose text the
+/// lines before it already say (a wrapper that prints its source, a library that repeats
+/// itself) is left out.
+pub fn error_lines(e: &anyhow::Error) -> (String, Vec<String>) {
+    let head = e.to_string();
+    let mut said = head.clone();
+    let mut causes = Vec::new();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if text.trim().is_empty() || said.contains(&text) {
+            continue;
+        }
+        said.push('\n');
+        said.push_str(&text);
+        causes.push(text);
+    }
+    (head, causes)
+}
+
 /// Prints an error with its causes and picks the exit code: 2 for usage errors, 1 otherwise.
-pub fn report_error(e: &anyhow::Error) -> ExitCode {
+/// With `json_out` (the command was asked for `--json`), the error is also written there as
+/// `{"error": …, "caused_by": […], "exit_code": …}`, so a script reading stdout gets a
+/// document rather than nothing.
+pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>) -> ExitCode {
     // A reader that went away (`flopmeter gpus | head`) is not an error worth a message.
     let broken_pipe = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -48,9 +70,19 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     if broken_pipe {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
+    let (head, causes) = error_lines(e);
+    eprintln!("error: {head}");
+    for cause in &causes {
         eprintln!("  caused by: {cause}");
+    }
+    let usage = e.downcast_ref::<UsageError>().is_some();
+    if let Some(out) = json_out {
+        let doc = serde_json::json!({
+            "error": head,
+            "caused_by": causes,
+            "exit_code": if usage { 2 } else { 1 },
+        });
+        let _ = writeln!(out, "{doc:#}");
     }
     if let Some(UsageError(m)) = e.downcast_ref::<UsageError>() {
         // A range check after parsing names the flag; say when the file supplied it.

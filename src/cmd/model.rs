@@ -5,7 +5,8 @@ use std::io::Write;
 use flopmeter_collector::admin::convert::{entry_from_pb, entry_to_pb, parse_u128};
 use flopmeter_collector::ledger::{ModelEntry, Role};
 use flopmeter_collector::report::date_time;
-use flopmeter_core::format::sig2_u128;
+use flopmeter_core::format::{flop, flop_near};
+use flopmeter_core::threshold::default_levels;
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
@@ -34,6 +35,7 @@ pub enum ModelAction {
 #[command(after_help = "\
 Examples:
   flopmeter model set acme-7b --role provider --planned-params 7e9 --planned-tokens 2e12
+  flopmeter model set acme-ft --role modifier --base frontier-x --base-systemic-risk
   flopmeter model set acme-7b-chat --base llama-3-70b --base-flop 3.8e24 \\
       --base-flop-source \"model card\" --role modifier --planned-flop 2e25 --planned-end 2027-03-01")]
 pub struct ModelSetArgs {
@@ -57,6 +59,18 @@ pub struct ModelSetArgs {
     /// Where --base-flop comes from (model card, provider statement, estimate...).
     #[arg(long, env = "FLOPMETER_BASE_FLOP_SOURCE", value_name = "TEXT")]
     pub base_flop_source: Option<String>,
+
+    /// Declare whether the base model is a systemic-risk model, when its compute is unknown:
+    /// the modifier threshold then falls back to a third of 10^25 (systemic-risk base) or of
+    /// 10^23 (`--base-systemic-risk=false`). Undeclared, the lower 10^23/3 applies.
+    #[arg(
+        long,
+        env = "FLOPMETER_BASE_SYSTEMIC_RISK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub base_systemic_risk: Option<bool>,
 
     /// provider (trains the model) or modifier (modifies a base model).
     #[arg(long, env = "FLOPMETER_ROLE", value_name = "ROLE")]
@@ -138,6 +152,9 @@ pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> Result<Model
     if let Some(s) = &args.base_flop_source {
         e.base_flop_source = Some(s.clone()).filter(|s| !s.is_empty());
     }
+    if args.base_systemic_risk.is_some() {
+        e.base_systemic_risk = args.base_systemic_risk;
+    }
     if args.role.is_some() {
         e.role = args.role;
     }
@@ -217,7 +234,8 @@ pub fn run(args: &ModelArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
-    let n = |v: Option<u128>| v.map_or("-".to_string(), sig2_u128);
+    let levels = default_levels();
+    let n = |v: Option<u128>| v.map_or("-".to_string(), |v| flop_near(v, &levels));
     writeln!(out, "model {}", e.model)?;
     writeln!(
         out,
@@ -237,11 +255,19 @@ fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
+        "  base status:   {}",
+        match e.base_systemic_risk {
+            Some(true) => "systemic-risk model (declared)",
+            Some(false) => "not a systemic-risk model (declared)",
+            None => "not declared",
+        }
+    )?;
+    writeln!(
+        out,
         "  plan:          {} FLOP{}",
         n(e.planned_total()),
         match (e.planned_flop, e.planned_params, e.planned_tokens) {
-            (None, Some(p), Some(t)) =>
-                format!(" (6 x {} params x {} tokens)", sig2_u128(p), sig2_u128(t)),
+            (None, Some(p), Some(t)) => format!(" (6 x {} params x {} tokens)", flop(p), flop(t)),
             _ => String::new(),
         }
     )?;

@@ -5,7 +5,8 @@ use std::io::Write;
 
 use flopmeter_collector::admin::convert::band_from_pb;
 use flopmeter_collector::report::date_time;
-use flopmeter_core::format::{band, sig2, sig2_u128};
+use flopmeter_core::format::{band_near, days_of_ms, flop_near, mwh_of_mj};
+use flopmeter_core::threshold::default_levels;
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
@@ -50,11 +51,11 @@ fn opt_time(ms: i64) -> Option<i64> {
 }
 
 fn days(ms: &str) -> String {
-    sig2(u128_of(ms) as f64 / 86_400_000.0)
+    days_of_ms(u128_of(ms))
 }
 
 fn mwh(mj: &str) -> String {
-    sig2(u128_of(mj) as f64 / 3.6e12)
+    mwh_of_mj(u128_of(mj))
 }
 
 /// Runs `flopmeter models`.
@@ -76,12 +77,20 @@ pub fn run_models(args: &ModelsArgs, out: &mut dyn Write) -> anyhow::Result<()> 
         writeln!(out, "The ledger holds no models yet.")?;
         return Ok(());
     }
+    write_models(out, &resp.models)
+}
+
+/// The `models` table.
+fn write_models(out: &mut dyn Write, models: &[pb::ModelSummary]) -> anyhow::Result<()> {
+    // Figures that round to a threshold's level get the digits (or the `>`/`<`) that show
+    // which side of it they are on.
+    let levels = default_levels();
     writeln!(
         out,
         "{:<24} {:>32} {:>9} {:>5} {:>9} {:>9} {:<9} last event",
         "model", "counted FLOP central [low – high]", "excluded", "runs", "GPU-days", "MWh", "role"
     )?;
-    for m in &resp.models {
+    for m in models {
         let c = band_from_pb(m.counted.as_ref());
         let x = band_from_pb(m.excluded.as_ref());
         let role = m
@@ -97,8 +106,8 @@ pub fn run_models(args: &ModelsArgs, out: &mut dyn Write) -> anyhow::Result<()> 
             out,
             "{:<24} {:>32} {:>9} {:>5} {:>9} {:>9} {:<9} {}",
             m.model,
-            band(c.low, c.central, c.high),
-            sig2_u128(x.central),
+            band_near(c, &levels),
+            flop_near(x.central, &levels),
             m.runs,
             days(&m.gpu_ms),
             mwh(&m.energy_mj),
@@ -216,6 +225,7 @@ pub fn run_runs(args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "No runs of model {:?} in the ledger.", args.model)?;
         return Ok(());
     }
+    let levels = default_levels();
     writeln!(
         out,
         "{:<24} {:<18} {:>32} {:>9} {:>9} {:>9} {:>6} {:>5}  period",
@@ -236,8 +246,8 @@ pub fn run_runs(args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "{:<24} {:<18} {:>32} {:>9} {:>9} {:>9} {:>6} {:>5}  {} to {}",
             if r.run.is_empty() { "(none)" } else { &r.run },
             r.stages.join(","),
-            band(c.low, c.central, c.high),
-            sig2_u128(x.central),
+            band_near(c, &levels),
+            flop_near(x.central, &levels),
             days(&r.gpu_ms),
             mwh(&r.energy_mj),
             r.agents,
@@ -247,4 +257,57 @@ pub fn run_runs(args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, central: u128, gpu_ms: u128, energy_mj: u128) -> pb::ModelSummary {
+        let c = central.to_string();
+        pb::ModelSummary {
+            model: name.into(),
+            counted: Some(pb::FlopBand128 {
+                low: c.clone(),
+                central: c.clone(),
+                high: c,
+            }),
+            excluded: Some(pb::FlopBand128::default()),
+            gpu_ms: gpu_ms.to_string(),
+            energy_mj: energy_mj.to_string(),
+            ..pb::ModelSummary::default()
+        }
+    }
+
+    /// Exactly 10^25 (no clock under a strict "greater than") and 10^25 + 1 (a clock) must
+    /// not print alike; days and MWh are plain numbers.
+    #[test]
+    fn the_table_tells_a_crossing_from_the_level() {
+        let e25 = 10u128.pow(25);
+        let mut out = Vec::new();
+        write_models(
+            &mut out,
+            &[
+                model("exactly", e25, 123 * 86_400_000 + 1, 0),
+                model("above", e25 + 1, 14 * 86_400_000, 7 * 36 * 10u128.pow(13)),
+            ],
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = |m: &str| text.lines().find(|l| l.starts_with(m)).unwrap().to_string();
+        assert!(
+            row("exactly").contains("1.0e25 [1.0e25 – 1.0e25]"),
+            "{text}"
+        );
+        assert!(
+            row("above").contains(">1.0e25 [>1.0e25 – >1.0e25]"),
+            "{text}"
+        );
+        assert!(row("exactly").contains(" 123 "), "{text}");
+        assert!(
+            row("above").contains(" 14 ") && row("above").contains(" 700 "),
+            "{text}"
+        );
+        assert!(!text.contains("e0 ") && !text.contains("e2 "), "{text}");
+    }
 }

@@ -71,6 +71,7 @@ pub fn entry_to_pb(e: &ModelEntry) -> pb::ModelEntry {
         base_model: e.base_model.clone().unwrap_or_default(),
         base_flop: opt_u128(e.base_flop),
         base_flop_source: e.base_flop_source.clone().unwrap_or_default(),
+        base_systemic_risk: e.base_systemic_risk,
         role: match e.role {
             None => pb::ModelRole::Unspecified,
             Some(Role::Provider) => pb::ModelRole::Provider,
@@ -93,6 +94,7 @@ pub fn entry_from_pb(e: &pb::ModelEntry) -> Result<ModelEntry, ConvertError> {
         base_model: opt(&e.base_model),
         base_flop: parse_u128("base_flop", &e.base_flop)?,
         base_flop_source: opt(&e.base_flop_source),
+        base_systemic_risk: e.base_systemic_risk,
         role: match e.role() {
             pb::ModelRole::Unspecified => None,
             pb::ModelRole::Provider => Some(Role::Provider),
@@ -155,6 +157,7 @@ mod tests {
             base_model: Some("b".into()),
             base_flop: Some(3_800_000_000_000_000_000_000_000),
             base_flop_source: Some("model card".into()),
+            base_systemic_risk: Some(true),
             role: Some(Role::Modifier),
             planned_flop: Some(2 * 10u128.pow(25)),
             planned_params: None,

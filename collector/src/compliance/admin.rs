@@ -58,6 +58,7 @@ pub fn summary_to_pb(v: &AlertView) -> pb::AlertSummary {
         reason: v.reason.clone().unwrap_or_default(),
         deadline: v.deadline.clone().unwrap_or_default(),
         time_left: v.time_left.clone().unwrap_or_default(),
+        overdue: v.overdue,
         acknowledged: v.acknowledged.clone().unwrap_or_default(),
         dismissed: v.dismissed.clone().unwrap_or_default(),
         delivery: v
@@ -149,19 +150,19 @@ impl ComplianceRpc for ComplianceService {
         _req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let e = self.engine.clone();
-        let r = blocking(move || Ok(e.store().verify_audit()?)).await?;
-        Ok(Response::new(match r {
-            Ok(n) => pb::VerifyAuditResponse {
-                ok: true,
-                entries: n,
-                ..Default::default()
-            },
-            Err(b) => pb::VerifyAuditResponse {
-                ok: false,
-                entries: 0,
-                broken_index: b.index as u64,
-                broken_reason: describe_link(&b.reason),
-            },
+        let s = blocking(move || e.verify_chain()).await?;
+        Ok(Response::new(pb::VerifyAuditResponse {
+            ok: s.ok(),
+            // The real counts, broken or not.
+            entries: s.entries,
+            verified: s.verified(),
+            head_entries: s.head_entries,
+            broken_index: s.broken.as_ref().map_or(0, |b| b.index as u64),
+            broken_reason: s
+                .broken
+                .as_ref()
+                .map(|b| describe_link(&b.reason))
+                .unwrap_or_default(),
         }))
     }
 

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flopmeter_core::alert::{self, Alert, AlertConfig, AlertContent, AlertEvent};
-use flopmeter_core::audit::{AuditKind, Json, to_json};
+use flopmeter_core::audit::{AuditKind, ChainHead, Json, to_json};
 use flopmeter_core::clock::{self, Assessment, ClockEvent, ClockState, ComplianceSettings};
+use flopmeter_core::format;
 use flopmeter_core::threshold::Threshold;
 use flopmeter_core::threshold_config::ThresholdConfig;
 use flopmeter_core::units::Bound;
-use flopmeter_core::utc::{format_duration, format_utc};
+use flopmeter_core::utc::format_utc;
 use serde::Serialize;
 
 use super::evidence::BucketCache;
@@ -27,7 +28,7 @@ use super::store::{
     AuditRecord, Change, ComplianceStore, ComplianceStoreError, DeliveryState, OutboxItem,
     meta_value,
 };
-use crate::ledger::{LedgerStore, ModelEntry, StoreError};
+use crate::ledger::{LedgerStore, StoreError};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -198,8 +199,11 @@ pub struct AlertView {
     pub deadline: Option<String>,
     /// Deadline, Unix ms.
     pub deadline_ms: Option<i64>,
-    /// Time left at the engine's now (negative when overdue).
+    /// Distance to the deadline at the engine's now: `13 d 04 h left`, or `overdue by 31 d
+    /// 07 h` once it passed.
     pub time_left: Option<String>,
+    /// Whether the deadline in force has passed (at the engine's now).
+    pub overdue: bool,
     /// Who acknowledged, and the reference.
     pub acknowledged: Option<String>,
     /// Who dismissed, and why.
@@ -235,6 +239,8 @@ pub struct Engine {
     sinks: Vec<SinkConfig>,
     /// One delivery pass at a time: two concurrent passes would send the same item twice.
     deliver_lock: tokio::sync::Mutex<()>,
+    /// The audit chain's head as far as it was verified; `None` once it was found broken.
+    verified: Mutex<Option<ChainHead>>,
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
@@ -301,7 +307,9 @@ impl Engine {
         if !sinks.contains(&SinkConfig::Log) {
             sinks.push(SinkConfig::Log);
         }
+        let verified = check_chain_at_start(&store, &metrics, now)?;
         Ok(Engine {
+            verified: Mutex::new(verified),
             ledger,
             store,
             thresholds: resolved.thresholds,
@@ -374,26 +382,39 @@ impl Engine {
             .collect()
     }
 
-    /// Records registry changes seen since the last pass (the admin RPC writes the registry;
-    /// the engine makes sure each version of an entry is in the audit log).
-    fn audit_registry(&self, now: i64) -> Result<(), EngineError> {
-        for model in self.ledger.model_names()? {
-            let Some(entry) = self.ledger.model_entry(&model)? else {
-                continue;
-            };
-            let name = format!("registry/{model}");
-            let seen: Option<ModelEntry> = self.store.meta(&name)?;
-            if seen.as_ref() != Some(&entry) {
-                self.store.commit(&Change {
-                    audit: vec![AuditRecord {
-                        time_ms: now,
-                        actor: entry.updated_by.clone().unwrap_or_else(|| "admin".into()),
-                        kind: AuditKind::RegistryChange,
-                        payload: payload(&serde_json_free(&entry, seen.as_ref()))?,
-                    }],
-                    meta: vec![(name, meta_value(&entry)?)],
-                    ..Change::default()
-                })?;
+    /// Verifies the whole audit chain now (`audit verify`, `/api/v1/audit/verify`), and shows
+    /// a break in the metric as a pass would.
+    pub fn verify_chain(&self) -> Result<super::store::ChainStatus, EngineError> {
+        let status = self.store.chain_status()?;
+        if !status.ok() {
+            self.metrics.audit_intact.set(0);
+            *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        Ok(status)
+    }
+
+    /// Verifies the audit entries appended since the last check (the start verified the
+    /// whole chain): cheap, and a break found is logged and shown at once.
+    fn check_chain(&self) -> Result<(), EngineError> {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(from) = verified.clone() else {
+            return Ok(()); // broken already: said at the time, and the metric stays 0
+        };
+        match self.store.verify_since(&from)? {
+            Ok(head) => {
+                self.metrics.audit_entries.set(head.next_seq as i64);
+                *verified = Some(head);
+            }
+            Err(b) => {
+                self.metrics.audit_intact.set(0);
+                tracing::error!(
+                    broken_index = b.index,
+                    reason = %b.reason,
+                    "THE AUDIT LOG NO LONGER VERIFIES: {b}. Entries from {} on cannot be \
+                     trusted; stop the collector and run `flopmeter audit verify --data-dir`",
+                    b.index
+                );
+                *verified = None;
             }
         }
         Ok(())
@@ -403,7 +424,7 @@ impl Engine {
     /// outbox may deliver what it recorded.
     pub fn evaluate(&self) -> Result<PassSummary, EngineError> {
         let now = self.now();
-        self.audit_registry(now)?;
+        self.check_chain()?;
         let evidence = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache.refresh(self.store.db())?;
@@ -520,13 +541,36 @@ impl Engine {
         };
         let (al, ev) = act(prev, now)?;
         let clock = self.store.clock(model, threshold)?;
+        /// The audit record of a person's action: the event, and what the person said (the
+        /// notification's reference, or the reason for a dismissal) with who said it, so the
+        /// hash chain holds it and not only the alert record.
+        #[derive(Serialize)]
+        struct Action<'a> {
+            #[serde(flatten)]
+            event: &'a AlertEvent,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            acknowledgement: Option<&'a alert::Acknowledgement>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dismissal: Option<&'a alert::Dismissal>,
+        }
+        let said = Action {
+            event: &ev,
+            acknowledgement: al
+                .acknowledgement
+                .as_ref()
+                .filter(|_| kind == AuditKind::Acknowledged),
+            dismissal: al
+                .dismissal
+                .as_ref()
+                .filter(|_| kind == AuditKind::Dismissed),
+        };
         let mut change = Change {
             alert: Some(al.clone()),
             audit: vec![AuditRecord {
                 time_ms: now,
                 actor: by.trim().to_string(),
                 kind,
-                payload: payload(&ev)?,
+                payload: payload(&said)?,
             }],
             ..Change::default()
         };
@@ -629,7 +673,8 @@ impl Engine {
                 }),
                 deadline: deadline_ms.map(format_utc),
                 deadline_ms,
-                time_left: deadline_ms.map(|d| format_duration(d - now)),
+                time_left: deadline_ms.map(|d| format::time_left(d - now)),
+                overdue: deadline_ms.is_some_and(|d| d <= now),
                 acknowledged: al
                     .acknowledgement
                     .as_ref()
@@ -688,20 +733,65 @@ impl Engine {
     }
 }
 
-/// The registry audit payload: the entry now and the one before.
-fn serde_json_free<'a>(
-    entry: &'a ModelEntry,
-    before: Option<&'a ModelEntry>,
-) -> impl Serialize + 'a {
-    #[derive(Serialize)]
-    struct RegistryChange<'a> {
-        model: &'a str,
-        entry: &'a ModelEntry,
-        before: Option<&'a ModelEntry>,
+/// Verifies the whole audit chain when the engine opens. A broken chain is logged at error
+/// level, shown as `flopmeter_audit_chain_intact 0` (the `FlopmeterAuditChainBroken` rule
+/// fires on it) and recorded in the chain itself, once per break.
+///
+/// The collector still serves: refusing to start would stop ingest (agents' spools fill) and
+/// the notification clocks (deadlines run on), for a log that can be verified, exported and
+/// restored from a backup meanwhile. Returns the verified head, or `None` when broken.
+fn check_chain_at_start(
+    store: &ComplianceStore,
+    metrics: &ComplianceMetrics,
+    now: i64,
+) -> Result<Option<ChainHead>, EngineError> {
+    let status = store.chain_status()?;
+    metrics.audit_entries.set(status.head_entries as i64);
+    let Some(b) = &status.broken else {
+        metrics.audit_intact.set(1);
+        return Ok(Some(store.head()?));
+    };
+    metrics.audit_intact.set(0);
+    tracing::error!(
+        broken_index = b.index,
+        entries = status.entries,
+        head_entries = status.head_entries,
+        reason = %b.reason,
+        "THE AUDIT LOG FAILS VERIFICATION: {b}. Entries 0..{} verify; from {} on the log was \
+         edited, deleted, reordered or cut short. The collector keeps serving (ingest and \
+         deadlines must not stop) and records this in the log. Restore the ledger directory \
+         from a backup, or keep `flopmeter audit export` of the verified part as evidence",
+        b.index,
+        b.index
+    );
+    #[derive(Serialize, serde::Deserialize, PartialEq)]
+    struct Break {
+        broken_index: u64,
+        reason: String,
+        entries: u64,
+        head_entries: u64,
     }
-    RegistryChange {
-        model: &entry.model,
-        entry,
-        before,
+    let found = Break {
+        broken_index: b.index as u64,
+        reason: b.reason.to_string(),
+        entries: status.entries,
+        head_entries: status.head_entries,
+    };
+    let reported: Option<Break> = store.meta("audit_break_reported")?;
+    if reported.as_ref().map(|r| (r.broken_index, &r.reason))
+        != Some((found.broken_index, &found.reason))
+    {
+        store.commit(&Change {
+            audit: vec![AuditRecord {
+                time_ms: now,
+                actor: "collector".into(),
+                kind: AuditKind::AuditChainBroken,
+                payload: payload(&found)?,
+            }],
+            meta: vec![("audit_break_reported".into(), meta_value(&found)?)],
+            ..Change::default()
+        })?;
+        store.flush()?;
     }
+    Ok(None)
 }

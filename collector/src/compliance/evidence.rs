@@ -22,6 +22,7 @@ use flopmeter_proto::v1::IntervalRecord;
 use crate::ledger::aggregate::{Attribution, attribution, method_of, stage_of};
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto};
 use crate::ledger::keys::{self, HOUR_MS, ROLLUP_RUN};
+use crate::ledger::plans::{PlanHistory, PlanScope};
 use crate::ledger::{LedgerStore, StoreError};
 
 /// (model, run, stage, method, hour).
@@ -149,16 +150,24 @@ impl BucketCache {
                     base_model: e.base_model.clone().unwrap_or_default(),
                     base_compute: e.base_flop,
                     base_compute_source: e.base_flop_source.clone(),
-                    // Unknown: the conservative fallback is the systemic-risk one only when
-                    // the base is known to be above 1e25.
-                    base_systemic: e
-                        .base_flop
-                        .is_some_and(|f| f > flopmeter_core::threshold::pow10(25)),
+                    // As declared; else a known compute above 10^25 says so; else not, which
+                    // is the lower (conservative) fallback while the status is unknown.
+                    base_systemic: e.base_systemic_risk.unwrap_or_else(|| {
+                        e.base_flop
+                            .is_some_and(|f| f > flopmeter_core::threshold::pow10(25))
+                    }),
+                    base_systemic_declared: e.base_systemic_risk.is_some(),
                 },
                 _ => ModelRole::Provider,
             };
-            let mut plans = Vec::new();
+            // Every version of every plan, dated when it became known
+            // (`crate::ledger::plans`). Ledgers written before plan histories have none: their
+            // latest figures stand in, dated as those versions dated them.
+            let histories = store.plan_histories(&model)?;
+            let mut plans = plan_versions(&model, &histories);
+            let has_registry = histories.iter().any(|(s, _)| *s == PlanScope::Registry);
             if let Some(e) = &entry
+                && !has_registry
                 && (e.planned_flop.is_some() || e.planned_params.is_some())
             {
                 plans.push(DeclaredPlan {
@@ -168,13 +177,20 @@ impl BucketCache {
                     planned_flop: e.planned_flop,
                     params: e.planned_params,
                     tokens: e.planned_tokens,
+                    declared_by: e
+                        .updated_by
+                        .as_ref()
+                        .map(|a| format!("{a} via the model registry")),
                 });
             }
             let model_end = entry.as_ref().and_then(|e| e.planned_end_unix_ms);
             let mut runs = Vec::new();
             for r in store.runs(&model)? {
                 let decl = r.declaration.clone().unwrap_or_default();
-                if decl.planned_flop.is_some() || decl.params.is_some() {
+                let has_history = histories
+                    .iter()
+                    .any(|(s, _)| matches!(s, PlanScope::Run(run) if *run == r.run));
+                if !has_history && (decl.planned_flop.is_some() || decl.params.is_some()) {
                     plans.push(DeclaredPlan {
                         plan_id: format!("run:{model}/{}", r.run),
                         run_id: Some(r.run.clone()),
@@ -188,6 +204,7 @@ impl BucketCache {
                         planned_flop: decl.planned_flop,
                         params: decl.params,
                         tokens: decl.tokens,
+                        declared_by: None,
                     });
                 }
                 let precision = decl
@@ -247,4 +264,28 @@ impl BucketCache {
         }
         Ok(out)
     }
+}
+
+/// The versions of a model's plan histories as the core's declared plans: one per version,
+/// registered when it became known, citing who declared it.
+fn plan_versions(model: &str, histories: &[(PlanScope, PlanHistory)]) -> Vec<DeclaredPlan> {
+    let mut out = Vec::new();
+    for (scope, h) in histories {
+        let (plan_id, run_id) = match scope {
+            PlanScope::Registry => (format!("registry:{model}"), None),
+            PlanScope::Run(run) => (format!("run:{model}/{run}"), Some(run.clone())),
+        };
+        for v in &h.versions {
+            out.push(DeclaredPlan {
+                plan_id: plan_id.clone(),
+                run_id: run_id.clone(),
+                registered_at_ms: v.declared_at_ms,
+                planned_flop: v.planned_flop,
+                params: v.params,
+                tokens: v.tokens,
+                declared_by: Some(v.by.describe()),
+            });
+        }
+    }
+    out
 }

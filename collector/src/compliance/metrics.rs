@@ -1,7 +1,7 @@
 //! The compliance metrics. Names are fixed: `deploy/prometheus/rules.yml` and the Grafana
 //! dashboards query them.
 
-use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Compliance gauges and counters, registered in the collector's registry.
 #[derive(Debug, Clone)]
@@ -20,6 +20,11 @@ pub struct ComplianceMetrics {
     pub outbox_pending: GaugeVec,
     /// `flopmeter_outbox_deliveries_total{sink,result}`.
     pub deliveries: IntCounterVec,
+    /// `flopmeter_audit_chain_intact`: 1 while every audit entry verifies, 0 once a broken
+    /// link was found (at start or in a later pass).
+    pub audit_intact: IntGauge,
+    /// `flopmeter_audit_chain_entries`: entries the chain's head accounts for.
+    pub audit_entries: IntGauge,
 }
 
 /// Why the metrics could not be registered (a name registered twice).
@@ -43,7 +48,25 @@ impl ComplianceMetrics {
             &["sink", "result"],
         )?;
         r.register(Box::new(deliveries.clone()))?;
+        let ig = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
+            let v = IntGauge::new(name, help)?;
+            r.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        let audit_intact = ig(
+            "flopmeter_audit_chain_intact",
+            "1 while every audit log entry verifies against the hash chain and its head, 0 once \
+             a broken link (edited, deleted, reordered or truncated entries) was found.",
+        )?;
+        // Unknown until the first check: shown as broken rather than as fine.
+        audit_intact.set(0);
+        let audit_entries = ig(
+            "flopmeter_audit_chain_entries",
+            "Entries in the audit log's hash chain (as its separately stored head counts them).",
+        )?;
         Ok(ComplianceMetrics {
+            audit_intact,
+            audit_entries,
             projected: g(
                 "flopmeter_model_projected_flop",
                 "Projected total FLOP of the model (plans and rates extrapolated), per bound.",

@@ -8,6 +8,7 @@
 //!   dismiss), views for the CLI and API, gauges;
 //! - [`store`]: the sled trees (clocks, alerts, audit log and head, outbox, meta) and the
 //!   one-transaction [`store::Change`];
+//! - [`chain`]: appending to the audit chain inside any transaction (the ledger's too);
 //! - [`outbox`]: delivery with retries and backoff to Alertmanager, webhooks, the log;
 //! - [`metrics`]: the metric families `deploy/prometheus/rules.yml` queries;
 //! - [`admin`]: the `Compliance` gRPC service (alerts, ack, dismiss, audit);
@@ -16,12 +17,14 @@
 //! Invariants: a recorded clock start never moves; the audit log is append-only and its
 //! chain verifies; nothing is sent before it is durable; the outbox never drops a message.
 //!
-//! [`Compliance::start`] runs two tasks: the **engine loop** (evaluates at most every
+//! [`Compliance::start`] runs two tasks: the **engine loop** (evaluates at once when kicked,
+//! i.e. when a registry change or a newly declared plan became durable; at most every
 //! `debounce` after the ledger's applied-record counter moved, i.e. after a committed ingest
-//! group, and at least every `interval`), and the **outbox loop** (delivers due items every
+//! group; and at least every `interval`), and the **outbox loop** (delivers due items every
 //! half second or when kicked, re-posts active alerts to Alertmanager every `resend`).
 
 pub mod admin;
+pub mod chain;
 pub mod engine;
 pub mod evidence;
 pub mod http;
@@ -50,10 +53,15 @@ pub struct Compliance {
 
 impl Compliance {
     /// Starts the engine and outbox loops. `applied` is the ledger's applied-record counter:
-    /// when it moves, ingest committed something new.
-    pub fn start(engine: Engine, applied: IntCounter, stop: watch::Receiver<bool>) -> Compliance {
+    /// when it moves, ingest committed something new. `kick` asks for an evaluation now: the
+    /// ledger writer notifies it when a registry change or a new plan became durable.
+    pub fn start(
+        engine: Engine,
+        applied: IntCounter,
+        kick: Arc<Notify>,
+        stop: watch::Receiver<bool>,
+    ) -> Compliance {
         let engine = Arc::new(engine);
-        let kick = Arc::new(Notify::new());
         let deliver = Arc::new(Notify::new());
         let tasks = vec![
             tokio::spawn(engine_loop(
@@ -96,13 +104,23 @@ impl Compliance {
         outbox::deliver_due(&self.engine).await
     }
 
-    /// Stops the loops and waits until they have let go of the engine (and with it the
-    /// database, which an offline tool may want to open next).
+    /// Waits until the loops, told to stop by the stop signal given to [`Compliance::start`]
+    /// (send it first), have let go of the engine (and with it the database, which an
+    /// offline tool or a restarted collector may want to open next).
+    ///
+    /// Why wait rather than abort: an evaluation runs as a blocking task, which an abort does
+    /// not stop; the loop ends at its next wait once that evaluation is done. A loop that
+    /// does not end within a minute is aborted.
     pub async fn stop(&self) {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in tasks {
-            t.abort();
-            let _ = t.await;
+        for mut t in tasks {
+            if tokio::time::timeout(Duration::from_secs(60), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 }

@@ -199,11 +199,27 @@ pub fn am_alert(
     );
     if let Some(c) = &content.clock {
         description.push_str(&format!(
-            " Clock started {} for reason {}; deadline {} ({} left).",
+            " Clock started {} for reason {}; deadline {} ({}).",
             c.started_at, c.reason, c.deadline, c.time_left
         ));
     }
     description.push_str(&format!(" Status: {}.", content.status.as_str()));
+    if let Some(a) = &content.acknowledgement {
+        description.push_str(&format!(
+            " Acknowledged by {} at {}, notification reference {}.",
+            a.by,
+            format_utc(a.at_ms),
+            a.reference
+        ));
+    }
+    if let Some(d) = &content.dismissal {
+        description.push_str(&format!(
+            " Dismissed by {} at {}: {}.",
+            d.by,
+            format_utc(d.at_ms),
+            d.reason
+        ));
+    }
     let annotations = [
         ("summary", content.summary.clone()),
         ("description", description),

@@ -23,7 +23,7 @@
 use std::sync::Mutex;
 
 use flopmeter_core::alert::{Alert, AlertContent, AlertEvent};
-use flopmeter_core::audit::{self, AuditEntry, AuditKind, BrokenLink, ChainHead, Json};
+use flopmeter_core::audit::{self, AuditEntry, BrokenLink, ChainHead};
 use flopmeter_core::clock::ClockState;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -99,17 +99,31 @@ pub struct OutboxItem {
     pub delivered_unix_ms: Option<i64>,
 }
 
-/// An audit record to append: actor, kind, payload, time.
-#[derive(Debug, Clone)]
-pub struct AuditRecord {
-    /// When (engine clock, Unix ms).
-    pub time_ms: i64,
-    /// Who or what.
-    pub actor: String,
-    /// What kind.
-    pub kind: AuditKind,
-    /// The record.
-    pub payload: Json,
+pub use super::chain::AuditRecord;
+
+/// What verifying the audit chain found: the real counts, whether it holds or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainStatus {
+    /// Entries present in the log.
+    pub entries: u64,
+    /// Entries the separately stored head accounts for.
+    pub head_entries: u64,
+    /// The first broken link, if any.
+    pub broken: Option<BrokenLink>,
+}
+
+impl ChainStatus {
+    /// Whether every link verifies and the chain reaches the head.
+    pub fn ok(&self) -> bool {
+        self.broken.is_none()
+    }
+
+    /// Entries that verify: all of them, or those before the first broken link.
+    pub fn verified(&self) -> u64 {
+        self.broken
+            .as_ref()
+            .map_or(self.entries, |b| (b.index as u64).min(self.entries))
+    }
 }
 
 /// Everything one engine step or one person's action changes, written atomically.
@@ -155,7 +169,7 @@ pub struct ComplianceStore {
     write: Mutex<()>,
 }
 
-const HEAD_KEY: &[u8] = b"head";
+use super::chain::{self, HEAD_KEY};
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, ComplianceStoreError> {
     serde_json::to_vec(v).map_err(|e| ComplianceStoreError::Corrupt(e.to_string()))
@@ -180,8 +194,8 @@ impl ComplianceStore {
         Ok(ComplianceStore {
             clocks: db.open_tree("compliance_clocks")?,
             alerts: db.open_tree("compliance_alerts")?,
-            audit: db.open_tree("audit_log")?,
-            head: db.open_tree("audit_head")?,
+            audit: db.open_tree(chain::LOG_TREE)?,
+            head: db.open_tree(chain::HEAD_TREE)?,
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("compliance_meta")?,
             db: db.clone(),
@@ -286,9 +300,55 @@ impl ComplianceStore {
     /// Verifies the whole chain against the stored head; returns the entry count or the
     /// first broken link.
     pub fn verify_audit(&self) -> Result<Result<u64, BrokenLink>, ComplianceStoreError> {
-        let entries = self.audit_entries()?;
+        let s = self.chain_status()?;
+        Ok(match s.broken {
+            None => Ok(s.entries),
+            Some(b) => Err(b),
+        })
+    }
+
+    /// Verifies the whole chain against the stored head and says how many entries there
+    /// are, how many the head accounts for, and where it breaks.
+    pub fn chain_status(&self) -> Result<ChainStatus, ComplianceStoreError> {
+        // The head first: an entry appended meanwhile then only lengthens the log past it,
+        // which verifies, instead of looking like a log cut short.
         let head = self.head()?;
-        Ok(audit::verify_with_head(&entries, &head).map(|()| entries.len() as u64))
+        let entries = self.audit_entries()?;
+        Ok(ChainStatus {
+            entries: entries.len() as u64,
+            head_entries: head.next_seq,
+            broken: audit::verify_with_head(&entries, &head).err(),
+        })
+    }
+
+    /// Verifies the entries appended after `from` (a head already verified), against the
+    /// stored head: the incremental check of a running collector. Returns the new head.
+    pub fn verify_since(
+        &self,
+        from: &ChainHead,
+    ) -> Result<Result<ChainHead, BrokenLink>, ComplianceStoreError> {
+        // The head first, then the entries it accounts for (see `chain_status`).
+        let stored = self.head()?;
+        let entries: Vec<AuditEntry> = self
+            .audit
+            .range(from.next_seq.to_be_bytes()..stored.next_seq.max(from.next_seq).to_be_bytes())
+            .values()
+            .map(|v| dec(&v?, "audit entry"))
+            .collect::<Result<_, _>>()?;
+        Ok(match audit::verify_segment(&entries, from) {
+            Err(mut b) => {
+                b.index += from.next_seq as usize;
+                Err(b)
+            }
+            Ok(h) if h != stored => Err(BrokenLink {
+                index: h.next_seq as usize,
+                reason: audit::LinkError::Truncated {
+                    expected: stored.next_seq,
+                    found: h.next_seq,
+                },
+            }),
+            Ok(h) => Ok(h),
+        })
     }
 
     /// Writes a [`Change`] atomically and returns the audit entries it appended.
@@ -348,19 +408,7 @@ impl ComplianceStore {
                 if let Some((k, v)) = &alert {
                     alerts.insert(k.as_slice(), v.as_slice())?;
                 }
-                let mut h: ChainHead = match head.get(HEAD_KEY)? {
-                    Some(v) => dec(&v, "audit head").map_err(abort)?,
-                    None => ChainHead::genesis(),
-                };
-                let mut out = Vec::new();
-                for r in &change.audit {
-                    let e = h.append(r.time_ms, &r.actor, r.kind.clone(), r.payload.clone());
-                    log.insert(&e.seq.to_be_bytes()[..], enc(&e).map_err(abort)?)?;
-                    out.push(e);
-                }
-                if !change.audit.is_empty() {
-                    head.insert(HEAD_KEY, enc(&h).map_err(abort)?)?;
-                }
+                let out = chain::append(log, head, &change.audit, ComplianceStoreError::Corrupt)?;
                 for (k, v) in &outbox {
                     if ob.get(k)?.is_none() {
                         ob.insert(k.as_slice(), v.as_slice())?;

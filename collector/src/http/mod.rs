@@ -3,8 +3,10 @@
 //! lists the largest sources of work no model claimed (Slurm job, pod, process), and the
 //! GPU time that could not be estimated, per reason.
 //!
-//! FLOP figures in the JSON are exact integers (they may exceed 2^53; parse them as big
-//! integers or strings where that matters).
+//! Every `u128` in the JSON (FLOP figures, GPU milliseconds, millijoules) is a **decimal
+//! string**, as in the gRPC admin API ([`ExactJson`]): they exceed 2^53, and JavaScript, jq
+//! and most JSON libraries would round a bare number to a double. Floats (days, MWh,
+//! percentages) are plain numbers, for convenience.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +65,24 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// A JSON response with every `u128`/`i128` written as a decimal string
+/// ([`flopmeter_core::exact::Exact`]).
+#[derive(Debug, Clone)]
+pub struct ExactJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for ExactJson<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&flopmeter_core::exact::Exact(&self.0)) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({ "error": e.to_string() })),
+            )
+                .into_response(),
+        }
+    }
+}
+
 /// The router.
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -101,8 +121,8 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
 
 async fn models(
     State(s): State<HttpState>,
-) -> Result<axum::Json<Vec<summary::ModelSummary>>, HttpError> {
-    Ok(axum::Json(summary::model_summaries(
+) -> Result<ExactJson<Vec<summary::ModelSummary>>, HttpError> {
+    Ok(ExactJson(summary::model_summaries(
         s.store.as_ref(),
         &s.policy,
     )?))
@@ -120,19 +140,19 @@ pub struct ModelDetail {
 async fn model(
     State(s): State<HttpState>,
     Path(model): Path<String>,
-) -> Result<axum::Json<ModelDetail>, HttpError> {
+) -> Result<ExactJson<ModelDetail>, HttpError> {
     let summary = summary::model_summary(s.store.as_ref(), &model, &s.policy)?
         .ok_or_else(|| HttpError::NotFound(format!("no model {model:?}")))?;
     let aggregate = s.store.model_aggregate(&model)?.unwrap_or_default();
-    Ok(axum::Json(ModelDetail { summary, aggregate }))
+    Ok(ExactJson(ModelDetail { summary, aggregate }))
 }
 
 async fn model_report(
     State(s): State<HttpState>,
     Path(model): Path<String>,
-) -> Result<axum::Json<report::Report>, HttpError> {
+) -> Result<ExactJson<report::Report>, HttpError> {
     report::build(s.store.as_ref(), &model, &s.policy, now_unix_ms())?
-        .map(axum::Json)
+        .map(ExactJson)
         .ok_or_else(|| HttpError::NotFound(format!("no model {model:?}")))
 }
 
@@ -146,12 +166,12 @@ pub struct RunsQuery {
 async fn runs(
     State(s): State<HttpState>,
     Query(q): Query<RunsQuery>,
-) -> Result<axum::Json<Vec<summary::RunSummary>>, HttpError> {
+) -> Result<ExactJson<Vec<summary::RunSummary>>, HttpError> {
     let model = q
         .model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| HttpError::BadRequest("the query parameter model= is required".into()))?;
-    Ok(axum::Json(summary::run_summaries(
+    Ok(ExactJson(summary::run_summaries(
         s.store.as_ref(),
         &model,
         &s.policy,
@@ -160,8 +180,8 @@ async fn runs(
 
 async fn agents(
     State(s): State<HttpState>,
-) -> Result<axum::Json<Vec<crate::ledger::AgentInfo>>, HttpError> {
-    Ok(axum::Json(s.store.agents()?))
+) -> Result<ExactJson<Vec<crate::ledger::AgentInfo>>, HttpError> {
+    Ok(ExactJson(s.store.agents()?))
 }
 
 /// Query of `/api/v1/rejections`.
@@ -176,8 +196,8 @@ pub struct RejectionsQuery {
 async fn rejections(
     State(s): State<HttpState>,
     Query(q): Query<RejectionsQuery>,
-) -> Result<axum::Json<Vec<crate::ledger::RejectedEntry>>, HttpError> {
-    Ok(axum::Json(s.store.rejections(
+) -> Result<ExactJson<Vec<crate::ledger::RejectedEntry>>, HttpError> {
+    Ok(ExactJson(s.store.rejections(
         q.agent.as_deref().filter(|a| !a.is_empty()),
         q.limit.unwrap_or(100),
     )?))
@@ -212,7 +232,7 @@ pub struct UnattributedReport {
 async fn unattributed(
     State(s): State<HttpState>,
     Query(q): Query<UnattributedQuery>,
-) -> Result<axum::Json<UnattributedReport>, HttpError> {
+) -> Result<ExactJson<UnattributedReport>, HttpError> {
     let days = q.days.unwrap_or(7);
     if days < 0 {
         return Err(HttpError::BadRequest(format!(
@@ -232,7 +252,7 @@ async fn unattributed(
         .unattributed(first_day.unwrap_or(i64::MIN), last_day)?;
     let summary = summary::summarise_unattributed(&buckets, limit);
     let unestimated_text = report::UnestimatedView::of(&summary.unestimated).text;
-    Ok(axum::Json(UnattributedReport {
+    Ok(ExactJson(UnattributedReport {
         first_day,
         last_day,
         summary,

@@ -28,6 +28,7 @@
 pub mod aggregate;
 pub mod codec;
 pub mod keys;
+pub mod plans;
 pub mod registry;
 pub mod sequence;
 pub mod sled_store;
@@ -146,6 +147,9 @@ pub struct ApplyOutcome {
     pub rejections: Vec<RejectionNotice>,
     /// Set when the batch hit a gap: the sequence number the agent must resend from.
     pub resend_from: Option<u64>,
+    /// Plan versions its records declared (new figures, or known earlier): facts the
+    /// compliance engine must see at once.
+    pub plans_declared: usize,
 }
 
 /// One run and its aggregate.
@@ -254,8 +258,19 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// A model's registry entry.
     fn model_entry(&self, model: &str) -> Result<Option<ModelEntry>, StoreError>;
 
-    /// Creates or replaces a model's registry entry.
+    /// Creates or replaces a model's registry entry and, **in the same transaction**, appends
+    /// the change to the audit chain (actor `updated_by`, time `updated_unix_ms`, the entry
+    /// before and after) and a version to the model's registry plan history when the plan's
+    /// figures changed ([`plans`]). A change is a fact at the moment it is made; nothing is
+    /// left for a later pass to notice.
     fn set_model_entry(&self, entry: &ModelEntry) -> Result<(), StoreError>;
+
+    /// Every plan history of a model: its registry plan's and each run's
+    /// ([`plans::PlanHistory`]).
+    fn plan_histories(
+        &self,
+        model: &str,
+    ) -> Result<Vec<(plans::PlanScope, plans::PlanHistory)>, StoreError>;
 
     /// Quarantined records, optionally of one agent, at most `limit`.
     fn rejections(

@@ -59,6 +59,12 @@ pub struct ModelEntry {
     pub base_flop: Option<u128>,
     /// Where `base_flop` comes from (model card, provider statement, estimate...).
     pub base_flop_source: Option<String>,
+    /// Whether the base model is a systemic-risk model, as declared (`model set
+    /// --base-systemic-risk`). Decides the modifier threshold's fallback when `base_flop` is
+    /// unknown (10^25/3 for a systemic-risk base, else 10^23/3). `None`: not declared, which
+    /// is inferred from `base_flop` when known (above 10^25), else the lower fallback.
+    #[serde(default)]
+    pub base_systemic_risk: Option<bool>,
     /// Provider or modifier.
     pub role: Option<Role>,
     /// Declared plan: total FLOP.

@@ -16,11 +16,18 @@
 //! | `rejected` | agent \0 seq | [`StoredRejection`] (protobuf) |
 //! | `rollups` | scope \0 ... \0 hour | [`Rollup`] (JSON) |
 //! | `models` | model | [`ModelEntry`] (JSON) |
+//! | `plans` | model \0 registry, or model \0 run \0 run-id | [`PlanHistory`] (JSON) |
 //! | `agents` | agent | [`AgentInfo`] (JSON) |
 //! | `meta` | name | JSON (format version, stage policy) |
 //!
 //! A batch is applied in one sled multi-tree transaction over every tree it touches, the
 //! high-water mark included: after a crash either all of a batch is there or none of it.
+//!
+//! Facts for the audit chain are appended in the transaction that makes them true: a
+//! registry change ([`LedgerStore::set_model_entry`]) and a plan version declared in a
+//! batch's records are written with their audit entries to the compliance engine's
+//! `audit_log` and `audit_head` trees ([`crate::compliance::chain`]), which live in the same
+//! database.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -37,12 +44,15 @@ use super::codec::{
     AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection, from_json, from_proto, to_json,
 };
 use super::keys::{self, DAY_MS, HOUR_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED, Seen};
+use super::plans::{PlanHistory, PlanScope, PlanSource, PlanVersion, Recorded};
 use super::sequence::{self, SeqPlan};
 use super::verify::{Recomputed, VerifyReport, compare};
 use super::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RejectedEntry, RejectionNotice,
     RollupStats, RunEntry, StoreError, UnattributedBucket,
 };
+use crate::compliance::chain::{self, AuditRecord};
+use flopmeter_core::audit::{AuditKind, to_json as audit_json};
 
 /// Page cache of offline tools and tests: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
@@ -187,6 +197,9 @@ pub struct SledStore {
     models: sled::Tree,
     agents: sled::Tree,
     meta: sled::Tree,
+    plans: sled::Tree,
+    audit_log: sled::Tree,
+    audit_head: sled::Tree,
     cache: Arc<Mutex<Cache>>,
     /// The truncation guard (see [`GUARD_FILE`]); the last clone dropped writes it.
     guard: Arc<GuardState>,
@@ -332,6 +345,9 @@ impl SledStore {
             models: t("models")?,
             agents: t("agents")?,
             meta: t("meta")?,
+            plans: t("plans")?,
+            audit_log: t(chain::LOG_TREE)?,
+            audit_head: t(chain::HEAD_TREE)?,
             cache: Arc::default(),
             guard: Arc::new(GuardState {
                 path: dir.join(GUARD_FILE),
@@ -400,6 +416,7 @@ impl SledStore {
             ("run_meta", &self.run_meta, |_, v| json::<Declaration>(v)),
             ("rollups", &self.rollups, |_, v| json::<Rollup>(v)),
             ("models", &self.models, |_, v| json::<ModelEntry>(v)),
+            ("plans", &self.plans, |_, v| json::<PlanHistory>(v)),
             ("agents", &self.agents, |_, v| json::<AgentInfo>(v)),
         ];
         if scan == DamageScan::Full {
@@ -439,9 +456,13 @@ impl SledStore {
         tree.get(key)?.map(|v| from_json(&v, what)).transpose()
     }
 
+    #[allow(clippy::type_complexity)]
     fn batch_trees(
         &self,
     ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
         &sled::Tree,
         &sled::Tree,
         &sled::Tree,
@@ -462,6 +483,9 @@ impl SledStore {
             &self.seen,
             &self.run_meta,
             &self.rejected,
+            &self.plans,
+            &self.audit_log,
+            &self.audit_head,
         )
     }
 
@@ -685,6 +709,9 @@ type BatchTrees = (
     TransactionalTree,
     TransactionalTree,
     TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
 );
 
 /// Checks what the ledger's keys need of a batch before any transaction.
@@ -710,7 +737,20 @@ fn apply_in_tx(
     w: &mut Working,
     cache: &Cache,
 ) -> TxResult<ApplyOutcome> {
-    let (raw, raw_index, hwm_t, run_agg, model_agg, unatt, seen, run_meta, rejected) = t;
+    let (
+        raw,
+        raw_index,
+        hwm_t,
+        run_agg,
+        model_agg,
+        unatt,
+        seen,
+        run_meta,
+        rejected,
+        plans_t,
+        audit_log,
+        audit_head,
+    ) = t;
     let agent = b.agent_id.as_str();
     let node = b.node.as_str();
     let hwm = w.hwm(hwm_t, cache, agent)?;
@@ -741,6 +781,7 @@ fn apply_in_tx(
     let mut model_delta: BTreeMap<&str, Aggregate> = BTreeMap::new();
     let mut unatt_delta: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
     let mut decls = BTreeMap::new();
+    let mut statements: BTreeMap<(&str, &str), Vec<PlanStatement<'_>>> = BTreeMap::new();
     let mut good: Vec<&IntervalRecord> = Vec::with_capacity(end - start);
     let mut last_event = 0i64;
     for cr in &b.records[start..end] {
@@ -770,6 +811,7 @@ fn apply_in_tx(
                 model_delta.entry(model).or_default().add_record(rec);
                 if let Some(d) = &rec.declaration {
                     decls.insert((model, run), d);
+                    PlanStatement::push(statements.entry((model, run)).or_default(), d, rec);
                 }
             }
             Attribution::Unattributed => {
@@ -820,6 +862,39 @@ fn apply_in_tx(
             run_meta.insert(key, abort(to_json(&decl))?)?;
         }
     }
+    let mut facts = Vec::new();
+    for ((model, run), said) in statements {
+        let key = PlanScope::Run(run.to_string()).key(model);
+        let mut history: PlanHistory = match plans_t.get(&key)? {
+            Some(v) => abort(from_json(&v, "plan history"))?,
+            None => PlanHistory::default(),
+        };
+        let mut changed = false;
+        for st in said {
+            let Some(v) = st.version(agent, node, b.received_unix_ms) else {
+                continue;
+            };
+            match history.record(v.clone()) {
+                Recorded::Added => {
+                    changed = true;
+                    out.plans_declared += 1;
+                    facts.push(plan_fact(model, run, &v, b.received_unix_ms)?);
+                }
+                Recorded::Unchanged => {}
+                Recorded::Full => tracing::warn!(
+                    model,
+                    run,
+                    agent,
+                    "run declares more than {} plan versions: further ones are not recorded",
+                    super::plans::MAX_VERSIONS
+                ),
+            }
+        }
+        if changed {
+            plans_t.insert(key, abort(to_json(&history))?)?;
+        }
+    }
+    chain::append(audit_log, audit_head, &facts, StoreError::Corrupt)?;
     let first_seq = seqs[start];
     let last_seq = seqs[end - 1];
     if !good.is_empty() {
@@ -835,6 +910,82 @@ fn apply_in_tx(
     w.hwms.insert(agent.to_string(), last_seq);
     out.acked_through = last_seq;
     Ok(out)
+}
+
+/// A run's records declaring a plan: one per change of the declared figures within a batch,
+/// in record order (a run sends the same declaration with every record, so consecutive
+/// equal ones are one statement; the figures are parsed once per statement).
+struct PlanStatement<'a> {
+    wire: &'a flopmeter_proto::v1::WorkloadDeclaration,
+    rec: &'a IntervalRecord,
+}
+
+impl<'a> PlanStatement<'a> {
+    fn push(
+        run: &mut Vec<PlanStatement<'a>>,
+        d: &'a flopmeter_proto::v1::WorkloadDeclaration,
+        rec: &'a IntervalRecord,
+    ) {
+        let states_a_plan =
+            !(d.planned_flop.is_empty() && d.params.is_empty() && d.tokens.is_empty());
+        let same = |p: &PlanStatement<'_>| {
+            (&p.wire.planned_flop, &p.wire.params, &p.wire.tokens)
+                == (&d.planned_flop, &d.params, &d.tokens)
+        };
+        // Silence is not a withdrawal: a record without plan figures says nothing about one.
+        if states_a_plan && !run.last().is_some_and(same) {
+            run.push(PlanStatement { wire: d, rec });
+        }
+    }
+
+    /// The version it states, dated at the event time of its record (the moment the job
+    /// ran with it), never after the collector received it. `None` when no figure parses:
+    /// a garbled label is not a withdrawn plan.
+    fn version(&self, agent: &str, node: &str, received_unix_ms: i64) -> Option<PlanVersion> {
+        let d = Declaration::from_wire(self.wire);
+        if (d.planned_flop, d.params, d.tokens) == (None, None, None) {
+            return None;
+        }
+        Some(PlanVersion {
+            planned_flop: d.planned_flop,
+            params: d.params,
+            tokens: d.tokens,
+            declared_at_ms: self.rec.start_unix_ms.min(received_unix_ms),
+            recorded_at_ms: received_unix_ms,
+            by: PlanSource::Agent {
+                agent_id: agent.to_string(),
+                node: node.to_string(),
+                seq: self.rec.seq,
+            },
+        })
+    }
+}
+
+/// The audit record of a plan version declared in records.
+fn plan_fact(model: &str, run: &str, v: &PlanVersion, received: i64) -> TxResult<AuditRecord> {
+    #[derive(serde::Serialize)]
+    struct PlanDeclared<'a> {
+        model: &'a str,
+        run: &'a str,
+        version: &'a PlanVersion,
+    }
+    let actor = match &v.by {
+        PlanSource::Agent { agent_id, .. } => format!("agent:{agent_id}"),
+        PlanSource::Registry { actor } => actor.clone(),
+    };
+    Ok(AuditRecord {
+        time_ms: received,
+        actor,
+        kind: AuditKind::PlanDeclared,
+        payload: abort(
+            audit_json(&PlanDeclared {
+                model,
+                run,
+                version: v,
+            })
+            .map_err(|e| StoreError::Corrupt(format!("plan audit payload: {e}"))),
+        )?,
+    })
 }
 
 impl LedgerStore for SledStore {
@@ -974,9 +1125,81 @@ impl LedgerStore for SledStore {
                 "a model name must be non-empty, without NUL".into(),
             ));
         }
-        self.models
-            .insert(entry.model.as_bytes(), to_json(entry)?)?;
-        Ok(())
+        let actor = entry.updated_by.clone().unwrap_or_else(|| "admin".into());
+        let value = to_json(entry)?;
+        let plan_key = PlanScope::Registry.key(&entry.model);
+        let version = PlanVersion {
+            planned_flop: entry.planned_flop,
+            params: entry.planned_params,
+            tokens: entry.planned_tokens,
+            declared_at_ms: entry.updated_unix_ms,
+            recorded_at_ms: entry.updated_unix_ms,
+            by: PlanSource::Registry {
+                actor: actor.clone(),
+            },
+        };
+        (&self.models, &self.plans, &self.audit_log, &self.audit_head)
+            .transaction(|(models, plans, log, head)| {
+                let before: Option<ModelEntry> = match models.get(entry.model.as_bytes())? {
+                    Some(v) => Some(abort(from_json(&v, "model entry"))?),
+                    None => None,
+                };
+                let mut history: PlanHistory = match plans.get(&plan_key)? {
+                    Some(v) => abort(from_json(&v, "plan history"))?,
+                    None => PlanHistory::default(),
+                };
+                let plan = match history.record(version.clone()) {
+                    Recorded::Added => {
+                        plans.insert(plan_key.as_slice(), abort(to_json(&history))?)?;
+                        Some(&version)
+                    }
+                    Recorded::Unchanged | Recorded::Full => None,
+                };
+                models.insert(entry.model.as_bytes(), value.as_slice())?;
+                #[derive(serde::Serialize)]
+                struct RegistryChange<'a> {
+                    model: &'a str,
+                    entry: &'a ModelEntry,
+                    before: Option<&'a ModelEntry>,
+                    /// The plan version this change declared, if it changed the plan.
+                    plan: Option<&'a PlanVersion>,
+                }
+                let payload = abort(
+                    audit_json(&RegistryChange {
+                        model: &entry.model,
+                        entry,
+                        before: before.as_ref(),
+                        plan,
+                    })
+                    .map_err(|e| StoreError::Corrupt(format!("registry audit payload: {e}"))),
+                )?;
+                chain::append(
+                    log,
+                    head,
+                    &[AuditRecord {
+                        time_ms: entry.updated_unix_ms,
+                        actor: actor.clone(),
+                        kind: AuditKind::RegistryChange,
+                        payload,
+                    }],
+                    StoreError::Corrupt,
+                )?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    fn plan_histories(&self, model: &str) -> Result<Vec<(PlanScope, PlanHistory)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.plans.scan_prefix(keys::prefix(&[model])) {
+            let (k, v) = kv?;
+            if let Some((m, scope)) = PlanScope::from_key(&k)
+                && m == model
+            {
+                out.push((scope, from_json(&v, "plan history")?));
+            }
+        }
+        Ok(out)
     }
 
     fn rejections(

@@ -761,6 +761,11 @@ pub struct ModelEntry {
     /// request's `by` under a shared admin token).
     #[prost(string, tag = "11")]
     pub updated_by: ::prost::alloc::string::String,
+    /// Whether the base model is a systemic-risk model, as declared; unset = not declared.
+    /// Decides the modifier threshold's fallback when base_flop is unknown (10^25/3 for a
+    /// systemic-risk base, else 10^23/3).
+    #[prost(bool, optional, tag = "70")]
+    pub base_systemic_risk: ::core::option::Option<bool>,
 }
 /// Per-model totals as the ledger holds them.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1735,6 +1740,7 @@ pub struct AlertSummary {
     pub reason: ::prost::alloc::string::String,
     #[prost(string, tag = "6")]
     pub deadline: ::prost::alloc::string::String,
+    /// "13 d 04 h left", or "overdue by 31 d 07 h" once the deadline passed.
     #[prost(string, tag = "7")]
     pub time_left: ::prost::alloc::string::String,
     #[prost(string, tag = "8")]
@@ -1749,6 +1755,9 @@ pub struct AlertSummary {
     /// The full alert content as JSON (what webhooks receive).
     #[prost(string, tag = "12")]
     pub content_json: ::prost::alloc::string::String,
+    /// Whether the deadline in force has passed.
+    #[prost(bool, tag = "70")]
+    pub overdue: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListAlertsResponse {
@@ -1791,6 +1800,7 @@ pub struct VerifyAuditRequest {}
 pub struct VerifyAuditResponse {
     #[prost(bool, tag = "1")]
     pub ok: bool,
+    /// Entries present in the log (also when the chain is broken).
     #[prost(uint64, tag = "2")]
     pub entries: u64,
     /// When not ok: the index of the first broken link and how it is broken.
@@ -1798,6 +1808,13 @@ pub struct VerifyAuditResponse {
     pub broken_index: u64,
     #[prost(string, tag = "4")]
     pub broken_reason: ::prost::alloc::string::String,
+    /// Entries that verify: all of them, or those before the first broken link.
+    #[prost(uint64, tag = "70")]
+    pub verified: u64,
+    /// Entries the separately stored chain head accounts for (more than `entries` when the log
+    /// was cut short).
+    #[prost(uint64, tag = "71")]
+    pub head_entries: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExportAuditRequest {
