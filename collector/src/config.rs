@@ -122,6 +122,13 @@ pub struct CollectorArgs {
     #[arg(long, env = "FLOPMETER_ADMIN_TOKENS", value_name = "FILE")]
     pub admin_tokens: Option<PathBuf>,
 
+    /// TOML file mapping viewer name to token (`victor = "…"`). When given, the console
+    /// (/ui/) and /api/v1 need a viewer's or an admin's token (a console login, or
+    /// `Authorization: Bearer`); without it they are open to anyone who can reach
+    /// --http-addr (the collector warns). /metrics, /healthz and /readyz stay open.
+    #[arg(long, env = "FLOPMETER_VIEWER_TOKENS", value_name = "FILE")]
+    pub viewer_tokens: Option<PathBuf>,
+
     /// Actor under which a change of the thresholds file is audited (the file is read at
     /// start): e.g. the deploy pipeline's user or the commit that changed it.
     #[arg(
@@ -316,6 +323,8 @@ pub struct CollectorConfig {
     pub admin_token: Option<String>,
     /// Named admin tokens, actor → token.
     pub admin_tokens: HashMap<String, String>,
+    /// Viewer tokens (read access to the console and /api/v1), name → token; empty = open.
+    pub viewer_tokens: HashMap<String, String>,
     /// Raw batches older than this are rolled up.
     pub raw_retention: Duration,
     /// Rollup sweep period.
@@ -349,6 +358,7 @@ impl fmt::Debug for CollectorConfig {
             .field("http_addr", &self.http_addr)
             .field("agent_tokens", &self.agent_tokens.as_ref().map(|t| t.len()))
             .field("admin", &self.admin_credentials())
+            .field("viewers", &self.viewer_tokens.len())
             .field("raw_retention", &self.raw_retention)
             .field("policy", &self.policy)
             .field("limits", &self.limits)
@@ -373,6 +383,7 @@ impl CollectorConfig {
             agent_tokens: None,
             admin_token: None,
             admin_tokens: HashMap::new(),
+            viewer_tokens: HashMap::new(),
             raw_retention: Duration::from_secs(90 * 86_400),
             rollup_every: Duration::from_secs(3600),
             policy: StagePolicy::default(),
@@ -427,6 +438,21 @@ impl CollectorConfig {
             Some(path) => load_admin_tokens(path)?,
             None => HashMap::new(),
         };
+        let viewer_tokens = match &a.viewer_tokens {
+            Some(path) => load_admin_tokens(path)?,
+            None => HashMap::new(),
+        };
+        // One token in both files would make a login's role depend on which file wins.
+        if let Some(viewer) = viewer_tokens
+            .iter()
+            .find(|(_, t)| admin_tokens.values().any(|a| a == *t))
+            .map(|(v, _)| v)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "viewer {viewer:?} has the same token as an admin in --admin-tokens: give each \
+                 person one token, in one file"
+            )));
+        }
         let mut compliance = compliance_config(a)?;
         if !a.config_actor.trim().is_empty() {
             compliance.config_actor = a.config_actor.trim().to_string();
@@ -438,6 +464,7 @@ impl CollectorConfig {
             agent_tokens,
             admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
             admin_tokens,
+            viewer_tokens,
             raw_retention: a.raw_retention.0,
             rollup_every: a.rollup_every.0,
             policy: stage_policy(&a.count_stages, &a.exclude_stages, a.unknown_stages_count),
