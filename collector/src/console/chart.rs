@@ -18,8 +18,10 @@ const SAMPLES: i64 = 96;
 /// Samples along the projection.
 const PROJECTION_SAMPLES: i64 = 24;
 /// A level is drawn when it is within this factor of the largest figure on the chart;
-/// further up it would flatten everything else, and is listed under the chart instead.
+/// further up it would flatten everything else, further down it would sit on the axis; it is
+/// listed under the chart instead.
 const LEVEL_REACH: u128 = 3;
+const LEVEL_FLOOR: u128 = 50;
 
 /// One sample of a cumulative band.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +51,8 @@ pub struct Chart {
     pub projection: Vec<Point>,
     /// Levels drawn (label, FLOP).
     pub levels: Vec<(String, u128)>,
-    /// Levels too far above the figures to draw (label, FLOP).
-    pub above: Vec<(String, u128)>,
+    /// Levels too far above or below the figures to draw (label, FLOP).
+    pub off_chart: Vec<(String, u128)>,
     /// The declared plan, FLOP.
     pub plan: Option<u128>,
     /// The engine's now, when inside the time axis.
@@ -116,13 +118,16 @@ impl Chart {
             .chain(plan)
             .max()
             .unwrap_or(0);
-        let (mut drawn, mut above): (Vec<_>, Vec<_>) = levels
-            .into_iter()
-            .partition(|(_, l)| data_max > 0 && *l <= data_max.saturating_mul(LEVEL_REACH));
-        if data_max == 0 && !above.is_empty() {
+        let (mut drawn, mut off_chart): (Vec<_>, Vec<_>) =
+            levels.into_iter().partition(|(_, l)| {
+                data_max > 0
+                    && *l <= data_max.saturating_mul(LEVEL_REACH)
+                    && *l >= data_max / LEVEL_FLOOR
+            });
+        if data_max == 0 && !off_chart.is_empty() {
             // Nothing measured yet: show the lowest level so the axis means something.
-            above.sort_by_key(|(_, l)| *l);
-            drawn.push(above.remove(0));
+            off_chart.sort_by_key(|(_, l)| *l);
+            drawn.push(off_chart.remove(0));
         }
         let y_max = drawn
             .iter()
@@ -142,7 +147,7 @@ impl Chart {
             measured,
             projection: projection_points,
             levels: drawn,
-            above,
+            off_chart,
             plan,
             now_ms: (first..=t1).contains(&now_ms).then_some(now_ms),
         })
@@ -285,7 +290,7 @@ mod tests {
         assert_eq!(c.measured.first().unwrap().central, 0);
         assert!(c.measured.windows(2).all(|w| w[0].high <= w[1].high));
         assert_eq!(c.levels, vec![("near".to_string(), 2_000)]);
-        assert_eq!(c.above, vec![("far".to_string(), 1_000_000)]);
+        assert_eq!(c.off_chart, vec![("far".to_string(), 1_000_000)]);
         assert!(c.y_max >= 2_000);
         let s = svg(&c, "m").into_string();
         assert!(

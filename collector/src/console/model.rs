@@ -667,13 +667,29 @@ pub fn describe_entry(e: &AuditEntry) -> String {
                 other => other.to_string(),
             }
         }
+        AuditKind::Delivery => format!(
+            "{} to {}: {} (attempt {})",
+            text(p.get("result")),
+            text(p.get("sink")),
+            text(p.get("key")),
+            text(p.get("attempts"))
+        ),
         AuditKind::RegistryChange => "registry entry changed".to_string(),
         other => other.as_str().to_string(),
     }
 }
 
-/// Whether an audit entry is about `model` (and `threshold`, when given).
+/// Whether an audit entry is about `model` (and `threshold`, when given). A delivery names
+/// its alert by idempotency key, `{model}/{threshold}/{kind}/{n}`; threshold ids have no
+/// `/`, so the prefix with a threshold is unambiguous.
 pub fn entry_is_about(e: &AuditEntry, model: &str, threshold: Option<&str>) -> bool {
+    if e.kind == AuditKind::Delivery {
+        let key = e.payload.get("key").and_then(Json::as_str).unwrap_or("");
+        return match threshold {
+            Some(t) => key.starts_with(&format!("{model}/{t}/")),
+            None => key.starts_with(&format!("{model}/")),
+        };
+    }
     e.payload.get("model").and_then(Json::as_str) == Some(model)
         && threshold.is_none_or(|t| e.payload.get("threshold_id").and_then(Json::as_str) == Some(t))
 }
@@ -845,7 +861,7 @@ pub fn audit_page(
             .iter()
             .map(|e| {
                 let p = &e.payload;
-                let subject = [p.get("model"), p.get("threshold_id")]
+                let subject = [p.get("model"), p.get("threshold_id"), p.get("key")]
                     .into_iter()
                     .map(text)
                     .filter(|s| !s.is_empty())

@@ -4,7 +4,7 @@
 use maud::{Markup, html};
 
 use super::{Frame, Section, model_href, page, time_left, urgency, when};
-use crate::console::model::{AlertRow, AlertsPage};
+use crate::console::model::{AlertRow, AlertsPage, Urgency};
 
 /// A message after an action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,7 @@ fn row(i: usize, r: &AlertRow, now: i64, f: Option<&Forms>) -> Markup {
             td { (v.status) }
             td {
                 @match v.deadline_ms {
+                    Some(d) if r.urgency == Urgency::Done => { "was " (when(d)) }
                     Some(d) => { (when(d)) br; (time_left(d, now)) }
                     None => {
                         @match v.content.as_ref().and_then(|c| c.projected_crossing.clone()) {

@@ -43,7 +43,7 @@ pub fn render(p: &AuditPage, frame: &Frame) -> Markup {
                 thead { tr { th scope="col" { "#" } th scope="col" { "Recorded" } th scope="col" { "By" } th scope="col" { "Kind" } th scope="col" { "About" } th scope="col" { "What" } } }
                 tbody {
                     @for (h, (kind, about)) in p.recent.iter().zip(&p.subjects) {
-                        tr { td class="num" { (h.seq) } td { (when(h.at_ms)) } td { (h.actor) } td { (kind) } td { (about) } td { (h.what) } }
+                        tr { td class="num" { (h.seq) } td class="nw" { (when(h.at_ms)) } td class="nw" { (h.actor) } td class="nw" { (kind) } td { (about) } td { (h.what) } }
                     }
                 }
             }

@@ -70,7 +70,7 @@ fn alert(a: &AlertHistory, now: i64) -> Markup {
                 thead { tr { th scope="col" { "#" } th scope="col" { "Recorded" } th scope="col" { "By" } th scope="col" { "What" } } }
                 tbody {
                     @for h in &a.history {
-                        tr { td class="num" { (h.seq) } td { (when(h.at_ms)) } td { (h.actor) } td { (h.what) } }
+                        tr { td class="num" { (h.seq) } td class="nw" { (when(h.at_ms)) } td class="nw" { (h.actor) } td { (h.what) } }
                     }
                 }
             }
@@ -239,7 +239,7 @@ pub fn render(p: &ModelPage, frame: &Frame) -> Markup {
                             @if !c.projection.is_empty() { span class="key k-proj" {} " projection (dashed) " }
                             @if !c.levels.is_empty() { span class="key k-level" {} " threshold level " }
                             @if c.plan.is_some() { span class="key k-plan" {} " declared plan " }
-                            @for (name, level) in &c.above { br; (name) " level " (flop(*level)) " FLOP is above the chart" }
+                            @for (name, level) in &c.off_chart { br; (name) " level " (flop(*level)) " FLOP is off the chart" }
                         }
                     }
                 }

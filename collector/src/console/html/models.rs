@@ -3,7 +3,7 @@
 use maud::{Markup, html};
 
 use super::{Frame, Section, band, day, model_href, page, time_left, urgency, when};
-use crate::console::model::{Bar, ClusterCell, Crossing, ModelsPage, Sort};
+use crate::console::model::{Bar, ClusterCell, Crossing, ModelsPage, Sort, Urgency};
 
 fn sort_link(p: &ModelsPage, sort: Sort, label: &str) -> Markup {
     html! {
@@ -27,7 +27,8 @@ fn clusters(c: &[ClusterCell]) -> Markup {
     html! {
         @for (i, cell) in c.iter().enumerate() {
             @if i > 0 { ", " }
-            (cell.name.as_deref().unwrap_or("local")) " · " (cell.nodes) " nodes"
+            (cell.name.as_deref().unwrap_or("local")) " · " (cell.nodes)
+            @if cell.nodes == 1 { " node" } @else { " nodes" }
         }
     }
 }
@@ -87,7 +88,8 @@ pub fn render(p: &ModelsPage, frame: &Frame) -> Markup {
                                 Some(c) => {
                                     (c.status) " · " (c.threshold)
                                     @if let Some(d) = c.deadline_ms {
-                                        br; "due " (when(d)) br; (time_left(d, p.now_ms))
+                                        @if c.urgency == Urgency::Done { br; "deadline was " (when(d)) }
+                                        @else { br; "due " (when(d)) br; (time_left(d, p.now_ms)) }
                                     }
                                     @if c.others > 0 { br; small { "+" (c.others) " more" } }
                                 }
