@@ -224,5 +224,8 @@ fn the_console_in_a_real_browser() {
     ])
     .output()
     .unwrap();
-    assert!(verify.status.success(), "audit verify after the console's acknowledgement");
+    assert!(
+        verify.status.success(),
+        "audit verify after the console's acknowledgement"
+    );
 }
