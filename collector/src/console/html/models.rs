@@ -15,9 +15,13 @@ fn sort_link(p: &ModelsPage, sort: Sort, label: &str) -> Markup {
 fn bar(b: &Bar) -> Markup {
     let width = b.high.saturating_sub(b.low).max(1);
     html! {
-        span class="bar" {
-            i class={ "x" (b.low) " w" (width) } {}
-            b class={ "x" (b.central) } {}
+        // A band wholly below the scale (under a thousandth of the level) draws nothing: most
+        // models of a large fleet, so the empty bar is kept short for the page's weight.
+        @if b.high == 0 { span class="bar" {} } @else {
+            span class="bar" {
+                i class={ "x" (b.low) " w" (width) } {}
+                b class={ "x" (b.central) } {}
+            }
         }
         @if b.crossed { " crossed" } @else { " " (format!("{:.0}%", b.percent)) }
     }
@@ -70,8 +74,12 @@ pub fn render(p: &ModelsPage, frame: &Frame) -> Markup {
             }
             tbody {
                 @for r in &p.rows {
-                    tr class=(r.urgency.class()) {
-                        th scope="row" { (urgency(r.urgency)) " " a href=(model_href(&r.model)) { (r.model) } }
+                    // Quiet rows carry no colour, so they need no badge to say it in words.
+                    tr class=[(r.urgency != Urgency::Quiet).then(|| r.urgency.class())] {
+                        th scope="row" {
+                            @if r.urgency != Urgency::Quiet { (urgency(r.urgency)) " " }
+                            a href=(model_href(&r.model)) { (r.model) }
+                        }
                         td class="num" { (band(r.counted)) }
                         @for b in &r.bars {
                             td { @match b { Some(b) => (bar(b)), None => "n/a" } }
