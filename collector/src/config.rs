@@ -118,7 +118,8 @@ pub struct CollectorArgs {
     pub admin_token: Option<String>,
 
     /// TOML file mapping admin actor to token (`alice = "…"`), for admin writes audited under
-    /// the actor the credential belongs to rather than the name the caller gives.
+    /// the actor the credential belongs to rather than the name the caller gives. These are
+    /// also the logins that may acknowledge and dismiss alerts in the console (/ui/).
     #[arg(long, env = "FLOPMETER_ADMIN_TOKENS", value_name = "FILE")]
     pub admin_tokens: Option<PathBuf>,
 

@@ -94,7 +94,7 @@ pub fn render(p: &ModelsPage, frame: &Frame) -> Markup {
                         td {
                             @match &r.clock {
                                 Some(c) => {
-                                    (c.status) " · " (c.threshold)
+                                    (c.status.replace('-', " ")) " · " (c.threshold)
                                     @if let Some(d) = c.deadline_ms {
                                         @if c.urgency == Urgency::Done { br; "deadline was " (when(d)) }
                                         @else { br; "due " (when(d)) br; (time_left(d, p.now_ms)) }
