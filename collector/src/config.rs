@@ -440,7 +440,17 @@ impl CollectorConfig {
             None => HashMap::new(),
         };
         let viewer_tokens = match &a.viewer_tokens {
-            Some(path) => load_admin_tokens(path)?,
+            Some(path) => load_admin_tokens(path).map_err(|e| match e {
+                ConfigError::TokensRead { source, .. } => ConfigError::Invalid(format!(
+                    "cannot read viewer tokens file {}: {source}",
+                    path.display()
+                )),
+                ConfigError::TokensParse { message, .. } => ConfigError::Invalid(format!(
+                    "viewer tokens file {} must be a TOML table `name = \"token\"`: {message}",
+                    path.display()
+                )),
+                other => other,
+            })?,
             None => HashMap::new(),
         };
         // One token in both files would make a login's role depend on which file wins.
@@ -655,6 +665,57 @@ mod tests {
         assert!("10y".parse::<HumanDuration>().is_err());
         assert_eq!(HumanDuration(d("90d")).to_string(), "90d");
         assert_eq!(HumanDuration(d("90s")).to_string(), "90s");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CollectorArgs,
+    }
+
+    fn resolve(files: &[(&str, &str)]) -> Result<CollectorConfig, ConfigError> {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["collector".to_string()];
+        for (flag, body) in files {
+            let path = dir.path().join(format!("{flag}.toml"));
+            std::fs::write(&path, body).unwrap();
+            argv.push(format!("--{flag}"));
+            argv.push(path.display().to_string());
+        }
+        CollectorConfig::from_args(&Cli::try_parse_from(argv).unwrap().args)
+    }
+
+    #[test]
+    fn viewer_tokens_are_named_unique_and_never_an_admins() {
+        let c = resolve(&[
+            ("admin-tokens", "alice = \"a-secret\"\n"),
+            ("viewer-tokens", "victor = \"v-secret\"\n"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.viewer_tokens.get("victor").map(String::as_str),
+            Some("v-secret")
+        );
+        let e = resolve(&[
+            ("admin-tokens", "alice = \"same\"\n"),
+            ("viewer-tokens", "victor = \"same\"\n"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("viewer \"victor\" has the same token as an admin"),
+            "{e}"
+        );
+        let e = resolve(&[("viewer-tokens", "a = \"x\"\nb = \"x\"\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("viewer tokens file "), "{e}");
+        assert!(e.contains("\"a\" and \"b\" have the same token"), "{e}");
+        let e = resolve(&[("viewer-tokens", "a = 1\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a string"), "{e}");
     }
 
     #[test]

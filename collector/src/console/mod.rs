@@ -97,14 +97,6 @@ impl ConsoleState {
         }
     }
 
-    /// Builds the landing page's HTML, as `GET /ui/` serves it (also what the benchmark
-    /// times). Blocking.
-    pub fn models_html(&self, sort: model::Sort) -> Result<String, ConsoleError> {
-        let input = self.sources.models()?;
-        let page = model::models_page(&input, sort);
-        Ok(html::models::render(&page, &self.frame(None, input.now_ms)).into_string())
-    }
-
     fn frame(&self, session: Option<&Session>, now_ms: i64) -> Frame {
         Frame {
             who: session.map(|s| (s.actor.clone(), s.role == Role::Admin)),
