@@ -777,7 +777,7 @@ pub struct AlertsPage {
     pub now_ms: i64,
     /// Open alerts (not acknowledged or dismissed).
     pub open: Vec<AlertRow>,
-    /// Acknowledged and dismissed, latest first.
+    /// Acknowledged and dismissed, latest deadline first.
     pub closed: Vec<AlertRow>,
 }
 
@@ -810,10 +810,10 @@ pub fn alerts_page(alerts: Vec<AlertView>, now_ms: i64) -> AlertsPage {
             &b.view.threshold,
         ))
     });
-    let closed_at = |r: &AlertRow| r.view.acknowledged.is_some() as u8;
     closed.sort_by(|a, b| {
-        closed_at(a)
-            .cmp(&closed_at(b))
+        b.view
+            .deadline_ms
+            .cmp(&a.view.deadline_ms)
             .then(a.view.model.cmp(&b.view.model))
     });
     AlertsPage {
