@@ -24,6 +24,7 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 BASE, OUT, TOKEN, ADMIN, HOSTILE_MODEL, HOSTILE_RUN = sys.argv[1:7]
 
@@ -80,6 +81,11 @@ def browser():
     ]:
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
+
+
+def arrived(d, path):
+    """Waits until the browser shows a page under `path` (after a form's navigation)."""
+    WebDriverWait(d, 30).until(lambda d: d.current_url.split("?")[0].endswith(path))
 
 
 def shot(d, name):
@@ -220,6 +226,7 @@ def main():
         basics(d, "login")
         d.find_element(By.ID, "token").send_keys(TOKEN)
         d.find_element(By.CSS_SELECTOR, "form[action='/ui/login'] button").click()
+        arrived(d, "/ui/alerts")
         check(f"{ADMIN} (admin)" in d.find_element(By.CSS_SELECTOR, "header").text, "logged in as the named admin")
         cookie = d.get_cookie("flopmeter_session")
         check(cookie and cookie["httpOnly"] and cookie.get("sameSite") == "Strict", f"session cookie HttpOnly, SameSite=Strict ({cookie})")
@@ -241,7 +248,7 @@ def main():
         try:
             d.get(f"http://127.0.0.1:{srv.server_address[1]}/")
             d.find_element(By.ID, "go").click()
-            d.find_element(By.TAG_NAME, "main")
+            arrived(d, "/ui/alerts/ack")
             check("CSRF token is missing or wrong" in d.page_source, "cross-site POST refused for its missing CSRF token")
         finally:
             srv.shutdown()
@@ -262,6 +269,7 @@ def main():
         check(label == "Notification reference", f"the reference field is labelled ({label!r})")
         target[0].find_element(By.NAME, "reference").send_keys(reference)
         target[0].find_element(By.TAG_NAME, "button").click()
+        WebDriverWait(d, 30).until(lambda d: "done=acknowledged" in d.current_url)
         notice = d.find_element(By.CSS_SELECTOR, ".notice.ok").text
         check("acknowledged" in notice, f"the page confirms ({notice!r})")
         after = {(a["model"], a["threshold"]): a for a in api("/api/v1/alerts")}
@@ -273,6 +281,7 @@ def main():
         d.get(BASE + "/ui/audit")
         basics(d, "audit")
         d.find_element(By.CSS_SELECTOR, "form[action='/ui/audit'] button").click()
+        WebDriverWait(d, 30).until(lambda d: "verify=1" in d.current_url)
         check("Verified: OK" in d.find_element(By.TAG_NAME, "main").text, "audit verify on demand")
         rows = d.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=recent] tbody tr")
         mine = [r.text for r in rows if " acknowledged " in f" {r.text} " and urgent["model"] in r.text]
