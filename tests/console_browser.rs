@@ -229,3 +229,48 @@ fn the_console_in_a_real_browser() {
         "audit verify after the console's acknowledgement"
     );
 }
+
+/// The collector says at start whether anyone who reaches its HTTP port can read the console
+/// and the API, and stops saying so once `--viewer-tokens` protects them.
+#[test]
+fn the_collector_warns_when_reading_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let viewers = dir.path().join("viewers.toml");
+    std::fs::write(&viewers, "victor = \"victor-token\"\n").unwrap();
+    for protected in [false, true] {
+        let http = free_port();
+        let data = dir.path().join(format!("ledger-{protected}"));
+        let mut cmd = flopmeter(&["collector", "--listen", "127.0.0.1:0"]);
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["--http-addr", &format!("127.0.0.1:{http}")]);
+        if protected {
+            cmd.arg("--viewer-tokens").arg(&viewers);
+        }
+        let mut p = Proc(cmd.spawn().unwrap());
+        // Ready is set after the start-up warnings are written.
+        support::eventually("the collector is ready", || ready(http));
+        // Reads need a token once viewers exist.
+        assert_eq!(get(http, "/api/v1/models").is_some(), !protected);
+        let _ = p.0.kill();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut p.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(
+            stderr.contains("no --viewer-tokens: the console (/ui/) and /api/v1 are readable"),
+            !protected,
+            "protected={protected}: {stderr}"
+        );
+    }
+}
+
+/// Whether `/readyz` answers 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut resp = String::new();
+    write!(s, "GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n").is_ok()
+        && s.read_to_string(&mut resp).is_ok()
+        && resp.starts_with("HTTP/1.0 200")
+}
