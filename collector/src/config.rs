@@ -118,9 +118,17 @@ pub struct CollectorArgs {
     pub admin_token: Option<String>,
 
     /// TOML file mapping admin actor to token (`alice = "…"`), for admin writes audited under
-    /// the actor the credential belongs to rather than the name the caller gives.
+    /// the actor the credential belongs to rather than the name the caller gives. These are
+    /// also the logins that may acknowledge and dismiss alerts in the console (/ui/).
     #[arg(long, env = "FLOPMETER_ADMIN_TOKENS", value_name = "FILE")]
     pub admin_tokens: Option<PathBuf>,
+
+    /// TOML file mapping viewer name to token (`victor = "…"`). When given, the console
+    /// (/ui/) and /api/v1 need a viewer's or an admin's token (a console login, or
+    /// `Authorization: Bearer`); without it they are open to anyone who can reach
+    /// --http-addr (the collector warns). /metrics, /healthz and /readyz stay open.
+    #[arg(long, env = "FLOPMETER_VIEWER_TOKENS", value_name = "FILE")]
+    pub viewer_tokens: Option<PathBuf>,
 
     /// Actor under which a change of the thresholds file is audited (the file is read at
     /// start): e.g. the deploy pipeline's user or the commit that changed it.
@@ -316,6 +324,8 @@ pub struct CollectorConfig {
     pub admin_token: Option<String>,
     /// Named admin tokens, actor → token.
     pub admin_tokens: HashMap<String, String>,
+    /// Viewer tokens (read access to the console and /api/v1), name → token; empty = open.
+    pub viewer_tokens: HashMap<String, String>,
     /// Raw batches older than this are rolled up.
     pub raw_retention: Duration,
     /// Rollup sweep period.
@@ -349,6 +359,7 @@ impl fmt::Debug for CollectorConfig {
             .field("http_addr", &self.http_addr)
             .field("agent_tokens", &self.agent_tokens.as_ref().map(|t| t.len()))
             .field("admin", &self.admin_credentials())
+            .field("viewers", &self.viewer_tokens.len())
             .field("raw_retention", &self.raw_retention)
             .field("policy", &self.policy)
             .field("limits", &self.limits)
@@ -373,6 +384,7 @@ impl CollectorConfig {
             agent_tokens: None,
             admin_token: None,
             admin_tokens: HashMap::new(),
+            viewer_tokens: HashMap::new(),
             raw_retention: Duration::from_secs(90 * 86_400),
             rollup_every: Duration::from_secs(3600),
             policy: StagePolicy::default(),
@@ -427,6 +439,31 @@ impl CollectorConfig {
             Some(path) => load_admin_tokens(path)?,
             None => HashMap::new(),
         };
+        let viewer_tokens = match &a.viewer_tokens {
+            Some(path) => load_admin_tokens(path).map_err(|e| match e {
+                ConfigError::TokensRead { source, .. } => ConfigError::Invalid(format!(
+                    "cannot read viewer tokens file {}: {source}",
+                    path.display()
+                )),
+                ConfigError::TokensParse { message, .. } => ConfigError::Invalid(format!(
+                    "viewer tokens file {} must be a TOML table `name = \"token\"`: {message}",
+                    path.display()
+                )),
+                other => other,
+            })?,
+            None => HashMap::new(),
+        };
+        // One token in both files would make a login's role depend on which file wins.
+        if let Some(viewer) = viewer_tokens
+            .iter()
+            .find(|(_, t)| admin_tokens.values().any(|a| a == *t))
+            .map(|(v, _)| v)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "viewer {viewer:?} has the same token as an admin in --admin-tokens: give each \
+                 person one token, in one file"
+            )));
+        }
         let mut compliance = compliance_config(a)?;
         if !a.config_actor.trim().is_empty() {
             compliance.config_actor = a.config_actor.trim().to_string();
@@ -438,6 +475,7 @@ impl CollectorConfig {
             agent_tokens,
             admin_token: a.admin_token.clone().filter(|t| !t.is_empty()),
             admin_tokens,
+            viewer_tokens,
             raw_retention: a.raw_retention.0,
             rollup_every: a.rollup_every.0,
             policy: stage_policy(&a.count_stages, &a.exclude_stages, a.unknown_stages_count),
@@ -627,6 +665,57 @@ mod tests {
         assert!("10y".parse::<HumanDuration>().is_err());
         assert_eq!(HumanDuration(d("90d")).to_string(), "90d");
         assert_eq!(HumanDuration(d("90s")).to_string(), "90s");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CollectorArgs,
+    }
+
+    fn resolve(files: &[(&str, &str)]) -> Result<CollectorConfig, ConfigError> {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["collector".to_string()];
+        for (flag, body) in files {
+            let path = dir.path().join(format!("{flag}.toml"));
+            std::fs::write(&path, body).unwrap();
+            argv.push(format!("--{flag}"));
+            argv.push(path.display().to_string());
+        }
+        CollectorConfig::from_args(&Cli::try_parse_from(argv).unwrap().args)
+    }
+
+    #[test]
+    fn viewer_tokens_are_named_unique_and_never_an_admins() {
+        let c = resolve(&[
+            ("admin-tokens", "alice = \"a-secret\"\n"),
+            ("viewer-tokens", "victor = \"v-secret\"\n"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.viewer_tokens.get("victor").map(String::as_str),
+            Some("v-secret")
+        );
+        let e = resolve(&[
+            ("admin-tokens", "alice = \"same\"\n"),
+            ("viewer-tokens", "victor = \"same\"\n"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("viewer \"victor\" has the same token as an admin"),
+            "{e}"
+        );
+        let e = resolve(&[("viewer-tokens", "a = \"x\"\nb = \"x\"\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("viewer tokens file "), "{e}");
+        assert!(e.contains("\"a\" and \"b\" have the same token"), "{e}");
+        let e = resolve(&[("viewer-tokens", "a = 1\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a string"), "{e}");
     }
 
     #[test]

@@ -132,6 +132,12 @@ pub struct DemoOutcome {
 }
 
 const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+
+/// The demo's named admin for the console: the audit log records acknowledgements made
+/// through the console under this name.
+pub const CONSOLE_ADMIN: &str = "dana";
+/// Dana's token (the demo prints it; a demo collector listens on loopback only by default).
+pub const CONSOLE_ADMIN_TOKEN: &str = "demo-dana-token";
 const GPUS_PER_AGENT: u32 = 64;
 
 #[derive(Debug, Default)]
@@ -361,6 +367,7 @@ pub async fn run(
     cfg.listen = opts.listen;
     cfg.http_addr = opts.http_addr;
     cfg.admin_token = Some(opts.admin_token.clone());
+    cfg.admin_tokens = [(CONSOLE_ADMIN.to_string(), CONSOLE_ADMIN_TOKEN.to_string())].into();
     cfg.limits.max_future_ms = 60 * MS_PER_DAY;
     let v = vnow.clone();
     cfg.compliance.clock = EngineClock::from_fn(move || v.load(Ordering::SeqCst));
@@ -403,6 +410,10 @@ pub async fn run(
         data_dir.display()
     )?;
     writeln!(out, "  gRPC (ingest, admin)  http://{grpc}")?;
+    writeln!(
+        out,
+        "  console               http://{http}/ui/  (log in as {CONSOLE_ADMIN} with token {CONSOLE_ADMIN_TOKEN} to acknowledge)"
+    )?;
     writeln!(out, "  metrics               http://{http}/metrics")?;
     writeln!(
         out,

@@ -3,8 +3,9 @@
 //! Agents stream interval records over gRPC ([`ingest`]); the collector validates them,
 //! applies each agent's records exactly once and in order to a durable ledger ([`ledger`])
 //! through a single group-committing writer ([`writer`]), and acknowledges only what is on
-//! disk. It serves Prometheus metrics and a JSON API over HTTP ([`http`]), an admin gRPC API
-//! for the CLI ([`admin`]), and the Annex XI figures per model ([`report`]).
+//! disk. It serves Prometheus metrics and a JSON API over HTTP ([`http`]), the compliance
+//! console for browsers ([`console`]), an admin gRPC API for the CLI ([`admin`]), and the
+//! Annex XI figures per model ([`report`]).
 //!
 //! Module map:
 //! - [`config`]: `flopmeter collector` flags and the resolved configuration;
@@ -13,6 +14,7 @@
 //! - [`ledger`]: the [`ledger::LedgerStore`] trait, its sled implementation, aggregates,
 //!   rollups and `verify`;
 //! - [`admin`], [`http`], [`metrics`], [`report`]: the read and admin sides;
+//! - [`console`]: the server-rendered web console under `/ui/`;
 //! - [`loadgen`]: a protocol-faithful simulated agent fleet for benchmarks and tests.
 //!
 //! [`Collector::start`] wires it all; the `flopmeter collector` subcommand adds signals and
@@ -21,6 +23,7 @@
 pub mod admin;
 pub mod compliance;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod http;
 pub mod ingest;
@@ -243,13 +246,28 @@ impl Collector {
             }
         };
 
+        let access = console::Access::new(
+            cfg.admin_tokens.clone(),
+            cfg.viewer_tokens.clone(),
+            tls.is_some(),
+        );
         let router = http::router(http::HttpState {
             store: store.clone(),
             metrics: metrics.clone(),
             policy: cfg.policy.clone(),
             ready: ready.clone(),
         })
-        .merge(compliance::http::router(compliance.engine().clone()));
+        .merge(compliance::http::router(compliance.engine().clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access.clone()),
+            console::guard_api,
+        ))
+        .merge(console::router(console::ConsoleState::new(
+            store.clone(),
+            compliance.engine().clone(),
+            cfg.policy.clone(),
+            access.clone(),
+        )));
         let mut stop = shutdown_rx.clone();
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -284,6 +302,13 @@ impl Collector {
             tracing::warn!(
                 "no admin credential (--admin-token or --admin-tokens): anyone who can reach \
                  the gRPC port can change the model registry and acknowledge alerts"
+            );
+        }
+        if access.read_is_open() {
+            tracing::warn!(
+                "no --viewer-tokens: the console (/ui/) and /api/v1 are readable by anyone who \
+                 can reach the HTTP port {http_addr}; keep it on a trusted network or give \
+                 --viewer-tokens FILE"
             );
         }
         ready.store(true, Ordering::SeqCst);

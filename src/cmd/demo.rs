@@ -25,7 +25,7 @@ pub struct DemoArgs {
     /// gRPC address of the embedded collector (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// HTTP address of the embedded collector (/metrics, /api/v1).
+    /// HTTP address of the embedded collector (the console at /ui/, /metrics, /api/v1).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub http_addr: SocketAddr,
 }
@@ -48,8 +48,11 @@ pub fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> 
             let http = outcome.collector.http_addr();
             writeln!(
                 out,
-                "\ncollector still running: http://{http}/metrics  http://{http}/api/v1/alerts  \
-                 (gRPC http://{}, admin token demo-admin-token); Ctrl-C to stop",
+                "\ncollector still running: console http://{http}/ui/ (log in as {} with token \
+                 {}), http://{http}/metrics, http://{http}/api/v1/alerts (gRPC http://{}, \
+                 admin token demo-admin-token); Ctrl-C to stop",
+                demo::CONSOLE_ADMIN,
+                demo::CONSOLE_ADMIN_TOKEN,
                 outcome.collector.grpc_addr()
             )?;
             out.flush()?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use flopmeter_core::alert::{self, Alert, AlertConfig, AlertContent, AlertEvent};
 use flopmeter_core::audit::{AuditKind, ChainHead, Json, to_json};
 use flopmeter_core::clock::{self, Assessment, ClockEvent, ClockState, ComplianceSettings};
+use flopmeter_core::evidence::ModelEvidence;
 use flopmeter_core::format;
 use flopmeter_core::threshold::Threshold;
 use flopmeter_core::threshold_config::ThresholdConfig;
@@ -688,6 +689,31 @@ impl Engine {
             });
         }
         Ok(out)
+    }
+
+    /// The last pass's assessment of every (model, threshold) pair that applies; empty before
+    /// the first pass. A read-only view for the console.
+    pub fn assessments(&self) -> BTreeMap<(String, String), Assessment> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// One model's evidence as the engine reads it now (registry, runs and their hourly
+    /// event-time buckets): what the console charts. `None` when the ledger does not know the
+    /// model.
+    pub fn model_evidence(&self, model: &str) -> Result<Option<ModelEvidence>, EngineError> {
+        if self.ledger.model_entry(model)?.is_none()
+            && self.ledger.model_aggregate(model)?.is_none()
+        {
+            return Ok(None);
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.refresh(self.store.db())?;
+        Ok(Some(cache.model_evidence(
+            self.ledger.as_ref(),
+            model.to_string(),
+            self.now(),
+            self.cfg.idle.as_millis() as i64,
+        )?))
     }
 
     /// Sets the compliance gauges from the last pass and the stored state.

@@ -144,125 +144,135 @@ impl BucketCache {
     ) -> Result<Vec<ModelEvidence>, StoreError> {
         let mut out = Vec::new();
         for model in store.model_names()? {
-            let entry = store.model_entry(&model)?;
-            let role = match &entry {
-                Some(e) if e.role == Some(crate::ledger::Role::Modifier) => ModelRole::Modifier {
-                    base_model: e.base_model.clone().unwrap_or_default(),
-                    base_compute: e.base_flop,
-                    base_compute_source: e.base_flop_source.clone(),
-                    // As declared; else a known compute above 10^25 says so; else not, which
-                    // is the lower (conservative) fallback while the status is unknown.
-                    base_systemic: e.base_systemic_risk.unwrap_or_else(|| {
-                        e.base_flop
-                            .is_some_and(|f| f > flopmeter_core::threshold::pow10(25))
-                    }),
-                    base_systemic_declared: e.base_systemic_risk.is_some(),
-                },
-                _ => ModelRole::Provider,
-            };
-            // Every version of every plan, dated when it became known
-            // (`crate::ledger::plans`). Ledgers written before plan histories have none: their
-            // latest figures stand in, dated as those versions dated them.
-            let histories = store.plan_histories(&model)?;
-            let mut plans = plan_versions(&model, &histories);
-            let has_registry = histories.iter().any(|(s, _)| *s == PlanScope::Registry);
-            if let Some(e) = &entry
-                && !has_registry
-                && (e.planned_flop.is_some() || e.planned_params.is_some())
-            {
-                plans.push(DeclaredPlan {
-                    plan_id: format!("registry:{model}"),
-                    run_id: None,
-                    registered_at_ms: e.updated_unix_ms,
-                    planned_flop: e.planned_flop,
-                    params: e.planned_params,
-                    tokens: e.planned_tokens,
-                    declared_by: e
-                        .updated_by
-                        .as_ref()
-                        .map(|a| format!("{a} via the model registry")),
-                });
-            }
-            let model_end = entry.as_ref().and_then(|e| e.planned_end_unix_ms);
-            let mut runs = Vec::new();
-            for r in store.runs(&model)? {
-                let decl = r.declaration.clone().unwrap_or_default();
-                let has_history = histories
-                    .iter()
-                    .any(|(s, _)| matches!(s, PlanScope::Run(run) if *run == r.run));
-                if !has_history && (decl.planned_flop.is_some() || decl.params.is_some()) {
-                    plans.push(DeclaredPlan {
-                        plan_id: format!("run:{model}/{}", r.run),
-                        run_id: Some(r.run.clone()),
-                        registered_at_ms: r
-                            .aggregate
-                            .stages
-                            .values()
-                            .filter_map(|s| s.first_event_unix_ms)
-                            .min()
-                            .unwrap_or(0),
-                        planned_flop: decl.planned_flop,
-                        params: decl.params,
-                        tokens: decl.tokens,
-                        declared_by: None,
-                    });
-                }
-                let precision = decl
-                    .precision
-                    .as_deref()
-                    .and_then(|p| p.parse::<Precision>().ok());
-                for stage in r.aggregate.stages.keys() {
-                    let lo = (
-                        model.clone(),
-                        r.run.clone(),
-                        stage.clone(),
-                        String::new(),
-                        i64::MIN,
-                    );
-                    let buckets: Vec<FlopBucket> = self
-                        .buckets
-                        .range(lo..)
-                        .take_while(|((m, run, s, _, _), _)| {
-                            *m == model && *run == r.run && s == stage
-                        })
-                        .map(|((_, _, _, method, _), acc)| FlopBucket {
-                            start_ms: acc.start,
-                            end_ms: acc.end.max(acc.start + 1),
-                            flop: acc.flop,
-                            method: method.parse::<Method>().unwrap_or(Method::UtilMfu),
-                        })
-                        .collect();
-                    runs.push(RunEvidence {
-                        run_id: if r.aggregate.stages.len() > 1 {
-                            format!("{}#{stage}", r.run)
-                        } else {
-                            r.run.clone()
-                        },
-                        stage: Stage::parse(stage),
-                        // A run is active until its declared end; without one, while it
-                        // reported within the last rate window (decided by the projection).
-                        active: {
-                            let last = buckets.iter().map(|b| b.end_ms).max().unwrap_or(0);
-                            last >= now_ms - idle_ms
-                                && decl
-                                    .planned_end_unix_ms
-                                    .or(model_end)
-                                    .is_none_or(|end| last < end)
-                        },
-                        planned_end_ms: decl.planned_end_unix_ms.or(model_end),
-                        precision,
-                        buckets,
-                    });
-                }
-            }
-            out.push(ModelEvidence {
-                model,
-                role,
-                plans,
-                runs,
-            });
+            out.push(self.model_evidence(store, model, now_ms, idle_ms)?);
         }
         Ok(out)
+    }
+
+    /// The evidence of one model (see [`BucketCache::evidence`]); a model the ledger does not
+    /// know has a provider role and no runs.
+    pub fn model_evidence(
+        &self,
+        store: &dyn LedgerStore,
+        model: String,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> Result<ModelEvidence, StoreError> {
+        let entry = store.model_entry(&model)?;
+        let role = match &entry {
+            Some(e) if e.role == Some(crate::ledger::Role::Modifier) => ModelRole::Modifier {
+                base_model: e.base_model.clone().unwrap_or_default(),
+                base_compute: e.base_flop,
+                base_compute_source: e.base_flop_source.clone(),
+                // As declared; else a known compute above 10^25 says so; else not, which
+                // is the lower (conservative) fallback while the status is unknown.
+                base_systemic: e.base_systemic_risk.unwrap_or_else(|| {
+                    e.base_flop
+                        .is_some_and(|f| f > flopmeter_core::threshold::pow10(25))
+                }),
+                base_systemic_declared: e.base_systemic_risk.is_some(),
+            },
+            _ => ModelRole::Provider,
+        };
+        // Every version of every plan, dated when it became known
+        // (`crate::ledger::plans`). Ledgers written before plan histories have none: their
+        // latest figures stand in, dated as those versions dated them.
+        let histories = store.plan_histories(&model)?;
+        let mut plans = plan_versions(&model, &histories);
+        let has_registry = histories.iter().any(|(s, _)| *s == PlanScope::Registry);
+        if let Some(e) = &entry
+            && !has_registry
+            && (e.planned_flop.is_some() || e.planned_params.is_some())
+        {
+            plans.push(DeclaredPlan {
+                plan_id: format!("registry:{model}"),
+                run_id: None,
+                registered_at_ms: e.updated_unix_ms,
+                planned_flop: e.planned_flop,
+                params: e.planned_params,
+                tokens: e.planned_tokens,
+                declared_by: e
+                    .updated_by
+                    .as_ref()
+                    .map(|a| format!("{a} via the model registry")),
+            });
+        }
+        let model_end = entry.as_ref().and_then(|e| e.planned_end_unix_ms);
+        let mut runs = Vec::new();
+        for r in store.runs(&model)? {
+            let decl = r.declaration.clone().unwrap_or_default();
+            let has_history = histories
+                .iter()
+                .any(|(s, _)| matches!(s, PlanScope::Run(run) if *run == r.run));
+            if !has_history && (decl.planned_flop.is_some() || decl.params.is_some()) {
+                plans.push(DeclaredPlan {
+                    plan_id: format!("run:{model}/{}", r.run),
+                    run_id: Some(r.run.clone()),
+                    registered_at_ms: r
+                        .aggregate
+                        .stages
+                        .values()
+                        .filter_map(|s| s.first_event_unix_ms)
+                        .min()
+                        .unwrap_or(0),
+                    planned_flop: decl.planned_flop,
+                    params: decl.params,
+                    tokens: decl.tokens,
+                    declared_by: None,
+                });
+            }
+            let precision = decl
+                .precision
+                .as_deref()
+                .and_then(|p| p.parse::<Precision>().ok());
+            for stage in r.aggregate.stages.keys() {
+                let lo = (
+                    model.clone(),
+                    r.run.clone(),
+                    stage.clone(),
+                    String::new(),
+                    i64::MIN,
+                );
+                let buckets: Vec<FlopBucket> = self
+                    .buckets
+                    .range(lo..)
+                    .take_while(|((m, run, s, _, _), _)| *m == model && *run == r.run && s == stage)
+                    .map(|((_, _, _, method, _), acc)| FlopBucket {
+                        start_ms: acc.start,
+                        end_ms: acc.end.max(acc.start + 1),
+                        flop: acc.flop,
+                        method: method.parse::<Method>().unwrap_or(Method::UtilMfu),
+                    })
+                    .collect();
+                runs.push(RunEvidence {
+                    run_id: if r.aggregate.stages.len() > 1 {
+                        format!("{}#{stage}", r.run)
+                    } else {
+                        r.run.clone()
+                    },
+                    stage: Stage::parse(stage),
+                    // A run is active until its declared end; without one, while it
+                    // reported within the last rate window (decided by the projection).
+                    active: {
+                        let last = buckets.iter().map(|b| b.end_ms).max().unwrap_or(0);
+                        last >= now_ms - idle_ms
+                            && decl
+                                .planned_end_unix_ms
+                                .or(model_end)
+                                .is_none_or(|end| last < end)
+                    },
+                    planned_end_ms: decl.planned_end_unix_ms.or(model_end),
+                    precision,
+                    buckets,
+                });
+            }
+        }
+        Ok(ModelEvidence {
+            model,
+            role,
+            plans,
+            runs,
+        })
     }
 }
 
