@@ -34,10 +34,8 @@ fn batch(a: &SimAgent, n: u64) -> IncomingBatch {
         .map(|i| {
             let seq = n * RECORDS + i + 1;
             let record = a.record(seq, (i % 8) as u32, NOW - 1000);
-            CheckedRecord {
-                rejection: verdict(&record, &Inventory::default(), &Limits::default(), NOW),
-                record,
-            }
+            let rejection = verdict(&record, &Inventory::default(), &Limits::default(), NOW);
+            CheckedRecord::new(record, rejection)
         })
         .collect();
     IncomingBatch {

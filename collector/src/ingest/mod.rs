@@ -335,9 +335,9 @@ async fn session(
         let records = batch
             .records
             .into_iter()
-            .map(|record| CheckedRecord {
-                rejection: verdict(&record, &inventory, &shared.limits, now),
-                record,
+            .map(|record| {
+                let rejection = verdict(&record, &inventory, &shared.limits, now);
+                CheckedRecord::new(record, rejection)
             })
             .collect();
         let incoming = IncomingBatch {

@@ -40,11 +40,15 @@ pub enum RejectReason {
     /// The GPU is uncatalogued and the peak its agent declared for it is beyond any
     /// plausible GPU ([`MAX_OPERATOR_PEAK_FACTOR`]), so it cannot bound the record's FLOP.
     ImplausiblePeak,
+    /// A declared count (planned FLOP, parameters, tokens) that is not a whole number by
+    /// the rule of `FlopAmount` (bad syntax, a fraction, an absurd exponent): a plan read
+    /// wrong could start a legal clock, so the record waits in quarantine instead.
+    BadDeclaration,
 }
 
 impl RejectReason {
     /// Every reason, for metric initialisation and docs.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::FlopAbovePeak,
         RejectReason::BadInterval,
         RejectReason::IntervalTooLong,
@@ -56,6 +60,7 @@ impl RejectReason {
         RejectReason::BadIdentity,
         RejectReason::BadValue,
         RejectReason::ImplausiblePeak,
+        RejectReason::BadDeclaration,
     ];
 
     /// The kebab-case tag.
@@ -72,6 +77,7 @@ impl RejectReason {
             RejectReason::BadIdentity => "bad-identity",
             RejectReason::BadValue => "bad-value",
             RejectReason::ImplausiblePeak => "implausible-peak",
+            RejectReason::BadDeclaration => "bad-declaration",
         }
     }
 
@@ -265,6 +271,11 @@ pub fn check_record(
                 return bad_name(what);
             }
         }
+    }
+    if let Some(d) = &rec.declaration
+        && let Err(e) = crate::ledger::Declaration::from_wire(d)
+    {
+        return reject(RejectReason::BadDeclaration, e.to_string());
     }
     if !valid_name(&rec.gpu_type) {
         return bad_name("gpu_type");

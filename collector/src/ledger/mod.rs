@@ -95,13 +95,46 @@ pub struct RecordRejection {
     pub detail: String,
 }
 
-/// A record with the verdict of per-record validation.
+/// A record with the verdict of per-record validation, and its declaration already parsed:
+/// everything that costs more than a lookup happens here, at the door, so the ledger's
+/// transaction does no parsing at all.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedRecord {
     /// The record as received.
     pub record: IntervalRecord,
     /// `Some` when the record failed validation: it is quarantined, never applied.
     pub rejection: Option<RecordRejection>,
+    /// The record's declaration, parsed (`None` when it declared nothing or is rejected).
+    pub declaration: Option<Declaration>,
+}
+
+impl CheckedRecord {
+    /// A record with its verdict; parses its declaration (bounded work). A declaration that
+    /// does not parse quarantines a record the verdict accepted, as `bad-declaration`.
+    pub fn new(record: IntervalRecord, rejection: Option<RecordRejection>) -> CheckedRecord {
+        let parsed = match (&rejection, &record.declaration) {
+            (None, Some(d)) => Some(Declaration::from_wire(d)),
+            _ => None,
+        };
+        let (rejection, declaration) = match parsed {
+            None => (rejection, None),
+            Some(Ok(d)) => (None, (!d.is_empty()).then_some(d)),
+            Some(Err(e)) => (
+                Some(RecordRejection {
+                    reason: crate::ingest::validate::RejectReason::BadDeclaration
+                        .as_str()
+                        .into(),
+                    detail: e.to_string(),
+                }),
+                None,
+            ),
+        };
+        CheckedRecord {
+            record,
+            rejection,
+            declaration,
+        }
+    }
 }
 
 /// A batch ready for the ledger: well-formed (strictly increasing sequence numbers starting

@@ -768,7 +768,7 @@ fn apply_in_tx(
             Attribution::Run { model, run } => {
                 run_delta.entry((model, run)).or_default().add_record(rec);
                 model_delta.entry(model).or_default().add_record(rec);
-                if let Some(d) = &rec.declaration {
+                if let Some(d) = &cr.declaration {
                     decls.insert((model, run), d);
                 }
             }
@@ -806,18 +806,18 @@ fn apply_in_tx(
         w.aggregate(AggTree::Unattributed, unatt, cache, key)?
             .merge_stages(&d);
     }
-    for ((model, run), wire) in decls {
-        let decl = Declaration::from_wire(wire);
+    // Parsed at the door (`CheckedRecord::new`): nothing here costs more than a lookup.
+    for ((model, run), decl) in decls {
         if decl.is_empty() {
             continue;
         }
         let key = keys::join(&[model, run]);
         let unchanged = match run_meta.get(&key)? {
-            Some(v) => abort(from_json::<Declaration>(&v, "declaration"))? == decl,
+            Some(v) => abort(from_json::<Declaration>(&v, "declaration"))? == *decl,
             None => false,
         };
         if !unchanged {
-            run_meta.insert(key, abort(to_json(&decl))?)?;
+            run_meta.insert(key, abort(to_json(decl))?)?;
         }
     }
     let first_seq = seqs[start];

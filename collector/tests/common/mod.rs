@@ -66,10 +66,7 @@ pub fn incoming(agent: &str, node: &str, records: Vec<IntervalRecord>) -> Incomi
         received_unix_ms: now_unix_ms(),
         records: records
             .into_iter()
-            .map(|record| CheckedRecord {
-                record,
-                rejection: None,
-            })
+            .map(|record| CheckedRecord::new(record, None))
             .collect(),
     }
 }
