@@ -22,6 +22,8 @@ pub mod admin;
 pub mod compliance;
 pub mod config;
 pub mod demo;
+pub mod durable_marks;
+pub mod failpoint;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
@@ -139,7 +141,7 @@ impl Collector {
         );
         let store: Arc<dyn LedgerStore> = Arc::new(sled_store);
         store.set_stage_policy(&cfg.policy)?;
-        store.flush()?;
+        let marks = Arc::new(durable_marks::DurableMarks::load(store.as_ref())?);
         let metrics = Metrics::new();
         metrics.start_time.set(now_unix_ms() as f64 / 1000.0);
         let writer = Writer::start(
@@ -151,6 +153,7 @@ impl Collector {
                 dir: cfg.data_dir.clone(),
                 min_free_bytes: cfg.min_free_bytes,
             },
+            marks.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
@@ -185,7 +188,7 @@ impl Collector {
             })?;
 
         let ingest = ingest::IngestService::new(
-            store.clone(),
+            marks,
             writer.handle(),
             metrics.clone(),
             cfg.limits,

@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::durable_marks::DurableMarks;
+use crate::failpoint::HoldFlush;
 use crate::ledger::{
     AgentInfo, ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RollupStats, StoreError,
     VerifyReport,
@@ -93,18 +95,25 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer on its own OS thread (sled calls block). `queue` bounds the jobs
-    /// waiting; `max_group` bounds the batches per flush.
+    /// waiting; `max_group` bounds the batches per flush. `marks` are moved after each
+    /// flush, and only then.
     pub fn start(
         store: Arc<dyn LedgerStore>,
         metrics: Metrics,
         queue: usize,
         max_group: usize,
         headroom: Headroom,
+        marks: Arc<DurableMarks>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let ctx = Ctx {
+            metrics,
+            marks,
+            hold_flush: HoldFlush::from_env(),
+        };
         let thread = thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(rx, store.as_ref(), &metrics, max_group.max(1), &headroom))
+            .spawn(move || run(rx, store.as_ref(), &ctx, max_group.max(1), &headroom))
             .expect("spawning the ledger writer thread");
         Writer {
             handle: WriterHandle { tx },
@@ -155,13 +164,21 @@ impl Headroom {
     }
 }
 
+/// What the writer thread works with besides the store.
+struct Ctx {
+    metrics: Metrics,
+    marks: Arc<DurableMarks>,
+    hold_flush: Option<HoldFlush>,
+}
+
 fn run(
     mut rx: mpsc::Receiver<Job>,
     store: &dyn LedgerStore,
-    metrics: &Metrics,
+    ctx: &Ctx,
     max_group: usize,
     headroom: &Headroom,
 ) {
+    let metrics = &ctx.metrics;
     let mut was_short = false;
     let mut group: Vec<Job> = Vec::with_capacity(max_group);
     let mut stop = false;
@@ -195,7 +212,7 @@ fn run(
         }
         match (&broken, &short) {
             (Some(why), _) | (None, Some(why)) => refuse_group(&mut group, store, metrics, why),
-            (None, None) => broken = commit_group(&mut group, store, metrics),
+            (None, None) => broken = commit_group(&mut group, store, ctx),
         }
     }
     // Everything answered was flushed already; flush once more so a clean shutdown leaves
@@ -204,7 +221,12 @@ fn run(
 }
 
 enum Pending {
-    Apply(Reply<ApplyOutcome>, Result<ApplyOutcome, StoreError>),
+    /// The agent, the reply, the outcome.
+    Apply(
+        String,
+        Reply<ApplyOutcome>,
+        Result<ApplyOutcome, StoreError>,
+    ),
     SetModel(Reply<ModelEntry>, Result<ModelEntry, StoreError>),
     RollUp(Option<Reply<RollupStats>>, Result<RollupStats, StoreError>),
 }
@@ -212,7 +234,7 @@ enum Pending {
 impl Pending {
     fn storage_error(&self) -> Option<String> {
         let e = match self {
-            Pending::Apply(_, r) => r.as_ref().err(),
+            Pending::Apply(_, _, r) => r.as_ref().err(),
             Pending::SetModel(_, r) => r.as_ref().err(),
             Pending::RollUp(_, r) => r.as_ref().err(),
         };
@@ -264,11 +286,8 @@ fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
 }
 
 /// Applies and flushes a group; returns why the ledger is broken if a write failed.
-fn commit_group(
-    group: &mut Vec<Job>,
-    store: &dyn LedgerStore,
-    metrics: &Metrics,
-) -> Option<String> {
+fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Option<String> {
+    let metrics = &ctx.metrics;
     let mut pending = Vec::with_capacity(group.len());
     let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
     let mut applied = 0u64;
@@ -282,8 +301,8 @@ fn commit_group(
         let refs: Vec<&IncomingBatch> = batches.iter().map(|(b, _)| b.as_ref()).collect();
         let results = store.apply_group(&refs);
         let n = batches.len() as u64;
-        for ((_, reply), r) in batches.drain(..).zip(results) {
-            pending.push(Pending::Apply(reply, r));
+        for ((batch, reply), r) in batches.drain(..).zip(results) {
+            pending.push(Pending::Apply(batch.agent_id, reply, r));
         }
         n
     };
@@ -332,6 +351,11 @@ fn commit_group(
     if pending.is_empty() {
         return None;
     }
+    if batches > 0
+        && let Some(hold) = &ctx.hold_flush
+    {
+        hold.wait();
+    }
     let started = Instant::now();
     let flushed = store.flush();
     metrics
@@ -365,9 +389,18 @@ fn commit_group(
             Some(why) => Err(StoreError::Storage(format!("ledger write failed: {why}"))),
         }
     }
+    // The marks move after the flush and before any reply, so a Welcome that follows an
+    // Ack names at least what the Ack did, and nothing that is not on disk.
+    if broken.is_none() {
+        for p in &pending {
+            if let Pending::Apply(agent, _, Ok(o)) = p {
+                ctx.marks.advance(agent, o.acked_through);
+            }
+        }
+    }
     for p in pending {
         match p {
-            Pending::Apply(reply, r) => {
+            Pending::Apply(_, reply, r) => {
                 let _ = reply.send(outcome(&broken, r));
             }
             Pending::SetModel(reply, r) => {

@@ -39,9 +39,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ledger::{
-    AgentInfo, ApplyOutcome, CheckedRecord, IncomingBatch, LedgerStore, StoreError,
-};
+use crate::durable_marks::DurableMarks;
+use crate::ledger::{AgentInfo, ApplyOutcome, CheckedRecord, IncomingBatch, StoreError};
 use crate::metrics::{Metrics, Refusal};
 use crate::now_unix_ms;
 use crate::writer::{Job, WriterHandle};
@@ -58,7 +57,8 @@ pub struct IngestService {
 
 #[derive(Debug)]
 struct Shared {
-    store: Arc<dyn LedgerStore>,
+    /// What a Welcome or an Ack may name: only marks that are on disk.
+    marks: Arc<DurableMarks>,
     writer: WriterHandle,
     metrics: Metrics,
     limits: Limits,
@@ -72,7 +72,7 @@ impl IngestService {
     /// Creates the service. Sessions end when `shutdown` becomes true. With `client_certs`
     /// (mutual TLS), an agent must present a client certificate naming its agent id.
     pub fn new(
-        store: Arc<dyn LedgerStore>,
+        marks: Arc<DurableMarks>,
         writer: WriterHandle,
         metrics: Metrics,
         limits: Limits,
@@ -82,7 +82,7 @@ impl IngestService {
     ) -> IngestService {
         IngestService {
             shared: Arc::new(Shared {
-                store,
+                marks,
                 writer,
                 metrics,
                 limits,
@@ -248,13 +248,9 @@ async fn session(
     }
     let agent = hello.agent_id.clone();
     let node = hello.node.clone();
-    let hwm = match shared.store.high_water_mark(&agent) {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = out.send(Err(e.into())).await;
-            return;
-        }
-    };
+    // The durable mark, never the store's: the agent deletes what the Welcome names, and
+    // the store's mark includes commits whose flush may still be under way.
+    let hwm = shared.marks.get(&agent);
     let now = now_unix_ms();
     let _ = shared
         .writer
@@ -279,7 +275,13 @@ async fn session(
     }
     let inventory = Inventory::from_hello(&hello.gpus);
     let (pending_tx, pending_rx) = mpsc::channel(READ_AHEAD);
-    let responder = tokio::spawn(respond(shared.metrics.clone(), pending_rx, out));
+    let responder = tokio::spawn(respond(
+        shared.metrics.clone(),
+        shared.marks.clone(),
+        agent.clone(),
+        pending_rx,
+        out,
+    ));
     loop {
         let msg = match next_message(&mut inbound, &mut shutdown).await {
             None => {
@@ -396,7 +398,13 @@ fn agent_info(h: &Hello, now: i64) -> AgentInfo {
 }
 
 /// Sends the Acks (and Resends) in batch order, each once its batch is durable.
-async fn respond(metrics: Metrics, mut pending: mpsc::Receiver<Pending>, out: Outbound) {
+async fn respond(
+    metrics: Metrics,
+    marks: Arc<DurableMarks>,
+    agent: String,
+    mut pending: mpsc::Receiver<Pending>,
+    out: Outbound,
+) {
     while let Some(p) = pending.recv().await {
         let (reply, received) = match p {
             Pending::Outcome { reply, received } => (reply, received),
@@ -432,7 +440,10 @@ async fn respond(metrics: Metrics, mut pending: mpsc::Receiver<Pending>, out: Ou
         let progressed = outcome.applied + outcome.newly_rejected + outcome.duplicates > 0;
         if progressed || outcome.resend_from.is_none() {
             let ack = Ack {
-                acked_through: outcome.acked_through,
+                // The writer moved the durable mark before replying, so this is the
+                // outcome's own mark; read through the durable one all the same, so that no
+                // path can promise more than the disk holds.
+                acked_through: marks.clamp(&agent, outcome.acked_through),
                 rejections: outcome
                     .rejections
                     .iter()

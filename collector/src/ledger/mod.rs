@@ -239,8 +239,12 @@ pub struct RollupStats {
 /// The storage behind the ledger. See the module docs for the invariants.
 pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// The agent's high-water mark: the highest sequence number applied or quarantined
-    /// (0 = none).
+    /// (0 = none). It includes writes not yet flushed: never tell an agent it may delete
+    /// through it (`crate::durable_marks` holds the durable ones).
     fn high_water_mark(&self, agent_id: &str) -> Result<u64, StoreError>;
+
+    /// Every agent's high-water mark, as [`LedgerStore::high_water_mark`] reads it.
+    fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Applies a batch atomically: reads the high-water mark, plans the batch
     /// ([`sequence::plan`]), stores the raw records, quarantines rejected ones, updates every

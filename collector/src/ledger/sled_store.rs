@@ -844,6 +844,16 @@ impl LedgerStore for SledStore {
             .map_or(Ok(0), |v| decode_u64(&v))
     }
 
+    fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.hwm
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode_u64(&v)?))
+            })
+            .collect()
+    }
+
     fn apply_batch(&self, b: &IncomingBatch) -> Result<ApplyOutcome, StoreError> {
         let seqs = check_batch(b)?;
         let mut outs = self.run_group(&[(b, &seqs)]).map_err(tx_error)?;
