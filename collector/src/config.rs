@@ -210,6 +210,18 @@ pub struct CollectorArgs {
     )]
     pub max_future: HumanDuration,
 
+    /// How far behind the collector's clock an event may start. Older records are
+    /// quarantined (`event-time-too-old`) and counted: an agent with a clock decades off
+    /// must not write facts, such as the start of a notification clock, that can never be
+    /// moved. Long enough for a node cut off for weeks to backfill its spool.
+    #[arg(
+        long,
+        env = "FLOPMETER_BACKFILL_WINDOW",
+        value_name = "DURATION",
+        default_value = "90d"
+    )]
+    pub backfill_window: HumanDuration,
+
     /// Largest gRPC message an agent may send (a Hello or a record batch), bytes. A bigger
     /// one is refused with RESOURCE_EXHAUSTED before it is read into memory. Keep it well
     /// above the agents' batch size (about 1 MiB by default).
@@ -445,6 +457,7 @@ impl CollectorConfig {
                 peak_tolerance: a.peak_tolerance,
                 max_interval_ms: a.max_interval.0.as_millis() as i64,
                 max_future_ms: a.max_future.0.as_millis() as i64,
+                max_backfill_ms: a.backfill_window.0.as_millis().min(i64::MAX as u128) as i64,
                 ..Limits::default()
             },
             commit_group: a.commit_group.max(1),

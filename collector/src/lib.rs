@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
+pub mod occupancy;
 pub mod report;
 pub mod tls;
 pub mod writer;

@@ -23,6 +23,7 @@ use crate::ledger::{
     VerifyReport,
 };
 use crate::metrics::Metrics;
+use crate::occupancy::{Occupancy, REBUILD_BATCHES};
 
 /// A reply channel.
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -110,6 +111,7 @@ impl Writer {
             metrics,
             marks,
             hold_flush: HoldFlush::from_env(),
+            occupancy: Default::default(),
         };
         let thread = thread::Builder::new()
             .name("ledger-writer".into())
@@ -169,6 +171,8 @@ struct Ctx {
     metrics: Metrics,
     marks: Arc<DurableMarks>,
     hold_flush: Option<HoldFlush>,
+    /// Recent work per GPU, for the cross-record ceiling (only this thread touches it).
+    occupancy: std::cell::RefCell<Occupancy>,
 }
 
 fn run(
@@ -298,8 +302,15 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
         if batches.is_empty() {
             return 0;
         }
+        let mut occupancy = ctx.occupancy.borrow_mut();
+        screen_overlaps(batches, store, &mut occupancy);
         let refs: Vec<&IncomingBatch> = batches.iter().map(|(b, _)| b.as_ref()).collect();
         let results = store.apply_group(&refs);
+        for (b, r) in batches.iter().zip(&results) {
+            if r.is_err() {
+                occupancy.forget(&b.0.agent_id);
+            }
+        }
         let n = batches.len() as u64;
         for ((batch, reply), r) in batches.drain(..).zip(results) {
             pending.push(Pending::Apply(batch.agent_id, reply, r));
@@ -414,4 +425,61 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
         }
     }
     broken
+}
+
+/// Quarantines, before they are applied, new records that would take their GPU past its
+/// ceiling together with the records they overlap ([`crate::occupancy`]). Bounded work: a
+/// few segments per record, and for an agent not seen since the start, its last
+/// [`REBUILD_BATCHES`] raw batches.
+fn screen_overlaps(
+    batches: &mut [(Box<IncomingBatch>, Reply<ApplyOutcome>)],
+    store: &dyn LedgerStore,
+    occupancy: &mut Occupancy,
+) {
+    // Marks as batches earlier in this group leave them (the store has not seen them yet).
+    let mut marks: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for (b, _) in batches.iter_mut() {
+        let agent = b.agent_id.clone();
+        let hwm = match marks.get(&agent) {
+            Some(&h) => h,
+            None => match store.high_water_mark(&agent) {
+                Ok(h) => h,
+                // The batch will fail the same way when applied; nothing to screen.
+                Err(_) => continue,
+            },
+        };
+        let seqs: Vec<u64> = b.records.iter().map(|r| r.record.seq).collect();
+        if !crate::ledger::sequence::well_formed(&seqs) {
+            continue; // refused whole when applied
+        }
+        let crate::ledger::sequence::SeqPlan::Apply { start, end, .. } =
+            crate::ledger::sequence::plan(hwm, &seqs)
+        else {
+            continue;
+        };
+        if !occupancy.knows(&agent) {
+            match store.recent_records(&agent, REBUILD_BATCHES) {
+                Ok((recent, truncated)) => occupancy.rebuild(&agent, &recent, truncated),
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "cannot read recent records");
+                    continue;
+                }
+            }
+        }
+        for cr in &mut b.records[start..end] {
+            if cr.rejection.is_some() {
+                continue;
+            }
+            if let Err(detail) = occupancy.admit(&agent, &cr.record, cr.max_flop_per_s) {
+                cr.rejection = Some(crate::ledger::RecordRejection {
+                    reason: crate::ingest::validate::RejectReason::GpuOverlap
+                        .as_str()
+                        .into(),
+                    detail,
+                });
+                cr.declaration = None;
+            }
+        }
+        marks.insert(agent, seqs[end - 1]);
+    }
 }

@@ -339,7 +339,10 @@ async fn session(
             .into_iter()
             .map(|record| {
                 let rejection = verdict(&record, &inventory, &shared.limits, now);
-                CheckedRecord::new(record, rejection)
+                let max = inventory
+                    .ceiling_flop_per_s(&record)
+                    .map(|c| c * shared.limits.peak_tolerance);
+                CheckedRecord::new(record, rejection).with_max_flop_per_s(max)
             })
             .collect();
         let incoming = IncomingBatch {

@@ -106,6 +106,10 @@ pub struct CheckedRecord {
     pub rejection: Option<RecordRejection>,
     /// The record's declaration, parsed (`None` when it declared nothing or is rejected).
     pub declaration: Option<Declaration>,
+    /// The most FLOP per second its GPU can do, tolerance included, as validation found it;
+    /// the writer bounds overlapping records of one GPU by it (`crate::occupancy`). `None`
+    /// skips that check (records built outside ingest, in tests and benchmarks).
+    pub max_flop_per_s: Option<f64>,
 }
 
 impl CheckedRecord {
@@ -133,7 +137,14 @@ impl CheckedRecord {
             record,
             rejection,
             declaration,
+            max_flop_per_s: None,
         }
+    }
+
+    /// Sets [`CheckedRecord::max_flop_per_s`].
+    pub fn with_max_flop_per_s(mut self, v: Option<f64>) -> CheckedRecord {
+        self.max_flop_per_s = v;
+        self
     }
 }
 
@@ -259,6 +270,14 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     fn apply_group(&self, batches: &[&IncomingBatch]) -> Vec<Result<ApplyOutcome, StoreError>> {
         batches.iter().map(|b| self.apply_batch(b)).collect()
     }
+
+    /// The records of the agent's last `max_batches` raw batches, in sequence order, and
+    /// whether older applied records exist beyond them (raw or rolled up).
+    fn recent_records(
+        &self,
+        agent_id: &str,
+        max_batches: usize,
+    ) -> Result<(Vec<IntervalRecord>, bool), StoreError>;
 
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;

@@ -854,6 +854,24 @@ impl LedgerStore for SledStore {
             .collect()
     }
 
+    fn recent_records(
+        &self,
+        agent_id: &str,
+        max_batches: usize,
+    ) -> Result<(Vec<IntervalRecord>, bool), StoreError> {
+        let mut batches = Vec::new();
+        let mut truncated = false;
+        for kv in self.raw.scan_prefix(keys::prefix(&[agent_id])).rev() {
+            if batches.len() == max_batches {
+                truncated = true;
+                break;
+            }
+            let (_, v) = kv?;
+            batches.push(from_proto::<StoredBatch>(&v, "raw batch")?.records);
+        }
+        Ok((batches.into_iter().rev().flatten().collect(), truncated))
+    }
+
     fn apply_batch(&self, b: &IncomingBatch) -> Result<ApplyOutcome, StoreError> {
         let seqs = check_batch(b)?;
         let mut outs = self.run_group(&[(b, &seqs)]).map_err(tx_error)?;

@@ -16,9 +16,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-/// A valid H100 record of 10 s ending `ago_ms` before now.
+/// A valid H100 record of 10 s, the `seq`-th interval from a day ago: an agent's records for
+/// one GPU follow each other in time (overlapping ones share the GPU's ceiling).
 pub fn rec(seq: u64, model: &str, run: &str, stage: &str, central: u64) -> IntervalRecord {
-    rec_at(seq, model, run, stage, central, now_unix_ms() - 1_000)
+    static DAY_AGO: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let base = *DAY_AGO.get_or_init(|| now_unix_ms() - 86_400_000);
+    rec_at(seq, model, run, stage, central, base + seq as i64 * 10_000)
 }
 
 /// A valid H100 record of 10 s ending at `end_ms`.
