@@ -350,6 +350,8 @@ pub struct CollectorConfig {
     pub compliance: crate::compliance::ComplianceConfig,
     /// TLS for both listeners (and mutual TLS), when set.
     pub tls: Option<crate::tls::TlsPaths>,
+    /// Test-only hooks (`crate::failpoint`); all off unless a test arms them.
+    pub failpoints: crate::failpoint::Failpoints,
 }
 
 impl fmt::Debug for CollectorConfig {
@@ -396,6 +398,7 @@ impl CollectorConfig {
             max_message_bytes: crate::MAX_MESSAGE_BYTES,
             compliance: crate::compliance::ComplianceConfig::default(),
             tls: None,
+            failpoints: Default::default(),
         }
     }
 
@@ -475,6 +478,7 @@ impl CollectorConfig {
                     key,
                     client_ca: a.tls_client_ca.clone(),
                 }),
+            failpoints: crate::failpoint::Failpoints::from_env(),
         })
     }
 }

@@ -155,6 +155,7 @@ impl Collector {
                 min_free_bytes: cfg.min_free_bytes,
             },
             marks.clone(),
+            cfg.failpoints.hold_flush.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
@@ -202,7 +203,8 @@ impl Collector {
             writer.handle(),
             cfg.policy.clone(),
             cfg.admin_credentials(),
-        );
+        )
+        .with_verify_hold(cfg.failpoints.hold_verify_scan.clone());
         let mut stop = shutdown_rx.clone();
         let grpc_router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

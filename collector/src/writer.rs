@@ -17,10 +17,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::durable_marks::DurableMarks;
-use crate::failpoint::HoldFlush;
+use crate::failpoint::Hold;
 use crate::ledger::{
     AgentInfo, ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RollupStats, StoreError,
-    VerifyReport,
+    VerifyCut, VerifyReport, VerifyScan,
 };
 use crate::metrics::Metrics;
 use crate::occupancy::{Occupancy, REBUILD_BATCHES};
@@ -44,8 +44,11 @@ pub enum Job {
         /// Reply, if anyone waits.
         reply: Option<Reply<RollupStats>>,
     },
-    /// Recompute and compare every aggregate.
-    Verify(Reply<VerifyReport>),
+    /// Step 1 of an online verification: where it cuts (`LedgerStore::verify_cut`).
+    VerifyCut(Reply<VerifyCut>),
+    /// Step 3: what was applied since the cut, and the comparison
+    /// (`LedgerStore::verify_finish`). Step 2 runs off the writer.
+    VerifyFinish(Box<VerifyScan>, Reply<VerifyReport>),
     /// Finish the jobs queued before this one, flush, and exit.
     Stop,
 }
@@ -57,6 +60,19 @@ const ROLLUP_BATCHES_PER_JOB: usize = 512;
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
+    /// Set while an online verification reads raw batches off the writer: rollups, which
+    /// move raw batches, wait.
+    rollups_paused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Rollups wait while this lives ([`WriterHandle::pause_rollups`]).
+#[derive(Debug)]
+pub struct RollupPause(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for RollupPause {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The writer has stopped (shutdown or a fatal storage error).
@@ -71,6 +87,14 @@ impl From<WriterStopped> for tonic::Status {
 }
 
 impl WriterHandle {
+    /// Holds rollups back until the guard is dropped. Rollup jobs queued meanwhile do
+    /// nothing; the rollup loop tries again at its next tick.
+    pub fn pause_rollups(&self) -> RollupPause {
+        self.rollups_paused
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RollupPause(self.rollups_paused.clone())
+    }
+
     /// Queues a job (waits while the queue is full: backpressure on the streams).
     pub async fn submit(&self, job: Job) -> Result<(), WriterStopped> {
         self.tx.send(job).await.map_err(|_| WriterStopped)
@@ -105,12 +129,15 @@ impl Writer {
         max_group: usize,
         headroom: Headroom,
         marks: Arc<DurableMarks>,
+        hold_flush: Option<Hold>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let rollups_paused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ctx = Ctx {
+            rollups_paused: rollups_paused.clone(),
             metrics,
             marks,
-            hold_flush: HoldFlush::from_env(),
+            hold_flush,
             occupancy: Default::default(),
         };
         let thread = thread::Builder::new()
@@ -118,7 +145,7 @@ impl Writer {
             .spawn(move || run(rx, store.as_ref(), &ctx, max_group.max(1), &headroom))
             .expect("spawning the ledger writer thread");
         Writer {
-            handle: WriterHandle { tx },
+            handle: WriterHandle { tx, rollups_paused },
             thread,
         }
     }
@@ -170,9 +197,11 @@ impl Headroom {
 struct Ctx {
     metrics: Metrics,
     marks: Arc<DurableMarks>,
-    hold_flush: Option<HoldFlush>,
+    hold_flush: Option<Hold>,
     /// Recent work per GPU, for the cross-record ceiling (only this thread touches it).
     occupancy: std::cell::RefCell<Occupancy>,
+    /// Above 0 while an online verification scans: rollups wait.
+    rollups_paused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn run(
@@ -281,8 +310,11 @@ fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
                 }
             }
             // Reads only: still useful to see what is on disk.
-            Job::Verify(reply) => {
-                let _ = reply.send(store.verify());
+            Job::VerifyCut(reply) => {
+                let _ = reply.send(store.verify_cut());
+            }
+            Job::VerifyFinish(scan, reply) => {
+                let _ = reply.send(store.verify_finish(*scan));
             }
             Job::RecordAgent(_) | Job::Stop => {}
         }
@@ -338,7 +370,12 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
                 cutoff_unix_ms,
                 reply,
             } => {
-                let r = store.roll_up(cutoff_unix_ms, ROLLUP_BATCHES_PER_JOB);
+                let r = if ctx.rollups_paused.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    // A verification is reading raw batches off this thread.
+                    Ok(RollupStats::default())
+                } else {
+                    store.roll_up(cutoff_unix_ms, ROLLUP_BATCHES_PER_JOB)
+                };
                 if let Ok(s) = &r
                     && s.batches > 0
                 {
@@ -351,9 +388,13 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
                 }
                 pending.push(Pending::RollUp(reply, r));
             }
-            Job::Verify(reply) => {
-                // Reads only; the jobs before it are applied, the ones after wait.
-                let _ = reply.send(store.verify());
+            // Reads only; the jobs before them are applied, the ones after wait (step 3
+            // is proportional to what arrived during step 2, not to the ledger).
+            Job::VerifyCut(reply) => {
+                let _ = reply.send(store.verify_cut());
+            }
+            Job::VerifyFinish(scan, reply) => {
+                let _ = reply.send(store.verify_finish(*scan));
             }
         }
     }

@@ -282,11 +282,19 @@ async fn http_and_admin_api() {
             .code(),
         tonic::Code::NotFound
     );
-    let v = admin
-        .verify_ledger(pb::VerifyLedgerRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    // Verification reads the whole ledger: it needs the admin credential.
+    assert_eq!(
+        admin
+            .verify_ledger(pb::VerifyLedgerRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut req = tonic::Request::new(pb::VerifyLedgerRequest {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer adm1n".parse().unwrap());
+    let v = admin.verify_ledger(req).await.unwrap().into_inner();
     assert!(v.ok, "{:?}", v.mismatches);
     let rep = admin
         .report(pb::ReportRequest {

@@ -41,7 +41,7 @@ use serde::Serialize;
 pub use aggregate::Aggregate;
 pub use codec::{AgentInfo, Declaration};
 pub use registry::{ModelEntry, Role};
-pub use verify::VerifyReport;
+pub use verify::{VerifyCut, VerifyReport, VerifyScan};
 
 /// Errors of a ledger store.
 #[derive(Debug, thiserror::Error)]
@@ -325,9 +325,28 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     fn roll_up(&self, cutoff_unix_ms: i64, max_batches: usize) -> Result<RollupStats, StoreError>;
 
     /// Recomputes every aggregate from raw batches and rollups and compares it with the
-    /// stored one. Must not run concurrently with the writer (the collector runs it on the
-    /// writer).
-    fn verify(&self) -> Result<VerifyReport, StoreError>;
+    /// stored one, in one go: for a ledger nothing writes to (offline tools, tests). A
+    /// running collector splits it into the three steps below so that ingest goes on.
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let cut = self.verify_cut()?;
+        let scan = self.verify_scan(cut)?;
+        self.verify_finish(scan)
+    }
+
+    /// Step 1, on the writer (cheap: one mark per agent): where the verification cuts.
+    fn verify_cut(&self) -> Result<VerifyCut, StoreError> {
+        Ok(VerifyCut {
+            marks: self.high_water_marks()?.into_iter().collect(),
+        })
+    }
+
+    /// Step 2, off the writer while batches keep being applied (no rollups meanwhile): the
+    /// raw batches up to the cut, every rollup, and the stored aggregates as they are.
+    fn verify_scan(&self, cut: VerifyCut) -> Result<VerifyScan, StoreError>;
+
+    /// Step 3, on the writer: adds what was applied since the cut, reads again what it
+    /// touched, and compares. Its work is proportional to what arrived during the scan.
+    fn verify_finish(&self, scan: VerifyScan) -> Result<VerifyReport, StoreError>;
 
     /// The stage policy the collector last ran with, so offline tools read the ledger the
     /// same way.
