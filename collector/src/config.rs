@@ -222,6 +222,28 @@ pub struct CollectorArgs {
     )]
     pub backfill_window: HumanDuration,
 
+    /// How long a new connection may stay silent, and then a new agent stream before its
+    /// Hello: connections that never speak are closed and counted
+    /// (`flopmeter_ingest_refused_total{reason="hello-timeout"}`).
+    #[arg(
+        long,
+        env = "FLOPMETER_HELLO_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub hello_timeout: HumanDuration,
+
+    /// How long an agent stream may go without a message after its Hello before the
+    /// collector ends it (the agent reconnects when it has records). Keep it well above the
+    /// agents' report interval.
+    #[arg(
+        long,
+        env = "FLOPMETER_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10m"
+    )]
+    pub idle_timeout: HumanDuration,
+
     /// Largest gRPC message an agent may send (a Hello or a record batch), bytes. A bigger
     /// one is refused with RESOURCE_EXHAUSTED before it is read into memory. Keep it well
     /// above the agents' batch size (about 1 MiB by default).
@@ -346,6 +368,10 @@ pub struct CollectorConfig {
     pub writer_queue: usize,
     /// Largest inbound gRPC message, bytes.
     pub max_message_bytes: usize,
+    /// A connection's first byte, and a stream's Hello, must come within this.
+    pub hello_timeout: Duration,
+    /// An agent stream silent for this long after its Hello is ended.
+    pub idle_timeout: Duration,
     /// The compliance engine: thresholds, sinks, its clock.
     pub compliance: crate::compliance::ComplianceConfig,
     /// TLS for both listeners (and mutual TLS), when set.
@@ -396,6 +422,8 @@ impl CollectorConfig {
             min_free_bytes: 0,
             writer_queue: 8192,
             max_message_bytes: crate::MAX_MESSAGE_BYTES,
+            hello_timeout: crate::conn::DEFAULT_HELLO_TIMEOUT,
+            idle_timeout: crate::conn::DEFAULT_IDLE_TIMEOUT,
             compliance: crate::compliance::ComplianceConfig::default(),
             tls: None,
             failpoints: Default::default(),
@@ -416,6 +444,11 @@ impl CollectorConfig {
                 "--max-message-bytes must be at least 4096, got {}",
                 a.max_message_bytes
             )));
+        }
+        if a.hello_timeout.0.is_zero() || a.idle_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--hello-timeout and --idle-timeout must be above 0".into(),
+            ));
         }
         if a.rollup_every.0.is_zero() {
             return Err(ConfigError::Invalid(
@@ -468,6 +501,8 @@ impl CollectorConfig {
             min_free_bytes: a.min_free_mb << 20,
             writer_queue: 8192,
             max_message_bytes: a.max_message_bytes,
+            hello_timeout: a.hello_timeout.0,
+            idle_timeout: a.idle_timeout.0,
             compliance,
             tls: a
                 .tls_cert

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod compliance;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod durable_marks;
 pub mod failpoint;
@@ -46,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::CollectorConfig;
 use crate::ledger::sled_store::SledStore;
@@ -193,9 +194,15 @@ impl Collector {
             marks,
             writer.handle(),
             metrics.clone(),
-            cfg.limits,
-            cfg.agent_tokens.clone(),
-            tls.as_ref().is_some_and(tls::ServerTls::mutual),
+            ingest::Door {
+                limits: cfg.limits,
+                timeouts: ingest::Timeouts {
+                    hello: cfg.hello_timeout,
+                    idle: cfg.idle_timeout,
+                },
+                tokens: cfg.agent_tokens.clone(),
+                client_certs: tls.as_ref().is_some_and(tls::ServerTls::mutual),
+            },
             shutdown_rx.clone(),
         );
         let admin = admin::AdminService::new(
@@ -209,6 +216,7 @@ impl Collector {
         let grpc_router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(conn::GrpcOnlyLayer::new(metrics.clone()))
             .add_service(
                 IngestServer::new(ingest)
                     .max_decoding_message_size(cfg.max_message_bytes)
@@ -225,22 +233,23 @@ impl Collector {
             let _ = stop.wait_for(|s| *s).await;
         };
         let grpc = match &tls {
-            Some(tls) => tokio::spawn(grpc_router.serve_with_incoming_shutdown(
-                ReceiverStream::new(tls.grpc_incoming(
+            Some(tls) => {
+                let (hello, m) = (cfg.hello_timeout, metrics.clone());
+                let incoming = ReceiverStream::new(tls.grpc_incoming(
                     grpc_listener,
                     metrics.clone(),
                     shutdown_rx.clone(),
-                )),
-                stopped,
-            )),
+                ))
+                .map(move |s| s.map(|s| conn::Silent::new(s, hello, m.clone())));
+                tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped))
+            }
             None => {
-                // Acks are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
-                // and delayed ACKs add tens of milliseconds to each one.
-                let incoming = TcpListenerStream::new(grpc_listener).map(|s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let incoming = ReceiverStream::new(conn::plaintext_incoming(
+                    grpc_listener,
+                    cfg.hello_timeout,
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ));
                 tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped))
             }
         };

@@ -46,6 +46,14 @@ pub enum Refusal {
     /// Mutual TLS is on and the Hello's agent id is neither the client certificate's CN
     /// nor one of its DNS names.
     CertificateMismatch,
+    /// Mutual TLS is on and the client certificate lacks the agent role (OU
+    /// `flopmeter-agent`): the CLI's admin certificate, or one issued for something else.
+    CertificateRole,
+    /// The connection sent nothing, or its stream no Hello, within `--hello-timeout`; or an
+    /// agent stream fell silent for `--idle-timeout`.
+    HelloTimeout,
+    /// A request on the gRPC port whose content type is not gRPC (answered HTTP 415).
+    NotGrpc,
 }
 
 impl Refusal {
@@ -61,11 +69,14 @@ impl Refusal {
             Refusal::ForgedIdentity => "forged-identity",
             Refusal::NoClientCertificate => "no-client-certificate",
             Refusal::CertificateMismatch => "certificate-mismatch",
+            Refusal::CertificateRole => "certificate-role",
+            Refusal::HelloTimeout => "hello-timeout",
+            Refusal::NotGrpc => "not-grpc",
         }
     }
 
     /// Every refusal, for metric initialisation and docs.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::UnknownAgent,
         Refusal::BadToken,
         Refusal::BadHello,
@@ -75,6 +86,9 @@ impl Refusal {
         Refusal::ForgedIdentity,
         Refusal::NoClientCertificate,
         Refusal::CertificateMismatch,
+        Refusal::CertificateRole,
+        Refusal::HelloTimeout,
+        Refusal::NotGrpc,
     ];
 }
 
@@ -95,6 +109,7 @@ pub struct Metrics {
     rejected_records: IntCounterVec,
     refused: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    accept_errors: IntCounterVec,
     /// From receipt of a batch to its Ack being sent (after the flush).
     pub ack_latency: Histogram,
     /// Batches committed per flush (group commit).
@@ -208,6 +223,18 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            accept_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flopmeter_accept_errors_total",
+                        "Failed accepts of new connections, by listener and reason \
+                         (fd-exhausted: out of file descriptors; the loop backs off).",
+                    ),
+                    &["listener", "reason"],
+                )
+                .expect("valid"),
+            ),
             ack_latency: secs(
                 "flopmeter_ingest_ack_latency_seconds",
                 "From receipt of a batch to its acknowledgement, which follows the flush.",
@@ -310,6 +337,9 @@ impl Metrics {
             m.refused.with_label_values(&[refusal.as_str()]);
         }
         for listener in ["grpc", "http"] {
+            for reason in ["fd-exhausted", "other"] {
+                m.accept_errors.with_label_values(&[listener, reason]);
+            }
             for reason in crate::tls::FAILURE_REASONS {
                 m.tls_handshake_failures
                     .with_label_values(&[listener, reason]);
@@ -346,6 +376,13 @@ impl Metrics {
     /// Counts a failed TLS handshake (`reason` from `crate::tls::FAILURE_REASONS`).
     pub fn tls_handshake_failed(&self, listener: &str, reason: &str) {
         self.tls_handshake_failures
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// Counts a failed accept (`reason`: `fd-exhausted` or `other`).
+    pub fn accept_failed(&self, listener: &str, reason: &str) {
+        self.accept_errors
             .with_label_values(&[listener, reason])
             .inc();
     }

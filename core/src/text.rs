@@ -62,16 +62,42 @@ pub fn first_suspicious(s: &str) -> Option<(usize, char, &'static str)> {
         .find_map(|(i, c)| suspicious(c).map(|why| (i, c, why)))
 }
 
-/// `s` with every character [`suspicious`] names written as `\u{XXXX}`, so a terminal shows
-/// what is there instead of obeying it. Borrowed when there is nothing to escape.
+/// The first control, bidirectional or invisible character of free text (an admin's
+/// reference or reason), with its position and why. Look-alikes of `-` and of a space are
+/// allowed there: text is not a name, and they are escaped when printed.
+pub fn first_hidden(s: &str) -> Option<(usize, char, &'static str)> {
+    s.char_indices().find_map(|(i, c)| match suspicious(c) {
+        Some(why) if !why.starts_with("a look-alike") => Some((i, c, why)),
+        _ => None,
+    })
+}
+
+/// `s` with every control, bidirectional and invisible character written as `\uXXXX` (a
+/// UTF-16 surrogate pair beyond the BMP), so a terminal shows what is there instead of
+/// obeying it. The form is also a valid JSON escape, so JSON output stays JSON. Look-alikes
+/// of `-` and of a space are left alone: they drive nothing, our own reports use the en dash,
+/// and names that hold them are refused at the door. Borrowed when there is nothing to
+/// escape.
 pub fn escape_for_terminal(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| suspicious(c).is_some()) {
+    escape_for_terminal_keeping(s, &[])
+}
+
+/// [`escape_for_terminal`], leaving the characters of `keep` alone (a whole document keeps
+/// its line breaks).
+pub fn escape_for_terminal_keeping<'a>(s: &'a str, keep: &[char]) -> Cow<'a, str> {
+    let escape = |c: char| {
+        suspicious(c).is_some_and(|why| !why.starts_with("a look-alike")) && !keep.contains(&c)
+    };
+    if !s.chars().any(escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if suspicious(c).is_some() {
-            let _ = write!(out, "\\u{{{:04X}}}", u32::from(c));
+        if escape(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{u:04X}");
+            }
         } else {
             out.push(c);
         }
@@ -91,11 +117,32 @@ mod tests {
         );
         assert_eq!(
             escape_for_terminal("a\u{1b}[2Jb\u{7}"),
-            "a\\u{001B}[2Jb\\u{0007}"
+            "a\\u001B[2Jb\\u0007"
         );
-        assert_eq!(escape_for_terminal("llama\u{2011}70b"), "llama\\u{2011}70b");
-        assert_eq!(escape_for_terminal("\u{202e}gpj.exe"), "\\u{202E}gpj.exe");
-        assert_eq!(escape_for_terminal("a\u{200b}b"), "a\\u{200B}b");
+        assert_eq!(
+            escape_for_terminal("1.0e3 \u{2013} 3.0e3"),
+            Cow::Borrowed("1.0e3 \u{2013} 3.0e3")
+        );
+        assert_eq!(escape_for_terminal("\u{202e}gpj.exe"), "\\u202Egpj.exe");
+        assert_eq!(escape_for_terminal("a\u{200b}b"), "a\\u200Bb");
+        assert_eq!(escape_for_terminal("tag\u{e0041}"), "tag\\uDB40\\uDC41");
+        assert_eq!(
+            escape_for_terminal_keeping("a\nb\u{1b}", &['\n']),
+            "a\nb\\u001B"
+        );
+        // Still JSON: the escapes decode to the same string.
+        let json = escape_for_terminal("\"x\u{202e}\u{e0041}\"").into_owned();
+        assert_eq!(
+            serde_json::from_str::<String>(&json).unwrap(),
+            "x\u{202e}\u{e0041}"
+        );
+    }
+
+    #[test]
+    fn free_text_may_hold_look_alikes_but_nothing_hidden() {
+        assert_eq!(first_hidden("GPAI\u{2011}2026 no\u{a0}42"), None);
+        assert!(first_hidden("ref\u{202e}").is_some());
+        assert!(first_hidden("ref\n2").is_some());
     }
 
     #[test]

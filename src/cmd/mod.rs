@@ -48,9 +48,12 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     if broken_pipe {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {e}");
+    // Errors quote what the collector or a file said, which may quote a name: escaped too.
+    let safe =
+        |t: String| flopmeter_core::text::escape_for_terminal_keeping(&t, &['\n']).into_owned();
+    eprintln!("error: {}", safe(e.to_string()));
     for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        eprintln!("  caused by: {}", safe(cause.to_string()));
     }
     if let Some(UsageError(m)) = e.downcast_ref::<UsageError>() {
         // A range check after parsing names the flag; say when the file supplied it.

@@ -11,6 +11,7 @@
 
 pub mod convert;
 pub mod credentials;
+pub mod text;
 
 use std::sync::Arc;
 
@@ -113,11 +114,18 @@ impl Admin for AdminService {
             .entry
             .ok_or_else(|| Status::invalid_argument("SetModelRequest.entry is required"))?;
         let mut entry = convert::entry_from_pb(&wire)?;
-        if entry.model.is_empty() || !crate::ingest::validate::valid_name(&entry.model) {
-            return Err(Status::invalid_argument(
-                "the model name must be non-empty, at most 256 bytes, no control characters",
-            ));
+        if entry.model.is_empty() {
+            return Err(Status::invalid_argument("the model name must be non-empty"));
         }
+        text::check_name("model", &entry.model)?;
+        text::check_name(
+            "base_model",
+            entry.base_model.as_deref().unwrap_or_default(),
+        )?;
+        text::check_text(
+            "base_flop_source",
+            entry.base_flop_source.as_deref().unwrap_or_default(),
+        )?;
         entry.updated_unix_ms = now_unix_ms();
         entry.updated_by = Some(actor);
         let saved = self
