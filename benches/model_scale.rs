@@ -3,14 +3,15 @@
 //!
 //! For each model count N (default 10000, 50000, 100000; pass others as arguments), a fresh
 //! `flopmeter collector` process (release build) receives N one-record models through the
-//! real ingest protocol from N / 1000 agents; then the compliance engine evaluates them, and
+//! real ingest protocol from N / 500 agents; then the compliance engine evaluates them, and
 //! `/metrics` is scraped `SCRAPES` times. Printed per N: RSS after ingest and evaluation,
 //! RSS after the scrapes, peak RSS (`VmHWM`), the median scrape time, and the exposition's
 //! series and size.
 //!
 //! Run: `cargo bench --bench model_scale` (or `-- 10000` for one size). Extra collector flags
-//! can be given in `FLOPMETER_BENCH_COLLECTOR_ARGS` (space-separated). Figures in
-//! BENCHMARKS.md.
+//! can be given in `FLOPMETER_BENCH_COLLECTOR_ARGS` (space-separated); a wrapper to start the
+//! collector through (`heaptrack`, for one) in `FLOPMETER_BENCH_COLLECTOR_WRAPPER` (the RSS
+//! figures are then the wrapper's). Figures in BENCHMARKS.md.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,7 +26,8 @@ use flopmeter_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-const MODELS_PER_AGENT: u64 = 1000;
+/// Below the default `--new-runs-per-agent-per-hour` (600), so no record is refused.
+const MODELS_PER_AGENT: u64 = 500;
 const GPUS: u64 = 8;
 const SCRAPES: usize = 5;
 
@@ -163,7 +165,14 @@ async fn agent(grpc: u16, a: u64, models: u64, t0: i64) {
 fn run(n: u64) {
     let work = tempfile::tempdir().unwrap();
     let (grpc, http) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flopmeter"));
+    let mut cmd = match std::env::var("FLOPMETER_BENCH_COLLECTOR_WRAPPER") {
+        Ok(w) => {
+            let mut c = Command::new(w);
+            c.arg(env!("CARGO_BIN_EXE_flopmeter"));
+            c
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_flopmeter")),
+    };
     cmd.arg("collector")
         .arg("--data-dir")
         .arg(work.path().join("ledger"))
@@ -171,6 +180,12 @@ fn run(n: u64) {
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--min-free-mb", "0"])
         .env("FLOPMETER_LOG", "warn")
+        // As the shipped systemd unit and Kubernetes manifest run it (unless the caller
+        // says otherwise).
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Ok(extra) = std::env::var("FLOPMETER_BENCH_COLLECTOR_ARGS") {

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
+pub mod newruns;
 pub mod occupancy;
 pub mod report;
 pub mod tls;
@@ -145,25 +146,32 @@ impl Collector {
         store.set_stage_policy(&cfg.policy)?;
         let marks = Arc::new(durable_marks::DurableMarks::load(store.as_ref())?);
         let metrics = Metrics::new();
+        metrics.set_series_bounds(cfg.metrics_max_models, cfg.metrics_max_runs);
         metrics.start_time.set(now_unix_ms() as f64 / 1000.0);
         let writer = Writer::start(
             store.clone(),
             metrics.clone(),
-            cfg.writer_queue,
-            cfg.commit_group,
-            writer::Headroom {
-                dir: cfg.data_dir.clone(),
-                min_free_bytes: cfg.min_free_bytes,
-            },
             marks.clone(),
-            cfg.failpoints.hold_flush.clone(),
+            writer::WriterConfig {
+                queue: cfg.writer_queue,
+                max_group: cfg.commit_group,
+                headroom: writer::Headroom {
+                    dir: cfg.data_dir.clone(),
+                    min_free_bytes: cfg.min_free_bytes,
+                },
+                hold_flush: cfg.failpoints.hold_flush.clone(),
+                new_runs_per_hour: cfg.new_runs_per_agent_per_hour,
+            },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let engine = compliance::Engine::open(
             store.clone(),
             compliance_store,
-            cfg.compliance.clone(),
+            compliance::ComplianceConfig {
+                metrics_max_models: cfg.metrics_max_models,
+                ..cfg.compliance.clone()
+            },
             cfg.policy.clone(),
             compliance::metrics::ComplianceMetrics::register(metrics.registry())
                 .map_err(|e| ServeError::Compliance(e.to_string()))?,

@@ -18,11 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::durable_marks::DurableMarks;
 use crate::failpoint::Hold;
+use crate::ingest::validate::RejectReason;
 use crate::ledger::{
     AgentInfo, ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RollupStats, StoreError,
     VerifyCut, VerifyReport, VerifyScan,
 };
 use crate::metrics::Metrics;
+use crate::newruns::NewRuns;
 use crate::occupancy::{Occupancy, REBUILD_BATCHES};
 
 /// A reply channel.
@@ -118,31 +120,44 @@ pub struct Writer {
     thread: thread::JoinHandle<()>,
 }
 
+/// How the writer runs.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Jobs waiting, at most (backpressure beyond).
+    pub queue: usize,
+    /// Batches per flush, at most.
+    pub max_group: usize,
+    /// Free space the ledger's volume must keep.
+    pub headroom: Headroom,
+    /// Test-only: hold each flush (`crate::failpoint`).
+    pub hold_flush: Option<Hold>,
+    /// New runs per agent per hour (0: no limit).
+    pub new_runs_per_hour: u32,
+}
+
 impl Writer {
-    /// Starts the writer on its own OS thread (sled calls block). `queue` bounds the jobs
-    /// waiting; `max_group` bounds the batches per flush. `marks` are moved after each
-    /// flush, and only then.
+    /// Starts the writer on its own OS thread (sled calls block). `marks` are moved after
+    /// each flush, and only then.
     pub fn start(
         store: Arc<dyn LedgerStore>,
         metrics: Metrics,
-        queue: usize,
-        max_group: usize,
-        headroom: Headroom,
         marks: Arc<DurableMarks>,
-        hold_flush: Option<Hold>,
+        cfg: WriterConfig,
     ) -> Writer {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let rollups_paused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ctx = Ctx {
             rollups_paused: rollups_paused.clone(),
             metrics,
             marks,
-            hold_flush,
+            hold_flush: cfg.hold_flush,
             occupancy: Default::default(),
+            new_runs: std::cell::RefCell::new(NewRuns::new(cfg.new_runs_per_hour)),
         };
+        let (max_group, headroom) = (cfg.max_group.max(1), cfg.headroom);
         let thread = thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(rx, store.as_ref(), &ctx, max_group.max(1), &headroom))
+            .spawn(move || run(rx, store.as_ref(), &ctx, max_group, &headroom))
             .expect("spawning the ledger writer thread");
         Writer {
             handle: WriterHandle { tx, rollups_paused },
@@ -200,6 +215,8 @@ struct Ctx {
     hold_flush: Option<Hold>,
     /// Recent work per GPU, for the cross-record ceiling (only this thread touches it).
     occupancy: std::cell::RefCell<Occupancy>,
+    /// New runs per agent and hour.
+    new_runs: std::cell::RefCell<NewRuns>,
     /// Above 0 while an online verification scans: rollups wait.
     rollups_paused: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -327,6 +344,10 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
     let mut pending = Vec::with_capacity(group.len());
     let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
     let mut applied = 0u64;
+    // Models whose gauges must be read again once this group is durable, and runs that
+    // reported.
+    let touched = std::cell::RefCell::new(std::collections::HashSet::<String>::new());
+    let active = std::cell::RefCell::new(std::collections::HashSet::<(String, String)>::new());
     // Consecutive batches are applied together; any other job first applies the batches
     // queued before it, so every job sees the ledger as the queue order says.
     let apply = |batches: &mut Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)>,
@@ -335,7 +356,33 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
             return 0;
         }
         let mut occupancy = ctx.occupancy.borrow_mut();
-        screen_overlaps(batches, store, &mut occupancy);
+        screen(
+            batches,
+            store,
+            &mut occupancy,
+            &mut ctx.new_runs.borrow_mut(),
+        );
+        {
+            let mut t = touched.borrow_mut();
+            let mut a = active.borrow_mut();
+            for (b, _) in batches.iter() {
+                for cr in &b.records {
+                    if cr.rejection.is_some() {
+                        continue;
+                    }
+                    if let crate::ledger::aggregate::Attribution::Run { model, run } =
+                        crate::ledger::aggregate::attribution(&cr.record)
+                    {
+                        if !t.contains(model) {
+                            t.insert(model.to_string());
+                        }
+                        if !a.contains(&(model.to_string(), run.to_string())) {
+                            a.insert((model.to_string(), run.to_string()));
+                        }
+                    }
+                }
+            }
+        }
         let refs: Vec<&IncomingBatch> = batches.iter().map(|(b, _)| b.as_ref()).collect();
         let results = store.apply_group(&refs);
         for (b, r) in batches.iter().zip(&results) {
@@ -445,10 +492,21 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
     // Ack names at least what the Ack did, and nothing that is not on disk.
     if broken.is_none() {
         for p in &pending {
-            if let Pending::Apply(agent, _, Ok(o)) = p {
-                ctx.marks.advance(agent, o.acked_through);
+            match p {
+                Pending::Apply(agent, _, Ok(o)) => ctx.marks.advance(agent, o.acked_through),
+                Pending::SetModel(_, Ok(e)) => {
+                    touched.borrow_mut().insert(e.model.clone());
+                }
+                _ => {}
             }
         }
+        metrics.mark_models_dirty(touched.borrow().iter().map(String::as_str));
+        metrics.mark_runs_active(
+            active
+                .borrow()
+                .iter()
+                .map(|(m, r)| (m.as_str(), r.as_str())),
+        );
     }
     for p in pending {
         match p {
@@ -469,16 +527,28 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
 }
 
 /// Quarantines, before they are applied, new records that would take their GPU past its
-/// ceiling together with the records they overlap ([`crate::occupancy`]). Bounded work: a
-/// few segments per record, and for an agent not seen since the start, its last
+/// ceiling together with the records they overlap ([`crate::occupancy`]), or start a run
+/// beyond the agent's hourly allowance ([`crate::newruns`]). Bounded work: a few segments
+/// and one key lookup per record, and for an agent not seen since the start, its last
 /// [`REBUILD_BATCHES`] raw batches.
-fn screen_overlaps(
+fn screen(
     batches: &mut [(Box<IncomingBatch>, Reply<ApplyOutcome>)],
     store: &dyn LedgerStore,
     occupancy: &mut Occupancy,
+    new_runs: &mut NewRuns,
 ) {
-    // Marks as batches earlier in this group leave them (the store has not seen them yet).
+    let now = crate::now_unix_ms();
+    // Marks as batches earlier in this group leave them (the store has not seen them yet),
+    // and runs they start.
     let mut marks: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut started: std::collections::HashSet<(String, String)> = Default::default();
+    let reject = |cr: &mut crate::ledger::CheckedRecord, r: RejectReason, detail: String| {
+        cr.rejection = Some(crate::ledger::RecordRejection {
+            reason: r.as_str().into(),
+            detail,
+        });
+        cr.declaration = None;
+    };
     for (b, _) in batches.iter_mut() {
         let agent = b.agent_id.clone();
         let hwm = match marks.get(&agent) {
@@ -511,14 +581,27 @@ fn screen_overlaps(
             if cr.rejection.is_some() {
                 continue;
             }
+            if let crate::ledger::aggregate::Attribution::Run { model, run } =
+                crate::ledger::aggregate::attribution(&cr.record)
+            {
+                let key = (model.to_string(), run.to_string());
+                let new = !started.contains(&key) && !store.run_exists(model, run).unwrap_or(true);
+                if new {
+                    if !new_runs.allow(&agent, now) {
+                        let detail = format!(
+                            "agent {agent:?} started more than {} new runs in the last hour \
+                             (--new-runs-per-agent-per-hour); run {run:?} of model {model:?} \
+                             waits in quarantine",
+                            new_runs.per_hour()
+                        );
+                        reject(cr, RejectReason::TooManyNewRuns, detail);
+                        continue;
+                    }
+                    started.insert(key);
+                }
+            }
             if let Err(detail) = occupancy.admit(&agent, &cr.record, cr.max_flop_per_s) {
-                cr.rejection = Some(crate::ledger::RecordRejection {
-                    reason: crate::ingest::validate::RejectReason::GpuOverlap
-                        .as_str()
-                        .into(),
-                    detail,
-                });
-                cr.declaration = None;
+                reject(cr, RejectReason::GpuOverlap, detail);
             }
         }
         marks.insert(agent, seqs[end - 1]);

@@ -160,8 +160,9 @@ async fn http_and_admin_api() {
         "flopmeter_model_flop{bound=\"central\",model=\"acme\"} 10000000000000000",
         "flopmeter_model_flop{bound=\"high\",model=\"acme\"} 20000000000000000",
         "flopmeter_model_excluded_flop{bound=\"central\",model=\"acme\"} 1000000000000000",
-        "flopmeter_run_flop{bound=\"low\",model=\"acme\",run=\"r2\",stage=\"eval\"} 500000000000000",
-        "flopmeter_run_flop{bound=\"central\",model=\"acme\",run=\"r1\",stage=\"pretrain\"} 10000000000000000",
+        // Runs get series of their own once they report to this collector process; runs
+        // written before it started are summed per stage under `_other`.
+        "flopmeter_run_flop{bound=\"low\",model=\"_other\",run=\"_other\",stage=\"eval\"} 500000000000000",
         "flopmeter_model_gpu_seconds{gpu_type=\"h100-sxm\",model=\"acme\"} 30",
         "flopmeter_model_energy_joules{model=\"acme\"} 21000",
         "flopmeter_unattributed_flop{bound=\"central\",gpu_type=\"h100-sxm\"} 6000000000000000",

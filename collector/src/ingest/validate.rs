@@ -55,11 +55,14 @@ pub enum RejectReason {
     /// more FLOP than the GPU's ceiling over their union allows. Decided by the ledger
     /// writer, which knows every record applied before (`crate::occupancy`).
     GpuOverlap,
+    /// The record would start a new run (or model) beyond the agent's
+    /// `--new-runs-per-agent-per-hour` (`crate::newruns`). Decided by the ledger writer.
+    TooManyNewRuns,
 }
 
 impl RejectReason {
     /// Every reason, for metric initialisation and docs.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::FlopAbovePeak,
         RejectReason::BadInterval,
         RejectReason::IntervalTooLong,
@@ -75,6 +78,7 @@ impl RejectReason {
         RejectReason::UndeclaredGpu,
         RejectReason::EventTimeTooOld,
         RejectReason::GpuOverlap,
+        RejectReason::TooManyNewRuns,
     ];
 
     /// The kebab-case tag.
@@ -95,6 +99,7 @@ impl RejectReason {
             RejectReason::UndeclaredGpu => "undeclared-gpu",
             RejectReason::EventTimeTooOld => "event-time-too-old",
             RejectReason::GpuOverlap => "gpu-overlap",
+            RejectReason::TooManyNewRuns => "too-many-new-runs",
         }
     }
 

@@ -294,6 +294,12 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// A model's aggregate (all its runs), if it has measured work.
     fn model_aggregate(&self, model: &str) -> Result<Option<Aggregate>, StoreError>;
 
+    /// Whether the run has an aggregate (it applied at least one record).
+    fn run_exists(&self, model: &str, run: &str) -> Result<bool, StoreError>;
+
+    /// One run's aggregate.
+    fn run_aggregate(&self, model: &str, run: &str) -> Result<Option<Aggregate>, StoreError>;
+
     /// A model's runs, sorted by run id.
     fn runs(&self, model: &str) -> Result<Vec<RunEntry>, StoreError>;
 

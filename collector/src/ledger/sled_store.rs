@@ -560,9 +560,10 @@ struct Cache {
     seen: HashSet<Vec<u8>>,
 }
 
-/// Beyond this many entries a cache is emptied rather than grown (cardinality is bounded by
-/// runs and agents; this only caps a pathological ledger's memory).
-const CACHE_LIMIT: usize = 200_000;
+/// Beyond this many entries a cache is emptied rather than grown. The hot set is the runs,
+/// models and agents reporting now; a ledger with many more (100,000 one-record models) must
+/// not keep each decoded aggregate for ever (about 1 KiB each).
+const CACHE_LIMIT: usize = 8_192;
 
 impl Cache {
     fn absorb(&mut self, w: Working) {
@@ -940,6 +941,14 @@ impl LedgerStore for SledStore {
 
     fn model_aggregate(&self, model: &str) -> Result<Option<Aggregate>, StoreError> {
         Self::get_json(&self.model_agg, model.as_bytes(), "model aggregate")
+    }
+
+    fn run_aggregate(&self, model: &str, run: &str) -> Result<Option<Aggregate>, StoreError> {
+        Self::get_json(&self.run_agg, &keys::join(&[model, run]), "run aggregate")
+    }
+
+    fn run_exists(&self, model: &str, run: &str) -> Result<bool, StoreError> {
+        Ok(self.run_agg.contains_key(keys::join(&[model, run]))?)
     }
 
     fn runs(&self, model: &str) -> Result<Vec<RunEntry>, StoreError> {
