@@ -101,6 +101,8 @@ mod tests {
             w.flush().unwrap();
         }
         let s = String::from_utf8(out).unwrap();
-        assert_eq!(s, "model evil\\u001B[2J\\u202Ex\n\tllama\\u201170b 模型\n");
+        // Look-alikes drive nothing: left as they are (names that hold them are refused at
+        // the door).
+        assert_eq!(s, "model evil\\u001B[2J\\u202Ex\n\tllama\u{2011}70b 模型\n");
     }
 }
