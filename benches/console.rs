@@ -17,6 +17,7 @@ use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch, LedgerStore, ModelEntry, Role};
 use flopmeter_collector::loadgen::agent::{SimAgent, SimSpec};
 use flopmeter_collector::loadgen::http_get;
+use flopmeter_proto::v1::GpuInventory;
 
 const MODELS: usize = 1_000;
 const RUNS_PER_MODEL: usize = 10;
@@ -31,6 +32,16 @@ fn fill(dir: &std::path::Path, now: i64) {
         let node = format!("node-{:03}", m % 100);
         let mut records = Vec::new();
         let mut seq = 0;
+        // The agent's Hello inventory: the GPUs its records name.
+        let inventory = Inventory::from_hello(
+            &(0..8)
+                .map(|i| GpuInventory {
+                    uuid: format!("GPU-{agent_id}-{i}"),
+                    catalogue_id: "h100-sxm".into(),
+                    ..GpuInventory::default()
+                })
+                .collect::<Vec<_>>(),
+        );
         for r in 0..RUNS_PER_MODEL {
             let a = SimAgent::new(SimSpec {
                 agent_id: agent_id.clone(),
@@ -45,10 +56,9 @@ fn fill(dir: &std::path::Path, now: i64) {
             for h in 0..HOURS {
                 seq += 1;
                 let record = a.record(seq, (h % 8) as u32, now - h * HOUR);
-                records.push(CheckedRecord {
-                    rejection: verdict(&record, &Inventory::default(), &Limits::default(), now),
-                    record,
-                });
+                let rejection = verdict(&record, &inventory, &Limits::default(), now);
+                assert!(rejection.is_none(), "{rejection:?}");
+                records.push(CheckedRecord::new(record, rejection));
             }
         }
         store

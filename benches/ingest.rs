@@ -11,6 +11,7 @@ use flopmeter_collector::ingest::validate::{Inventory, Limits, verdict};
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch, LedgerStore};
 use flopmeter_collector::loadgen::agent::{SimAgent, SimSpec};
+use flopmeter_proto::v1::GpuInventory;
 
 const RECORDS: u64 = 80;
 const NOW: i64 = 1_780_000_000_000;
@@ -28,16 +29,27 @@ fn agent() -> SimAgent {
     })
 }
 
+/// The agent's Hello inventory: the GPUs its records name.
+fn inventory() -> Inventory {
+    Inventory::from_hello(
+        &(0..8)
+            .map(|i| GpuInventory {
+                uuid: format!("GPU-bench-agent-{i}"),
+                catalogue_id: "h100-sxm".into(),
+                ..GpuInventory::default()
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// The `n`-th batch: sequence numbers `n*80+1 ..= n*80+80`.
 fn batch(a: &SimAgent, n: u64) -> IncomingBatch {
     let records = (0..RECORDS)
         .map(|i| {
             let seq = n * RECORDS + i + 1;
             let record = a.record(seq, (i % 8) as u32, NOW - 1000);
-            CheckedRecord {
-                rejection: verdict(&record, &Inventory::default(), &Limits::default(), NOW),
-                record,
-            }
+            let rejection = verdict(&record, &inventory(), &Limits::default(), NOW);
+            CheckedRecord::new(record, rejection)
         })
         .collect();
     IncomingBatch {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod config;
+mod term;
 
 /// flopmeter: a training-compute meter for GPU clusters.
 ///
@@ -103,21 +104,23 @@ fn main() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
+    // What other people typed (names, references, reasons) reaches a terminal through this.
+    let mut safe = term::TerminalSafe::new(std::io::stdout().lock());
     let result = match &cli.command {
         Command::Gpus(args) => cmd::gpus::run(args, &mut stdout),
         Command::Estimate(args) => cmd::estimate::run(args, &mut stdout),
         Command::Collector(args) => cmd::collector::run(args, &mut stdout),
-        Command::Models(args) => cmd::models::run_models(args, &mut stdout),
-        Command::Runs(args) => cmd::models::run_runs(args, &mut stdout),
-        Command::Model(args) => cmd::model::run(args, &mut stdout),
-        Command::Report(args) => cmd::report::run(args, &mut stdout),
+        Command::Models(args) => cmd::models::run_models(args, &mut safe),
+        Command::Runs(args) => cmd::models::run_runs(args, &mut safe),
+        Command::Model(args) => cmd::model::run(args, &mut safe),
+        Command::Report(args) => cmd::report::run(args, &mut safe),
         Command::Ledger(args) => cmd::ledger::run(args, &mut stdout),
         Command::Loadgen(args) => cmd::loadgen::run(args, &mut stdout),
         Command::Agent(args) => cmd::agent::run(args, &mut stdout),
         Command::Demo(args) => cmd::demo::run(args, &mut std::io::stdout()),
-        Command::Alerts(args) => cmd::compliance::run_alerts(args, &mut stdout),
-        Command::Ack(args) => cmd::compliance::run_ack(args, &mut stdout),
-        Command::Dismiss(args) => cmd::compliance::run_dismiss(args, &mut stdout),
+        Command::Alerts(args) => cmd::compliance::run_alerts(args, &mut safe),
+        Command::Ack(args) => cmd::compliance::run_ack(args, &mut safe),
+        Command::Dismiss(args) => cmd::compliance::run_dismiss(args, &mut safe),
         Command::Audit(args) => cmd::compliance::run_audit(args, &mut stdout),
         Command::Certs(args) => cmd::certs::run(args, &mut stdout),
         Command::Probe(args) => {

@@ -263,7 +263,18 @@ fn collector_subcommands() {
     let o = flopmeter(&["report", "--model", "nope", "--collector", url]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
+    // Online verification needs the admin credential: without it, a clear refusal.
     let o = flopmeter(&["ledger", "verify", "--collector", url]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("admin token"), "{}", stderr(&o));
+    let o = flopmeter(&[
+        "ledger",
+        "verify",
+        "--collector",
+        url,
+        "--admin-token",
+        "adm1n",
+    ]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("0 mismatches"), "{}", stdout(&o));
 

@@ -113,7 +113,7 @@ fn config_file_errors_name_the_file_and_key() {
         &run(&["estimate", "--config", &f]),
         &[
             &format!("config file {f}: [estimate] params"),
-            "non-negative",
+            "is negative",
         ],
     );
 

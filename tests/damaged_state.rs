@@ -20,8 +20,8 @@ fn ledger(dir: &Path) {
     let s = SledStore::open(dir).unwrap();
     for agent in ["agent-a", "agent-b"] {
         let records = (1..=5)
-            .map(|seq| CheckedRecord {
-                record: IntervalRecord {
+            .map(|seq| {
+                let record = IntervalRecord {
                     seq,
                     start_unix_ms: NOW - 10_000 * (6 - seq as i64),
                     end_unix_ms: NOW - 10_000 * (5 - seq as i64),
@@ -37,8 +37,8 @@ fn ledger(dir: &Path) {
                         ..WorkloadIdentity::default()
                     }),
                     ..IntervalRecord::default()
-                },
-                rejection: None,
+                };
+                CheckedRecord::new(record, None)
             })
             .collect();
         s.apply_batch(&IncomingBatch {

@@ -38,6 +38,8 @@ const REFUSALS: &[&str] = &[
     "unknown-agent",
     "forged-identity",
     "sequence-not-increasing",
+    "hello-timeout",
+    "not-grpc",
 ];
 
 /// Quarantine reasons (`flopmeter_ingest_rejected_records_total`) the absurd records hit.
@@ -53,7 +55,18 @@ const REJECTIONS: &[&str] = &[
     "bad-identity",
     "bad-value",
     "implausible-peak",
+    "bad-declaration",
+    "undeclared-gpu",
+    "gpu-overlap",
+    "event-time-too-old",
 ];
+
+/// The collector's `--hello-timeout` here, seconds: short, so silent connections are
+/// closed within the test.
+const HELLO_TIMEOUT_S: u32 = 2;
+
+/// The collector's file-descriptor limit here: low, so the client's flood exhausts it.
+const FD_LIMIT: u32 = 256;
 
 /// Whether python3 with grpcio-tools is here; without it, fails under CI and skips elsewhere.
 fn python_ready() -> bool {
@@ -134,9 +147,14 @@ fn an_independent_hostile_client_changes_no_total() {
     .unwrap();
     let log = work.path().join("collector.log");
     let (grpc, http) = (free_port(), free_port());
+    // Through a shell, for its `ulimit`; `exec` keeps the collector's pid the child's.
     let mut collector = Proc(
-        Command::new(env!("CARGO_BIN_EXE_flopmeter"))
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {FD_LIMIT} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_flopmeter"))
             .arg("collector")
+            .args(["--hello-timeout", &format!("{HELLO_TIMEOUT_S}s")])
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &format!("127.0.0.1:{grpc}")])
@@ -165,6 +183,9 @@ fn an_independent_hostile_client_changes_no_total() {
         .arg(&tokens)
         .args(["--agent", AGENT_A, "--agent", AGENT_B])
         .args(["--max-message-bytes", &MAX_MESSAGE_BYTES.to_string()])
+        .args(["--hello-timeout", &HELLO_TIMEOUT_S.to_string()])
+        .args(["--collector-pid", &collector.0.id().to_string()])
+        .args(["--flood", &(FD_LIMIT + 150).to_string()])
         .stdin(Stdio::null())
         .output()
         .expect("python3 runs");
@@ -230,6 +251,13 @@ fn an_independent_hostile_client_changes_no_total() {
         assert!(n > 0.0, "rejection {reason} was never counted");
     }
     assert!(sample(&metrics, "flopmeter_ingest_resends_total") > 0.0);
+    assert!(
+        sample(
+            &metrics,
+            "flopmeter_accept_errors_total{listener=\"grpc\",reason=\"fd-exhausted\"}"
+        ) > 0.0,
+        "running out of descriptors was never counted"
+    );
     assert!(sample(&metrics, "flopmeter_ingest_duplicate_records_total") > 0.0);
 
     // The ledger is consistent with its raw records: online, then offline after a clean stop.
@@ -256,4 +284,88 @@ fn an_independent_hostile_client_changes_no_total() {
     let (ok, text) = verify(&["--data-dir", data.to_str().unwrap()]);
     assert!(ok, "offline verify failed: {text}");
     assert!(text.contains("ok:"), "{text}");
+}
+
+/// Mutual TLS from the same independent client: the CLI's certificate (`flopmeter certs dev`
+/// `admin.pem`, CN `flopmeter-admin`) must not stream records as an agent of that name,
+/// because its role is not the agent's; a TLS connection that never sends the HTTP/2
+/// preface is closed.
+#[test]
+fn an_independent_client_meets_certificate_roles_in_mutual_tls() {
+    if !python_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    let o = Command::new(env!("CARGO_BIN_EXE_flopmeter"))
+        .args(["certs", "dev", "--out"])
+        .arg(&certs)
+        .args(["--agent", AGENT_A])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tokens = work.path().join("agent-tokens.toml");
+    std::fs::write(&tokens, format!("{AGENT_A} = \"unused\"\n")).unwrap();
+    let log = work.path().join("collector.log");
+    let (grpc, http) = (free_port(), free_port());
+    let c = |f: &str| certs.join(f);
+    let _collector = Proc(
+        Command::new(env!("CARGO_BIN_EXE_flopmeter"))
+            .arg("collector")
+            .arg("--data-dir")
+            .arg(work.path().join("ledger"))
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--hello-timeout", &format!("{HELLO_TIMEOUT_S}s")])
+            .arg("--tls-cert")
+            .arg(c("collector.pem"))
+            .arg("--tls-key")
+            .arg(c("collector-key.pem"))
+            .arg("--tls-client-ca")
+            .arg(c("ca.pem"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FLOPMETER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("flopmeter collector starts"),
+    );
+    // Up when its TLS port answers a handshake attempt at all.
+    eventually("the collector listens", || {
+        TcpStream::connect(("127.0.0.1", http)).is_ok()
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hostile_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--grpc", &format!("localhost:{grpc}")])
+        .args(["--http", &format!("localhost:{http}")])
+        .arg("--tokens")
+        .arg(&tokens)
+        .args(["--agent", AGENT_A, "--agent", AGENT_B])
+        .args(["--max-message-bytes", &MAX_MESSAGE_BYTES.to_string()])
+        .args(["--hello-timeout", &HELLO_TIMEOUT_S.to_string()])
+        .arg("--tls-ca")
+        .arg(c("ca.pem"))
+        .arg("--tls-cert")
+        .arg(c(&format!("agent-{AGENT_A}.pem")))
+        .arg("--tls-key")
+        .arg(c(&format!("agent-{AGENT_A}-key.pem")))
+        .arg("--admin-cert")
+        .arg(c("admin.pem"))
+        .arg("--admin-key")
+        .arg(c("admin-key.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "hostile client reported failures:\n{stdout}\ncollector log:\n{}",
+        log_of(&log)
+    );
 }

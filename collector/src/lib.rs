@@ -23,13 +23,18 @@
 pub mod admin;
 pub mod compliance;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod demo;
+pub mod durable_marks;
+pub mod failpoint;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
+pub mod newruns;
+pub mod occupancy;
 pub mod report;
 pub mod tls;
 pub mod writer;
@@ -46,7 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::CollectorConfig;
 use crate::ledger::sled_store::SledStore;
@@ -142,19 +147,25 @@ impl Collector {
         );
         let store: Arc<dyn LedgerStore> = Arc::new(sled_store);
         store.set_stage_policy(&cfg.policy)?;
-        store.flush()?;
+        let marks = Arc::new(durable_marks::DurableMarks::load(store.as_ref())?);
         let metrics = Metrics::new();
+        metrics.set_series_bounds(cfg.metrics_max_models, cfg.metrics_max_runs);
         metrics.start_time.set(now_unix_ms() as f64 / 1000.0);
         // Registry changes and new plans wake the compliance engine as soon as they are durable.
         let facts = Arc::new(tokio::sync::Notify::new());
         let writer = Writer::start(
             store.clone(),
             metrics.clone(),
-            cfg.writer_queue,
-            cfg.commit_group,
-            writer::Headroom {
-                dir: cfg.data_dir.clone(),
-                min_free_bytes: cfg.min_free_bytes,
+            marks.clone(),
+            writer::WriterConfig {
+                queue: cfg.writer_queue,
+                max_group: cfg.commit_group,
+                headroom: writer::Headroom {
+                    dir: cfg.data_dir.clone(),
+                    min_free_bytes: cfg.min_free_bytes,
+                },
+                hold_flush: cfg.failpoints.hold_flush.clone(),
+                new_runs_per_hour: cfg.new_runs_per_agent_per_hour,
             },
             facts.clone(),
         );
@@ -163,7 +174,10 @@ impl Collector {
         let engine = compliance::Engine::open(
             store.clone(),
             compliance_store,
-            cfg.compliance.clone(),
+            compliance::ComplianceConfig {
+                metrics_max_models: cfg.metrics_max_models,
+                ..cfg.compliance.clone()
+            },
             cfg.policy.clone(),
             compliance::metrics::ComplianceMetrics::register(metrics.registry())
                 .map_err(|e| ServeError::Compliance(e.to_string()))?,
@@ -192,12 +206,18 @@ impl Collector {
             })?;
 
         let ingest = ingest::IngestService::new(
-            store.clone(),
+            marks,
             writer.handle(),
             metrics.clone(),
-            cfg.limits,
-            cfg.agent_tokens.clone(),
-            tls.as_ref().is_some_and(tls::ServerTls::mutual),
+            ingest::Door {
+                limits: cfg.limits,
+                timeouts: ingest::Timeouts {
+                    hello: cfg.hello_timeout,
+                    idle: cfg.idle_timeout,
+                },
+                tokens: cfg.agent_tokens.clone(),
+                client_certs: tls.as_ref().is_some_and(tls::ServerTls::mutual),
+            },
             shutdown_rx.clone(),
         );
         let admin = admin::AdminService::new(
@@ -205,11 +225,13 @@ impl Collector {
             writer.handle(),
             cfg.policy.clone(),
             cfg.admin_credentials(),
-        );
+        )
+        .with_verify_hold(cfg.failpoints.hold_verify_scan.clone());
         let mut stop = shutdown_rx.clone();
         let grpc_router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(conn::GrpcOnlyLayer::new(metrics.clone()))
             .add_service(
                 IngestServer::new(ingest)
                     .max_decoding_message_size(cfg.max_message_bytes)
@@ -226,22 +248,23 @@ impl Collector {
             let _ = stop.wait_for(|s| *s).await;
         };
         let grpc = match &tls {
-            Some(tls) => tokio::spawn(grpc_router.serve_with_incoming_shutdown(
-                ReceiverStream::new(tls.grpc_incoming(
+            Some(tls) => {
+                let (hello, m) = (cfg.hello_timeout, metrics.clone());
+                let incoming = ReceiverStream::new(tls.grpc_incoming(
                     grpc_listener,
                     metrics.clone(),
                     shutdown_rx.clone(),
-                )),
-                stopped,
-            )),
+                ))
+                .map(move |s| s.map(|s| conn::Silent::new(s, hello, m.clone())));
+                tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped))
+            }
             None => {
-                // Acks are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
-                // and delayed ACKs add tens of milliseconds to each one.
-                let incoming = TcpListenerStream::new(grpc_listener).map(|s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let incoming = ReceiverStream::new(conn::plaintext_incoming(
+                    grpc_listener,
+                    cfg.hello_timeout,
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ));
                 tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped))
             }
         };

@@ -7,6 +7,15 @@
 //! appear only on per-agent series; never PIDs, Slurm job ids, users or pod names (those are
 //! in `/api/v1/unattributed`).
 //!
+//! **Bounded series, whatever the number of models.** Per-model gauges are exported for the
+//! `--metrics-max-models` models with the most counted FLOP (high bound), per-run gauges for
+//! the `--metrics-max-runs` runs that reported most recently (since the collector started);
+//! the rest is summed under
+//! `model="_other"` (and `run="_other"`), so totals over all series stay right. The figures
+//! behind them are cached between scrapes and read again only for the models the writer
+//! changed since ([`Metrics::mark_models_dirty`]): at 10,000 one-record models the previous
+//! exposition had 190,000 series, 17.6 MB, and re-read every aggregate on every scrape.
+//!
 //! **Gauges, not counters, for ledger totals.** `flopmeter_model_flop` and
 //! `flopmeter_run_flop` are the ledger's cumulative totals, read from the durable store at
 //! scrape time. Prometheus counters are process-lifetime counts that restart at zero with
@@ -14,8 +23,11 @@
 //! legitimately lower a counted total), so they are gauges. `deriv()` or `delta()` over them
 //! gives rates. Process-local event counts (records ingested, rejections) are counters.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
 use flopmeter_core::stage::StagePolicy;
-use flopmeter_core::units::Bound;
+use flopmeter_core::units::{Bound, FlopTotal};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -24,6 +36,49 @@ use prometheus::{
 use crate::ingest::validate::RejectReason;
 use crate::ledger::aggregate::Unestimated;
 use crate::ledger::{LedgerStore, StoreError};
+
+/// Default `--metrics-max-models`.
+pub const DEFAULT_MAX_MODEL_SERIES: usize = 1000;
+
+/// Default `--metrics-max-runs`.
+pub const DEFAULT_MAX_RUN_SERIES: usize = 1000;
+
+/// The label value under which what is not exported one by one is summed.
+pub const OTHER: &str = "_other";
+
+/// One model's figures, as the gauges need them.
+#[derive(Debug, Clone, Default)]
+struct ModelFigures {
+    counted: FlopTotal,
+    excluded: FlopTotal,
+    gpu_seconds: Vec<(String, f64)>,
+    energy_joules: f64,
+    /// All its runs together, per stage (what the runs without series of their own add to
+    /// `_other`).
+    stages: Vec<(String, FlopTotal)>,
+    /// GPU time that could not be estimated, per reason.
+    unestimated: Unestimated,
+}
+
+/// The ledger gauges' figures between scrapes, and what changed since the last one.
+#[derive(Debug, Default)]
+struct LedgerFigures {
+    models: HashMap<String, ModelFigures>,
+    dirty: HashSet<String>,
+    /// Everything must be read (at start).
+    all_dirty: bool,
+    /// Runs the writer touched, with the order of their last touch (the most recent get
+    /// series); at most twice the run bound.
+    recent_runs: HashMap<(String, String), u64>,
+    touches: u64,
+}
+
+/// How many per-model and per-run series are exported.
+#[derive(Debug, Clone, Copy)]
+struct SeriesBounds {
+    models: usize,
+    runs: usize,
+}
 
 /// Why a stream or batch was refused with a gRPC error (as opposed to a record quarantined).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +104,14 @@ pub enum Refusal {
     /// Mutual TLS is on and the Hello's agent id is neither the client certificate's CN
     /// nor one of its DNS names.
     CertificateMismatch,
+    /// Mutual TLS is on and the client certificate lacks the agent role (OU
+    /// `flopmeter-agent`): the CLI's admin certificate, or one issued for something else.
+    CertificateRole,
+    /// The connection sent nothing, or its stream no Hello, within `--hello-timeout`; or an
+    /// agent stream fell silent for `--idle-timeout`.
+    HelloTimeout,
+    /// A request on the gRPC port whose content type is not gRPC (answered HTTP 415).
+    NotGrpc,
 }
 
 impl Refusal {
@@ -64,11 +127,14 @@ impl Refusal {
             Refusal::ForgedIdentity => "forged-identity",
             Refusal::NoClientCertificate => "no-client-certificate",
             Refusal::CertificateMismatch => "certificate-mismatch",
+            Refusal::CertificateRole => "certificate-role",
+            Refusal::HelloTimeout => "hello-timeout",
+            Refusal::NotGrpc => "not-grpc",
         }
     }
 
     /// Every refusal, for metric initialisation and docs.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::UnknownAgent,
         Refusal::BadToken,
         Refusal::BadHello,
@@ -78,6 +144,9 @@ impl Refusal {
         Refusal::ForgedIdentity,
         Refusal::NoClientCertificate,
         Refusal::CertificateMismatch,
+        Refusal::CertificateRole,
+        Refusal::HelloTimeout,
+        Refusal::NotGrpc,
     ];
 }
 
@@ -98,6 +167,7 @@ pub struct Metrics {
     rejected_records: IntCounterVec,
     refused: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    accept_errors: IntCounterVec,
     /// From receipt of a batch to its Ack being sent (after the flush).
     pub ack_latency: Histogram,
     /// Batches committed per flush (group commit).
@@ -122,6 +192,8 @@ pub struct Metrics {
     model_unestimated_gpu_seconds: GaugeVec,
     /// Collector start time, Unix seconds.
     pub start_time: Gauge,
+    figures: Arc<Mutex<LedgerFigures>>,
+    bounds: Arc<Mutex<SeriesBounds>>,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -208,6 +280,18 @@ impl Metrics {
                         "flopmeter_tls_handshake_failures_total",
                         "TLS handshakes that failed, by listener (grpc, http) and reason \
                          (not-tls, client-cert-unknown-issuer, client-cert-expired, ...).",
+                    ),
+                    &["listener", "reason"],
+                )
+                .expect("valid"),
+            ),
+            accept_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flopmeter_accept_errors_total",
+                        "Failed accepts of new connections, by listener and reason \
+                         (fd-exhausted: out of file descriptors; the loop backs off).",
                     ),
                     &["listener", "reason"],
                 )
@@ -320,6 +404,14 @@ impl Metrics {
                 .expect("valid"),
             ),
             registry: r,
+            figures: Arc::new(Mutex::new(LedgerFigures {
+                all_dirty: true,
+                ..LedgerFigures::default()
+            })),
+            bounds: Arc::new(Mutex::new(SeriesBounds {
+                models: DEFAULT_MAX_MODEL_SERIES,
+                runs: DEFAULT_MAX_RUN_SERIES,
+            })),
         };
         for reason in RejectReason::ALL {
             m.rejected_records.with_label_values(&[reason.as_str()]);
@@ -328,6 +420,9 @@ impl Metrics {
             m.refused.with_label_values(&[refusal.as_str()]);
         }
         for listener in ["grpc", "http"] {
+            for reason in ["fd-exhausted", "other"] {
+                m.accept_errors.with_label_values(&[listener, reason]);
+            }
             for reason in crate::tls::FAILURE_REASONS {
                 m.tls_handshake_failures
                     .with_label_values(&[listener, reason]);
@@ -368,6 +463,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed accept (`reason`: `fd-exhausted` or `other`).
+    pub fn accept_failed(&self, listener: &str, reason: &str) {
+        self.accept_errors
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
     /// Failed TLS handshakes so far.
     pub fn tls_handshake_failures(&self, listener: &str, reason: &str) -> u64 {
         self.tls_handshake_failures
@@ -399,14 +501,89 @@ impl Metrics {
             .set(unix_ms as f64 / 1000.0);
     }
 
-    /// Sets the ledger gauges from the store (called at scrape time, so they are exactly
-    /// the durable totals).
+    /// How many models and runs get series of their own (`--metrics-max-models`,
+    /// `--metrics-max-runs`).
+    pub fn set_series_bounds(&self, models: usize, runs: usize) {
+        *self.bounds.lock().unwrap_or_else(|e| e.into_inner()) = SeriesBounds { models, runs };
+    }
+
+    /// Notes models whose ledger figures changed (the writer, after a flush; the registry).
+    pub fn mark_models_dirty<'a>(&self, models: impl IntoIterator<Item = &'a str>) {
+        let mut f = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.all_dirty {
+            return;
+        }
+        for m in models {
+            if !f.dirty.contains(m) {
+                f.dirty.insert(m.to_string());
+            }
+        }
+    }
+
+    /// Notes runs that reported (the writer, after a flush): the most recent get series.
+    pub fn mark_runs_active<'a>(&self, runs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let keep = self
+            .bounds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .runs
+            .saturating_mul(2)
+            .max(16);
+        let mut f = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        for (model, run) in runs {
+            f.touches += 1;
+            let t = f.touches;
+            match f.recent_runs.get_mut(&(model.to_string(), run.to_string())) {
+                Some(v) => *v = t,
+                None => {
+                    f.recent_runs
+                        .insert((model.to_string(), run.to_string()), t);
+                }
+            }
+        }
+        if f.recent_runs.len() > keep {
+            let mut order: Vec<u64> = f.recent_runs.values().copied().collect();
+            let cut = order.len() - keep;
+            order.select_nth_unstable(cut);
+            let oldest_kept = order[cut];
+            f.recent_runs.retain(|_, t| *t >= oldest_kept);
+        }
+    }
+
+    /// Sets the ledger gauges (called at scrape time). Figures are read from the store for
+    /// the models changed since the previous scrape (all of them the first time), so each
+    /// value is the durable total as of the last flush the writer reported.
     pub fn refresh_ledger(
         &self,
         store: &dyn LedgerStore,
         policy: &StagePolicy,
     ) -> Result<(), StoreError> {
         self.ledger_size.set(store.size_on_disk()? as i64);
+        let bounds = *self.bounds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<String> = if f.all_dirty {
+            f.models.clear();
+            store.model_names()?
+        } else {
+            f.dirty.drain().collect()
+        };
+        f.all_dirty = false;
+        f.dirty.clear();
+        for model in stale {
+            match model_figures(store, &model, policy) {
+                Ok(Some(fig)) => {
+                    f.models.insert(model, fig);
+                }
+                Ok(None) => {
+                    f.models.remove(&model);
+                }
+                Err(e) => {
+                    // Read again next time.
+                    f.dirty.insert(model);
+                    return Err(e);
+                }
+            }
+        }
         for g in [
             &self.model_flop,
             &self.model_excluded_flop,
@@ -423,54 +600,75 @@ impl Metrics {
         // One fleet-wide total per reason, folded like a stage's reasons so the label stays
         // bounded whatever agents send.
         let mut fleet = Unestimated::default();
-        for model in store.model_names()? {
-            let Some(agg) = store.model_aggregate(&model)? else {
-                continue;
-            };
-            let (counted, excluded) = (agg.counted(policy), agg.excluded(policy));
-            for b in Bound::ALL {
-                self.model_flop
-                    .with_label_values(&[model.as_str(), b.as_str()])
-                    .set(counted.get(b) as f64);
-                self.model_excluded_flop
-                    .with_label_values(&[model.as_str(), b.as_str()])
-                    .set(excluded.get(b) as f64);
-            }
-            let all = agg.all();
-            for (gpu_type, g) in &all.gpu_types {
-                self.model_gpu_seconds
-                    .with_label_values(&[model.as_str(), gpu_type.as_str()])
-                    .set(g.gpu_ms as f64 / 1000.0);
-            }
-            self.model_energy
-                .with_label_values(&[model.as_str()])
-                .set(all.energy_mj as f64 / 1000.0);
-            let unestimated = agg.unestimated();
-            for (reason, c) in &unestimated.reasons {
-                self.model_unestimated_gpu_seconds
-                    .with_label_values(&[model.as_str(), reason.as_str()])
-                    .set(c.gpu_ms as f64 / 1000.0);
-            }
-            fleet.merge(&unestimated);
-            for run in store.runs(&model)? {
-                for (stage, t) in &run.aggregate.stages {
-                    for b in Bound::ALL {
-                        self.run_flop
-                            .with_label_values(&[
-                                model.as_str(),
-                                run.run.as_str(),
-                                stage.as_str(),
-                                b.as_str(),
-                            ])
-                            .set(t.flop.get(b) as f64);
-                    }
+        for fig in f.models.values() {
+            fleet.merge(&fig.unestimated);
+        }
+        // The models with the most counted compute get series of their own.
+        let mut ranked: Vec<(&String, &ModelFigures)> = f.models.iter().collect();
+        ranked.sort_unstable_by(|a, b| {
+            b.1.counted
+                .high
+                .cmp(&a.1.counted.high)
+                .then_with(|| a.0.cmp(b.0))
+        });
+        let mut other = ModelFigures::default();
+        let mut other_gpu: BTreeMap<String, f64> = BTreeMap::new();
+        for (i, (model, fig)) in ranked.iter().enumerate() {
+            if i < bounds.models {
+                self.set_model(model, fig);
+            } else {
+                other.counted.add_total(fig.counted);
+                other.excluded.add_total(fig.excluded);
+                other.energy_joules += fig.energy_joules;
+                other.unestimated.merge(&fig.unestimated);
+                for (t, s) in &fig.gpu_seconds {
+                    *other_gpu.entry(t.clone()).or_default() += s;
                 }
             }
         }
-        let mut by_type: std::collections::BTreeMap<
-            String,
-            (flopmeter_core::units::FlopTotal, u128),
-        > = Default::default();
+        if ranked.len() > bounds.models {
+            other.gpu_seconds = other_gpu.into_iter().collect();
+            self.set_model(OTHER, &other);
+        }
+        // The runs that reported most recently get series of their own; the rest of every
+        // model's work, per stage, is summed under `_other`.
+        let mut rest: BTreeMap<String, FlopTotal> = BTreeMap::new();
+        for fig in f.models.values() {
+            for (stage, t) in &fig.stages {
+                rest.entry(stage.clone()).or_default().add_total(*t);
+            }
+        }
+        let mut recent: Vec<(&(String, String), &u64)> = f.recent_runs.iter().collect();
+        recent.sort_unstable_by(|a, b| b.1.cmp(a.1));
+        recent.truncate(bounds.runs);
+        let recent: Vec<(String, String)> = recent.into_iter().map(|(k, _)| k.clone()).collect();
+        drop(f);
+        for (model, run) in &recent {
+            let Some(agg) = store.run_aggregate(model, run)? else {
+                continue;
+            };
+            for (stage, t) in &agg.stages {
+                for b in Bound::ALL {
+                    self.run_flop
+                        .with_label_values(&[model.as_str(), run.as_str(), stage, b.as_str()])
+                        .set(t.flop.get(b) as f64);
+                }
+                if let Some(r) = rest.get_mut(stage) {
+                    r.sub_total(t.flop);
+                }
+            }
+        }
+        for (stage, t) in rest {
+            if t == FlopTotal::ZERO {
+                continue;
+            }
+            for b in Bound::ALL {
+                self.run_flop
+                    .with_label_values(&[OTHER, OTHER, stage.as_str(), b.as_str()])
+                    .set(t.get(b) as f64);
+            }
+        }
+        let mut by_type: BTreeMap<String, (FlopTotal, u128)> = BTreeMap::new();
         for bucket in store.unattributed(i64::MIN, i64::MAX)? {
             fleet.merge(&bucket.aggregate.unestimated());
             for (gpu_type, g) in bucket.aggregate.all().gpu_types {
@@ -497,6 +695,30 @@ impl Metrics {
         Ok(())
     }
 
+    fn set_model(&self, model: &str, fig: &ModelFigures) {
+        for b in Bound::ALL {
+            self.model_flop
+                .with_label_values(&[model, b.as_str()])
+                .set(fig.counted.get(b) as f64);
+            self.model_excluded_flop
+                .with_label_values(&[model, b.as_str()])
+                .set(fig.excluded.get(b) as f64);
+        }
+        for (gpu_type, secs) in &fig.gpu_seconds {
+            self.model_gpu_seconds
+                .with_label_values(&[model, gpu_type.as_str()])
+                .set(*secs);
+        }
+        self.model_energy
+            .with_label_values(&[model])
+            .set(fig.energy_joules);
+        for (reason, c) in &fig.unestimated.reasons {
+            self.model_unestimated_gpu_seconds
+                .with_label_values(&[model, reason.as_str()])
+                .set(c.gpu_ms as f64 / 1000.0);
+        }
+    }
+
     /// The registry, so that other parts (the compliance engine) register their metrics in
     /// the same `/metrics` exposition.
     pub fn registry(&self) -> &Registry {
@@ -517,4 +739,32 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// A model's figures from the store (`None`: no measured work).
+fn model_figures(
+    store: &dyn LedgerStore,
+    model: &str,
+    policy: &StagePolicy,
+) -> Result<Option<ModelFigures>, StoreError> {
+    let Some(agg) = store.model_aggregate(model)? else {
+        return Ok(None);
+    };
+    let all = agg.all();
+    Ok(Some(ModelFigures {
+        counted: agg.counted(policy),
+        excluded: agg.excluded(policy),
+        gpu_seconds: all
+            .gpu_types
+            .iter()
+            .map(|(t, g)| (t.clone(), g.gpu_ms as f64 / 1000.0))
+            .collect(),
+        energy_joules: all.energy_mj as f64 / 1000.0,
+        stages: agg
+            .stages
+            .iter()
+            .map(|(s, t)| (s.clone(), t.flop))
+            .collect(),
+        unestimated: agg.unestimated(),
+    }))
 }

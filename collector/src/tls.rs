@@ -187,6 +187,7 @@ async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = bool> + Send,
 {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let mut pause = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -197,11 +198,13 @@ async fn accept_loop<F, Fut>(
         };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    pause = Duration::from_millis(10);
+                    c
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::debug!(error = %e, listener = which.as_str(), "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off and count, never spin.
+                    pause = crate::conn::accept_backoff(&e, which.as_str(), pause, &metrics).await;
                     continue;
                 }
             },

@@ -16,11 +16,16 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::durable_marks::DurableMarks;
+use crate::failpoint::Hold;
+use crate::ingest::validate::RejectReason;
 use crate::ledger::{
     AgentInfo, ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RollupStats, StoreError,
-    VerifyReport,
+    VerifyCut, VerifyReport, VerifyScan,
 };
 use crate::metrics::Metrics;
+use crate::newruns::NewRuns;
+use crate::occupancy::{Occupancy, REBUILD_BATCHES};
 
 /// A reply channel.
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -41,8 +46,11 @@ pub enum Job {
         /// Reply, if anyone waits.
         reply: Option<Reply<RollupStats>>,
     },
-    /// Recompute and compare every aggregate.
-    Verify(Reply<VerifyReport>),
+    /// Step 1 of an online verification: where it cuts (`LedgerStore::verify_cut`).
+    VerifyCut(Reply<VerifyCut>),
+    /// Step 3: what was applied since the cut, and the comparison
+    /// (`LedgerStore::verify_finish`). Step 2 runs off the writer.
+    VerifyFinish(Box<VerifyScan>, Reply<VerifyReport>),
     /// Finish the jobs queued before this one, flush, and exit.
     Stop,
 }
@@ -54,6 +62,19 @@ const ROLLUP_BATCHES_PER_JOB: usize = 512;
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
+    /// Set while an online verification reads raw batches off the writer: rollups, which
+    /// move raw batches, wait.
+    rollups_paused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Rollups wait while this lives ([`WriterHandle::pause_rollups`]).
+#[derive(Debug)]
+pub struct RollupPause(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for RollupPause {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The writer has stopped (shutdown or a fatal storage error).
@@ -68,6 +89,14 @@ impl From<WriterStopped> for tonic::Status {
 }
 
 impl WriterHandle {
+    /// Holds rollups back until the guard is dropped. Rollup jobs queued meanwhile do
+    /// nothing; the rollup loop tries again at its next tick.
+    pub fn pause_rollups(&self) -> RollupPause {
+        self.rollups_paused
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RollupPause(self.rollups_paused.clone())
+    }
+
     /// Queues a job (waits while the queue is full: backpressure on the streams).
     pub async fn submit(&self, job: Job) -> Result<(), WriterStopped> {
         self.tx.send(job).await.map_err(|_| WriterStopped)
@@ -91,35 +120,50 @@ pub struct Writer {
     thread: thread::JoinHandle<()>,
 }
 
+/// How the writer runs.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Jobs waiting, at most (backpressure beyond).
+    pub queue: usize,
+    /// Batches per flush, at most.
+    pub max_group: usize,
+    /// Free space the ledger's volume must keep.
+    pub headroom: Headroom,
+    /// Test-only: hold each flush (`crate::failpoint`).
+    pub hold_flush: Option<Hold>,
+    /// New runs per agent per hour (0: no limit).
+    pub new_runs_per_hour: u32,
+}
+
 impl Writer {
-    /// Starts the writer on its own OS thread (sled calls block). `queue` bounds the jobs
-    /// waiting; `max_group` bounds the batches per flush.
-    /// `facts` is notified after a flush that made a registry change or a newly declared
-    /// plan durable: the compliance engine evaluates them at once.
+    /// Starts the writer on its own OS thread (sled calls block). `marks` are moved after
+    /// each flush, and only then. `facts` is notified after a flush that made a registry
+    /// change or a newly declared plan durable: the compliance engine evaluates them at once.
     pub fn start(
         store: Arc<dyn LedgerStore>,
         metrics: Metrics,
-        queue: usize,
-        max_group: usize,
-        headroom: Headroom,
+        marks: Arc<DurableMarks>,
+        cfg: WriterConfig,
         facts: Arc<Notify>,
     ) -> Writer {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let rollups_paused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ctx = Ctx {
+            rollups_paused: rollups_paused.clone(),
+            metrics,
+            marks,
+            hold_flush: cfg.hold_flush,
+            occupancy: Default::default(),
+            new_runs: std::cell::RefCell::new(NewRuns::new(cfg.new_runs_per_hour)),
+            facts,
+        };
+        let (max_group, headroom) = (cfg.max_group.max(1), cfg.headroom);
         let thread = thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || {
-                run(
-                    rx,
-                    store.as_ref(),
-                    &metrics,
-                    max_group.max(1),
-                    &headroom,
-                    &facts,
-                )
-            })
+            .spawn(move || run(rx, store.as_ref(), &ctx, max_group, &headroom))
             .expect("spawning the ledger writer thread");
         Writer {
-            handle: WriterHandle { tx },
+            handle: WriterHandle { tx, rollups_paused },
             thread,
         }
     }
@@ -167,14 +211,29 @@ impl Headroom {
     }
 }
 
+/// What the writer thread works with besides the store.
+struct Ctx {
+    metrics: Metrics,
+    marks: Arc<DurableMarks>,
+    hold_flush: Option<Hold>,
+    /// Recent work per GPU, for the cross-record ceiling (only this thread touches it).
+    occupancy: std::cell::RefCell<Occupancy>,
+    /// New runs per agent and hour.
+    new_runs: std::cell::RefCell<NewRuns>,
+    /// Above 0 while an online verification scans: rollups wait.
+    rollups_paused: Arc<std::sync::atomic::AtomicUsize>,
+    /// Woken after a flush that made a registry change or a new plan durable.
+    facts: Arc<Notify>,
+}
+
 fn run(
     mut rx: mpsc::Receiver<Job>,
     store: &dyn LedgerStore,
-    metrics: &Metrics,
+    ctx: &Ctx,
     max_group: usize,
     headroom: &Headroom,
-    facts: &Notify,
 ) {
+    let metrics = &ctx.metrics;
     let mut was_short = false;
     let mut group: Vec<Job> = Vec::with_capacity(max_group);
     let mut stop = false;
@@ -208,7 +267,7 @@ fn run(
         }
         match (&broken, &short) {
             (Some(why), _) | (None, Some(why)) => refuse_group(&mut group, store, metrics, why),
-            (None, None) => broken = commit_group(&mut group, store, metrics, facts),
+            (None, None) => broken = commit_group(&mut group, store, ctx),
         }
     }
     // Everything answered was flushed already; flush once more so a clean shutdown leaves
@@ -217,7 +276,12 @@ fn run(
 }
 
 enum Pending {
-    Apply(Reply<ApplyOutcome>, Result<ApplyOutcome, StoreError>),
+    /// The agent, the reply, the outcome.
+    Apply(
+        String,
+        Reply<ApplyOutcome>,
+        Result<ApplyOutcome, StoreError>,
+    ),
     SetModel(Reply<ModelEntry>, Result<ModelEntry, StoreError>),
     RollUp(Option<Reply<RollupStats>>, Result<RollupStats, StoreError>),
 }
@@ -225,7 +289,7 @@ enum Pending {
 impl Pending {
     fn storage_error(&self) -> Option<String> {
         let e = match self {
-            Pending::Apply(_, r) => r.as_ref().err(),
+            Pending::Apply(_, _, r) => r.as_ref().err(),
             Pending::SetModel(_, r) => r.as_ref().err(),
             Pending::RollUp(_, r) => r.as_ref().err(),
         };
@@ -268,8 +332,11 @@ fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
                 }
             }
             // Reads only: still useful to see what is on disk.
-            Job::Verify(reply) => {
-                let _ = reply.send(store.verify());
+            Job::VerifyCut(reply) => {
+                let _ = reply.send(store.verify_cut());
+            }
+            Job::VerifyFinish(scan, reply) => {
+                let _ = reply.send(store.verify_finish(*scan));
             }
             Job::RecordAgent(_) | Job::Stop => {}
         }
@@ -277,15 +344,15 @@ fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
 }
 
 /// Applies and flushes a group; returns why the ledger is broken if a write failed.
-fn commit_group(
-    group: &mut Vec<Job>,
-    store: &dyn LedgerStore,
-    metrics: &Metrics,
-    facts: &Notify,
-) -> Option<String> {
+fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Option<String> {
+    let metrics = &ctx.metrics;
     let mut pending = Vec::with_capacity(group.len());
     let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
     let mut applied = 0u64;
+    // Models whose gauges must be read again once this group is durable, and runs that
+    // reported.
+    let touched = std::cell::RefCell::new(std::collections::HashSet::<String>::new());
+    let active = std::cell::RefCell::new(std::collections::HashSet::<(String, String)>::new());
     // Consecutive batches are applied together; any other job first applies the batches
     // queued before it, so every job sees the ledger as the queue order says.
     let apply = |batches: &mut Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)>,
@@ -293,11 +360,44 @@ fn commit_group(
         if batches.is_empty() {
             return 0;
         }
+        let mut occupancy = ctx.occupancy.borrow_mut();
+        screen(
+            batches,
+            store,
+            &mut occupancy,
+            &mut ctx.new_runs.borrow_mut(),
+        );
+        {
+            let mut t = touched.borrow_mut();
+            let mut a = active.borrow_mut();
+            for (b, _) in batches.iter() {
+                for cr in &b.records {
+                    if cr.rejection.is_some() {
+                        continue;
+                    }
+                    if let crate::ledger::aggregate::Attribution::Run { model, run } =
+                        crate::ledger::aggregate::attribution(&cr.record)
+                    {
+                        if !t.contains(model) {
+                            t.insert(model.to_string());
+                        }
+                        if !a.contains(&(model.to_string(), run.to_string())) {
+                            a.insert((model.to_string(), run.to_string()));
+                        }
+                    }
+                }
+            }
+        }
         let refs: Vec<&IncomingBatch> = batches.iter().map(|(b, _)| b.as_ref()).collect();
         let results = store.apply_group(&refs);
+        for (b, r) in batches.iter().zip(&results) {
+            if r.is_err() {
+                occupancy.forget(&b.0.agent_id);
+            }
+        }
         let n = batches.len() as u64;
-        for ((_, reply), r) in batches.drain(..).zip(results) {
-            pending.push(Pending::Apply(reply, r));
+        for ((batch, reply), r) in batches.drain(..).zip(results) {
+            pending.push(Pending::Apply(batch.agent_id, reply, r));
         }
         n
     };
@@ -322,7 +422,12 @@ fn commit_group(
                 cutoff_unix_ms,
                 reply,
             } => {
-                let r = store.roll_up(cutoff_unix_ms, ROLLUP_BATCHES_PER_JOB);
+                let r = if ctx.rollups_paused.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    // A verification is reading raw batches off this thread.
+                    Ok(RollupStats::default())
+                } else {
+                    store.roll_up(cutoff_unix_ms, ROLLUP_BATCHES_PER_JOB)
+                };
                 if let Ok(s) = &r
                     && s.batches > 0
                 {
@@ -335,9 +440,13 @@ fn commit_group(
                 }
                 pending.push(Pending::RollUp(reply, r));
             }
-            Job::Verify(reply) => {
-                // Reads only; the jobs before it are applied, the ones after wait.
-                let _ = reply.send(store.verify());
+            // Reads only; the jobs before them are applied, the ones after wait (step 3
+            // is proportional to what arrived during step 2, not to the ledger).
+            Job::VerifyCut(reply) => {
+                let _ = reply.send(store.verify_cut());
+            }
+            Job::VerifyFinish(scan, reply) => {
+                let _ = reply.send(store.verify_finish(*scan));
             }
         }
     }
@@ -345,6 +454,11 @@ fn commit_group(
     let batches = applied;
     if pending.is_empty() {
         return None;
+    }
+    if batches > 0
+        && let Some(hold) = &ctx.hold_flush
+    {
+        hold.wait();
     }
     let started = Instant::now();
     let flushed = store.flush();
@@ -374,11 +488,11 @@ fn commit_group(
     // at its next periodic pass: only once durable, like everything else it acts on.
     let new_facts = pending.iter().any(|p| match p {
         Pending::SetModel(_, r) => r.is_ok(),
-        Pending::Apply(_, r) => r.as_ref().is_ok_and(|o| o.plans_declared > 0),
+        Pending::Apply(_, _, r) => r.as_ref().is_ok_and(|o| o.plans_declared > 0),
         Pending::RollUp(..) => false,
     });
     if broken.is_none() && new_facts {
-        facts.notify_one();
+        ctx.facts.notify_one();
     }
     // Replies only after the flush: an Ack promises durability. After a failed write
     // nothing in the group is acknowledged, not even what seemed to apply (see
@@ -389,9 +503,29 @@ fn commit_group(
             Some(why) => Err(StoreError::Storage(format!("ledger write failed: {why}"))),
         }
     }
+    // The marks move after the flush and before any reply, so a Welcome that follows an
+    // Ack names at least what the Ack did, and nothing that is not on disk.
+    if broken.is_none() {
+        for p in &pending {
+            match p {
+                Pending::Apply(agent, _, Ok(o)) => ctx.marks.advance(agent, o.acked_through),
+                Pending::SetModel(_, Ok(e)) => {
+                    touched.borrow_mut().insert(e.model.clone());
+                }
+                _ => {}
+            }
+        }
+        metrics.mark_models_dirty(touched.borrow().iter().map(String::as_str));
+        metrics.mark_runs_active(
+            active
+                .borrow()
+                .iter()
+                .map(|(m, r)| (m.as_str(), r.as_str())),
+        );
+    }
     for p in pending {
         match p {
-            Pending::Apply(reply, r) => {
+            Pending::Apply(_, reply, r) => {
                 let _ = reply.send(outcome(&broken, r));
             }
             Pending::SetModel(reply, r) => {
@@ -405,4 +539,86 @@ fn commit_group(
         }
     }
     broken
+}
+
+/// Quarantines, before they are applied, new records that would take their GPU past its
+/// ceiling together with the records they overlap ([`crate::occupancy`]), or start a run
+/// beyond the agent's hourly allowance ([`crate::newruns`]). Bounded work: a few segments
+/// and one key lookup per record, and for an agent not seen since the start, its last
+/// [`REBUILD_BATCHES`] raw batches.
+fn screen(
+    batches: &mut [(Box<IncomingBatch>, Reply<ApplyOutcome>)],
+    store: &dyn LedgerStore,
+    occupancy: &mut Occupancy,
+    new_runs: &mut NewRuns,
+) {
+    let now = crate::now_unix_ms();
+    // Marks as batches earlier in this group leave them (the store has not seen them yet),
+    // and runs they start.
+    let mut marks: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut started: std::collections::HashSet<(String, String)> = Default::default();
+    let reject = |cr: &mut crate::ledger::CheckedRecord, r: RejectReason, detail: String| {
+        cr.rejection = Some(crate::ledger::RecordRejection {
+            reason: r.as_str().into(),
+            detail,
+        });
+        cr.declaration = None;
+    };
+    for (b, _) in batches.iter_mut() {
+        let agent = b.agent_id.clone();
+        let hwm = match marks.get(&agent) {
+            Some(&h) => h,
+            None => match store.high_water_mark(&agent) {
+                Ok(h) => h,
+                // The batch will fail the same way when applied; nothing to screen.
+                Err(_) => continue,
+            },
+        };
+        let seqs: Vec<u64> = b.records.iter().map(|r| r.record.seq).collect();
+        if !crate::ledger::sequence::well_formed(&seqs) {
+            continue; // refused whole when applied
+        }
+        let crate::ledger::sequence::SeqPlan::Apply { start, end, .. } =
+            crate::ledger::sequence::plan(hwm, &seqs)
+        else {
+            continue;
+        };
+        if !occupancy.knows(&agent) {
+            match store.recent_records(&agent, REBUILD_BATCHES) {
+                Ok((recent, truncated)) => occupancy.rebuild(&agent, &recent, truncated),
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "cannot read recent records");
+                    continue;
+                }
+            }
+        }
+        for cr in &mut b.records[start..end] {
+            if cr.rejection.is_some() {
+                continue;
+            }
+            if let crate::ledger::aggregate::Attribution::Run { model, run } =
+                crate::ledger::aggregate::attribution(&cr.record)
+            {
+                let key = (model.to_string(), run.to_string());
+                let new = !started.contains(&key) && !store.run_exists(model, run).unwrap_or(true);
+                if new {
+                    if !new_runs.allow(&agent, now) {
+                        let detail = format!(
+                            "agent {agent:?} started more than {} new runs in the last hour \
+                             (--new-runs-per-agent-per-hour); run {run:?} of model {model:?} \
+                             waits in quarantine",
+                            new_runs.per_hour()
+                        );
+                        reject(cr, RejectReason::TooManyNewRuns, detail);
+                        continue;
+                    }
+                    started.insert(key);
+                }
+            }
+            if let Err(detail) = occupancy.admit(&agent, &cr.record, cr.max_flop_per_s) {
+                reject(cr, RejectReason::GpuOverlap, detail);
+            }
+        }
+        marks.insert(agent, seqs[end - 1]);
+    }
 }

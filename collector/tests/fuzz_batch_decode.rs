@@ -79,7 +79,7 @@ fn door(bytes: &[u8], limits: &Limits) -> Result<(), String> {
             .as_ref()
             .map(|r| (r.reason.clone(), r.detail.clone()));
         check_verdict(&record, v.as_ref(), limits)?;
-        records.push(CheckedRecord { record, rejection });
+        records.push(CheckedRecord::new(record, rejection));
     }
     // A fresh agent per case, numbered from 1, so every batch is applied rather than seen
     // as a gap or a duplicate.

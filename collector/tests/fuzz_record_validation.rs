@@ -27,6 +27,7 @@ fn limits() -> [Limits; 2] {
             max_interval_ms: 1,
             max_future_ms: 0,
             max_gpu_watts: 0.0,
+            max_backfill_ms: 0,
         },
     ]
 }

@@ -213,8 +213,9 @@ async fn http_and_admin_api() {
         "flopmeter_model_flop{bound=\"central\",model=\"acme\"} 10000000000000000",
         "flopmeter_model_flop{bound=\"high\",model=\"acme\"} 20000000000000000",
         "flopmeter_model_excluded_flop{bound=\"central\",model=\"acme\"} 1000000000000000",
-        "flopmeter_run_flop{bound=\"low\",model=\"acme\",run=\"r2\",stage=\"eval\"} 500000000000000",
-        "flopmeter_run_flop{bound=\"central\",model=\"acme\",run=\"r1\",stage=\"pretrain\"} 10000000000000000",
+        // Runs get series of their own once they report to this collector process; runs
+        // written before it started are summed per stage under `_other`.
+        "flopmeter_run_flop{bound=\"low\",model=\"_other\",run=\"_other\",stage=\"eval\"} 500000000000000",
         "flopmeter_model_gpu_seconds{gpu_type=\"h100-sxm\",model=\"acme\"} 30",
         "flopmeter_model_energy_joules{model=\"acme\"} 21000",
         "flopmeter_unattributed_flop{bound=\"central\",gpu_type=\"h100-sxm\"} 6000000000000000",
@@ -346,11 +347,19 @@ async fn http_and_admin_api() {
             .code(),
         tonic::Code::NotFound
     );
-    let v = admin
-        .verify_ledger(pb::VerifyLedgerRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    // Verification reads the whole ledger: it needs the admin credential.
+    assert_eq!(
+        admin
+            .verify_ledger(pb::VerifyLedgerRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut req = tonic::Request::new(pb::VerifyLedgerRequest {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer adm1n".parse().unwrap());
+    let v = admin.verify_ledger(req).await.unwrap().into_inner();
     assert!(v.ok, "{:?}", v.mismatches);
     let rep = admin
         .report(pb::ReportRequest {

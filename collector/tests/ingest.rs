@@ -52,8 +52,26 @@ async fn each_validation_rule_quarantines_only_the_bad_record() {
             r.start_unix_ms = r.end_unix_ms - 3_600_001
         }),
         (RejectReason::FutureEventTime, |r| {
-            r.start_unix_ms += 3_600_000;
-            r.end_unix_ms += 3_600_000;
+            r.start_unix_ms += 2 * 86_400_000;
+            r.end_unix_ms += 2 * 86_400_000;
+        }),
+        (RejectReason::EventTimeTooOld, |r| {
+            r.start_unix_ms -= 100 * 86_400_000;
+            r.end_unix_ms -= 100 * 86_400_000;
+        }),
+        (RejectReason::UndeclaredGpu, |r| r.gpu_uuid = "GPU-9".into()),
+        (RejectReason::BadDeclaration, |r| {
+            r.declaration = Some(flopmeter_proto::v1::WorkloadDeclaration {
+                planned_flop: "0e2147483647".into(),
+                ..Default::default()
+            })
+        }),
+        // Record 1's interval again, under a new sequence number: each fits the ceiling,
+        // the two together do not.
+        (RejectReason::GpuOverlap, |r| {
+            r.start_unix_ms -= 10_000;
+            r.end_unix_ms -= 10_000;
+            r.flop_high = 20_000_000_000_000_000;
         }),
         (RejectReason::BandOrder, |r| r.flop_low = r.flop_central + 1),
         (RejectReason::UnknownGpuType, |r| r.gpu_type = "b999".into()),
@@ -98,7 +116,7 @@ async fn each_validation_rule_quarantines_only_the_bad_record() {
         assert_eq!(ack(s.next().await.unwrap()).acked_through, 4);
     }
     let quarantined = c.store().rejections(None, 100).unwrap();
-    assert_eq!(quarantined.len(), 10);
+    assert_eq!(quarantined.len(), 14);
     assert!(c.store().verify().unwrap().ok());
     c.shutdown().await.unwrap();
 }

@@ -75,7 +75,16 @@ fn json(c: &Collector, path: &str) -> serde_json::Value {
 async fn work_that_could_not_be_estimated_is_counted_reported_and_alertable() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
-    let mut s = Stream::open(c.grpc_addr(), "a1", None).await;
+    // The node's GPUs: the catalogued H100 and the uncatalogued one without a peak.
+    let mut hello = common::hello("a1");
+    if let Some(pb::agent_message::Kind::Hello(h)) = &mut hello.kind {
+        h.gpus.push(pb::GpuInventory {
+            index: 1,
+            uuid: "GPU-uncatalogued".into(),
+            ..pb::GpuInventory::default()
+        });
+    }
+    let mut s = Stream::open_with(c.grpc_addr(), hello, None).await;
     assert!(matches!(
         s.next().await.unwrap().and_then(|m| m.kind),
         Some(Kind::Welcome(_))

@@ -26,6 +26,8 @@
 //! - [`alert`]: alert lifecycle (forecast → clock started → reminders → overdue, until
 //!   acknowledged or dismissed), with idempotency keys and the alert's text.
 //! - [`audit`]: the append-only SHA-256 hash chain and its verification.
+//! - [`text`]: characters a name must not hide (controls, bidi, invisible, look-alikes) and
+//!   escaping any string for a terminal.
 //!
 //! Architecture invariant: this crate never touches the outside world. No tokio, tonic, sled,
 //! NVML, filesystem or clock; time is always a parameter. That keeps every rule here
@@ -44,6 +46,7 @@ pub mod format;
 pub mod plan;
 pub mod projection;
 pub mod stage;
+pub mod text;
 pub mod threshold;
 pub mod threshold_config;
 pub mod units;

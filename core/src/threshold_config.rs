@@ -28,136 +28,21 @@
 //! applied set a changed rule gets `previous + 1` while an unchanged one keeps its version.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::threshold::{self, Comparison, Level, Obligation, Threshold};
 use crate::units::Bound;
 
-/// A number of FLOP as written in a config file, held exactly.
+/// A number of FLOP as written in a config file, held exactly: the one exact FLOP type of
+/// the workspace, [`crate::units::FlopAmount`], re-exported where thresholds always found it.
 ///
 /// Why not a plain integer: TOML integers are 64-bit and 10^25 does not fit, and a TOML float
 /// `1e25` is the binary double 10000000000000000905969664, not 10^25. So a level is best written
 /// as a string (`"1e25"`, `"3.33e24"`, `"2_100_000_000_000_000_000_000_000"`), which is parsed as
 /// an exact decimal. Integers are accepted, and floats are accepted through their shortest
 /// decimal form (`1e25` → `"1e25"` → exactly 10^25), which is what the author wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FlopAmount(pub u128);
-
-/// Why a FLOP amount could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlopAmountError {
-    /// Not a decimal number in plain or `e` notation.
-    #[error("{0:?} is not a FLOP amount: write a whole number such as \"1e25\" or \"3.33e24\"")]
-    Syntax(String),
-    /// Negative amounts make no sense for compute.
-    #[error("{0:?} is negative; FLOP amounts are never negative")]
-    Negative(String),
-    /// The value has a fractional part (e.g. `"1.5"`): thresholds are whole FLOP.
-    #[error("{0:?} is not a whole number of FLOP")]
-    NotWhole(String),
-    /// The value does not fit in 128 bits (about 3.4e38).
-    #[error("{0:?} is too large (the limit is about 3.4e38 FLOP)")]
-    TooLarge(String),
-}
-
-impl FlopAmount {
-    /// Parses an exact decimal: digits with an optional fraction and exponent (`2.1e25`),
-    /// `_` separators allowed. The result must be a whole number.
-    pub fn parse(text: &str) -> Result<FlopAmount, FlopAmountError> {
-        let s: String = text.trim().chars().filter(|c| *c != '_').collect();
-        let s = s.strip_prefix('+').unwrap_or(&s);
-        if s.starts_with('-') {
-            return Err(FlopAmountError::Negative(text.to_string()));
-        }
-        let syntax = || FlopAmountError::Syntax(text.to_string());
-        let (mantissa, exponent) = match s.find(['e', 'E']) {
-            Some(i) => {
-                let e: i32 = s[i + 1..].parse().map_err(|_| syntax())?;
-                (&s[..i], e)
-            }
-            None => (s, 0),
-        };
-        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        if int.is_empty() && frac.is_empty()
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        {
-            return Err(syntax());
-        }
-        // value = digits × 10^(exponent − fraction length)
-        let digits = format!("{int}{frac}");
-        let shift = i64::from(exponent) - frac.len() as i64;
-        let too_large = || FlopAmountError::TooLarge(text.to_string());
-        let kept = if shift < 0 {
-            let cut = usize::try_from(-shift).map_err(|_| too_large())?;
-            let split = digits.len().saturating_sub(cut);
-            if !digits[split..].bytes().all(|b| b == b'0') {
-                return Err(FlopAmountError::NotWhole(text.to_string()));
-            }
-            &digits[..split]
-        } else {
-            &digits[..]
-        };
-        let mut value: u128 = 0;
-        for b in kept.bytes() {
-            value = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u128::from(b - b'0')))
-                .ok_or_else(too_large)?;
-        }
-        if shift > 0 && value != 0 {
-            let p = u32::try_from(shift).map_err(|_| too_large())?;
-            let scale = 10u128.checked_pow(p).ok_or_else(too_large)?;
-            value = value.checked_mul(scale).ok_or_else(too_large)?;
-        }
-        Ok(FlopAmount(value))
-    }
-}
-
-impl fmt::Display for FlopAmount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl Serialize for FlopAmount {
-    /// As an exact decimal string, so it survives TOML and JSON unchanged.
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for FlopAmount {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = FlopAmount;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a whole number of FLOP, best as a string such as \"1e25\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FlopAmount, E> {
-                FlopAmount::parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<FlopAmount, E> {
-                Ok(FlopAmount(u128::from(v)))
-            }
-            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<FlopAmount, E> {
-                Ok(FlopAmount(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<FlopAmount, E> {
-                u128::try_from(v)
-                    .map(FlopAmount)
-                    .map_err(|_| E::custom(FlopAmountError::Negative(v.to_string())))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<FlopAmount, E> {
-                // The shortest decimal that reads back as this double: what the author typed.
-                FlopAmount::parse(&format!("{v:e}")).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+pub use crate::units::{FlopAmount, FlopAmountError};
 
 /// A fraction of the base model's compute, written `"1/3"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -515,10 +400,10 @@ mod tests {
             ("1e-3", Err("whole")),
             ("-1e25", Err("negative")),
             ("1e39", Err("too large")),
-            ("abc", Err("not a FLOP")),
-            ("", Err("not a FLOP")),
-            ("1e", Err("not a FLOP")),
-            (".", Err("not a FLOP")),
+            ("abc", Err("not a number")),
+            ("", Err("not a number")),
+            ("1e", Err("not a number")),
+            (".", Err("not a number")),
         ];
         for (text, want) in cases {
             let got = FlopAmount::parse(text);

@@ -1,5 +1,6 @@
 //! Units of account: FLOP bands per interval (`u64`) and aggregates (`u128`), precisions and
-//! method tags.
+//! method tags, and [`FlopAmount`], the one exact parser for FLOP (and parameter and token)
+//! counts as people write them.
 //!
 //! Why integers: a per-interval estimate is rounded once to whole FLOP and from then on only
 //! added. Integer sums are exact and independent of the order in which records arrive, so a
@@ -8,10 +9,14 @@
 //! per interval would need half an hour at that rate; intervals are seconds), and a model's
 //! lifetime total fits `u128` with a margin of 10^13.
 
+mod flop_amount;
+
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub use flop_amount::{FlopAmount, FlopAmountError};
 
 /// The numeric precision a tensor workload runs at. It decides which dense peak a unit of
 /// tensor activity is worth.

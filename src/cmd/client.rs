@@ -21,7 +21,8 @@ pub struct ClientArgs {
     )]
     pub collector: String,
 
-    /// Admin token, for collectors that require one (model registry changes).
+    /// Admin token, for collectors that require one (model registry changes, ack, dismiss,
+    /// ledger verify).
     #[arg(
         long,
         env = "FLOPMETER_ADMIN_TOKEN",

@@ -7,7 +7,7 @@ use flopmeter_core::catalogue::{self, GpuModel};
 use flopmeter_core::format::{flop, flop_near, quantity};
 use flopmeter_core::plan::{self, PlanInput, PlanOutcome, Utilisation};
 use flopmeter_core::threshold;
-use flopmeter_core::units::Precision;
+use flopmeter_core::units::{FlopAmount, FlopAmountError, Precision};
 
 use super::UsageError;
 
@@ -100,22 +100,10 @@ pub struct EstimateArgs {
     pub json: bool,
 }
 
-/// Parses a positive count written as an integer or in scientific notation (`70e9`).
-fn parse_count(s: &str) -> Result<u128, String> {
-    let s = s.trim().replace('_', "");
-    if let Ok(n) = s.parse::<u128>() {
-        return Ok(n);
-    }
-    let f: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number (write e.g. 70000000000 or 70e9)"))?;
-    if !(f.is_finite() && f >= 0.0) {
-        return Err(format!("{s:?} must be a non-negative number"));
-    }
-    if f.fract() != 0.0 {
-        return Err(format!("{s:?} must be a whole number"));
-    }
-    Ok(f as u128)
+/// Parses a count written as an integer or in e notation (`70e9`), exactly, by the rule every
+/// FLOP, parameter and token figure follows ([`FlopAmount`]).
+fn parse_count(s: &str) -> Result<u128, FlopAmountError> {
+    FlopAmount::parse(s).map(FlopAmount::get)
 }
 
 /// Resolves `--gpu` or explains what would have worked.
@@ -328,6 +316,10 @@ mod tests {
     #[test]
     fn counts_accept_scientific_notation() {
         assert_eq!(parse_count("70e9"), Ok(70_000_000_000));
+        // Exact, where f64 would read 10000000000000000905969664.
+        assert_eq!(parse_count("1e25"), Ok(10u128.pow(25)));
+        assert_eq!(parse_count("1.5e12"), Ok(1_500_000_000_000));
+        assert!(parse_count("0e2147483647").is_err());
         assert_eq!(parse_count("15_000"), Ok(15_000));
         assert!(parse_count("1.5").is_err());
         assert!(parse_count("-3").is_err());

@@ -33,7 +33,8 @@ pub enum LedgerAction {
 #[serde(rename_all = "kebab-case")]
 #[command(after_help = "\
 Examples:
-  flopmeter ledger verify --collector http://collector:7443   # pauses ingest while it runs
+  flopmeter ledger verify --collector http://collector:7443 --admin-token $TOKEN
+      # needs the admin credential; ingest goes on, one verification at a time
   flopmeter ledger verify --data-dir /var/lib/flopmeter/collector   # collector stopped")]
 pub struct VerifyArgs {
     /// Verify this ledger directory directly instead of asking a collector (the collector

@@ -70,10 +70,12 @@ pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>
     if broken_pipe {
         return ExitCode::SUCCESS;
     }
+    // Errors quote what the collector or a file said, which may quote a name: escaped too.
+    let safe = |t: &str| flopmeter_core::text::escape_for_terminal_keeping(t, &['\n']).into_owned();
     let (head, causes) = error_lines(e);
-    eprintln!("error: {head}");
+    eprintln!("error: {}", safe(&head));
     for cause in &causes {
-        eprintln!("  caused by: {cause}");
+        eprintln!("  caused by: {}", safe(cause));
     }
     let usage = e.downcast_ref::<UsageError>().is_some();
     if let Some(out) = json_out {

@@ -59,6 +59,9 @@ pub struct LeafSpec {
     pub not_after: Option<i64>,
     /// Days of validity when `not_after` is not given.
     pub days: u32,
+    /// The role, as the subject's organizational unit ([`crate::AGENT_ROLE`],
+    /// [`crate::ADMIN_ROLE`]): what the collector lets the certificate do.
+    pub role: Option<&'static str>,
 }
 
 impl LeafSpec {
@@ -88,11 +91,13 @@ impl LeafSpec {
             not_before: None,
             not_after: None,
             days: 365,
+            role: None,
         }
     }
 
     /// An agent's client certificate: CN = DNS SAN = the agent id (what the collector
-    /// checks the Hello's agent id against in mutual TLS).
+    /// checks the Hello's agent id against in mutual TLS), OU = [`crate::AGENT_ROLE`] (what
+    /// lets it send records).
     pub fn agent(agent_id: &str) -> LeafSpec {
         LeafSpec {
             common_name: agent_id.to_string(),
@@ -103,15 +108,18 @@ impl LeafSpec {
             not_before: None,
             not_after: None,
             days: 365,
+            role: Some(crate::AGENT_ROLE),
         }
     }
 
-    /// The CLI's client certificate (CN `flopmeter-admin`). It authenticates the TLS
-    /// connection only; admin writes still need the admin token.
+    /// The CLI's client certificate (CN `flopmeter-admin`, OU [`crate::ADMIN_ROLE`]). It
+    /// authenticates the TLS connection only: ingest refuses it, and admin writes still need
+    /// the admin token.
     pub fn admin() -> LeafSpec {
         LeafSpec {
             common_name: "flopmeter-admin".into(),
             dns_names: Vec::new(),
+            role: Some(crate::ADMIN_ROLE),
             ..LeafSpec::agent("flopmeter-admin")
         }
     }
@@ -204,6 +212,9 @@ impl DevCa {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, spec.common_name.clone());
+        if let Some(role) = spec.role {
+            dn.push(DnType::OrganizationalUnitName, role);
+        }
         params.distinguished_name = dn;
         for d in &spec.dns_names {
             params

@@ -139,11 +139,22 @@ pub fn utc(unix_s: i64) -> String {
         .unwrap_or_else(|_| format!("{unix_s} (Unix seconds)"))
 }
 
+/// The role (subject OU) of an agent's client certificate: in mutual TLS, ingest accepts
+/// only certificates that carry it.
+pub const AGENT_ROLE: &str = "flopmeter-agent";
+
+/// The role (subject OU) of the CLI's client certificate: it may open a TLS connection for
+/// the admin and read APIs, never stream records.
+pub const ADMIN_ROLE: &str = "flopmeter-admin";
+
 /// What flopmeter reads from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     /// The subject's common name, if any.
     pub common_name: Option<String>,
+    /// The subject's organizational units: a client certificate's role
+    /// ([`AGENT_ROLE`], [`ADMIN_ROLE`]).
+    pub organizational_units: Vec<String>,
     /// The DNS names of the subject alternative name extension.
     pub dns_names: Vec<String>,
     /// Start of validity, Unix seconds.
@@ -163,6 +174,12 @@ impl CertInfo {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_string);
+        let organizational_units = cert
+            .subject()
+            .iter_organizational_unit()
+            .filter_map(|ou| ou.as_str().ok())
+            .map(str::to_string)
+            .collect();
         let mut dns_names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for n in &san.value.general_names {
@@ -174,6 +191,7 @@ impl CertInfo {
         let v = cert.validity();
         Ok(CertInfo {
             common_name,
+            organizational_units,
             dns_names,
             not_before: v.not_before.timestamp(),
             not_after: v.not_after.timestamp(),

@@ -3,7 +3,7 @@
 //! job comment. One parser, so the three spellings cannot drift apart.
 
 use flopmeter_core::stage::Stage;
-use flopmeter_core::units::Precision;
+use flopmeter_core::units::{FlopAmount, Precision};
 
 /// The label keys, in their canonical snake_case form (`FLOPMETER_PLANNED_FLOP`,
 /// `flopmeter.io/planned-flop` and `flopmeter.planned_flop` all mean `planned_flop`).
@@ -123,40 +123,17 @@ impl Declaration {
     }
 }
 
-/// A count such as `1e25`, `1.5e12`, `70000000000` or `70_000_000_000`. Scientific notation is
-/// what people write for FLOP; it is converted exactly in decimal (through `f64`, `1e25` would
-/// become 10000000000000000905969664).
+/// A count such as `1e25`, `2.5e24`, `70000000000` or `70_000_000_000`, by the one rule of
+/// [`FlopAmount`] (exact, whole, bounded work), so a label means what the collector and the
+/// CLI would read in it.
 fn parse_count(field: &str, s: &str) -> Option<u128> {
-    let clean: String = s.chars().filter(|c| *c != '_' && *c != ',').collect();
-    let parsed = parse_decimal(&clean.to_ascii_lowercase());
-    if parsed.is_none() {
-        tracing::warn!(
-            field,
-            value = s,
-            "ignoring declared count that is not a whole number"
-        );
+    match FlopAmount::parse(s) {
+        Ok(v) => Some(v.get()),
+        Err(e) => {
+            tracing::warn!(field, error = %e, "ignoring declared count");
+            None
+        }
     }
-    parsed
-}
-
-/// `<digits>[.<digits>][e[+]<digits>]` → the whole number it denotes, or `None` when it is
-/// not whole, negative or beyond `u128`.
-fn parse_decimal(s: &str) -> Option<u128> {
-    let (mantissa, exp) = match s.split_once('e') {
-        Some((m, e)) => (m, e.strip_prefix('+').unwrap_or(e).parse::<u32>().ok()?),
-        None => (s, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.is_empty() && frac.is_empty() {
-        return None;
-    }
-    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let frac = frac.trim_end_matches('0');
-    let shift = exp.checked_sub(u32::try_from(frac.len()).ok()?)?;
-    let digits: u128 = format!("{int}{frac}").parse().ok()?;
-    digits.checked_mul(10u128.checked_pow(shift)?)
 }
 
 /// Unix milliseconds, or an RFC 3339 timestamp / date (`2026-09-30`, `2026-09-30T12:00:00Z`).
@@ -215,6 +192,9 @@ mod tests {
         d.set("planned_flop", "lots");
         d.set("params", "1.5e0");
         d.set("tokens", "-5");
+        // The collector's rule: bounded exponents, no decimal commas.
+        d.set("planned_flop", "0e2147483647");
+        d.set("params", "70,000,000,000");
         d.set("precision", "int3");
         d.set("planned_end", "tomorrow");
         assert_eq!(d, Declared::default());

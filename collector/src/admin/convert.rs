@@ -2,7 +2,7 @@
 //!
 //! `u128` FLOP figures travel as exact decimal strings; an empty string means "none".
 
-use flopmeter_core::units::FlopTotal;
+use flopmeter_core::units::{FlopAmount, FlopTotal};
 use flopmeter_proto::v1 as pb;
 
 use crate::ledger::summary::{ModelSummary, RunSummary};
@@ -47,20 +47,19 @@ fn opt_u128(v: Option<u128>) -> String {
     v.map_or_else(String::new, |v| v.to_string())
 }
 
-/// Parses an optional decimal (or scientific, `3.8e24`) FLOP figure.
+/// Parses an optional FLOP, parameter or token figure (`38e23`, `3.8e24`) by the one exact
+/// rule of [`FlopAmount`]: bounded work, so it runs at the door of the admin API, never on
+/// the ledger writer.
 pub fn parse_u128(field: &'static str, s: &str) -> Result<Option<u128>, ConvertError> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(None);
     }
-    if let Ok(v) = s.parse::<u128>() {
-        return Ok(Some(v));
-    }
-    crate::ledger::codec::parse_sci(s)
-        .map(Some)
-        .ok_or_else(|| ConvertError {
+    FlopAmount::parse(s)
+        .map(|v| Some(v.get()))
+        .map_err(|e| ConvertError {
             field,
-            message: format!("{s:?} is not a non-negative number"),
+            message: e.to_string(),
         })
 }
 
@@ -172,5 +171,10 @@ mod tests {
             Some(3_800_000_000_000_000_000_000_000)
         );
         assert!(parse_u128("x", "-1").is_err());
+        // Refused with its reason, with bounded work (the old parser multiplied zero by ten
+        // two billion times here).
+        let e = parse_u128("planned_flop", "0e2147483647").unwrap_err();
+        assert!(e.to_string().contains("exponent outside"), "{e}");
+        assert!(parse_u128("x", "2.5").is_err());
     }
 }

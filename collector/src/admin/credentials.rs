@@ -98,7 +98,9 @@ impl AdminCredentials {
         fallback: &str,
     ) -> Result<String, Status> {
         let declared = declared.trim();
-        match self.authorize(md)? {
+        let credential = self.authorize(md)?;
+        super::text::check_name("by", declared)?;
+        match credential {
             Credential::Named(actor) if declared.is_empty() || declared == actor => Ok(actor),
             Credential::Named(actor) => Err(Status::permission_denied(format!(
                 "this admin token belongs to {actor:?}, not {declared:?}: \

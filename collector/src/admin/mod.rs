@@ -1,12 +1,17 @@
 //! The admin gRPC service (`flopmeter.v1.Admin`): what `flopmeter models`, `runs`,
 //! `model set`, `report` and `ledger verify` talk to.
 //!
-//! Reads go straight to the store. Writes (the registry) and `VerifyLedger` go through the
-//! ledger writer: writes so that the ledger keeps a single writer, verification so that it
-//! sees a ledger no batch is half-way through (it pauses ingest while it runs).
+//! Reads go straight to the store. Writes (the registry) go through the ledger writer, so
+//! that the ledger keeps a single writer. `VerifyLedger` needs the admin credential, runs
+//! one at a time, and does its bulk off the writer: it cuts the ledger at every agent's
+//! high-water mark on the writer, recomputes from the raw batches below the cut on a
+//! blocking thread while ingest goes on (rollups wait), and finishes on the writer with what
+//! arrived meanwhile. Six callers in a loop once held ingest for seconds (issue 12); now a
+//! second caller is told to wait and ingest never waits for the scan.
 
 pub mod convert;
 pub mod credentials;
+pub mod text;
 
 use std::sync::Arc;
 
@@ -27,6 +32,11 @@ pub struct AdminService {
     writer: WriterHandle,
     policy: StagePolicy,
     credentials: AdminCredentials,
+    /// One verification at a time (held by its scan until the scan ends, even if the
+    /// caller went away).
+    verifying: Arc<tokio::sync::Mutex<()>>,
+    /// Test-only: holds each verification's scan (`crate::failpoint`).
+    verify_hold: Option<crate::failpoint::Hold>,
 }
 
 impl AdminService {
@@ -42,7 +52,15 @@ impl AdminService {
             writer,
             policy,
             credentials,
+            verifying: Arc::default(),
+            verify_hold: None,
         }
+    }
+
+    /// Arms the test-only hold of the verification scan.
+    pub fn with_verify_hold(mut self, hold: Option<crate::failpoint::Hold>) -> AdminService {
+        self.verify_hold = hold;
+        self
     }
 }
 
@@ -96,11 +114,18 @@ impl Admin for AdminService {
             .entry
             .ok_or_else(|| Status::invalid_argument("SetModelRequest.entry is required"))?;
         let mut entry = convert::entry_from_pb(&wire)?;
-        if entry.model.is_empty() || !crate::ingest::validate::valid_name(&entry.model) {
-            return Err(Status::invalid_argument(
-                "the model name must be non-empty, at most 256 bytes, no control characters",
-            ));
+        if entry.model.is_empty() {
+            return Err(Status::invalid_argument("the model name must be non-empty"));
         }
+        text::check_name("model", &entry.model)?;
+        text::check_name(
+            "base_model",
+            entry.base_model.as_deref().unwrap_or_default(),
+        )?;
+        text::check_text(
+            "base_flop_source",
+            entry.base_flop_source.as_deref().unwrap_or_default(),
+        )?;
         entry.updated_unix_ms = now_unix_ms();
         entry.updated_by = Some(actor);
         let saved = self
@@ -127,9 +152,34 @@ impl Admin for AdminService {
 
     async fn verify_ledger(
         &self,
-        _req: Request<pb::VerifyLedgerRequest>,
+        req: Request<pb::VerifyLedgerRequest>,
     ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
-        let r = self.writer.call(Job::Verify).await??;
+        // Reads everything the ledger holds: as costly as any write, so as guarded.
+        self.credentials.authorize(req.metadata())?;
+        let one = self.verifying.clone().try_lock_owned().map_err(|_| {
+            Status::resource_exhausted(
+                "a ledger verification is already running; try again when it has finished",
+            )
+        })?;
+        let _rollups = self.writer.pause_rollups();
+        let cut = self.writer.call(Job::VerifyCut).await??;
+        let store = self.store.clone();
+        // The scan keeps the lock even if this caller goes away meanwhile.
+        let hold = self.verify_hold.clone();
+        let (scan, one) = tokio::task::spawn_blocking(move || {
+            if let Some(h) = hold {
+                h.wait();
+            }
+            (store.verify_scan(cut), one)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the verification failed: {e}")))?;
+        let scan = Box::new(scan?);
+        let r = self
+            .writer
+            .call(|reply| Job::VerifyFinish(scan, reply))
+            .await??;
+        drop(one);
         Ok(Response::new(pb::VerifyLedgerResponse {
             ok: r.ok(),
             summary: r.summary(),

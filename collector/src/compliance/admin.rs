@@ -120,6 +120,7 @@ impl ComplianceRpc for ComplianceService {
         let by = self
             .credentials
             .actor(req.metadata(), &req.get_ref().by, "")?;
+        crate::admin::text::check_text("reference", &req.get_ref().reference)?;
         let r = req.into_inner();
         let e = self.engine.clone();
         let (m, t) = (r.model.clone(), r.threshold.clone());
@@ -136,6 +137,7 @@ impl ComplianceRpc for ComplianceService {
         let by = self
             .credentials
             .actor(req.metadata(), &req.get_ref().by, "")?;
+        crate::admin::text::check_text("reason", &req.get_ref().reason)?;
         let r = req.into_inner();
         let e = self.engine.clone();
         let (m, t) = (r.model.clone(), r.threshold.clone());

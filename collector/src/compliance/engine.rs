@@ -150,6 +150,10 @@ pub struct ComplianceConfig {
     pub backoff: (Duration, Duration),
     /// Who changes the threshold configuration (for the audit log).
     pub config_actor: String,
+    /// Models whose compliance gauges are exported besides those with a clock or an alert:
+    /// the largest by projection (`--metrics-max-models`). Bounds `/metrics` whatever the
+    /// number of models.
+    pub metrics_max_models: usize,
 }
 
 impl Default for ComplianceConfig {
@@ -166,6 +170,7 @@ impl Default for ComplianceConfig {
             resend: Duration::from_secs(60),
             backoff: (Duration::from_secs(1), Duration::from_secs(300)),
             config_actor: "collector-config".to_string(),
+            metrics_max_models: crate::metrics::DEFAULT_MAX_MODEL_SERIES,
         }
     }
 }
@@ -235,13 +240,87 @@ pub struct Engine {
     thresholds: Vec<Threshold>,
     settings: ComplianceSettings,
     cache: Mutex<BucketCache>,
-    last: Mutex<BTreeMap<(String, String), Assessment>>,
+    /// What the last pass kept, swapped whole at the end of each pass (readers clone the
+    /// `Arc`, not the maps).
+    last: Mutex<Arc<LastPass>>,
     metrics: ComplianceMetrics,
     sinks: Vec<SinkConfig>,
     /// One delivery pass at a time: two concurrent passes would send the same item twice.
     deliver_lock: tokio::sync::Mutex<()>,
     /// The audit chain's head as far as it was verified; `None` once it was found broken.
     verified: Mutex<Option<ChainHead>>,
+}
+
+/// What a pass keeps. Why not every assessment: a model's assessment against one threshold
+/// holds its projection, plans and method mix, and keeping one per (model, threshold) for
+/// every model was most of the collector's memory (issue 12: 360 of 630 MiB of heap at
+/// 10,000 models). Only alerts need the whole of it (their content is rebuilt from it); the
+/// gauges need three figures.
+#[derive(Debug, Default)]
+struct LastPass {
+    /// Pairs with an alert.
+    full: BTreeMap<(String, String), Assessment>,
+    /// The models whose gauges are exported: every one with a clock or an alert, and the
+    /// `metrics_max_models` with the largest projection (deciding bound). Kept bounded
+    /// during the pass, not sorted after it.
+    gauges: Vec<ModelGauges>,
+}
+
+/// The figures of one model the gauges show.
+#[derive(Debug, Clone)]
+struct ModelGauges {
+    model: String,
+    projected: flopmeter_core::units::FlopTotal,
+    /// Per threshold.
+    pairs: Vec<PairView>,
+}
+
+/// What a pass found for one (model, threshold): the level and the crossings, enough for a
+/// row of a table (the whole [`Assessment`] is kept only where an alert needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairView {
+    /// Threshold id.
+    pub threshold: String,
+    /// The level for this model (a modifier's depends on its base).
+    pub level: u128,
+    /// When the measured total crossed, event time.
+    pub measured_crossing_ms: Option<i64>,
+    /// When the extrapolated trajectory crosses.
+    pub projected_crossing_ms: Option<i64>,
+}
+
+/// The largest `n` models by projection, kept with a min-heap as the pass goes.
+struct Largest {
+    n: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(u128, String)>>,
+    gauges: std::collections::HashMap<String, ModelGauges>,
+}
+
+impl Largest {
+    fn new(n: usize) -> Largest {
+        Largest {
+            n,
+            heap: Default::default(),
+            gauges: Default::default(),
+        }
+    }
+
+    fn offer(&mut self, size: u128, g: ModelGauges) {
+        if self.n == 0 {
+            return;
+        }
+        if self.heap.len() == self.n {
+            match self.heap.peek() {
+                Some(std::cmp::Reverse((smallest, _))) if *smallest >= size => return,
+                _ => {}
+            }
+            if let Some(std::cmp::Reverse((_, out))) = self.heap.pop() {
+                self.gauges.remove(&out);
+            }
+        }
+        self.heap.push(std::cmp::Reverse((size, g.model.clone())));
+        self.gauges.insert(g.model.clone(), g);
+    }
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
@@ -426,37 +505,64 @@ impl Engine {
     pub fn evaluate(&self) -> Result<PassSummary, EngineError> {
         let now = self.now();
         self.check_chain()?;
-        let evidence = {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.refresh(self.store.db())?;
-            cache.evidence(self.ledger.as_ref(), now, self.cfg.idle.as_millis() as i64)?
-        };
-        let mut summary = PassSummary {
-            models: evidence.len(),
-            ..PassSummary::default()
-        };
-        let mut assessments = BTreeMap::new();
-        for ev in &evidence {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.refresh(self.store.db())?;
+        let mut summary = PassSummary::default();
+        let mut last = LastPass::default();
+        let mut largest = Largest::new(self.cfg.metrics_max_models);
+        let bound = self.settings.decision_bound;
+        let idle = self.cfg.idle.as_millis() as i64;
+        cache.for_each_evidence(self.ledger.as_ref(), now, idle, |ev| {
+            summary.models += 1;
+            let mut g = ModelGauges {
+                model: ev.model.clone(),
+                projected: flopmeter_core::units::FlopTotal::ZERO,
+                pairs: Vec::new(),
+            };
+            let mut keep = false;
             for t in &self.thresholds {
-                let Some(a) = clock::assess(ev, t, &self.settings, now) else {
+                let Some(a) = clock::assess(&ev, t, &self.settings, now) else {
                     continue;
                 };
+                let mut alerted = false;
                 if t.notify_days().is_some() {
-                    let (c, n) = self.step(&a, now)?;
+                    let (c, n, engaged) = self.step(&a, now)?;
                     summary.clock_events += c;
                     summary.alert_events += n;
+                    keep |= engaged.0 || engaged.1;
+                    alerted = engaged.1;
                 }
-                assessments.insert((ev.model.clone(), t.id.clone()), a);
+                if a.projection.projected.get(bound) >= g.projected.get(bound) {
+                    g.projected = a.projection.projected;
+                }
+                g.pairs.push(PairView {
+                    threshold: t.id.clone(),
+                    level: a.level.flop,
+                    measured_crossing_ms: a.measured_crossing_ms,
+                    projected_crossing_ms: a.projected_crossing_ms,
+                });
+                if alerted {
+                    last.full.insert((ev.model.clone(), t.id.clone()), a);
+                }
             }
-        }
+            if keep {
+                last.gauges.push(g);
+            } else {
+                largest.offer(g.projected.get(bound), g);
+            }
+            Ok::<(), EngineError>(())
+        })?;
+        drop(cache);
+        last.gauges.extend(largest.gauges.into_values());
         self.store.flush()?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = assessments;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(last);
         self.refresh_metrics()?;
         Ok(summary)
     }
 
-    /// Runs clock and alert rules for one pair and commits the result.
-    fn step(&self, a: &Assessment, now: i64) -> Result<(usize, usize), EngineError> {
+    /// Runs clock and alert rules for one pair and commits the result: the events recorded,
+    /// and whether the pair has (a clock, an alert).
+    fn step(&self, a: &Assessment, now: i64) -> Result<(usize, usize, (bool, bool)), EngineError> {
         let (model, tid) = (&a.model, &a.threshold.id);
         let prev_clock = self.store.clock(model, tid)?;
         let prev_alert = self.store.alert(model, tid)?;
@@ -502,27 +608,21 @@ impl Engine {
             }
         }
         self.store.commit(&change)?;
-        Ok((clock_events.len(), alert_events.len()))
+        Ok((
+            clock_events.len(),
+            alert_events.len(),
+            (clock_state.is_some(), alert_state.is_some()),
+        ))
     }
 
     /// The last assessment of a pair (evaluating first if there is none).
     fn assessment(&self, model: &str, threshold: &str) -> Result<Option<Assessment>, EngineError> {
         let key = (model.to_string(), threshold.to_string());
-        if let Some(a) = self
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(a) = self.last_pass().full.get(&key) {
             return Ok(Some(a.clone()));
         }
         self.evaluate()?;
-        Ok(self
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned())
+        Ok(self.last_pass().full.get(&key).cloned())
     }
 
     fn person_action(
@@ -614,13 +714,13 @@ impl Engine {
     /// The current content of every active alert, for the Alertmanager re-post.
     pub fn active_contents(&self) -> Result<Vec<(Alert, AlertContent)>, EngineError> {
         let now = self.now();
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last = self.last_pass();
         let mut out = Vec::new();
         for al in self.store.alerts()? {
             if !al.status.is_active() {
                 continue;
             }
-            let Some(a) = last.get(&(al.model.clone(), al.threshold_id.clone())) else {
+            let Some(a) = last.full.get(&(al.model.clone(), al.threshold_id.clone())) else {
                 continue;
             };
             let clock = self.store.clock(&al.model, &al.threshold_id)?;
@@ -633,7 +733,7 @@ impl Engine {
     /// Every alert with its clock, delivery status and content.
     pub fn alert_views(&self) -> Result<Vec<AlertView>, EngineError> {
         let now = self.now();
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last = self.last_pass();
         let outbox = self.store.outbox()?;
         let mut out = Vec::new();
         for al in self.store.alerts()? {
@@ -661,6 +761,7 @@ impl Engine {
             }
             let deadline_ms = clock.as_ref().map(ClockState::effective_deadline_ms);
             let content = last
+                .full
                 .get(&(al.model.clone(), al.threshold_id.clone()))
                 .map(|a| alert::content(&al, a, clock.as_ref(), now));
             out.push(AlertView {
@@ -691,10 +792,43 @@ impl Engine {
         Ok(out)
     }
 
-    /// The last pass's assessment of every (model, threshold) pair that applies; empty before
-    /// the first pass. A read-only view for the console.
-    pub fn assessments(&self) -> BTreeMap<(String, String), Assessment> {
+    /// The bound threshold decisions use (`decision_bound`).
+    pub fn decision_bound(&self) -> Bound {
+        self.settings.decision_bound
+    }
+
+    fn last_pass(&self) -> Arc<LastPass> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the last pass found per (model, threshold), for tables such as the console's:
+    /// every model with a clock or an alert and the `metrics_max_models` largest by
+    /// projection (the bound that keeps memory flat at many models; a model outside it is
+    /// far from every level and has no alert). Empty before the first pass.
+    pub fn pair_views(&self) -> BTreeMap<(String, String), PairView> {
+        let last = self.last_pass();
+        let mut out = BTreeMap::new();
+        for g in &last.gauges {
+            for p in &g.pairs {
+                out.insert((g.model.clone(), p.threshold.clone()), p.clone());
+            }
+        }
+        out
+    }
+
+    /// The assessments of one model against every threshold that applies, computed now
+    /// from its evidence (what one model's page and chart show). Empty when the ledger does
+    /// not know the model.
+    pub fn assess_model(&self, model: &str) -> Result<Vec<Assessment>, EngineError> {
+        let Some(ev) = self.model_evidence(model)? else {
+            return Ok(Vec::new());
+        };
+        let now = self.now();
+        Ok(self
+            .thresholds
+            .iter()
+            .filter_map(|t| clock::assess(&ev, t, &self.settings, now))
+            .collect())
     }
 
     /// One model's evidence as the engine reads it now (registry, runs and their hourly
@@ -716,37 +850,45 @@ impl Engine {
         )?))
     }
 
-    /// Sets the compliance gauges from the last pass and the stored state.
+    /// Sets the compliance gauges from the last pass and the stored state. Per-model gauges
+    /// are exported for every model with a clock or an alert and for the
+    /// `metrics_max_models` largest by projection (deciding bound), as the pass kept them,
+    /// so `/metrics` stays bounded whatever the number of models.
     pub fn refresh_metrics(&self) -> Result<(), EngineError> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last = self.last_pass();
+        let clocks = self.store.clocks()?;
+        let alerts = self.store.alerts()?;
         let m = &self.metrics;
         m.projected.reset();
         m.level.reset();
         m.crossing.reset();
         m.deadline.reset();
         m.alert_open.reset();
-        for ((model, tid), a) in &last {
+        for g in &last.gauges {
+            let model = g.model.as_str();
             for b in [Bound::Low, Bound::Central, Bound::High] {
                 m.projected
-                    .with_label_values(&[model.as_str(), b.as_str()])
-                    .set(a.projection.projected.get(b) as f64);
+                    .with_label_values(&[model, b.as_str()])
+                    .set(g.projected.get(b) as f64);
             }
-            m.level
-                .with_label_values(&[model.as_str(), tid.as_str()])
-                .set(a.level.flop as f64);
-            // Once the measured total has crossed, the crossing is a fact: show its instant.
-            if let Some(t) = a.projected_crossing_ms.or(a.measured_crossing_ms) {
-                m.crossing
-                    .with_label_values(&[model.as_str(), tid.as_str()])
-                    .set(t as f64 / 1000.0);
+            for p in &g.pairs {
+                let tid = p.threshold.as_str();
+                m.level.with_label_values(&[model, tid]).set(p.level as f64);
+                // Once the measured total has crossed, the crossing is a fact: show its
+                // instant.
+                if let Some(t) = p.projected_crossing_ms.or(p.measured_crossing_ms) {
+                    m.crossing
+                        .with_label_values(&[model, tid])
+                        .set(t as f64 / 1000.0);
+                }
             }
         }
-        for c in self.store.clocks()? {
+        for c in &clocks {
             m.deadline
                 .with_label_values(&[c.model.as_str(), c.threshold_id.as_str()])
                 .set(c.effective_deadline_ms() as f64 / 1000.0);
         }
-        for al in self.store.alerts()? {
+        for al in &alerts {
             m.alert_open
                 .with_label_values(&[
                     al.model.as_str(),

@@ -143,10 +143,27 @@ impl BucketCache {
         idle_ms: i64,
     ) -> Result<Vec<ModelEvidence>, StoreError> {
         let mut out = Vec::new();
-        for model in store.model_names()? {
-            out.push(self.model_evidence(store, model, now_ms, idle_ms)?);
-        }
+        self.for_each_evidence(store, now_ms, idle_ms, |ev| {
+            out.push(ev);
+            Ok::<(), StoreError>(())
+        })?;
         Ok(out)
+    }
+
+    /// [`BucketCache::evidence`] one model at a time: what a pass holds at once is one
+    /// model's evidence, not every model's (at 100,000 models the whole list was tens of MiB
+    /// at every pass).
+    pub fn for_each_evidence<E: From<StoreError>>(
+        &self,
+        store: &dyn LedgerStore,
+        now_ms: i64,
+        idle_ms: i64,
+        mut f: impl FnMut(ModelEvidence) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for model in store.model_names()? {
+            f(self.model_evidence(store, model, now_ms, idle_ms)?)?;
+        }
+        Ok(())
     }
 
     /// The evidence of one model (see [`BucketCache::evidence`]); a model the ledger does not

@@ -53,7 +53,8 @@ impl Sources {
             now_ms: self.engine.now(),
             thresholds: self.engine.thresholds().to_vec(),
             reports,
-            assessments: self.engine.assessments(),
+            pairs: self.engine.pair_views(),
+            bound: self.engine.decision_bound(),
             alerts: self.engine.alert_views()?,
         })
     }
@@ -64,13 +65,7 @@ impl Sources {
             return Ok(None);
         };
         let now = self.engine.now();
-        let all = self.engine.assessments();
-        let assessments: Vec<_> = self
-            .engine
-            .thresholds()
-            .iter()
-            .filter_map(|t| all.get(&(name.to_string(), t.id.clone())).cloned())
-            .collect();
+        let assessments = self.engine.assess_model(name)?;
         let alerts: Vec<_> = self
             .engine
             .alert_views()?

@@ -18,6 +18,7 @@ use flopmeter_core::units::{Bound, FlopTotal};
 use flopmeter_core::utc::MS_PER_DAY;
 
 use crate::compliance::AlertView;
+use crate::compliance::engine::PairView;
 use crate::compliance::store::{DeliveryState, OutboxItem};
 use crate::report::Report;
 
@@ -162,8 +163,12 @@ pub fn bar_position(x: u128, level: u128) -> u8 {
 impl Bar {
     /// The bar of `band` against the level of one assessment.
     pub fn of(band: FlopTotal, a: &Assessment) -> Bar {
-        let level = a.level.flop;
-        let decided = band.get(a.bound);
+        Bar::at(band, a.level.flop, a.bound, &a.threshold)
+    }
+
+    /// The bar of `band` against `level` of `threshold`, decided on `bound`.
+    pub fn at(band: FlopTotal, level: u128, bound: Bound, threshold: &Threshold) -> Bar {
+        let decided = band.get(bound);
         Bar {
             level,
             low: bar_position(band.low, level),
@@ -174,8 +179,8 @@ impl Bar {
             } else {
                 decided as f64 * 100.0 / level as f64
             },
-            bound: a.bound,
-            crossed: a.crosses(decided),
+            bound,
+            crossed: threshold.crossed(decided, level),
         }
     }
 }
@@ -321,8 +326,11 @@ pub struct ModelsInput {
     pub thresholds: Vec<Threshold>,
     /// One report per model (counted band, nodes, unattributed nearby).
     pub reports: Vec<Report>,
-    /// The engine's last assessments.
-    pub assessments: BTreeMap<(String, String), Assessment>,
+    /// What the engine's last pass found per (model, threshold) (bounded: see
+    /// `Engine::pair_views`).
+    pub pairs: BTreeMap<(String, String), PairView>,
+    /// The bound threshold decisions use.
+    pub bound: Bound,
     /// Alerts.
     pub alerts: Vec<AlertView>,
 }
@@ -354,21 +362,22 @@ pub fn models_page(input: &ModelsInput, sort: Sort) -> ModelsPage {
         .iter()
         .map(|r| {
             let counted = r.computation.counted;
-            let assessment = |id: &str| input.assessments.get(&(r.model.clone(), id.to_string()));
+            let pair = |id: &str| input.pairs.get(&(r.model.clone(), id.to_string()));
+            let threshold = |id: &str| input.thresholds.iter().find(|t| t.id == id);
             let bars = columns
                 .iter()
                 .map(|c| {
                     // A shared column shows the first threshold that applies; they share the
                     // level, so the bar is the same.
-                    c.ids
-                        .iter()
-                        .find_map(|id| assessment(id))
-                        .map(|a| Bar::of(counted, a))
+                    c.ids.iter().find_map(|id| {
+                        let (p, t) = (pair(id)?, threshold(id)?);
+                        Some(Bar::at(counted, p.level, input.bound, t))
+                    })
                 })
                 .collect();
             let crossing = notifying
                 .iter()
-                .filter_map(|id| assessment(id))
+                .filter_map(|id| pair(id))
                 .filter_map(
                     |a| match (a.measured_crossing_ms, a.projected_crossing_ms) {
                         (Some(t), _) => Some(Crossing::Measured(t)),
@@ -433,7 +442,7 @@ pub fn models_page(input: &ModelsInput, sort: Sort) -> ModelsPage {
         .collect();
     ModelsPage {
         now_ms: now,
-        evaluated: !input.assessments.is_empty() || input.reports.is_empty(),
+        evaluated: !input.pairs.is_empty() || input.reports.is_empty(),
         columns,
         rows,
         sort,
@@ -1054,7 +1063,8 @@ mod tests {
                 report("forecast", 10, 0, 1),
                 report("notified", 10, 0, 1),
             ],
-            assessments: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            bound: Bound::High,
             alerts: vec![
                 alert(
                     "running-late",
@@ -1112,7 +1122,8 @@ mod tests {
             now_ms: 0,
             thresholds: vec![],
             reports: vec![report("m", 300, 100, 3)],
-            assessments: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            bound: Bound::High,
             alerts: vec![],
         };
         let row = &models_page(&input, Sort::Urgency).rows[0];

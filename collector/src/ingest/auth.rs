@@ -45,29 +45,40 @@ pub fn check_agent(
     }
 }
 
-/// The names a client certificate gives its holder: its CN and DNS SANs (`None` without a
-/// certificate, or when the leaf does not parse).
-pub fn peer_names(certs: Option<&[CertificateDer<'_>]>) -> Option<Vec<String>> {
-    let leaf = certs?.first()?;
-    flopmeter_tls::CertInfo::parse(leaf)
-        .ok()
-        .map(|info| info.names())
+/// Who a client certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its CN and DNS SANs.
+    pub names: Vec<String>,
+    /// Its roles (subject OUs).
+    pub roles: Vec<String>,
 }
 
-/// In mutual TLS (`required`), the agent is who its certificate says: the Hello's agent id
-/// must be the certificate's CN or one of its DNS names. A certificate vouches for one
-/// name, so an agent cannot report under another agent's id (and sequence numbers).
-pub fn check_identity(
-    required: bool,
-    names: Option<&[String]>,
-    agent_id: &str,
-) -> Result<(), Refusal> {
+/// The client certificate's names and roles (`None` without a certificate, or when the leaf
+/// does not parse).
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Peer> {
+    let leaf = certs?.first()?;
+    flopmeter_tls::CertInfo::parse(leaf).ok().map(|info| Peer {
+        names: info.names(),
+        roles: info.organizational_units,
+    })
+}
+
+/// In mutual TLS (`required`), the agent is who its certificate says: the certificate must
+/// carry the agent role ([`flopmeter_tls::AGENT_ROLE`], so the CLI's admin certificate cannot
+/// stream records), and the Hello's agent id must be its CN or one of its DNS names. A
+/// certificate vouches for one name, so an agent cannot report under another agent's id
+/// (and sequence numbers).
+pub fn check_identity(required: bool, peer: Option<&Peer>, agent_id: &str) -> Result<(), Refusal> {
     if !required {
         return Ok(());
     }
-    match names {
+    match peer {
         None => Err(Refusal::NoClientCertificate),
-        Some(n) if n.iter().any(|n| n == agent_id) => Ok(()),
+        Some(p) if !p.roles.iter().any(|r| r == flopmeter_tls::AGENT_ROLE) => {
+            Err(Refusal::CertificateRole)
+        }
+        Some(p) if p.names.iter().any(|n| n == agent_id) => Ok(()),
         Some(_) => Err(Refusal::CertificateMismatch),
     }
 }
@@ -78,17 +89,32 @@ mod tests {
 
     #[test]
     fn certificate_identity() {
-        let names = vec!["node-a".to_string(), "node-a.gpu.internal".to_string()];
+        let peer = Peer {
+            names: vec!["node-a".to_string(), "node-a.gpu.internal".to_string()],
+            roles: vec![flopmeter_tls::AGENT_ROLE.to_string()],
+        };
         assert_eq!(check_identity(false, None, "anything"), Ok(()));
-        assert_eq!(check_identity(true, Some(&names), "node-a"), Ok(()));
+        assert_eq!(check_identity(true, Some(&peer), "node-a"), Ok(()));
         assert_eq!(
-            check_identity(true, Some(&names), "node-a.gpu.internal"),
+            check_identity(true, Some(&peer), "node-a.gpu.internal"),
             Ok(())
         );
         assert_eq!(
-            check_identity(true, Some(&names), "node-b"),
+            check_identity(true, Some(&peer), "node-b"),
             Err(Refusal::CertificateMismatch)
         );
+        // The right name without the agent role (the CLI's certificate, or one from before
+        // roles): refused.
+        for roles in [vec![], vec![flopmeter_tls::ADMIN_ROLE.to_string()]] {
+            let p = Peer {
+                roles,
+                ..peer.clone()
+            };
+            assert_eq!(
+                check_identity(true, Some(&p), "node-a"),
+                Err(Refusal::CertificateRole)
+            );
+        }
         assert_eq!(
             check_identity(true, None, "node-a"),
             Err(Refusal::NoClientCertificate)
@@ -102,9 +128,23 @@ mod tests {
         let ca = DevCa::generate(1).unwrap();
         let leaf = ca.issue(&LeafSpec::agent("node-a")).unwrap();
         let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
-        assert_eq!(peer_names(Some(&[der])), Some(vec!["node-a".to_string()]));
-        assert_eq!(peer_names(None), None);
-        assert_eq!(peer_names(Some(&[])), None);
+        assert_eq!(
+            peer_identity(Some(&[der])),
+            Some(Peer {
+                names: vec!["node-a".to_string()],
+                roles: vec![flopmeter_tls::AGENT_ROLE.to_string()],
+            })
+        );
+        let admin = ca.issue(&LeafSpec::admin()).unwrap();
+        let der = CertificateDer::from_pem_slice(admin.cert_pem.as_bytes()).unwrap();
+        let p = peer_identity(Some(&[der])).unwrap();
+        assert_eq!(p.roles, vec![flopmeter_tls::ADMIN_ROLE.to_string()]);
+        assert_eq!(
+            check_identity(true, Some(&p), "flopmeter-admin"),
+            Err(Refusal::CertificateRole)
+        );
+        assert_eq!(peer_identity(None), None);
+        assert_eq!(peer_identity(Some(&[])), None);
     }
 
     #[test]

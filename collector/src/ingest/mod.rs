@@ -39,9 +39,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ledger::{
-    AgentInfo, ApplyOutcome, CheckedRecord, IncomingBatch, LedgerStore, StoreError,
-};
+use crate::durable_marks::DurableMarks;
+use crate::ledger::{AgentInfo, ApplyOutcome, CheckedRecord, IncomingBatch, StoreError};
 use crate::metrics::{Metrics, Refusal};
 use crate::now_unix_ms;
 use crate::writer::{Job, WriterHandle};
@@ -58,10 +57,12 @@ pub struct IngestService {
 
 #[derive(Debug)]
 struct Shared {
-    store: Arc<dyn LedgerStore>,
+    /// What a Welcome or an Ack may name: only marks that are on disk.
+    marks: Arc<DurableMarks>,
     writer: WriterHandle,
     metrics: Metrics,
     limits: Limits,
+    timeouts: Timeouts,
     tokens: Option<HashMap<String, String>>,
     /// Mutual TLS: the agent id comes from the client certificate.
     client_certs: bool,
@@ -72,26 +73,38 @@ impl IngestService {
     /// Creates the service. Sessions end when `shutdown` becomes true. With `client_certs`
     /// (mutual TLS), an agent must present a client certificate naming its agent id.
     pub fn new(
-        store: Arc<dyn LedgerStore>,
+        marks: Arc<DurableMarks>,
         writer: WriterHandle,
         metrics: Metrics,
-        limits: Limits,
-        tokens: Option<HashMap<String, String>>,
-        client_certs: bool,
+        door: Door,
         shutdown: watch::Receiver<bool>,
     ) -> IngestService {
         IngestService {
             shared: Arc::new(Shared {
-                store,
+                marks,
                 writer,
                 metrics,
-                limits,
-                tokens,
-                client_certs,
+                limits: door.limits,
+                timeouts: door.timeouts,
+                tokens: door.tokens,
+                client_certs: door.client_certs,
                 shutdown,
             }),
         }
     }
+}
+
+/// What the door checks: record limits, silence, credentials.
+#[derive(Debug, Clone)]
+pub struct Door {
+    /// Per-record validation limits.
+    pub limits: Limits,
+    /// How long a stream may stay silent.
+    pub timeouts: Timeouts,
+    /// Agent id → token, when tokens are required.
+    pub tokens: Option<HashMap<String, String>>,
+    /// Mutual TLS: the agent id (and role) come from the client certificate.
+    pub client_certs: bool,
 }
 
 type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
@@ -105,7 +118,7 @@ impl Ingest for IngestService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let bearer = auth::bearer(request.metadata()).map(str::to_string);
-        let peer = auth::peer_names(request.peer_certs().as_deref().map(Vec::as_slice));
+        let peer = auth::peer_identity(request.peer_certs().as_deref().map(Vec::as_slice));
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         // The response starts at once and the Hello is read in the session: a client that
@@ -115,13 +128,30 @@ impl Ingest for IngestService {
     }
 }
 
-/// Waits for the next inbound message, or for shutdown (`None`).
+/// How long a stream may stay silent.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Before its Hello.
+    pub hello: std::time::Duration,
+    /// Between messages after the Hello.
+    pub idle: std::time::Duration,
+}
+
+/// Waits for the next inbound message, or for shutdown (`None`). A stream silent for
+/// `limit` is answered with DEADLINE_EXCEEDED.
 async fn next_message(
     inbound: &mut Streaming<AgentMessage>,
     shutdown: &mut watch::Receiver<bool>,
+    limit: std::time::Duration,
+    waiting_for: &str,
 ) -> Option<Result<Option<AgentMessage>, Status>> {
     tokio::select! {
-        m = inbound.message() => Some(m),
+        m = tokio::time::timeout(limit, inbound.message()) => Some(m.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no {waiting_for} within {}; the collector ends silent streams",
+                flopmeter_core::duration::HumanDuration(limit)
+            )))
+        })),
         _ = shutdown.wait_for(|stop| *stop) => None,
     }
 }
@@ -180,33 +210,39 @@ enum Pending {
 async fn session(
     shared: Arc<Shared>,
     bearer: Option<String>,
-    peer: Option<Vec<String>>,
+    peer: Option<auth::Peer>,
     mut inbound: Streaming<AgentMessage>,
     out: Outbound,
 ) {
     let mut shutdown = shared.shutdown.clone();
     let m = &shared.metrics;
-    let hello = match next_message(&mut inbound, &mut shutdown).await {
-        Some(Ok(Some(AgentMessage {
-            kind: Some(agent_message::Kind::Hello(h)),
-        }))) => h,
-        None | Some(Ok(None)) => return,
-        Some(Err(e)) => {
-            if let Some(status) = inbound_refusal(m, "", &e) {
-                let _ = out.send(Err(status)).await;
+    let hello =
+        match next_message(&mut inbound, &mut shutdown, shared.timeouts.hello, "Hello").await {
+            Some(Ok(Some(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(h)),
+            }))) => h,
+            None | Some(Ok(None)) => return,
+            Some(Err(e)) if e.code() == tonic::Code::DeadlineExceeded => {
+                m.refuse(Refusal::HelloTimeout);
+                let _ = out.send(Err(e)).await;
+                return;
             }
-            return;
-        }
-        Some(Ok(Some(_))) => {
-            m.refuse(Refusal::BadHello);
-            let _ = out
-                .send(Err(Status::invalid_argument(
-                    "the stream must start with a Hello",
-                )))
-                .await;
-            return;
-        }
-    };
+            Some(Err(e)) => {
+                if let Some(status) = inbound_refusal(m, "", &e) {
+                    let _ = out.send(Err(status)).await;
+                }
+                return;
+            }
+            Some(Ok(Some(_))) => {
+                m.refuse(Refusal::BadHello);
+                let _ = out
+                    .send(Err(Status::invalid_argument(
+                        "the stream must start with a Hello",
+                    )))
+                    .await;
+                return;
+            }
+        };
     if let Err(why) = check_hello(&hello) {
         m.refuse(Refusal::BadHello);
         let _ = out.send(Err(Status::invalid_argument(why))).await;
@@ -226,8 +262,7 @@ async fn session(
             .await;
         return;
     }
-    if let Err(refusal) =
-        auth::check_identity(shared.client_certs, peer.as_deref(), &hello.agent_id)
+    if let Err(refusal) = auth::check_identity(shared.client_certs, peer.as_ref(), &hello.agent_id)
     {
         m.refuse(refusal);
         tracing::warn!(agent = %hello.agent_id, node = %hello.node, certificate = ?peer, reason = refusal.as_str(), "agent refused");
@@ -236,11 +271,22 @@ async fn session(
                 "mutual TLS is on: the agent must present a client certificate (--tls-cert, \
                  --tls-key) signed by the collector's --tls-client-ca",
             ),
+            Refusal::CertificateRole => Status::permission_denied(format!(
+                "the client certificate is not an agent certificate (its roles, the subject's \
+                 OU: [{}]); ingest needs OU={} (flopmeter certs dev issues agent certificates \
+                 with it; with cert-manager, set subject.organizationalUnits)",
+                peer.as_ref()
+                    .map(|p| p.roles.join(", "))
+                    .unwrap_or_default(),
+                flopmeter_tls::AGENT_ROLE
+            )),
             _ => Status::permission_denied(format!(
                 "agent id {:?} is not the name in the client certificate ({}); the agent id \
                  must be the certificate's CN or one of its DNS names",
                 hello.agent_id,
-                peer.as_deref().unwrap_or_default().join(", ")
+                peer.as_ref()
+                    .map(|p| p.names.join(", "))
+                    .unwrap_or_default()
             )),
         };
         let _ = out.send(Err(status)).await;
@@ -248,13 +294,9 @@ async fn session(
     }
     let agent = hello.agent_id.clone();
     let node = hello.node.clone();
-    let hwm = match shared.store.high_water_mark(&agent) {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = out.send(Err(e.into())).await;
-            return;
-        }
-    };
+    // The durable mark, never the store's: the agent deletes what the Welcome names, and
+    // the store's mark includes commits whose flush may still be under way.
+    let hwm = shared.marks.get(&agent);
     let now = now_unix_ms();
     let _ = shared
         .writer
@@ -279,9 +321,17 @@ async fn session(
     }
     let inventory = Inventory::from_hello(&hello.gpus);
     let (pending_tx, pending_rx) = mpsc::channel(READ_AHEAD);
-    let responder = tokio::spawn(respond(shared.metrics.clone(), pending_rx, out));
+    let responder = tokio::spawn(respond(
+        shared.metrics.clone(),
+        shared.marks.clone(),
+        agent.clone(),
+        pending_rx,
+        out,
+    ));
     loop {
-        let msg = match next_message(&mut inbound, &mut shutdown).await {
+        let msg = match next_message(&mut inbound, &mut shutdown, shared.timeouts.idle, "message")
+            .await
+        {
             None => {
                 let _ = pending_tx
                     .send(Pending::Fail(Status::unavailable(
@@ -294,6 +344,12 @@ async fn session(
             // The agent closed its side, or the connection broke: the Acks still owed are
             // sent if the connection allows; nothing else to do.
             Some(Ok(None)) => break,
+            Some(Err(e)) if e.code() == tonic::Code::DeadlineExceeded => {
+                m.refuse(Refusal::HelloTimeout);
+                tracing::info!(%agent, "agent stream silent for --idle-timeout: ended");
+                let _ = pending_tx.send(Pending::Fail(e)).await;
+                break;
+            }
             // The same, unless the agent sent something undecodable or too large: then it
             // hears why, after the Acks of the batches before.
             Some(Err(e)) => {
@@ -335,9 +391,12 @@ async fn session(
         let records = batch
             .records
             .into_iter()
-            .map(|record| CheckedRecord {
-                rejection: verdict(&record, &inventory, &shared.limits, now),
-                record,
+            .map(|record| {
+                let rejection = verdict(&record, &inventory, &shared.limits, now);
+                let max = inventory
+                    .ceiling_flop_per_s(&record)
+                    .map(|c| c * shared.limits.peak_tolerance);
+                CheckedRecord::new(record, rejection).with_max_flop_per_s(max)
             })
             .collect();
         let incoming = IncomingBatch {
@@ -397,7 +456,13 @@ fn agent_info(h: &Hello, now: i64) -> AgentInfo {
 }
 
 /// Sends the Acks (and Resends) in batch order, each once its batch is durable.
-async fn respond(metrics: Metrics, mut pending: mpsc::Receiver<Pending>, out: Outbound) {
+async fn respond(
+    metrics: Metrics,
+    marks: Arc<DurableMarks>,
+    agent: String,
+    mut pending: mpsc::Receiver<Pending>,
+    out: Outbound,
+) {
     while let Some(p) = pending.recv().await {
         let (reply, received) = match p {
             Pending::Outcome { reply, received } => (reply, received),
@@ -433,7 +498,10 @@ async fn respond(metrics: Metrics, mut pending: mpsc::Receiver<Pending>, out: Ou
         let progressed = outcome.applied + outcome.newly_rejected + outcome.duplicates > 0;
         if progressed || outcome.resend_from.is_none() {
             let ack = Ack {
-                acked_through: outcome.acked_through,
+                // The writer moved the durable mark before replying, so this is the
+                // outcome's own mark; read through the durable one all the same, so that no
+                // path can promise more than the disk holds.
+                acked_through: marks.clamp(&agent, outcome.acked_through),
                 rejections: outcome
                     .rejections
                     .iter()

@@ -43,11 +43,29 @@ pub enum RejectReason {
     /// A record without an estimate (`METHOD_NONE`) carrying FLOP, without a reason, or
     /// with a reason that is not a bounded kebab-case tag; or a reason on an estimate.
     BadNoEstimate,
+    /// A declared count (planned FLOP, parameters, tokens) that is not a whole number by
+    /// the rule of `FlopAmount` (bad syntax, a fraction, an absurd exponent): a plan read
+    /// wrong could start a legal clock, so the record waits in quarantine instead.
+    BadDeclaration,
+    /// The record names a GPU its agent's Hello did not declare: the ceiling check is per
+    /// GPU, so GPUs made up on the spot would multiply a node's ceiling.
+    UndeclaredGpu,
+    /// Event time before the backfill window (`--backfill-window`): an agent with a wrong
+    /// clock could otherwise write facts dated decades ago that can never be moved.
+    EventTimeTooOld,
+    /// Together with the records it overlaps on the same GPU of the same agent (other
+    /// runs, other MIG instances, or the same work sent twice under new sequence numbers),
+    /// more FLOP than the GPU's ceiling over their union allows. Decided by the ledger
+    /// writer, which knows every record applied before (`crate::occupancy`).
+    GpuOverlap,
+    /// The record would start a new run (or model) beyond the agent's
+    /// `--new-runs-per-agent-per-hour` (`crate::newruns`). Decided by the ledger writer.
+    TooManyNewRuns,
 }
 
 impl RejectReason {
     /// Every reason, for metric initialisation and docs.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::FlopAbovePeak,
         RejectReason::BadInterval,
         RejectReason::IntervalTooLong,
@@ -60,6 +78,11 @@ impl RejectReason {
         RejectReason::BadValue,
         RejectReason::ImplausiblePeak,
         RejectReason::BadNoEstimate,
+        RejectReason::BadDeclaration,
+        RejectReason::UndeclaredGpu,
+        RejectReason::EventTimeTooOld,
+        RejectReason::GpuOverlap,
+        RejectReason::TooManyNewRuns,
     ];
 
     /// The kebab-case tag.
@@ -77,6 +100,11 @@ impl RejectReason {
             RejectReason::BadValue => "bad-value",
             RejectReason::ImplausiblePeak => "implausible-peak",
             RejectReason::BadNoEstimate => "bad-no-estimate",
+            RejectReason::BadDeclaration => "bad-declaration",
+            RejectReason::UndeclaredGpu => "undeclared-gpu",
+            RejectReason::EventTimeTooOld => "event-time-too-old",
+            RejectReason::GpuOverlap => "gpu-overlap",
+            RejectReason::TooManyNewRuns => "too-many-new-runs",
         }
     }
 
@@ -104,6 +132,9 @@ pub struct Limits {
     pub max_future_ms: i64,
     /// Highest average power a GPU may draw over an interval, W (energy plausibility).
     pub max_gpu_watts: f64,
+    /// How far behind the collector's clock an event may start, ms (`--backfill-window`):
+    /// long enough for a spool that was offline for weeks.
+    pub max_backfill_ms: i64,
 }
 
 impl Default for Limits {
@@ -114,12 +145,35 @@ impl Default for Limits {
             max_future_ms: 300_000,
             // Twice the highest board power in the catalogue (B200/GB200, ~1.2 kW).
             max_gpu_watts: 2_500.0,
+            max_backfill_ms: DEFAULT_BACKFILL_DAYS * 86_400_000,
         }
     }
 }
 
+/// Default backfill window, days: a node cut off for weeks (a spool of several GiB holds
+/// months of records) still delivers, while a clock decades off is refused.
+pub const DEFAULT_BACKFILL_DAYS: i64 = 90;
+
 /// Longest model, run, stage or GPU-type name accepted.
 pub const MAX_NAME_LEN: usize = 256;
+
+/// Most MIG instances one GPU may declare (the largest GPUs have 7).
+pub const MAX_MIG_INSTANCES: usize = 64;
+
+/// Why a key name (model, run, stage, base model) is refused, if it is: bounded, and free
+/// of control, bidirectional, invisible and look-alike characters, so two models that print
+/// the same are the same model.
+pub fn key_name_problem(s: &str) -> Option<String> {
+    if s.len() > MAX_NAME_LEN {
+        return Some(format!("is longer than {MAX_NAME_LEN} bytes"));
+    }
+    flopmeter_core::text::first_suspicious(s).map(|(at, c, why)| {
+        format!(
+            "has {why} (U+{:04X}) at byte {at}: names must print as what they are",
+            u32::from(c)
+        )
+    })
+}
 
 /// A name usable as a ledger key part: bounded, no control characters (keys use NUL as a
 /// separator).
@@ -177,6 +231,7 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
         ("software_version", &hello.software_version),
         ("driver_version", &hello.driver_version),
         ("nvml_version", &hello.nvml_version),
+        ("cluster", &hello.cluster),
     ] {
         if !valid_name(v) {
             return Err(format!(
@@ -195,6 +250,7 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
             ("uuid", &g.uuid),
             ("name", &g.name),
             ("catalogue_id", &g.catalogue_id),
+            ("name_catalogue_id", &g.name_catalogue_id),
         ] {
             if !valid_name(v) {
                 return Err(format!(
@@ -203,14 +259,32 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
                 ));
             }
         }
+        if g.mig_instances.len() > MAX_MIG_INSTANCES {
+            return Err(format!(
+                "Hello.gpus[{i}] declares {} MIG instances, more than the {MAX_MIG_INSTANCES} a \
+                 GPU may have",
+                g.mig_instances.len()
+            ));
+        }
+        for (j, m) in g.mig_instances.iter().enumerate() {
+            for (what, v) in [("uuid", &m.uuid), ("profile", &m.profile)] {
+                if !valid_name(v) {
+                    return Err(format!(
+                        "Hello.gpus[{i}].mig_instances[{j}].{what} must be at most \
+                         {MAX_NAME_LEN} bytes, no control characters"
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
 
-/// The GPUs an agent declared in its Hello, for the operator-supplied peaks of uncatalogued
-/// devices.
+/// The GPUs an agent declared in its Hello: which physical GPUs its records may name, and
+/// the operator-supplied peaks of uncatalogued devices.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
+    declared: std::collections::HashSet<String>,
     operator_peaks: HashMap<String, f64>,
     /// Declared peaks beyond [`max_operator_peak_tflops`], kept to say why records on
     /// those GPUs are quarantined.
@@ -223,6 +297,7 @@ impl Inventory {
         let max = max_operator_peak_tflops();
         let mut inv = Inventory::default();
         for g in gpus {
+            inv.declared.insert(g.uuid.clone());
             let p = g.operator_peak_tflops;
             if p.is_finite() && p > 0.0 && p <= max {
                 inv.operator_peaks.insert(g.uuid.clone(), p);
@@ -231,6 +306,11 @@ impl Inventory {
             }
         }
         inv
+    }
+
+    /// Whether the Hello declared this physical GPU.
+    pub fn declares(&self, gpu_uuid: &str) -> bool {
+        self.declared.contains(gpu_uuid)
     }
 
     /// The ceiling in FLOP/s of the GPU a record ran on: the catalogue's for a catalogued
@@ -265,9 +345,6 @@ pub fn check_record(
     // (job, namespace, base model) and shown by the API and the CLI.
     if let Some(id) = &rec.identity {
         for (what, v) in [
-            ("model", &id.model),
-            ("run", &id.run),
-            ("stage", &id.stage),
             ("namespace", &id.namespace),
             ("job", &id.job),
             ("cluster", &id.cluster),
@@ -278,10 +355,16 @@ pub fn check_record(
                 return bad_name(what);
             }
         }
+        // Key names: what makes two models one, so nothing in them may print as something
+        // else.
+        for (what, v) in [("model", &id.model), ("run", &id.run), ("stage", &id.stage)] {
+            if let Some(p) = key_name_problem(v) {
+                return reject(RejectReason::BadIdentity, format!("{what} {p}"));
+            }
+        }
     }
     if let Some(d) = &rec.declaration {
         for (what, v) in [
-            ("declaration.base_model", &d.base_model),
             ("declaration.planned_flop", &d.planned_flop),
             ("declaration.params", &d.params),
             ("declaration.tokens", &d.tokens),
@@ -290,6 +373,25 @@ pub fn check_record(
                 return bad_name(what);
             }
         }
+        if let Some(p) = key_name_problem(&d.base_model) {
+            return reject(
+                RejectReason::BadIdentity,
+                format!("declaration.base_model {p}"),
+            );
+        }
+    }
+    // `no_estimate_reason` is checked with the rest of its shape below (`bad-no-estimate`).
+    if let Some(m) = &rec.mig {
+        for (what, v) in [("mig.uuid", &m.uuid), ("mig.profile", &m.profile)] {
+            if !valid_name(v) {
+                return bad_name(what);
+            }
+        }
+    }
+    if let Some(d) = &rec.declaration
+        && let Err(e) = crate::ledger::Declaration::from_wire(d)
+    {
+        return reject(RejectReason::BadDeclaration, e.to_string());
     }
     if !valid_name(&rec.gpu_type) {
         return bad_name("gpu_type");
@@ -324,6 +426,17 @@ pub fn check_record(
             ));
         }
     }
+    if !inventory.declares(&rec.gpu_uuid) {
+        return reject(
+            RejectReason::UndeclaredGpu,
+            format!(
+                "GPU {:?} is not among the GPUs the agent's Hello declared; an agent reports \
+                 only the physical GPUs of its node (a MIG instance's record names its parent \
+                 GPU)",
+                rec.gpu_uuid
+            ),
+        );
+    }
     let interval_ms = rec.end_unix_ms.saturating_sub(rec.start_unix_ms);
     if rec.start_unix_ms <= 0 || interval_ms <= 0 {
         return reject(
@@ -350,6 +463,17 @@ pub fn check_record(
                 "interval ends {} ms after the collector's clock (at most {} ms allowed)",
                 rec.end_unix_ms - now_unix_ms,
                 limits.max_future_ms
+            ),
+        );
+    }
+    if rec.start_unix_ms < now_unix_ms.saturating_sub(limits.max_backfill_ms) {
+        return reject(
+            RejectReason::EventTimeTooOld,
+            format!(
+                "interval starts {} days before the collector's clock, beyond the backfill \
+                 window of {} days (--backfill-window); check the agent's clock",
+                (now_unix_ms - rec.start_unix_ms) / 86_400_000,
+                limits.max_backfill_ms / 86_400_000
             ),
         );
     }
@@ -473,8 +597,17 @@ mod tests {
         }
     }
 
+    /// The Hello of the agent every test record comes from: one H100, `GPU-1`.
+    fn inv() -> Inventory {
+        Inventory::from_hello(&[GpuInventory {
+            uuid: "GPU-1".into(),
+            catalogue_id: "h100-sxm".into(),
+            ..Default::default()
+        }])
+    }
+
     fn reason(rec: &IntervalRecord) -> Option<RejectReason> {
-        check_record(rec, &Inventory::default(), &Limits::default(), NOW).map(|(r, _)| r)
+        check_record(rec, &inv(), &Limits::default(), NOW).map(|(r, _)| r)
     }
 
     #[test]
@@ -509,6 +642,20 @@ mod tests {
         let mut r = good();
         r.mean_tensor_util = f64::NAN;
         assert_eq!(reason(&r), Some(RejectReason::BadValue));
+        let mut r = good();
+        r.gpu_uuid = "GPU-never-declared".into();
+        assert_eq!(reason(&r), Some(RejectReason::UndeclaredGpu));
+        // The backfill window: 90 days back is fine, a day more is not.
+        let day = 86_400_000;
+        let mut r = good();
+        r.start_unix_ms = NOW - 90 * day + 1;
+        r.end_unix_ms = r.start_unix_ms + 10_000;
+        assert_eq!(reason(&r), None);
+        r.start_unix_ms = NOW - 91 * day;
+        r.end_unix_ms = r.start_unix_ms + 10_000;
+        assert_eq!(reason(&r), Some(RejectReason::EventTimeTooOld));
+        let (_, detail) = check_record(&r, &inv(), &Limits::default(), NOW).unwrap();
+        assert!(detail.contains("--backfill-window"), "{detail}");
         for reason in RejectReason::ALL {
             assert_eq!(RejectReason::parse(reason.as_str()), Some(reason));
         }
@@ -575,6 +722,50 @@ mod tests {
         });
         assert_eq!(reason(&r), Some(RejectReason::BadIdentity));
 
+        // Key names may not hide what they are; other strings only need to be bounded.
+        for bad in [
+            "llama\u{2011}70b",
+            "llama\u{200b}",
+            "\u{202e}amall",
+            "llama\u{a0}70b",
+        ] {
+            let mut r = good();
+            r.identity = Some(flopmeter_proto::v1::WorkloadIdentity {
+                model: bad.into(),
+                ..Default::default()
+            });
+            assert_eq!(reason(&r), Some(RejectReason::BadIdentity), "{bad:?}");
+        }
+        let mut r = good();
+        r.identity = Some(flopmeter_proto::v1::WorkloadIdentity {
+            model: "模型-7b".into(),
+            job: "train – v2".into(),
+            ..Default::default()
+        });
+        assert_eq!(reason(&r), None);
+        // A reason is a kebab-case tag: a terminal escape is refused with the rest of its shape.
+        let mut r = good();
+        r.no_estimate_reason = "x\u{1b}]0;t\u{7}".into();
+        assert_eq!(reason(&r), Some(RejectReason::BadNoEstimate));
+        for f in [
+            |r: &mut IntervalRecord| {
+                r.mig = Some(flopmeter_proto::v1::MigInstance {
+                    profile: "1g\n10gb".into(),
+                    ..Default::default()
+                })
+            },
+            |r: &mut IntervalRecord| {
+                r.identity = Some(flopmeter_proto::v1::WorkloadIdentity {
+                    user: "u".repeat(MAX_NAME_LEN + 1),
+                    ..Default::default()
+                })
+            },
+        ] {
+            let mut r = good();
+            f(&mut r);
+            assert_eq!(reason(&r), Some(RejectReason::BadIdentity));
+        }
+
         let hello = |f: &dyn Fn(&mut Hello)| {
             let mut h = Hello {
                 agent_id: "a".into(),
@@ -597,6 +788,20 @@ mod tests {
         assert!(hello(&|h| h.gpus[0].name = "H100\u{7}".into()).is_err());
         assert!(
             hello(&|h| h.gpus = vec![GpuInventory::default(); MAX_GPUS_PER_HELLO + 1]).is_err()
+        );
+        assert!(hello(&|h| h.cluster = "c\u{1b}".into()).is_err());
+        assert!(
+            hello(&|h| h.gpus[0].mig_instances = vec![Default::default(); MAX_MIG_INSTANCES + 1])
+                .is_err()
+        );
+        assert!(
+            hello(
+                &|h| h.gpus[0].mig_instances = vec![flopmeter_proto::v1::MigInstance {
+                    uuid: "MIG-\u{7}".into(),
+                    ..Default::default()
+                }]
+            )
+            .is_err()
         );
     }
 
@@ -646,6 +851,21 @@ mod tests {
             Some(RejectReason::FlopAbovePeak)
         );
         r.gpu_uuid = "GPU-other".into();
+        assert_eq!(
+            check_record(&r, &inv, &Limits::default(), NOW).map(|x| x.0),
+            Some(RejectReason::UndeclaredGpu)
+        );
+        let inv = Inventory::from_hello(&[
+            GpuInventory {
+                uuid: "GPU-1".into(),
+                operator_peak_tflops: 400.0,
+                ..Default::default()
+            },
+            GpuInventory {
+                uuid: "GPU-other".into(),
+                ..Default::default()
+            },
+        ]);
         assert_eq!(
             check_record(&r, &inv, &Limits::default(), NOW).map(|x| x.0),
             Some(RejectReason::UnknownGpuType)

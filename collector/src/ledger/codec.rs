@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use flopmeter_core::units::{FlopAmount, FlopAmountError};
 use flopmeter_proto::v1::IntervalRecord;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -83,66 +84,49 @@ pub struct Declaration {
     pub planned_end_unix_ms: Option<i64>,
 }
 
+/// A declared count that is not a whole number by [`FlopAmount`]'s rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("declaration.{field}: {source}")]
+pub struct DeclarationError {
+    /// The field (`planned_flop`, `params`, `tokens`).
+    pub field: &'static str,
+    /// Why its text is not a count.
+    pub source: FlopAmountError,
+}
+
 impl Declaration {
-    /// Reads the wire declaration; unparsable numbers are dropped (the declaration is
-    /// informational; the measured figures never depend on it).
-    pub fn from_wire(d: &flopmeter_proto::v1::WorkloadDeclaration) -> Declaration {
-        let num = |s: &str| parse_sci(s);
+    /// Reads the wire declaration, parsing its counts by the one exact rule
+    /// ([`FlopAmount`]; bounded work). Called at the door (ingest validation), never inside
+    /// the ledger's transaction; a count that does not parse quarantines its record, since
+    /// a plan read wrong could start a legal clock.
+    pub fn from_wire(
+        d: &flopmeter_proto::v1::WorkloadDeclaration,
+    ) -> Result<Declaration, DeclarationError> {
+        let num = |field: &'static str, s: &str| -> Result<Option<u128>, DeclarationError> {
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            FlopAmount::parse(s)
+                .map(|v| Some(v.get()))
+                .map_err(|source| DeclarationError { field, source })
+        };
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let precision = flopmeter_proto::convert::precision_from_wire(d.precision())
             .map(|p| p.as_str().to_string());
-        Declaration {
+        Ok(Declaration {
             precision,
-            planned_flop: num(&d.planned_flop),
-            params: num(&d.params),
-            tokens: num(&d.tokens),
+            planned_flop: num("planned_flop", &d.planned_flop)?,
+            params: num("params", &d.params)?,
+            tokens: num("tokens", &d.tokens)?,
             base_model: opt(&d.base_model),
             planned_end_unix_ms: (d.planned_end_unix_ms > 0).then_some(d.planned_end_unix_ms),
-        }
+        })
     }
 
     /// True when nothing was declared.
     pub fn is_empty(&self) -> bool {
         *self == Declaration::default()
     }
-}
-
-/// Parses a non-negative number written in decimal or scientific notation (`2e25`,
-/// `3.8e24`, `70000000000`) exactly into an integer: declarations and registry figures are
-/// written that way, and going through `f64` would change their last digits. A fractional
-/// remainder is truncated.
-pub fn parse_sci(s: &str) -> Option<u128> {
-    let s = s.trim();
-    let (mantissa, exp) = match s.find(['e', 'E']) {
-        Some(i) => (
-            &s[..i],
-            s[i + 1..].trim_start_matches('+').parse::<i32>().ok()?,
-        ),
-        None => (s, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.is_empty() && frac.is_empty()
-        || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let digits = format!("{int}{frac}");
-    let shift = exp - frac.len() as i32;
-    let mut v: u128 = 0;
-    let keep = if shift >= 0 {
-        digits.len()
-    } else {
-        digits.len().saturating_sub(shift.unsigned_abs() as usize)
-    };
-    for c in digits[..keep].chars() {
-        v = v
-            .checked_mul(10)?
-            .checked_add(u128::from(c.to_digit(10)?))?;
-    }
-    for _ in 0..shift.max(0) {
-        v = v.checked_mul(10)?;
-    }
-    Some(v)
 }
 
 /// What the collector knows about an agent from its last Hello.
@@ -181,17 +165,37 @@ pub fn from_proto<T: prost::Message + Default>(bytes: &[u8], what: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flopmeter_proto::v1::WorkloadDeclaration;
 
     #[test]
-    fn scientific_notation_is_exact() {
-        assert_eq!(parse_sci("3.8e24"), Some(38 * 10u128.pow(23)));
-        assert_eq!(parse_sci("2E25"), Some(2 * 10u128.pow(25)));
-        assert_eq!(parse_sci("70000000000"), Some(70_000_000_000));
-        assert_eq!(parse_sci("1.25e1"), Some(12));
-        assert_eq!(parse_sci("1e+3"), Some(1000));
-        assert_eq!(parse_sci(""), None);
-        assert_eq!(parse_sci("-1"), None);
-        assert_eq!(parse_sci("1e40"), None);
-        assert_eq!(parse_sci("abc"), None);
+    fn declared_counts_are_exact_or_refused_with_the_field() {
+        let d = Declaration::from_wire(&WorkloadDeclaration {
+            planned_flop: "3.8e24".into(),
+            params: "70000000000".into(),
+            tokens: "".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(d.planned_flop, Some(38 * 10u128.pow(23)));
+        assert_eq!(d.params, Some(70_000_000_000));
+        assert_eq!(d.tokens, None);
+        for (field, text) in [
+            ("planned_flop", "0e2147483647"),
+            ("params", "1.25e1"),
+            ("tokens", "-1"),
+        ] {
+            let mut w = WorkloadDeclaration::default();
+            match field {
+                "planned_flop" => w.planned_flop = text.into(),
+                "params" => w.params = text.into(),
+                _ => w.tokens = text.into(),
+            }
+            let e = Declaration::from_wire(&w).unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(
+                e.to_string().starts_with(&format!("declaration.{field}: ")),
+                "{e}"
+            );
+        }
     }
 }

@@ -42,7 +42,7 @@ use serde::Serialize;
 pub use aggregate::Aggregate;
 pub use codec::{AgentInfo, Declaration};
 pub use registry::{ModelEntry, Role};
-pub use verify::VerifyReport;
+pub use verify::{VerifyCut, VerifyReport, VerifyScan};
 
 /// Errors of a ledger store.
 #[derive(Debug, thiserror::Error)]
@@ -96,13 +96,57 @@ pub struct RecordRejection {
     pub detail: String,
 }
 
-/// A record with the verdict of per-record validation.
+/// A record with the verdict of per-record validation, and its declaration already parsed:
+/// everything that costs more than a lookup happens here, at the door, so the ledger's
+/// transaction does no parsing at all.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedRecord {
     /// The record as received.
     pub record: IntervalRecord,
     /// `Some` when the record failed validation: it is quarantined, never applied.
     pub rejection: Option<RecordRejection>,
+    /// The record's declaration, parsed (`None` when it declared nothing or is rejected).
+    pub declaration: Option<Declaration>,
+    /// The most FLOP per second its GPU can do, tolerance included, as validation found it;
+    /// the writer bounds overlapping records of one GPU by it (`crate::occupancy`). `None`
+    /// skips that check (records built outside ingest, in tests and benchmarks).
+    pub max_flop_per_s: Option<f64>,
+}
+
+impl CheckedRecord {
+    /// A record with its verdict; parses its declaration (bounded work). A declaration that
+    /// does not parse quarantines a record the verdict accepted, as `bad-declaration`.
+    pub fn new(record: IntervalRecord, rejection: Option<RecordRejection>) -> CheckedRecord {
+        let parsed = match (&rejection, &record.declaration) {
+            (None, Some(d)) => Some(Declaration::from_wire(d)),
+            _ => None,
+        };
+        let (rejection, declaration) = match parsed {
+            None => (rejection, None),
+            Some(Ok(d)) => (None, (!d.is_empty()).then_some(d)),
+            Some(Err(e)) => (
+                Some(RecordRejection {
+                    reason: crate::ingest::validate::RejectReason::BadDeclaration
+                        .as_str()
+                        .into(),
+                    detail: e.to_string(),
+                }),
+                None,
+            ),
+        };
+        CheckedRecord {
+            record,
+            rejection,
+            declaration,
+            max_flop_per_s: None,
+        }
+    }
+
+    /// Sets [`CheckedRecord::max_flop_per_s`].
+    pub fn with_max_flop_per_s(mut self, v: Option<f64>) -> CheckedRecord {
+        self.max_flop_per_s = v;
+        self
+    }
 }
 
 /// A batch ready for the ledger: well-formed (strictly increasing sequence numbers starting
@@ -210,8 +254,12 @@ pub struct RollupStats {
 /// The storage behind the ledger. See the module docs for the invariants.
 pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// The agent's high-water mark: the highest sequence number applied or quarantined
-    /// (0 = none).
+    /// (0 = none). It includes writes not yet flushed: never tell an agent it may delete
+    /// through it (`crate::durable_marks` holds the durable ones).
     fn high_water_mark(&self, agent_id: &str) -> Result<u64, StoreError>;
+
+    /// Every agent's high-water mark, as [`LedgerStore::high_water_mark`] reads it.
+    fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Applies a batch atomically: reads the high-water mark, plans the batch
     /// ([`sequence::plan`]), stores the raw records, quarantines rejected ones, updates every
@@ -227,6 +275,14 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
         batches.iter().map(|b| self.apply_batch(b)).collect()
     }
 
+    /// The records of the agent's last `max_batches` raw batches, in sequence order, and
+    /// whether older applied records exist beyond them (raw or rolled up).
+    fn recent_records(
+        &self,
+        agent_id: &str,
+        max_batches: usize,
+    ) -> Result<(Vec<IntervalRecord>, bool), StoreError>;
+
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 
@@ -241,6 +297,12 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
 
     /// A model's aggregate (all its runs), if it has measured work.
     fn model_aggregate(&self, model: &str) -> Result<Option<Aggregate>, StoreError>;
+
+    /// Whether the run has an aggregate (it applied at least one record).
+    fn run_exists(&self, model: &str, run: &str) -> Result<bool, StoreError>;
+
+    /// One run's aggregate.
+    fn run_aggregate(&self, model: &str, run: &str) -> Result<Option<Aggregate>, StoreError>;
 
     /// A model's runs, sorted by run id.
     fn runs(&self, model: &str) -> Result<Vec<RunEntry>, StoreError>;
@@ -284,9 +346,28 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     fn roll_up(&self, cutoff_unix_ms: i64, max_batches: usize) -> Result<RollupStats, StoreError>;
 
     /// Recomputes every aggregate from raw batches and rollups and compares it with the
-    /// stored one. Must not run concurrently with the writer (the collector runs it on the
-    /// writer).
-    fn verify(&self) -> Result<VerifyReport, StoreError>;
+    /// stored one, in one go: for a ledger nothing writes to (offline tools, tests). A
+    /// running collector splits it into the three steps below so that ingest goes on.
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let cut = self.verify_cut()?;
+        let scan = self.verify_scan(cut)?;
+        self.verify_finish(scan)
+    }
+
+    /// Step 1, on the writer (cheap: one mark per agent): where the verification cuts.
+    fn verify_cut(&self) -> Result<VerifyCut, StoreError> {
+        Ok(VerifyCut {
+            marks: self.high_water_marks()?.into_iter().collect(),
+        })
+    }
+
+    /// Step 2, off the writer while batches keep being applied (no rollups meanwhile): the
+    /// raw batches up to the cut, every rollup, and the stored aggregates as they are.
+    fn verify_scan(&self, cut: VerifyCut) -> Result<VerifyScan, StoreError>;
+
+    /// Step 3, on the writer: adds what was applied since the cut, reads again what it
+    /// touched, and compares. Its work is proportional to what arrived during the scan.
+    fn verify_finish(&self, scan: VerifyScan) -> Result<VerifyReport, StoreError>;
 
     /// The stage policy the collector last ran with, so offline tools read the ledger the
     /// same way.

@@ -46,7 +46,7 @@ use super::codec::{
 use super::keys::{self, DAY_MS, HOUR_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED, Seen};
 use super::plans::{PlanHistory, PlanScope, PlanSource, PlanVersion, Recorded};
 use super::sequence::{self, SeqPlan};
-use super::verify::{Recomputed, VerifyReport, compare};
+use super::verify::{VerifyCut, VerifyReport, VerifyScan, compare};
 use super::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RejectedEntry, RejectionNotice,
     RollupStats, RunEntry, StoreError, UnattributedBucket,
@@ -584,9 +584,10 @@ struct Cache {
     seen: HashSet<Vec<u8>>,
 }
 
-/// Beyond this many entries a cache is emptied rather than grown (cardinality is bounded by
-/// runs and agents; this only caps a pathological ledger's memory).
-const CACHE_LIMIT: usize = 200_000;
+/// Beyond this many entries a cache is emptied rather than grown. The hot set is the runs,
+/// models and agents reporting now; a ledger with many more (100,000 one-record models) must
+/// not keep each decoded aggregate for ever (about 1 KiB each).
+const CACHE_LIMIT: usize = 8_192;
 
 impl Cache {
     fn absorb(&mut self, w: Working) {
@@ -809,7 +810,7 @@ fn apply_in_tx(
             Attribution::Run { model, run } => {
                 run_delta.entry((model, run)).or_default().add_record(rec);
                 model_delta.entry(model).or_default().add_record(rec);
-                if let Some(d) = &rec.declaration {
+                if let Some(d) = &cr.declaration {
                     decls.insert((model, run), d);
                     PlanStatement::push(statements.entry((model, run)).or_default(), d, rec);
                 }
@@ -848,18 +849,18 @@ fn apply_in_tx(
         w.aggregate(AggTree::Unattributed, unatt, cache, key)?
             .merge_stages(&d);
     }
-    for ((model, run), wire) in decls {
-        let decl = Declaration::from_wire(wire);
+    // Parsed at the door (`CheckedRecord::new`): nothing here costs more than a lookup.
+    for ((model, run), decl) in decls {
         if decl.is_empty() {
             continue;
         }
         let key = keys::join(&[model, run]);
         let unchanged = match run_meta.get(&key)? {
-            Some(v) => abort(from_json::<Declaration>(&v, "declaration"))? == decl,
+            Some(v) => abort(from_json::<Declaration>(&v, "declaration"))? == *decl,
             None => false,
         };
         if !unchanged {
-            run_meta.insert(key, abort(to_json(&decl))?)?;
+            run_meta.insert(key, abort(to_json(decl))?)?;
         }
     }
     let mut facts = Vec::new();
@@ -914,36 +915,32 @@ fn apply_in_tx(
 
 /// A run's records declaring a plan: one per change of the declared figures within a batch,
 /// in record order (a run sends the same declaration with every record, so consecutive
-/// equal ones are one statement; the figures are parsed once per statement).
+/// equal ones are one statement). The figures were parsed at the door (`CheckedRecord::new`):
+/// nothing is parsed here, inside the transaction.
 struct PlanStatement<'a> {
-    wire: &'a flopmeter_proto::v1::WorkloadDeclaration,
+    decl: &'a Declaration,
     rec: &'a IntervalRecord,
 }
 
 impl<'a> PlanStatement<'a> {
-    fn push(
-        run: &mut Vec<PlanStatement<'a>>,
-        d: &'a flopmeter_proto::v1::WorkloadDeclaration,
-        rec: &'a IntervalRecord,
-    ) {
-        let states_a_plan =
-            !(d.planned_flop.is_empty() && d.params.is_empty() && d.tokens.is_empty());
-        let same = |p: &PlanStatement<'_>| {
-            (&p.wire.planned_flop, &p.wire.params, &p.wire.tokens)
-                == (&d.planned_flop, &d.params, &d.tokens)
-        };
+    fn figures(d: &Declaration) -> (Option<u128>, Option<u128>, Option<u128>) {
+        (d.planned_flop, d.params, d.tokens)
+    }
+
+    fn push(run: &mut Vec<PlanStatement<'a>>, d: &'a Declaration, rec: &'a IntervalRecord) {
+        let figures = Self::figures(d);
         // Silence is not a withdrawal: a record without plan figures says nothing about one.
-        if states_a_plan && !run.last().is_some_and(same) {
-            run.push(PlanStatement { wire: d, rec });
+        let states_a_plan = figures != (None, None, None);
+        if states_a_plan && run.last().is_none_or(|p| Self::figures(p.decl) != figures) {
+            run.push(PlanStatement { decl: d, rec });
         }
     }
 
     /// The version it states, dated at the event time of its record (the moment the job
-    /// ran with it), never after the collector received it. `None` when no figure parses:
-    /// a garbled label is not a withdrawn plan.
+    /// ran with it), never after the collector received it.
     fn version(&self, agent: &str, node: &str, received_unix_ms: i64) -> Option<PlanVersion> {
-        let d = Declaration::from_wire(self.wire);
-        if (d.planned_flop, d.params, d.tokens) == (None, None, None) {
+        let d = self.decl;
+        if Self::figures(d) == (None, None, None) {
             return None;
         }
         Some(PlanVersion {
@@ -993,6 +990,34 @@ impl LedgerStore for SledStore {
         self.hwm
             .get(agent_id.as_bytes())?
             .map_or(Ok(0), |v| decode_u64(&v))
+    }
+
+    fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.hwm
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode_u64(&v)?))
+            })
+            .collect()
+    }
+
+    fn recent_records(
+        &self,
+        agent_id: &str,
+        max_batches: usize,
+    ) -> Result<(Vec<IntervalRecord>, bool), StoreError> {
+        let mut batches = Vec::new();
+        let mut truncated = false;
+        for kv in self.raw.scan_prefix(keys::prefix(&[agent_id])).rev() {
+            if batches.len() == max_batches {
+                truncated = true;
+                break;
+            }
+            let (_, v) = kv?;
+            batches.push(from_proto::<StoredBatch>(&v, "raw batch")?.records);
+        }
+        Ok((batches.into_iter().rev().flatten().collect(), truncated))
     }
 
     fn apply_batch(&self, b: &IncomingBatch) -> Result<ApplyOutcome, StoreError> {
@@ -1063,6 +1088,14 @@ impl LedgerStore for SledStore {
 
     fn model_aggregate(&self, model: &str) -> Result<Option<Aggregate>, StoreError> {
         Self::get_json(&self.model_agg, model.as_bytes(), "model aggregate")
+    }
+
+    fn run_aggregate(&self, model: &str, run: &str) -> Result<Option<Aggregate>, StoreError> {
+        Self::get_json(&self.run_agg, &keys::join(&[model, run]), "run aggregate")
+    }
+
+    fn run_exists(&self, model: &str, run: &str) -> Result<bool, StoreError> {
+        Ok(self.run_agg.contains_key(keys::join(&[model, run]))?)
     }
 
     fn runs(&self, model: &str) -> Result<Vec<RunEntry>, StoreError> {
@@ -1290,72 +1323,191 @@ impl LedgerStore for SledStore {
             .map_err(tx_error)
     }
 
-    fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let mut rc = Recomputed::default();
-        let mut report = VerifyReport::default();
-        let mut max_seq: BTreeMap<String, u64> = BTreeMap::new();
+    fn verify_scan(&self, cut: VerifyCut) -> Result<VerifyScan, StoreError> {
+        let mut scan = VerifyScan {
+            cut,
+            ..VerifyScan::default()
+        };
+        // A key numbered above the cut was written after it (step 3 reads it); one of an
+        // agent without a mark is remembered, to tell a new agent from damage in step 3.
+        let below_cut =
+            |scan: &mut VerifyScan, k: &[u8]| -> Result<Option<(String, u64)>, StoreError> {
+                let (agent, seq) = keys::split_agent_seq(k)
+                    .ok_or_else(|| StoreError::Corrupt("raw batch or rejection key".into()))?;
+                match scan.cut.marks.get(&agent) {
+                    Some(&at_cut) => Ok((seq <= at_cut).then_some((agent, seq))),
+                    None => {
+                        let m = scan.unmarked.entry(agent).or_default();
+                        *m = (*m).max(seq);
+                        Ok(None)
+                    }
+                }
+            };
         for kv in self.raw.iter() {
             let (k, v) = kv?;
+            let Some((agent, _)) = below_cut(&mut scan, &k)? else {
+                continue;
+            };
             let batch: StoredBatch = from_proto(&v, "raw batch")?;
-            let (agent, _) = keys::split_agent_seq(&k)
-                .ok_or_else(|| StoreError::Corrupt("raw batch key".into()))?;
             if let Some(last) = batch.records.last() {
-                let m = max_seq.entry(agent).or_default();
+                let m = scan.max_seq.entry(agent).or_default();
                 *m = (*m).max(last.seq);
             }
-            rc.add_raw(&batch);
+            scan.recomputed.add_raw(&batch);
         }
-        for kv in self.rejected.iter() {
-            let (k, _) = kv?;
-            if let Some((agent, seq)) = keys::split_agent_seq(&k) {
-                let m = max_seq.entry(agent).or_default();
+        for k in self.rejected.iter().keys() {
+            if let Some((agent, seq)) = below_cut(&mut scan, &k?)? {
+                let m = scan.max_seq.entry(agent).or_default();
                 *m = (*m).max(seq);
             }
         }
         for kv in self.rollups.iter() {
             let (k, v) = kv?;
             let r: Rollup = from_json(&v, "rollup")?;
+            let rc = &mut scan.recomputed;
             match keys::split_bucket(&k, 3) {
                 Some((p, _)) if p[0] == ROLLUP_RUN => rc.add_run_rollup(&p[1], &p[2], &r),
                 Some((p, hour)) if p[0] == ROLLUP_UNATTRIBUTED => {
                     rc.add_unattributed_rollup(&p[1], &p[2], hour, &r)
                 }
-                _ => report.mismatches.push(format!(
+                _ => scan.mismatches.push(format!(
                     "rollup key {k:?} is not a run or unattributed scope"
                 )),
             }
         }
-        rc.finish();
-
-        let mut runs = BTreeMap::new();
         for kv in self.run_agg.iter() {
             let (k, v) = kv?;
             let p = keys::split(&k);
             let id = (p[0].clone(), p.get(1).cloned().unwrap_or_default());
-            runs.insert(id, from_json::<Aggregate>(&v, "run aggregate")?);
+            scan.runs
+                .insert(id, from_json::<Aggregate>(&v, "run aggregate")?);
         }
-        let mut models = BTreeMap::new();
         for kv in self.model_agg.iter() {
             let (k, v) = kv?;
             let m = String::from_utf8_lossy(&k).into_owned();
-            models.insert(m, from_json::<Aggregate>(&v, "model aggregate")?);
+            scan.models
+                .insert(m, from_json::<Aggregate>(&v, "model aggregate")?);
         }
-        let mut unatt = BTreeMap::new();
         for kv in self.unattributed.iter() {
             let (k, v) = kv?;
             let (p, day) = keys::split_bucket(&k, 2)
                 .ok_or_else(|| StoreError::Corrupt("unattributed key".into()))?;
-            unatt.insert(
+            scan.unattributed.insert(
                 (p[0].clone(), p[1].clone(), day),
                 from_json::<Aggregate>(&v, "unattributed aggregate")?,
             );
         }
+        for k in self.seen.iter().keys() {
+            scan.seen.insert(k?.to_vec());
+        }
+        Ok(scan)
+    }
+
+    fn verify_finish(&self, mut scan: VerifyScan) -> Result<VerifyReport, StoreError> {
+        // What was applied since the cut: raw batches and rejections numbered above it.
+        let mut touched_runs = BTreeSet::new();
+        let mut touched_models = BTreeSet::new();
+        let mut touched_buckets = BTreeSet::new();
+        let marks_now = self.high_water_marks()?;
+        for (agent, seq) in &scan.unmarked {
+            if !marks_now.iter().any(|(a, _)| a == agent) {
+                scan.mismatches.push(format!(
+                    "agent {agent}: record {seq} is stored but the agent has no high-water mark"
+                ));
+            }
+        }
+        for (agent, now) in marks_now {
+            let at_cut = scan.cut.marks.get(&agent).copied().unwrap_or(0);
+            if now <= at_cut {
+                continue;
+            }
+            let from = keys::agent_seq(&agent, at_cut + 1);
+            let to = keys::agent_seq(&agent, u64::MAX);
+            for kv in self.raw.range(from.clone()..=to.clone()) {
+                let (_, v) = kv?;
+                let batch: StoredBatch = from_proto(&v, "raw batch")?;
+                if let Some(last) = batch.records.last() {
+                    let m = scan.max_seq.entry(agent.clone()).or_default();
+                    *m = (*m).max(last.seq);
+                }
+                for rec in &batch.records {
+                    match attribution(rec) {
+                        Attribution::Run { model, run } => {
+                            touched_runs.insert((model.to_string(), run.to_string()));
+                            touched_models.insert(model.to_string());
+                        }
+                        Attribution::Unattributed => {
+                            touched_buckets.insert((
+                                batch.node.clone(),
+                                gpu_type_of(rec).to_string(),
+                                rec.start_unix_ms.div_euclid(DAY_MS),
+                            ));
+                        }
+                    }
+                }
+                scan.recomputed.add_raw(&batch);
+            }
+            for k in self.rejected.range(from..=to).keys() {
+                if let Some((a, seq)) = keys::split_agent_seq(&k?) {
+                    let m = scan.max_seq.entry(a).or_default();
+                    *m = (*m).max(seq);
+                }
+            }
+        }
+        // Read again what those batches touched, as it is now.
+        for id in &touched_runs {
+            match Self::get_json(&self.run_agg, &keys::join(&[&id.0, &id.1]), "run aggregate")? {
+                Some(a) => scan.runs.insert(id.clone(), a),
+                None => scan.runs.remove(id),
+            };
+        }
+        for m in &touched_models {
+            match Self::get_json(&self.model_agg, m.as_bytes(), "model aggregate")? {
+                Some(a) => scan.models.insert(m.clone(), a),
+                None => scan.models.remove(m),
+            };
+            for tag in [
+                Seen::RunAgent,
+                Seen::RunNode,
+                Seen::ModelAgent,
+                Seen::ModelNode,
+            ] {
+                let prefix = tag.prefix(&[m]);
+                let stale: Vec<Vec<u8>> = scan
+                    .seen
+                    .range(prefix.clone()..)
+                    .take_while(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for k in stale {
+                    scan.seen.remove(&k);
+                }
+                for k in self.seen.scan_prefix(&prefix).keys() {
+                    scan.seen.insert(k?.to_vec());
+                }
+            }
+        }
+        for (node, gpu, day) in &touched_buckets {
+            let key = keys::with_bucket(&[node, gpu], *day);
+            let id = (node.clone(), gpu.clone(), *day);
+            match Self::get_json(&self.unattributed, &key, "unattributed aggregate")? {
+                Some(a) => scan.unattributed.insert(id, a),
+                None => scan.unattributed.remove(&id),
+            };
+        }
+
+        let mut rc = scan.recomputed;
+        rc.finish();
+        let mut report = VerifyReport {
+            mismatches: scan.mismatches,
+            ..VerifyReport::default()
+        };
         let m = &mut report.mismatches;
-        compare("run", &runs, &rc.runs, |(a, b)| format!("{a}/{b}"), m);
-        compare("model", &models, &rc.models, |a| a.clone(), m);
+        compare("run", &scan.runs, &rc.runs, |(a, b)| format!("{a}/{b}"), m);
+        compare("model", &scan.models, &rc.models, |a| a.clone(), m);
         compare(
             "unattributed",
-            &unatt,
+            &scan.unattributed,
             &rc.unattributed,
             |(n, g, d)| format!("{n}/{g}/day {d}"),
             m,
@@ -1382,12 +1534,8 @@ impl LedgerStore for SledStore {
                 expected_seen.insert(Seen::ModelNode.key(&[model, n]));
             }
         }
-        let mut stored_seen = BTreeSet::new();
-        for k in self.seen.iter().keys() {
-            stored_seen.insert(k?.to_vec());
-        }
-        for k in stored_seen.symmetric_difference(&expected_seen) {
-            let side = if stored_seen.contains(k) {
+        for k in scan.seen.symmetric_difference(&expected_seen) {
+            let side = if scan.seen.contains(k) {
                 "stored but not in any record"
             } else {
                 "in records but not stored"
@@ -1397,7 +1545,7 @@ impl LedgerStore for SledStore {
                 String::from_utf8_lossy(k).replace('\0', "/")
             ));
         }
-        for (agent, seq) in &max_seq {
+        for (agent, seq) in &scan.max_seq {
             let hwm = self.high_water_mark(agent)?;
             if *seq > hwm {
                 m.push(format!(
@@ -1408,9 +1556,9 @@ impl LedgerStore for SledStore {
         report.raw_batches = rc.raw_batches;
         report.raw_records = rc.raw_records;
         report.rollups = rc.rollups;
-        report.runs = runs.len() as u64;
-        report.models = models.len() as u64;
-        report.unattributed_buckets = unatt.len() as u64;
+        report.runs = scan.runs.len() as u64;
+        report.models = scan.models.len() as u64;
+        report.unattributed_buckets = scan.unattributed.len() as u64;
         Ok(report)
     }
 

@@ -156,6 +156,40 @@ impl Recomputed {
     }
 }
 
+/// Where an online verification cut the ledger: every agent's high-water mark when it
+/// started. Raw batches at or below it were there before and never change (rollups wait
+/// while a verification runs), so they can be read off the writer while ingest goes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyCut {
+    /// Agent → high-water mark at the cut.
+    pub marks: BTreeMap<String, u64>,
+}
+
+/// What the off-writer part of a verification read, completed on the writer by
+/// `LedgerStore::verify_finish` with what was applied since the cut.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyScan {
+    /// The cut the scan started from.
+    pub cut: VerifyCut,
+    /// Recomputed from raw batches up to the cut and every rollup (not yet finished).
+    pub recomputed: Recomputed,
+    /// Highest stored sequence number per agent (raw and quarantined) up to the cut.
+    pub max_seq: BTreeMap<String, u64>,
+    /// Stored run aggregates as read (those touched since the cut are read again).
+    pub runs: BTreeMap<RunId, Aggregate>,
+    /// Stored model aggregates, likewise.
+    pub models: BTreeMap<String, Aggregate>,
+    /// Stored unattributed aggregates, likewise.
+    pub unattributed: BTreeMap<BucketId, Aggregate>,
+    /// Stored `seen` keys, likewise per touched model.
+    pub seen: BTreeSet<Vec<u8>>,
+    /// Agents with stored records but no high-water mark at the cut, and their highest
+    /// sequence number: new agents if a mark appears by step 3, damage if not.
+    pub unmarked: BTreeMap<String, u64>,
+    /// Problems found while scanning (a rollup key of no known scope).
+    pub mismatches: Vec<String>,
+}
+
 /// The outcome of `ledger verify`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {

@@ -8,7 +8,10 @@
 //!
 //! Records are deterministic functions of (agent id, sequence number, GPU): two runs that
 //! generate the same sequence numbers carry the same FLOP, so their totals can be compared
-//! exactly.
+//! exactly. Event time runs on the agent's own clock, one interval per batch from
+//! [`EVENT_HEADROOM`] ago, so that however fast batches are generated, no two records of a
+//! GPU overlap (the collector bounds overlapping records by the GPU's ceiling) and none lies
+//! in the future.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,6 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::now_unix_ms;
+
+/// How far back a simulated agent's event clock starts: room for half a million batches at
+/// 10 s before it reaches the present, inside the collector's default backfill window.
+pub const EVENT_HEADROOM: Duration = Duration::from_secs(60 * 86_400);
 
 /// What a simulated agent reports.
 #[derive(Debug, Clone)]
@@ -114,6 +121,8 @@ pub struct SimAgent {
     acked_through: u64,
     spool: VecDeque<IntervalRecord>,
     batches_generated: u64,
+    /// Event time at which the first batch starts, Unix ms.
+    event_start_ms: i64,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -140,6 +149,7 @@ impl SimAgent {
             acked_through: 0,
             spool: VecDeque::new(),
             batches_generated: 0,
+            event_start_ms: now_unix_ms() - EVENT_HEADROOM.as_millis() as i64,
         }
     }
 
@@ -218,7 +228,8 @@ impl SimAgent {
     }
 
     fn generate_batch(&mut self, stats: &SimStats) {
-        let end = now_unix_ms();
+        let interval_ms = self.spec.interval.as_millis() as i64;
+        let end = self.event_start_ms + (self.batches_generated as i64 + 1) * interval_ms;
         for gpu in 0..self.spec.gpus {
             let rec = self.record(self.next_seq, gpu, end);
             self.next_seq += 1;

@@ -16,9 +16,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-/// A valid H100 record of 10 s ending `ago_ms` before now.
+/// A valid H100 record of 10 s, the `seq`-th interval from a day ago: an agent's records for
+/// one GPU follow each other in time (overlapping ones share the GPU's ceiling).
 pub fn rec(seq: u64, model: &str, run: &str, stage: &str, central: u64) -> IntervalRecord {
-    rec_at(seq, model, run, stage, central, now_unix_ms() - 1_000)
+    static DAY_AGO: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let base = *DAY_AGO.get_or_init(|| now_unix_ms() - 86_400_000);
+    rec_at(seq, model, run, stage, central, base + seq as i64 * 10_000)
 }
 
 /// A valid H100 record of 10 s ending at `end_ms`.
@@ -66,10 +69,7 @@ pub fn incoming(agent: &str, node: &str, records: Vec<IntervalRecord>) -> Incomi
         received_unix_ms: now_unix_ms(),
         records: records
             .into_iter()
-            .map(|record| CheckedRecord {
-                record,
-                rejection: None,
-            })
+            .map(|record| CheckedRecord::new(record, None))
             .collect(),
     }
 }
@@ -90,8 +90,17 @@ pub struct Stream {
 impl Stream {
     /// Opens a stream and sends the Hello (with `token` as bearer, if any).
     pub async fn open(addr: std::net::SocketAddr, agent: &str, token: Option<&str>) -> Stream {
+        Stream::open_with(addr, hello(agent), token).await
+    }
+
+    /// Opens a stream with this Hello.
+    pub async fn open_with(
+        addr: std::net::SocketAddr,
+        hello: AgentMessage,
+        token: Option<&str>,
+    ) -> Stream {
         let (tx, rx) = mpsc::channel(16);
-        tx.send(hello(agent)).await.unwrap();
+        tx.send(hello).await.unwrap();
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(t) = token {
             req.metadata_mut()

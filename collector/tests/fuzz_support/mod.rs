@@ -164,8 +164,8 @@ pub fn mutate(seed: &[u8], muts: &[Mutation], corpus: &[(String, Vec<u8>)]) -> V
     b
 }
 
-/// The inventory every target validates against: one uncatalogued GPU with an operator
-/// peak, and declared peaks that must be ignored (NaN, infinite, negative, zero).
+/// The uncatalogued GPUs of the inventory every target validates against: one with an
+/// operator peak, and declared peaks that must be ignored (NaN, infinite, negative, zero).
 pub fn hello_gpus() -> Vec<GpuInventory> {
     [
         ("GPU-op", 400.0),
@@ -184,8 +184,20 @@ pub fn hello_gpus() -> Vec<GpuInventory> {
     .collect()
 }
 
+/// Every GPU the targets' Hello declares: [`hello_gpus`] and a catalogued H100, `GPU-1`.
+/// Records on any other GPU are `undeclared-gpu`.
+pub fn declared_gpus() -> Vec<GpuInventory> {
+    let mut g = hello_gpus();
+    g.push(GpuInventory {
+        uuid: "GPU-1".into(),
+        catalogue_id: "h100-sxm".into(),
+        ..GpuInventory::default()
+    });
+    g
+}
+
 pub fn inventory() -> Inventory {
-    Inventory::from_hello(&hello_gpus())
+    Inventory::from_hello(&declared_gpus())
 }
 
 /// The physical ceiling of the record's GPU in FLOP/s, computed from the catalogue and the
@@ -228,6 +240,12 @@ pub fn check_verdict(
         return Ok(());
     }
     let fail = |what: &str| Err(format!("accepted a record with {what}: {rec:?}"));
+    if !declared_gpus().iter().any(|g| g.uuid == rec.gpu_uuid) {
+        return fail("a GPU the Hello did not declare");
+    }
+    if rec.start_unix_ms < NOW - limits.max_backfill_ms {
+        return fail("an event time before the backfill window");
+    }
     if !(rec.flop_low <= rec.flop_central && rec.flop_central <= rec.flop_high) {
         return fail("low ≤ central ≤ high violated");
     }
