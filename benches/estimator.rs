@@ -19,6 +19,7 @@ fn estimate_one_interval(c: &mut Criterion) {
             fp32: 0.05,
             fp16: 0.01,
             fp64: 0.0,
+            pipes_unread: false,
         }),
         mean_sm_clock_mhz: Some(1755.0),
         declared_precision: None,

@@ -953,6 +953,7 @@ fn gpm_activity(g: &gpu::GpmMetrics) -> Option<estimator::GpmActivity> {
         fp32: frac(g.fp32),
         fp16: frac(g.fp16),
         fp64: frac(g.fp64),
+        pipes_unread: g.fp32.is_none() || g.fp16.is_none() || g.fp64.is_none(),
     })
 }
 

@@ -556,15 +556,22 @@ fn methodology() -> Vec<String> {
     vec![
         "Hardware approach (Commission GPAI guidelines, C = N·L·H·U), measured per GPU and \
          interval by the flopmeter agent: gpm-tensor = NVML GPM tensor-pipe activity × dense \
-         datasheet peak × SM-clock factor (Hopper and later); util-mfu = GPU utilisation × \
-         dense peak × an assumed MFU band (0.25 / 0.40 / 0.55) on earlier GPUs."
+         datasheet peak × SM-clock factor (Hopper and later), per MIG instance over its share \
+         of the GPU's SMs; mig-fallback = the whole GPU's activity split over a MIG instance, \
+         bounded by its SMs, with a wider band; util-mfu = GPU utilisation × dense peak × an \
+         assumed MFU of 0.25 (low) / 0.40 (central) on earlier GPUs."
             .into(),
-        "Band: low / central / high per interval, summed exactly as integers. Without a \
-         declared precision, central assumes BF16, high FP8 where the GPU has it, low 0.85 × \
-         central. All precisions count equally."
+        "Band: low / central / high per interval, summed exactly as integers. Central assumes \
+         BF16 unless the run declared its precision; low is 0.85 × central. The high bound \
+         never undercounts: the GPU's fastest precision (FP8 on Hopper, FP4 on Blackwell) \
+         unless declared, 3% for rounded datasheet peaks, the clock headroom above the tensor \
+         reference clock, vector pipes at full rate, utilisation × peak (MFU 1) on GPUs \
+         without GPM, and the faster model's peak where a GPU's name and PCI id disagree. \
+         All precisions count equally."
             .into(),
-        "Energy: NVML energy-counter deltas attributed per run (GPU board energy; facility \
-         overhead, CPUs and networking not included)."
+        "Energy: NVML energy-counter deltas attributed per run, or the power integral across a \
+         driver reload or a counter that stands still (GPU board energy; facility overhead, \
+         CPUs and networking not included)."
             .into(),
         "Stage policy (Commission guidelines Annex A.1) decides what counts; excluded compute \
          is listed. Training time spans the first to last event of the counted stages."

@@ -63,6 +63,11 @@ pub struct GpmActivity {
     pub fp16: f64,
     /// Non-tensor FP64 pipe activity.
     pub fp64: f64,
+    /// Some non-tensor pipe metric was not read (it counts as 0 above). The high bound then
+    /// takes the vector pipes at their full peak: a metric that did not come back is not a
+    /// pipe that did nothing, and the high bound must never undercount.
+    #[serde(default)]
+    pub pipes_unread: bool,
 }
 
 /// What was measured on one GPU over one interval.
@@ -228,7 +233,8 @@ pub fn estimate_share(
                 * sm_share;
             let central = dt * (tensor * p_central * c_t + vector * c_s);
             // Vector peaks are quoted at the max boost clock: never above them.
-            let high = dt * (tensor * p_high + vector);
+            let vector_high = if g.pipes_unread { vector_peak } else { vector };
+            let high = dt * (tensor * p_high + vector_high);
             let low = dt * (TILE_FACTOR * tensor * p_central * c_t + vector * c_s);
             (FlopBand::from_f64(low, central, high), Method::GpmTensor)
         }
@@ -347,6 +353,7 @@ pub fn mig_fallback(
             fp32: (x[1] / s).clamp(0.0, 1.0),
             fp16: (x[2] / s).clamp(0.0, 1.0),
             fp64: (x[3] / s).clamp(0.0, 1.0),
+            pipes_unread: false,
         }),
         ..*parent
     };
@@ -714,18 +721,54 @@ mod tests {
         assert_eq!(six_n_d(u128::MAX, 2), None);
     }
 
+    #[test]
+    fn unread_vector_pipes_are_at_full_peak_in_the_high_bound_only() {
+        let gpu = crate::catalogue::find("h100-sxm").unwrap();
+        let read = GpmActivity {
+            tensor: 0.5,
+            fp32: 0.0,
+            fp16: 0.0,
+            fp64: 0.0,
+            pipes_unread: false,
+        };
+        let unread = GpmActivity {
+            pipes_unread: true,
+            ..read
+        };
+        let a = estimate(gpu, &at(Activity::Gpm(read), 1.0, 1980.0, None)).unwrap();
+        let b = estimate(gpu, &at(Activity::Gpm(unread), 1.0, 1980.0, None)).unwrap();
+        assert_eq!((a.flop.low, a.flop.central), (b.flop.low, b.flop.central));
+        // Busy vector pipes whose metrics did not come back would put the truth above a
+        // high bound that counted them as idle.
+        let p = &gpu.peaks;
+        let vector =
+            (p.fp32.unwrap_or(0.0) + p.fp16_vector().unwrap_or(0.0) + p.fp64.unwrap_or(0.0)) * 1e12;
+        assert!(
+            b.flop.high as f64 >= a.flop.high as f64 + vector - 1.0,
+            "{a:?} {b:?}"
+        );
+    }
+
     // --- Properties. ---
 
     fn any_activity() -> impl Strategy<Value = Activity> {
         prop_oneof![
-            (0.0..=1.0f64, 0.0..=1.0f64, 0.0..=1.0f64, 0.0..=1.0f64).prop_map(
-                |(tensor, fp32, fp16, fp64)| Activity::Gpm(GpmActivity {
-                    tensor,
-                    fp32,
-                    fp16,
-                    fp64
-                })
-            ),
+            (
+                0.0..=1.0f64,
+                0.0..=1.0f64,
+                0.0..=1.0f64,
+                0.0..=1.0f64,
+                any::<bool>()
+            )
+                .prop_map(|(tensor, fp32, fp16, fp64, pipes_unread)| {
+                    Activity::Gpm(GpmActivity {
+                        tensor,
+                        fp32,
+                        fp16,
+                        fp64,
+                        pipes_unread,
+                    })
+                }),
             (0.0..=1.0f64).prop_map(|gpu_util| Activity::Util { gpu_util }),
         ]
     }

@@ -465,9 +465,11 @@ pub enum EstimateError {
 /// Builds the estimator's input: GPM when the GPU supports it and its tensor metric came
 /// back, else `utilization.gpu` × MFU, with the reason in the tag.
 ///
-/// GPM pipe metrics that are missing (FP32/FP16/FP64) count as zero: they are small
-/// corrections to the tensor term, and dropping the whole GPM estimate for want of one would
-/// trade a slight under-count for the much wider util × MFU band.
+/// GPM pipe metrics that are missing (FP32/FP16/FP64) count as zero in the central and low
+/// figures: they are small corrections to the tensor term, and dropping the whole GPM
+/// estimate for want of one would trade them for the much wider util × MFU band. The high
+/// bound then takes the vector pipes at their full peak (`pipes_unread`), so it never
+/// undercounts.
 pub fn to_interval(
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
@@ -483,6 +485,7 @@ pub fn to_interval(
                     fp32: frac(g.fp32),
                     fp16: frac(g.fp16),
                     fp64: frac(g.fp64),
+                    pipes_unread: g.fp32.is_none() || g.fp16.is_none() || g.fp64.is_none(),
                 }),
                 MethodTag {
                     method: Method::GpmTensor,

@@ -289,6 +289,10 @@ pub struct Inventory {
     /// Declared peaks beyond [`max_operator_peak_tflops`], kept to say why records on
     /// those GPUs are quarantined.
     implausible_peaks: HashMap<String, f64>,
+    /// GPUs whose NVML name names another catalogue model than their PCI id
+    /// (`name_catalogue_id`): their records' high bound covers the faster of the two, so the
+    /// ceiling does too.
+    name_models: HashMap<String, String>,
 }
 
 impl Inventory {
@@ -298,6 +302,10 @@ impl Inventory {
         let mut inv = Inventory::default();
         for g in gpus {
             inv.declared.insert(g.uuid.clone());
+            if !g.name_catalogue_id.is_empty() {
+                inv.name_models
+                    .insert(g.uuid.clone(), g.name_catalogue_id.clone());
+            }
             let p = g.operator_peak_tflops;
             if p.is_finite() && p > 0.0 && p <= max {
                 inv.operator_peaks.insert(g.uuid.clone(), p);
@@ -314,12 +322,18 @@ impl Inventory {
     }
 
     /// The ceiling in FLOP/s of the GPU a record ran on: the catalogue's for a catalogued
-    /// type, else the operator-supplied peak the Hello declared for that GPU.
+    /// type (the larger of the two when the GPU's name and PCI id name different models),
+    /// else the operator-supplied peak the Hello declared for that GPU.
     pub fn ceiling_flop_per_s(&self, rec: &IntervalRecord) -> Option<f64> {
         if !rec.gpu_type.is_empty()
             && let Some(m) = catalogue::find(&rec.gpu_type)
         {
-            return Some(m.ceiling_flop_per_s());
+            let by_name = self
+                .name_models
+                .get(&rec.gpu_uuid)
+                .and_then(|id| catalogue::find(id))
+                .map_or(0.0, |n| n.ceiling_flop_per_s());
+            return Some(m.ceiling_flop_per_s().max(by_name));
         }
         self.operator_peaks
             .get(&rec.gpu_uuid)
@@ -595,6 +609,29 @@ mod tests {
             mean_tensor_util: 0.4,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_gpu_whose_name_names_a_faster_model_is_bounded_by_the_faster_ceiling() {
+        // A GB200 name on the H100 SXM's PCI id: the agent's high bound covers the GB200's
+        // peak, so the ceiling must too, or honest records would be quarantined.
+        let h100 = catalogue::find("h100-sxm").unwrap().ceiling_flop_per_s();
+        let gb200 = catalogue::find("gb200").unwrap().ceiling_flop_per_s();
+        assert!(gb200 > 1.5 * h100);
+        let mut r = good();
+        r.flop_high = (h100 * 10.0 * 1.2) as u64;
+        r.flop_central = r.flop_low;
+        assert_eq!(
+            check_record(&r, &inv(), &Limits::default(), NOW).map(|x| x.0),
+            Some(RejectReason::FlopAbovePeak)
+        );
+        let named = Inventory::from_hello(&[GpuInventory {
+            uuid: "GPU-1".into(),
+            catalogue_id: "h100-sxm".into(),
+            name_catalogue_id: "gb200".into(),
+            ..Default::default()
+        }]);
+        assert_eq!(check_record(&r, &named, &Limits::default(), NOW), None);
     }
 
     /// The Hello of the agent every test record comes from: one H100, `GPU-1`.
