@@ -867,7 +867,14 @@ impl Sampler {
         };
         while !records.is_empty() {
             let n = records.len().min(chunk);
-            self.append(&mut records[..n], now_ms, over_cap)?;
+            match self.append(&mut records[..n], now_ms, over_cap) {
+                Ok(_) => {}
+                // Stored under their numbers and sent from the spool, only not durable (the
+                // spool logs it and `flopmeter_agent_spool_durable` shows it): appending them
+                // again would count them twice, and holding them would only delay them.
+                Err(SpoolError::NotDurable { .. }) => {}
+                Err(e) => return Err(e),
+            }
             records.drain(..n);
         }
         Ok(())
