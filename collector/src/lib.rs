@@ -139,10 +139,10 @@ impl Collector {
         let sled_store =
             tokio::task::spawn_blocking(move || SledStore::open_with_cache(&data_dir, cache_bytes))
                 .await
-                .map_err(|e| StoreError::Storage(e.to_string()))??;
+                .map_err(|e| StoreError::Storage(Box::new(e)))??;
         // The compliance engine keeps its trees in the same database (one flush covers both).
         let compliance_store = Arc::new(
-            compliance::ComplianceStore::open(sled_store.db())
+            compliance::ComplianceStore::open(&sled_store)
                 .map_err(|e| ServeError::Compliance(e.to_string()))?,
         );
         let store: Arc<dyn LedgerStore> = Arc::new(sled_store);

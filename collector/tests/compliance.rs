@@ -372,7 +372,7 @@ async fn audit_verify_detects_modified_deleted_and_reordered_entries() {
     c.shutdown().await.unwrap();
 
     let ledger = SledStore::open(dir.path()).unwrap();
-    let store = ComplianceStore::open(ledger.db()).unwrap();
+    let store = ComplianceStore::open(&ledger).unwrap();
     let n = store
         .verify_audit()
         .unwrap()
@@ -519,7 +519,7 @@ async fn the_demo_tells_its_story_in_short_mode() {
     o.collector.shutdown().await.unwrap();
     // Offline verification of the stopped collector's chain.
     let ledger = SledStore::open(&o.data_dir).unwrap();
-    let store = ComplianceStore::open(ledger.db()).unwrap();
+    let store = ComplianceStore::open(&ledger).unwrap();
     assert_eq!(store.verify_audit().unwrap().unwrap(), o.audit_entries);
 }
 
@@ -692,7 +692,7 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
     // Offline: entry 2 is edited.
     let n = {
         let ledger = SledStore::open(dir.path()).unwrap();
-        let store = ComplianceStore::open(ledger.db()).unwrap();
+        let store = ComplianceStore::open(&ledger).unwrap();
         let n = store
             .verify_audit()
             .unwrap()
@@ -1268,7 +1268,7 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
             (t + 30_000, Some(5 * e(24))),
         ]
     );
-    let store = ComplianceStore::open(s.db()).unwrap();
+    let store = ComplianceStore::open(&s).unwrap();
     let declared: Vec<String> = store
         .audit_entries()
         .unwrap()

@@ -244,7 +244,7 @@ impl Working {
                 AggTree::Model => model_agg,
                 AggTree::Unattributed => unatt,
             };
-            tree.insert(key.as_slice(), abort(to_json(a))?)?;
+            tree.insert(key.as_slice(), abort(to_json(a, "aggregate"))?)?;
         }
         for (agent, h) in &self.hwms {
             hwm_t.insert(agent.as_bytes(), &h.to_be_bytes())?;
@@ -485,7 +485,7 @@ fn apply_in_tx(
             None => false,
         };
         if !unchanged {
-            run_meta.insert(key, abort(to_json(decl))?)?;
+            run_meta.insert(key, abort(to_json(decl, "declaration"))?)?;
         }
     }
     let mut facts = Vec::new();
@@ -517,10 +517,10 @@ fn apply_in_tx(
             }
         }
         if changed {
-            plans_t.insert(key, abort(to_json(&history))?)?;
+            plans_t.insert(key, abort(to_json(&history, "plan history"))?)?;
         }
     }
-    chain::append(audit_log, audit_head, &facts, StoreError::Corrupt)?;
+    chain::append(audit_log, audit_head, &facts)?;
     let first_seq = seqs[start];
     let last_seq = seqs[end - 1];
     if !good.is_empty() {
@@ -605,7 +605,7 @@ fn plan_fact(model: &str, run: &str, v: &PlanVersion, received: i64) -> TxResult
                 run,
                 version: v,
             })
-            .map_err(|e| StoreError::Corrupt(format!("plan audit payload: {e}"))),
+            .map_err(StoreError::AuditPayload),
         )?,
     })
 }

@@ -8,7 +8,7 @@ use super::SledStore;
 use crate::ledger::aggregate::Aggregate;
 use crate::ledger::codec::{AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection};
 use crate::ledger::plans::PlanHistory;
-use crate::ledger::{ModelEntry, StoreError};
+use crate::ledger::{LedgerDamage, ModelEntry, StoreError};
 
 /// How much [`SledStore::damage`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,16 +23,9 @@ pub enum DamageScan {
 /// Runs sled work that may panic on damaged files (sled 0.34 asserts on some corrupt pages)
 /// and turns a panic into [`StoreError::Damaged`].
 pub(super) fn guarded<T>(dir: &Path, f: impl FnOnce() -> T) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        StoreError::Damaged {
-            dir: dir.to_path_buf(),
-            detail: format!("the storage engine failed reading it ({what})"),
-        }
+    flopmeter_durable::catch_panic(f).map_err(|p| StoreError::Damaged {
+        dir: dir.to_path_buf(),
+        cause: LedgerDamage::Engine(Box::new(flopmeter_durable::Damage::Panicked(p))),
     })
 }
 

@@ -1,11 +1,15 @@
-//! The ledger's truncation guard.
+//! The ledger's truncation guard and its flushes.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flopmeter_durable::{Flusher, GuardFile};
 
 use super::damage::guarded;
 use super::{SledStore, decode_u64};
-use crate::ledger::StoreError;
+use crate::ledger::{LedgerDamage, StoreError};
 
 /// The truncation guard's file in the data directory. sled opens a truncated or partly
 /// overwritten log as whatever prefix it can read, silently: a ledger that lost its recent
@@ -14,16 +18,17 @@ use crate::ledger::StoreError;
 pub const GUARD_FILE: &str = "flopmeter-ledger-guard";
 
 /// How often, at most, a flush rewrites the guard.
-const GUARD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const GUARD_EVERY: Duration = Duration::from_secs(10);
 
-/// The guard's file and what it is computed from.
+/// Every flush of the ledger, and the guard it moves.
 #[derive(Debug)]
 pub(super) struct GuardState {
-    pub(super) path: std::path::PathBuf,
+    pub(super) file: GuardFile,
     /// Set once the ledger passed its checks at open; until then nothing is written.
-    pub(super) armed: std::sync::atomic::AtomicBool,
-    pub(super) written: Mutex<Option<std::time::Instant>>,
-    pub(super) db: sled::Db,
+    pub(super) armed: AtomicBool,
+    pub(super) written: Mutex<Option<Instant>>,
+    /// The durability rule: after a failed flush, none is trusted until restart.
+    pub(super) flusher: Arc<Flusher>,
     pub(super) hwm: sled::Tree,
 }
 
@@ -41,27 +46,27 @@ impl GuardState {
     /// Flushes sled and moves the guard, at most every [`GUARD_EVERY`] unless `force`. The
     /// high-water marks are read *before* the flush, so everything the guard counts is
     /// durable when it is written, whichever thread flushes and whatever is applied
-    /// meanwhile: the guard is never ahead of the disk. A guard failure only weakens the
-    /// check: logged.
-    pub(super) fn flush(&self, force: bool) -> Result<(), sled::Error> {
-        let due = self.armed.load(std::sync::atomic::Ordering::SeqCst) && {
+    /// meanwhile; and it is written only after a flush the durability rule trusts: the
+    /// guard is never ahead of the disk. A guard failure only weakens the check: logged.
+    pub(super) fn flush(&self, force: bool) -> Result<(), StoreError> {
+        let due = self.armed.load(Ordering::SeqCst) && {
             let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
             let due = force || written.is_none_or(|t| t.elapsed() >= GUARD_EVERY);
             if due {
-                *written = Some(std::time::Instant::now());
+                *written = Some(Instant::now());
             }
             due
         };
         let snapshot = due.then(|| self.now());
-        self.db.flush()?;
-        let r = match snapshot {
-            None => return Ok(()),
-            Some(g) => g
-                .map_err(|e| e.to_string())
-                .and_then(|g| g.write(&self.path).map_err(|e| e.to_string())),
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, path = %self.path.display(), "cannot update the ledger's truncation guard");
+        self.flusher
+            .flush()
+            .map_err(|e| StoreError::Storage(Box::new(e)))?;
+        match snapshot {
+            Some(Ok(g)) => self.file.record(g),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot compute the ledger's truncation guard")
+            }
+            None => {}
         }
         Ok(())
     }
@@ -74,30 +79,28 @@ impl Drop for GuardState {
     }
 }
 
+/// What the guard file holds: `<agents> <sum of high-water marks>`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Guard {
     agents: u64,
     high_water_sum: u128,
 }
 
-impl Guard {
-    fn read(path: &Path) -> Option<Guard> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let (a, s) = text.trim().split_once(' ')?;
-        Some(Guard {
-            agents: a.parse().ok()?,
-            high_water_sum: s.parse().ok()?,
-        })
+impl std::fmt::Display for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.agents, self.high_water_sum)
     }
+}
 
-    /// Temporary file, fsync, rename: a torn write leaves the old value.
-    fn write(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write as _;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{} {}", self.agents, self.high_water_sum)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+impl std::str::FromStr for Guard {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Guard, ()> {
+        let (a, s) = s.split_once(' ').ok_or(())?;
+        Ok(Guard {
+            agents: a.parse().map_err(drop)?,
+            high_water_sum: s.parse().map_err(drop)?,
+        })
     }
 }
 
@@ -105,24 +108,19 @@ impl SledStore {
     /// Refuses a ledger behind its truncation guard ([`GUARD_FILE`]) with
     /// [`StoreError::Damaged`].
     pub fn check_guard(&self, dir: &Path) -> Result<(), StoreError> {
-        let guard = &self.guard.path;
-        if let Some(had) = Guard::read(guard) {
+        let file = &self.guard.file;
+        if let Some(had) = file.read::<Guard>() {
             let now = guarded(dir, || self.guard.now())??;
             if now.high_water_sum < had.high_water_sum || now.agents < had.agents {
                 return Err(StoreError::Damaged {
                     dir: dir.to_path_buf(),
-                    detail: format!(
-                        "its high-water marks sum to {} over {} agent(s), but had reached {} \
-                         over {} ({GUARD_FILE}): its files were truncated or replaced by an \
-                         older copy, so records acknowledged to agents are missing (if you \
-                         restored sled's files from a backup on purpose, delete {} to accept \
-                         them)",
-                        now.high_water_sum,
-                        now.agents,
-                        had.high_water_sum,
-                        had.agents,
-                        guard.display()
-                    ),
+                    cause: LedgerDamage::BehindGuard {
+                        sum: now.high_water_sum,
+                        agents: now.agents,
+                        had_sum: had.high_water_sum,
+                        had_agents: had.agents,
+                        guard: file.path().to_path_buf(),
+                    },
                 });
             }
         }

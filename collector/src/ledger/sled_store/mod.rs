@@ -56,6 +56,8 @@ use flopmeter_core::stage::StagePolicy;
 use flopmeter_proto::v1::IntervalRecord;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::compliance::chain::ChainError;
+use crate::ledger::Malformed;
 use crate::ledger::aggregate::Aggregate;
 use crate::ledger::codec::{
     AgentInfo, StoredBatch, StoredRejection, from_json, from_proto, to_json,
@@ -106,10 +108,39 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
+impl From<ChainError> for StoreError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Head(source) => StoreError::Corrupt {
+                what: "audit head",
+                source: source.into(),
+            },
+            ChainError::Encode(source) => StoreError::Encode {
+                what: "audit entry",
+                source,
+            },
+        }
+    }
+}
+
+/// A stored value or key whose bytes have the wrong shape.
+fn malformed(what: &'static str, shape: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        source: Malformed::Shape(shape),
+    }
+}
+
 fn decode_u64(v: &[u8]) -> Result<u64, StoreError> {
     v.try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("high-water mark is not 8 bytes".into()))
+        .map_err(|_| malformed("high-water mark", "not 8 bytes"))
 }
 
 impl SledStore {
@@ -119,10 +150,15 @@ impl SledStore {
         &self.db
     }
 
+    /// The database's flusher, shared with the compliance store in the same database.
+    pub(crate) fn flusher(&self) -> Arc<flopmeter_durable::Flusher> {
+        self.guard.flusher.clone()
+    }
+
     fn get_json<T: serde::de::DeserializeOwned>(
         tree: &sled::Tree,
         key: &[u8],
-        what: &str,
+        what: &'static str,
     ) -> Result<Option<T>, StoreError> {
         tree.get(key)?.map(|v| from_json(&v, what)).transpose()
     }
@@ -178,7 +214,7 @@ impl LedgerStore for SledStore {
 
     fn record_agent(&self, info: &AgentInfo) -> Result<(), StoreError> {
         self.agents
-            .insert(info.agent_id.as_bytes(), to_json(info)?)?;
+            .insert(info.agent_id.as_bytes(), to_json(info, "agent")?)?;
         Ok(())
     }
 
@@ -246,7 +282,7 @@ impl LedgerStore for SledStore {
         for kv in self.unattributed.iter() {
             let (k, v) = kv?;
             let Some((parts, day)) = keys::split_bucket(&k, 2) else {
-                return Err(StoreError::Corrupt("unattributed key".into()));
+                return Err(malformed("unattributed key", "not node/gpu-type/day"));
             };
             if day < first_day || day > last_day {
                 continue;
@@ -286,7 +322,7 @@ impl LedgerStore for SledStore {
         for kv in iter.take(limit) {
             let (k, v) = kv?;
             let (agent_id, seq) = keys::split_agent_seq(&k)
-                .ok_or_else(|| StoreError::Corrupt("rejected key".into()))?;
+                .ok_or_else(|| malformed("rejected key", "not agent/sequence"))?;
             let r: StoredRejection = from_proto(&v, "rejected record")?;
             out.push(RejectedEntry {
                 agent_id,
@@ -317,7 +353,8 @@ impl LedgerStore for SledStore {
     }
 
     fn set_stage_policy(&self, policy: &StagePolicy) -> Result<(), StoreError> {
-        self.meta.insert("stage_policy", to_json(policy)?)?;
+        self.meta
+            .insert("stage_policy", to_json(policy, "stage policy")?)?;
         Ok(())
     }
 

@@ -1,14 +1,18 @@
 //! Opening the ledger: sled's files, the checks a start relies on, the format version.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flopmeter_durable::{Flusher, GuardFile, OpenError};
 
 use super::SledStore;
 use super::damage::{DamageScan, guarded};
 use super::guard::{GUARD_FILE, GuardState};
 use crate::compliance::chain::{self};
-use crate::ledger::StoreError;
 use crate::ledger::codec::{from_json, to_json};
+use crate::ledger::{LedgerDamage, StoreError};
 
 /// Page cache of offline tools and tests: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
@@ -31,26 +35,22 @@ impl SledStore {
         let damage = guarded(dir, || store.damage(DamageScan::Startup))?.map_err(|e| {
             StoreError::Damaged {
                 dir: dir.to_path_buf(),
-                detail: e.to_string(),
+                cause: LedgerDamage::Unreadable(Box::new(e)),
             }
         })?;
         if let Some(first) = damage.first() {
             return Err(StoreError::Damaged {
                 dir: dir.to_path_buf(),
-                detail: if damage.len() == 1 {
-                    first.clone()
-                } else {
-                    format!("{first} (and {} more)", damage.len() - 1)
+                cause: LedgerDamage::Values {
+                    first: first.clone(),
+                    more: damage.len() - 1,
                 },
             });
         }
         store.check_guard(dir)?;
         // Only a ledger that passed its checks moves the guard (a refused one must stay
         // refused on the next attempt).
-        store
-            .guard
-            .armed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store.guard.armed.store(true, Ordering::SeqCst);
         store.guard.flush(true)?;
         Ok(store)
     }
@@ -59,42 +59,22 @@ impl SledStore {
     /// `ledger verify`, which reports every damaged value itself ([`SledStore::damage`]).
     pub fn open_unchecked(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let config = sled::Config::new()
-            .path(dir)
             .cache_capacity(cache_bytes)
             // The ledger writer flushes after every commit group; a background flusher
             // would only add fsyncs that make nothing more durable.
             .flush_every_ms(None);
-        let db = match guarded(dir, || config.open())? {
-            Ok(db) => db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
-                return Err(StoreError::Storage(format!(
-                    "cannot open ledger in {}: {e} (a running collector holds it: stop it, or \
-                     ask it with --collector instead of --data-dir)",
-                    dir.display()
-                )));
-            }
-            Err(sled::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::NotADirectory
-                        | std::io::ErrorKind::AlreadyExists
-                        | std::io::ErrorKind::ReadOnlyFilesystem
-                ) =>
-            {
-                return Err(StoreError::Storage(format!(
-                    "cannot open ledger in {}: {e} (it must be a directory the collector can \
-                     read and write: check --data-dir, ownership and permissions)",
-                    dir.display()
-                )));
-            }
-            Err(e) => {
-                return Err(StoreError::Damaged {
-                    dir: dir.to_path_buf(),
-                    detail: format!("the storage engine cannot open it ({e})"),
-                });
-            }
-        };
+        // A collector holding the ledger does not let go: no waiting for its lock.
+        let db = flopmeter_durable::open(dir, config, Duration::ZERO).map_err(|e| match e {
+            OpenError::Locked { dir, source } => StoreError::Locked {
+                dir,
+                source: Box::new(source),
+            },
+            OpenError::Unusable { dir, source } => StoreError::Unusable { dir, source },
+            OpenError::Damaged { dir, cause } => StoreError::Damaged {
+                dir,
+                cause: LedgerDamage::Engine(Box::new(cause)),
+            },
+        })?;
         let t = |name: &str| db.open_tree(name);
         let store = SledStore {
             raw: t("raw")?,
@@ -115,33 +95,81 @@ impl SledStore {
             audit_head: t(chain::HEAD_TREE)?,
             cache: Arc::default(),
             guard: Arc::new(GuardState {
-                path: dir.join(GUARD_FILE),
-                armed: std::sync::atomic::AtomicBool::new(false),
+                file: GuardFile::new(dir, GUARD_FILE, "ledger"),
+                armed: AtomicBool::new(false),
                 written: Mutex::new(None),
-                db: db.clone(),
+                flusher: Arc::new(Flusher::new(db.clone())),
                 hwm: db.open_tree("hwm")?,
             }),
             db,
         };
         match store.meta.get("format_version")? {
             None => {
-                store
-                    .meta
-                    .insert("format_version", to_json(&FORMAT_VERSION)?)?;
+                store.meta.insert(
+                    "format_version",
+                    to_json(&FORMAT_VERSION, "format version")?,
+                )?;
             }
             Some(v) => {
                 let found: u64 =
-                    from_json(&v, "format_version").map_err(|e| StoreError::Damaged {
+                    from_json(&v, "format version").map_err(|e| StoreError::Damaged {
                         dir: dir.to_path_buf(),
-                        detail: e.to_string(),
+                        cause: LedgerDamage::Unreadable(Box::new(e)),
                     })?;
                 if found != FORMAT_VERSION {
-                    return Err(StoreError::Storage(format!(
-                        "ledger format {found} is not the supported {FORMAT_VERSION}"
-                    )));
+                    return Err(StoreError::FormatVersion {
+                        dir: dir.to_path_buf(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
                 }
             }
         }
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_of_another_layout_version_is_refused_untouched_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.meta.insert("format_version", b"2".as_slice()).unwrap();
+            s.db.flush().unwrap();
+        }
+        let e = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::FormatVersion {
+                    found: 2,
+                    supported: FORMAT_VERSION,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("written by a newer flopmeter"), "{msg}");
+        assert!(
+            msg.contains("Run the collector version that wrote it"),
+            "{msg}"
+        );
+        drop(e);
+        let s = SledStore::open_unchecked(dir.path(), DEFAULT_CACHE_BYTES).unwrap_err();
+        assert!(matches!(s, StoreError::FormatVersion { .. }), "{s:?}");
+        // (sled's threads of the refused handle may hold its lock a moment longer.)
+        let db = flopmeter_durable::open(dir.path(), sled::Config::new(), Duration::from_secs(5))
+            .unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(
+            meta.get("format_version").unwrap().as_deref(),
+            Some(b"2".as_slice()),
+            "the refusal changed nothing"
+        );
     }
 }

@@ -18,7 +18,7 @@ pub(super) fn set_model_entry(store: &SledStore, entry: &ModelEntry) -> Result<(
         ));
     }
     let actor = entry.updated_by.clone().unwrap_or_else(|| "admin".into());
-    let value = to_json(entry)?;
+    let value = to_json(entry, "model entry")?;
     let plan_key = PlanScope::Registry.key(&entry.model);
     let version = PlanVersion {
         planned_flop: entry.planned_flop,
@@ -47,7 +47,10 @@ pub(super) fn set_model_entry(store: &SledStore, entry: &ModelEntry) -> Result<(
             };
             let plan = match history.record(version.clone()) {
                 Recorded::Added => {
-                    plans.insert(plan_key.as_slice(), abort(to_json(&history))?)?;
+                    plans.insert(
+                        plan_key.as_slice(),
+                        abort(to_json(&history, "plan history"))?,
+                    )?;
                     Some(&version)
                 }
                 Recorded::Unchanged | Recorded::Full => None,
@@ -68,7 +71,7 @@ pub(super) fn set_model_entry(store: &SledStore, entry: &ModelEntry) -> Result<(
                     before: before.as_ref(),
                     plan,
                 })
-                .map_err(|e| StoreError::Corrupt(format!("registry audit payload: {e}"))),
+                .map_err(StoreError::AuditPayload),
             )?;
             chain::append(
                 log,
@@ -79,7 +82,6 @@ pub(super) fn set_model_entry(store: &SledStore, entry: &ModelEntry) -> Result<(
                     kind: AuditKind::RegistryChange,
                     payload,
                 }],
-                StoreError::Corrupt,
             )?;
             Ok(())
         })

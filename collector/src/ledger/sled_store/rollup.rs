@@ -77,7 +77,7 @@ pub(super) fn roll_up(
 }
 
 /// Reads, changes and writes back one JSON value inside a transaction.
-fn update_json<T, F>(tree: &TransactionalTree, key: &[u8], what: &str, f: F) -> TxResult<()>
+fn update_json<T, F>(tree: &TransactionalTree, key: &[u8], what: &'static str, f: F) -> TxResult<()>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Default,
     F: FnOnce(&mut T),
@@ -87,6 +87,6 @@ where
         None => T::default(),
     };
     f(&mut v);
-    tree.insert(key, abort(to_json(&v))?)?;
+    tree.insert(key, abort(to_json(&v, what))?)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::SledStore;
+use super::{SledStore, malformed};
 use crate::ledger::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto};
 use crate::ledger::keys::{self, DAY_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED, Seen};
@@ -20,7 +20,7 @@ pub(super) fn verify_scan(store: &SledStore, cut: VerifyCut) -> Result<VerifySca
     let below_cut =
         |scan: &mut VerifyScan, k: &[u8]| -> Result<Option<(String, u64)>, StoreError> {
             let (agent, seq) = keys::split_agent_seq(k)
-                .ok_or_else(|| StoreError::Corrupt("raw batch or rejection key".into()))?;
+                .ok_or_else(|| malformed("raw batch or rejection key", "not agent/sequence"))?;
             match scan.cut.marks.get(&agent) {
                 Some(&at_cut) => Ok((seq <= at_cut).then_some((agent, seq))),
                 None => {
@@ -78,7 +78,7 @@ pub(super) fn verify_scan(store: &SledStore, cut: VerifyCut) -> Result<VerifySca
     for kv in store.unattributed.iter() {
         let (k, v) = kv?;
         let (p, day) = keys::split_bucket(&k, 2)
-            .ok_or_else(|| StoreError::Corrupt("unattributed key".into()))?;
+            .ok_or_else(|| malformed("unattributed key", "not node/gpu-type/day"))?;
         scan.unattributed.insert(
             (p[0].clone(), p[1].clone(), day),
             from_json::<Aggregate>(&v, "unattributed aggregate")?,
