@@ -14,24 +14,22 @@
 //! - [`ledger`]: the [`ledger::LedgerStore`] trait, its sled implementation, aggregates,
 //!   rollups and `verify`;
 //! - [`admin`], [`http`], [`metrics`], [`report`]: the read and admin sides;
-//! - [`console`]: the server-rendered web console under `/ui/`;
-//! - [`loadgen`]: a protocol-faithful simulated agent fleet for benchmarks and tests.
+//! - [`console`]: the server-rendered web console under `/ui/`.
 //!
 //! [`Collector::start`] wires it all; the `flopmeter collector` subcommand adds signals and
-//! logging.
+//! logging. The demo and the load generator drive a collector from outside, as tools: they
+//! live in `flopmeter-sim`, not here.
 
 pub mod admin;
 pub mod compliance;
 pub mod config;
 pub mod conn;
 pub mod console;
-pub mod demo;
 pub mod durable_marks;
 pub mod failpoint;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
-pub mod loadgen;
 pub mod metrics;
 pub mod newruns;
 pub mod occupancy;

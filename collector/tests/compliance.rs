@@ -453,15 +453,13 @@ async fn audit_verify_detects_modified_deleted_and_reordered_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_tells_its_story_in_short_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = flopmeter_collector::demo::DemoOptions {
+    let opts = flopmeter_sim::demo::DemoOptions {
         fast: true,
         data_dir: Some(dir.path().join("ledger")),
         ..Default::default()
     };
     let mut out = Vec::new();
-    let o = flopmeter_collector::demo::run(opts, &mut out)
-        .await
-        .unwrap();
+    let o = flopmeter_sim::demo::run(opts, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     let k = |m: &str, t: &str| (m.to_string(), t.to_string());
     assert_eq!(
@@ -637,7 +635,7 @@ async fn admin_writes_are_audited_under_the_credentials_actor() {
 /// GET on the collector's HTTP port from a blocking thread.
 fn api(c: &Collector, path: &str) -> serde_json::Value {
     let url = format!("http://{}{path}", c.http_addr());
-    let body = std::thread::spawn(move || flopmeter_collector::loadgen::http_get(&url))
+    let body = std::thread::spawn(move || flopmeter_sim::loadgen::http_get(&url))
         .join()
         .unwrap()
         .unwrap();

@@ -29,7 +29,7 @@ use tokio::time::{Instant, Interval};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::now_unix_ms;
+use flopmeter_collector::now_unix_ms;
 
 /// How far back a simulated agent's event clock starts: room for half a million batches at
 /// 10 s before it reaches the present, inside the collector's default backfill window.

@@ -47,16 +47,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::compliance::{EngineClock, SinkConfig, outbox};
-use crate::config::CollectorConfig;
-use crate::{Collector, report};
+use flopmeter_collector::compliance::{EngineClock, SinkConfig, outbox};
+use flopmeter_collector::config::CollectorConfig;
+use flopmeter_collector::{Collector, report};
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The collector failed.
     #[error(transparent)]
-    Serve(#[from] crate::ServeError),
+    Serve(#[from] flopmeter_collector::ServeError),
     /// A gRPC call failed.
     #[error("gRPC: {0}")]
     Grpc(String),
@@ -65,7 +65,7 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
     /// The engine failed.
     #[error(transparent)]
-    Engine(#[from] crate::compliance::EngineError),
+    Engine(#[from] flopmeter_collector::compliance::EngineError),
     /// Something the story expects did not happen.
     #[error("demo: {0}")]
     Story(String),
@@ -339,7 +339,7 @@ pub async fn run(
 ) -> Result<DemoOutcome, DemoError> {
     let wall0 = Instant::now();
     let s = if opts.fast { 1e-3 } else { 1.0 };
-    let t0 = crate::now_unix_ms();
+    let t0 = flopmeter_collector::now_unix_ms();
     let vnow = Arc::new(AtomicI64::new(t0));
     let (data_dir, temporary) = match &opts.data_dir {
         Some(d) => (d.clone(), false),
@@ -577,7 +577,11 @@ pub async fn run(
         }
         // Day 0 is evaluated just after the registrations (stamped by the collector's clock).
         vnow.store(
-            if day == 0 { crate::now_unix_ms() } else { from },
+            if day == 0 {
+                flopmeter_collector::now_unix_ms()
+            } else {
+                from
+            },
             Ordering::SeqCst,
         );
         compliance.evaluate_now().await?;
