@@ -2,19 +2,19 @@
 //!
 //! Agents stream interval records over gRPC ([`ingest`]); the collector validates them,
 //! applies each agent's records exactly once and in order to a durable ledger ([`ledger`])
-//! through a single group-committing writer ([`writer`]), and acknowledges only what is on
-//! disk. It serves Prometheus metrics and a JSON API over HTTP ([`http`]), the compliance
-//! console for browsers ([`console`]), an admin gRPC API for the CLI ([`admin`]), and the
+//! through a single group-committing writer (`writer`), and acknowledges only what is on
+//! disk. It serves Prometheus metrics and a JSON API over HTTP (`http`), the compliance
+//! console for browsers (`console`), an admin gRPC API for the CLI ([`admin`]), and the
 //! Annex XI figures per model ([`report`]).
 //!
 //! Module map:
 //! - [`config`]: `flopmeter collector` flags and the resolved configuration;
 //! - [`ingest`]: the agent stream, validation at the door ([`ingest::validate`]), tokens;
-//! - [`writer`]: the one thread that mutates the ledger (group commit, ack after flush);
+//! - `writer`: the one thread that mutates the ledger (group commit, ack after flush);
 //! - [`ledger`]: the [`ledger::LedgerStore`] trait, its sled implementation, aggregates,
 //!   rollups and `verify`;
-//! - [`admin`], [`http`], [`metrics`], [`report`]: the read and admin sides;
-//! - [`console`]: the server-rendered web console under `/ui/`.
+//! - [`admin`], `http`, [`metrics`], [`report`]: the read and admin sides;
+//! - `console`: the server-rendered web console under `/ui/`.
 //!
 //! [`Collector::start`] wires it all; the `flopmeter collector` subcommand adds signals and
 //! logging. The demo and the load generator drive a collector from outside, as tools: they
@@ -23,19 +23,19 @@
 pub mod admin;
 pub mod compliance;
 pub mod config;
-pub mod conn;
-pub mod console;
-pub mod durable_marks;
+pub(crate) mod conn;
+pub(crate) mod console;
+pub(crate) mod durable_marks;
 pub mod failpoint;
-pub mod http;
+pub(crate) mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
-pub mod newruns;
-pub mod occupancy;
+pub(crate) mod newruns;
+pub(crate) mod occupancy;
 pub mod report;
-pub mod tls;
-pub mod writer;
+pub(crate) mod tls;
+pub(crate) mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

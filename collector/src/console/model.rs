@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use flopmeter_core::alert::AlertStatus;
 use flopmeter_core::audit::{AuditEntry, AuditKind, ChainHead, Json};
 use flopmeter_core::clock::{Assessment, ClockState};
 use flopmeter_core::threshold::{Level, Threshold};
@@ -889,14 +888,6 @@ pub fn audit_page(
             })
             .collect(),
     }
-}
-
-/// Whether a status string is one a person can still act on.
-pub fn actionable(status: &str) -> bool {
-    !matches!(
-        status,
-        s if s == AlertStatus::Acknowledged.as_str() || s == AlertStatus::Dismissed.as_str()
-    )
 }
 
 #[cfg(test)]

@@ -25,14 +25,14 @@
 //! Durability contract: nothing a mutating method wrote is durable until [`LedgerStore::flush`]
 //! returns; the collector acknowledges only after it.
 
-pub mod aggregate;
-pub mod codec;
+pub(crate) mod aggregate;
+pub(crate) mod codec;
 pub mod keys;
 pub mod plans;
-pub mod registry;
+pub(crate) mod registry;
 pub mod sequence;
 pub mod sled_store;
-pub mod summary;
+pub(crate) mod summary;
 pub mod verify;
 
 use flopmeter_core::stage::StagePolicy;

@@ -5,16 +5,16 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `raw` | agent \0 first-seq | [`StoredBatch`] (protobuf) |
+//! | `raw` | agent \0 first-seq | `StoredBatch` (protobuf) |
 //! | `raw_index` | last-event-ms ‖ raw key | empty: finds batches past retention |
 //! | `hwm` | agent | u64 BE high-water mark |
 //! | `run_agg` | model \0 run | [`Aggregate`] (JSON) |
 //! | `model_agg` | model | [`Aggregate`] |
 //! | `unattributed` | node \0 gpu-type \0 day | [`Aggregate`] |
 //! | `seen` | tag ‖ model \0 [run \0] agent-or-node | empty |
-//! | `run_meta` | model \0 run | [`Declaration`] (JSON) |
-//! | `rejected` | agent \0 seq | [`StoredRejection`] (protobuf) |
-//! | `rollups` | scope \0 ... \0 hour | [`Rollup`] (JSON) |
+//! | `run_meta` | model \0 run | `Declaration` (JSON) |
+//! | `rejected` | agent \0 seq | `StoredRejection` (protobuf) |
+//! | `rollups` | scope \0 ... \0 hour | `Rollup` (JSON) |
 //! | `models` | model | [`ModelEntry`] (JSON) |
 //! | `plans` | model \0 registry, or model \0 run \0 run-id | [`PlanHistory`] (JSON) |
 //! | `agents` | agent | [`AgentInfo`] (JSON) |
@@ -26,7 +26,7 @@
 //! Facts for the audit chain are appended in the transaction that makes them true: a
 //! registry change ([`LedgerStore::set_model_entry`]) and a plan version declared in a
 //! batch's records are written with their audit entries to the compliance engine's
-//! `audit_log` and `audit_head` trees ([`crate::compliance::chain`]), which live in the same
+//! `audit_log` and `audit_head` trees (`compliance::chain`), which live in the same
 //! database.
 //!
 //! Code map: `open.rs` opens the database and checks the format version, `guard.rs` keeps the
