@@ -36,7 +36,7 @@ pub enum Json {
 }
 
 impl Json {
-    fn int(v: i128) -> Json {
+    pub(super) fn int(v: i128) -> Json {
         if let Ok(u) = u64::try_from(v) {
             Json::UInt(u)
         } else if let Ok(i) = i64::try_from(v) {
