@@ -136,7 +136,7 @@ pub struct PlanCrossing {
 }
 
 /// Everything the clock and the alerts need to know about one (model, threshold) at `now`:
-/// the inputs of [`evaluate`] and [`crate::alert::evaluate`].
+/// the inputs of [`evaluate`](super::evaluate) and [`crate::alert::evaluate`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assessment {
     /// Model name.
