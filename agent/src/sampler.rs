@@ -392,9 +392,13 @@ mod tests {
             let acker = {
                 let (spool, stop) = (spool.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    let (mut acks, mut full) = (0, false);
+                    let mut acks = 0;
                     while stop.wait_timeout(Duration::from_millis(5)) {
-                        full |= spool.stats().full;
+                        // Only once the spool has refused: however the machine's load
+                        // schedules the two threads, every run meets a full spool.
+                        if spool.stats().refused == 0 {
+                            continue;
+                        }
                         let mut batch = spool.read_from(0, 3, usize::MAX).unwrap();
                         if let Some(last) = batch.last().map(|r| r.seq) {
                             spool.ack(last).unwrap();
@@ -405,14 +409,15 @@ mod tests {
                             stop.raise();
                         }
                     }
-                    (got, full)
+                    got
                 })
             };
             let end = replay(&spool, dir.path(), &stop);
             stop.raise();
-            let full;
-            (got, full) = acker.join().unwrap();
-            saw_full |= full;
+            got = acker.join().unwrap();
+            // Counted by the spool, not sampled: a loaded machine may free the room between
+            // two looks.
+            saw_full |= spool.stats().refused > 0;
             runs += 1;
             if end == RunEnd::ReplayDone {
                 got.extend(spool.read_from(0, usize::MAX, usize::MAX).unwrap());

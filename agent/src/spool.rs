@@ -264,6 +264,8 @@ pub struct SpoolStats {
     pub above_high_water: bool,
     /// The last append was refused because the spool was full.
     pub full: bool,
+    /// Appends refused because the spool was full, since open.
+    pub refused: u64,
     /// Records written past the cap because the caller's memory ceiling was reached.
     pub over_cap_records: u64,
     /// fsyncs that failed, or were not trusted because an earlier one failed.
@@ -285,6 +287,7 @@ struct State {
     records: u64,
     bytes: u64,
     full: bool,
+    refused: u64,
     warned_high_water: bool,
     over_cap_records: u64,
     flush_errors: u64,
@@ -418,6 +421,7 @@ impl Spool {
                 records,
                 bytes,
                 full: false,
+                refused: 0,
                 warned_high_water: false,
                 over_cap_records: 0,
                 flush_errors: 0,
@@ -520,6 +524,7 @@ impl Spool {
                 );
             }
             st.full = true;
+            st.refused += 1;
             return Err(SpoolError::Full {
                 bytes: st.bytes,
                 max_bytes: self.opts.max_bytes,
@@ -850,6 +855,7 @@ impl Spool {
             acked_through: st.acked_through,
             above_high_water: st.bytes >= self.high_water_bytes(),
             full: st.full,
+            refused: st.refused,
             over_cap_records: st.over_cap_records,
             flush_errors: st.flush_errors,
             durable: self.flusher.durable(),
