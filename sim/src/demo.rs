@@ -143,6 +143,25 @@ struct Hook {
     received: Mutex<Vec<(String, String, bool)>>,
 }
 
+impl Hook {
+    /// Prints the deliveries received after the first `shown`; returns how many there are.
+    fn show_since(&self, shown: usize, out: &mut (dyn Write + Send)) -> std::io::Result<usize> {
+        let got = self
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (key, status, ok) in got.iter().skip(shown) {
+            writeln!(
+                out,
+                "        webhook ← {key} [{status}] signature {}",
+                if *ok { "valid" } else { "INVALID" }
+            )?;
+        }
+        Ok(got.len())
+    }
+}
+
 async fn hook(
     State(h): State<Arc<Hook>>,
     headers: HeaderMap,
@@ -505,19 +524,7 @@ pub async fn run(
             }
             seen.insert(key, v.status.clone());
         }
-        let got = hook_state
-            .received
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (key, status, ok) in got.iter().skip(hooks_shown) {
-            writeln!(
-                out,
-                "        webhook ← {key} [{status}] signature {}",
-                if *ok { "valid" } else { "INVALID" }
-            )?;
-        }
-        hooks_shown = got.len();
+        hooks_shown = hook_state.show_since(hooks_shown, out)?;
     }
 
     // The acknowledgement, through the admin API as `flopmeter ack` does it.
@@ -542,18 +549,7 @@ pub async fn run(
         acked.alert.map(|a| a.status).unwrap_or_default()
     )?;
     compliance.deliver_now().await?;
-    let got = hook_state
-        .received
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for (key, status, ok) in got.iter().skip(hooks_shown) {
-        writeln!(
-            out,
-            "        webhook ← {key} [{status}] signature {}",
-            if *ok { "valid" } else { "INVALID" }
-        )?;
-    }
+    hook_state.show_since(hooks_shown, out)?;
 
     // Alerts, report, audit.
     writeln!(out)?;

@@ -309,33 +309,19 @@ struct BatchTrees<'a> {
 
 impl<'a> BatchTrees<'a> {
     fn new(views: &'a Views) -> BatchTrees<'a> {
-        let (
-            raw,
-            raw_index,
-            hwm,
-            run_agg,
-            model_agg,
-            unattributed,
-            seen,
-            run_meta,
-            rejected,
-            plans,
-            audit_log,
-            audit_head,
-        ) = views;
         BatchTrees {
-            raw,
-            raw_index,
-            hwm,
-            run_agg,
-            model_agg,
-            unattributed,
-            seen,
-            run_meta,
-            rejected,
-            plans,
-            audit_log,
-            audit_head,
+            raw: &views.0,
+            raw_index: &views.1,
+            hwm: &views.2,
+            run_agg: &views.3,
+            model_agg: &views.4,
+            unattributed: &views.5,
+            seen: &views.6,
+            run_meta: &views.7,
+            rejected: &views.8,
+            plans: &views.9,
+            audit_log: &views.10,
+            audit_head: &views.11,
         }
     }
 }
