@@ -134,6 +134,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_held_ledger_is_locked_not_damaged_and_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let _running = SledStore::open(dir.path()).unwrap();
+        let e = SledStore::open_unchecked(dir.path(), DEFAULT_CACHE_BYTES).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("ask it with --collector instead of --data-dir"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_ledger_of_another_layout_version_is_refused_untouched_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         {
