@@ -15,9 +15,9 @@ use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ingest::validate::{Inventory, Limits, verdict};
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch, LedgerStore, ModelEntry, Role};
-use flopmeter_collector::loadgen::agent::{SimAgent, SimSpec};
-use flopmeter_collector::loadgen::http_get;
 use flopmeter_proto::v1::GpuInventory;
+use flopmeter_sim::agent::{SimAgent, SimSpec};
+use flopmeter_sim::loadgen::http_get;
 
 const MODELS: usize = 1_000;
 const RUNS_PER_MODEL: usize = 10;

@@ -10,8 +10,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flopmeter_collector::ingest::validate::{Inventory, Limits, verdict};
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch, LedgerStore};
-use flopmeter_collector::loadgen::agent::{SimAgent, SimSpec};
 use flopmeter_proto::v1::GpuInventory;
+use flopmeter_sim::agent::{SimAgent, SimSpec};
 
 const RECORDS: u64 = 80;
 const NOW: i64 = 1_780_000_000_000;

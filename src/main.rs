@@ -55,7 +55,7 @@ enum Command {
     /// Ledger maintenance: `ledger verify` recomputes every total from the raw records.
     Ledger(cmd::ledger::LedgerArgs),
     /// Load generator: simulated agents against a collector over the real protocol.
-    Loadgen(flopmeter_collector::loadgen::LoadgenArgs),
+    Loadgen(flopmeter_sim::loadgen::LoadgenArgs),
     /// Run the node agent: read the GPUs, attribute FLOP to runs and models, spool the
     /// records durably and stream them to the collector.
     Agent(flopmeter_agent::AgentArgs),

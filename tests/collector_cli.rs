@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, keys};
-use flopmeter_collector::loadgen::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
-use flopmeter_collector::loadgen::{channel, http_get};
+use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
+use flopmeter_sim::loadgen::{channel, http_get};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, LedgerStore};
-use flopmeter_collector::loadgen::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
-use flopmeter_collector::loadgen::channel;
+use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
+use flopmeter_sim::loadgen::channel;
 
 const AGENTS: u64 = 3;
 const GPUS: u32 = 8;

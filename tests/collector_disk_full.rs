@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use flopmeter_collector::ledger::LedgerStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
-use flopmeter_collector::loadgen::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
-use flopmeter_collector::loadgen::channel;
+use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
+use flopmeter_sim::loadgen::channel;
 use support::{Proc, free_port};
 
 const AGENTS: u64 = 2;

@@ -162,8 +162,8 @@ fn the_console_in_a_real_browser() {
         .arg(&script)
         .arg(format!("http://127.0.0.1:{http}"))
         .arg(&out_dir)
-        .arg(flopmeter_collector::demo::CONSOLE_ADMIN_TOKEN)
-        .arg(flopmeter_collector::demo::CONSOLE_ADMIN)
+        .arg(flopmeter_sim::demo::CONSOLE_ADMIN_TOKEN)
+        .arg(flopmeter_sim::demo::CONSOLE_ADMIN)
         .arg(HOSTILE_MODEL)
         .arg(HOSTILE_RUN)
         .stdout(Stdio::piped())
@@ -215,7 +215,7 @@ fn the_console_in_a_real_browser() {
         })
         .collect();
     assert_eq!(acks.len(), 1, "one acknowledgement of {did}");
-    assert_eq!(acks[0]["actor"], flopmeter_collector::demo::CONSOLE_ADMIN);
+    assert_eq!(acks[0]["actor"], flopmeter_sim::demo::CONSOLE_ADMIN);
     let verify = flopmeter(&[
         "audit",
         "verify",

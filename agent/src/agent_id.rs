@@ -7,7 +7,7 @@
 //! do the same. So the id is a file in the spool directory, and an explicit `--agent-id`
 //! that contradicts a spool that has already numbered records is refused.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 /// The file holding the id, in the spool directory.
@@ -115,24 +115,18 @@ fn generate(path: &Path) -> Result<String, AgentIdError> {
     ))
 }
 
-/// Writes the id durably: temp file, fsync, rename, so a crash never leaves a half id.
+/// Writes the id durably ([`flopmeter_durable::write_atomic`]), so a crash never leaves a
+/// half id.
 fn store(path: &Path, id: &str) -> Result<(), AgentIdError> {
     if !valid(id) {
         return Err(AgentIdError::Invalid(id.to_string()));
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(path))?;
-    f.write_all(format!("{id}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(path))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        // Make the rename itself durable; failure here only weakens crash safety.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    flopmeter_durable::write_atomic(
+        path,
+        format!("{id}\n").as_bytes(),
+        flopmeter_durable::Access::Shared,
+    )
+    .map_err(io(path))
 }
 
 #[cfg(test)]

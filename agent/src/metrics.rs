@@ -113,6 +113,8 @@ pub struct AgentMetrics {
     pub spool_corrupt_records_total: IntCounter,
     /// Values held in the spool's quarantine.
     pub spool_quarantined_records: IntGauge,
+    /// 0 once a spool fsync failed: nothing appended since is durable until restart.
+    pub spool_durable: IntGauge,
     run_series: std::sync::Mutex<HashSet<[String; 3]>>,
 }
 
@@ -287,6 +289,11 @@ impl AgentMetrics {
                 "spool_quarantined_records",
                 "Values held in the spool's quarantine (inspect, then move the spool aside)."
             )?),
+            spool_durable: reg!(int_gauge(
+                "spool_durable",
+                "0 once a spool fsync failed: records are still stored and sent, but nothing \
+                 the spool holds is durable until the agent restarts (alert on this)."
+            )?),
             run_series: std::sync::Mutex::new(HashSet::new()),
             registry,
         };
@@ -351,6 +358,7 @@ impl AgentMetrics {
             .set(i64::from(s.above_high_water));
         self.spool_over_cap_records.set(i(s.over_cap_records));
         self.spool_quarantined_records.set(i(s.quarantined));
+        self.spool_durable.set(i64::from(s.durable));
         // The spool counts since open; the counter follows it.
         let seen = self.spool_corrupt_records_total.get();
         self.spool_corrupt_records_total
@@ -437,6 +445,7 @@ async fn health_handler(
         "spool_records": st.records,
         "spool_bytes": st.bytes,
         "spool_full": st.full,
+        "spool_durable": st.durable,
     });
     let code = if sampler_ok {
         axum::http::StatusCode::OK

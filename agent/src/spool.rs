@@ -10,7 +10,10 @@
 //! 1. **Append assigns the sequence number.** [`Spool::append`] gives each record the next
 //!    per-agent sequence number, strictly increasing by one, and writes the records *and* the
 //!    new next-sequence counter in one sled batch, then fsyncs. When `append` returns `Ok`, the
-//!    records are durable; when it returns `Err`, none of them is.
+//!    records are durable. [`SpoolError::NotDurable`] means they are in the spool under the
+//!    numbers it names and will be sent, but are not durable (see *Durability* below): the
+//!    caller must not append them again, which would count them twice. Any other `Err` means
+//!    none of them was stored and they are still the caller's.
 //! 2. **Sequence numbers never repeat**, across restarts too: the counter is persisted in the
 //!    same atomic batch as the records, and on open the next number is the larger of the
 //!    stored counter and the highest stored record + 1. [`Spool::raise_next_seq`] lets the
@@ -19,6 +22,9 @@
 //! 3. **Delete only after an ack.** Only [`Spool::ack`] deletes, and only records at or below
 //!    the acknowledged sequence. The deletion and the new acked-through mark are one batch,
 //!    fsynced before `ack` returns, so an acknowledged record never reappears after a crash.
+//!    When that fsync fails the deletion still stands and `ack` returns its count (logged,
+//!    counted): a deleted record that comes back after a crash is only sent again, and the
+//!    collector ignores and re-acknowledges it.
 //! 4. **Survives `kill -9` at any point**: every state change is a single atomic batch
 //!    followed by an fsync; a kill between two steps leaves either the old or the new state.
 //! 5. **Size cap, never a silent drop.** Above the high-water mark (80% of `max_bytes` by
@@ -43,6 +49,18 @@
 //!    collector remembers the agent. The records held were never sent under those numbers, so
 //!    they are renumbered above the mark (one batch) instead of being taken as acknowledged.
 //!
+//! # Durability
+//!
+//! A failed fsync is not retried into success. After it the kernel may have dropped the pages
+//! it could not write, so a later fsync can succeed without them: the spool follows the one
+//! rule of [`flopmeter_durable::Flusher`] (the collector's ledger follows it too). From the
+//! first failed fsync until the agent restarts, every append returns
+//! [`SpoolError::NotDurable`] (the records are stored, numbered and sent, never reported
+//! durable), [`SpoolStats::durable`] is false, and the truncation guard is not moved again,
+//! so it never claims what the disk may not hold. Records the collector acknowledges are
+//! durable there whatever happens to the spool; restart the agent once the disk is repaired
+//! and the spool is empty (`flopmeter_agent_spool_records` 0) to lose nothing.
+//!
 //! Layout, one sled tree (so a `Batch` is atomic across records and counters):
 //! `r` + seq (u64 big-endian) → the prost-encoded `IntervalRecord` with its `seq` set;
 //! `q` + original key → a quarantined value, as it was stored;
@@ -55,11 +73,11 @@
 //! durable change (contract 7): sled opens a truncated log as whatever prefix it can read,
 //! so a spool that accounts for fewer numbers than it had assigned is refused as damaged.
 
-use std::io::ErrorKind;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use flopmeter_durable::{Damage, FlushError, Flusher, GuardFile, OpenError};
 use flopmeter_proto::v1::IntervalRecord;
 use prost::Message;
 
@@ -83,27 +101,57 @@ pub enum SpoolError {
         /// The cap.
         max_bytes: u64,
     },
-    /// The spool's files cannot be opened as a database: damaged or truncated, or not a
-    /// spool at all. The agent refuses to start rather than guess.
+    /// The records were stored under `first..=last` and will be sent, but the fsync failed
+    /// (now or earlier: see the module's *Durability*): they are not durable. The caller must
+    /// not append them again.
     #[error(
-        "the spool at {path} cannot be opened: {detail}. Recovery: stop the agent, move the \
+        "spool records {first} to {last} are stored and will be sent, but are not durable: \
+         {source}. Check the spool's disk, and restart the agent once it is repaired and the \
+         spool is empty"
+    )]
+    NotDurable {
+        /// First sequence number stored.
+        first: u64,
+        /// Last sequence number stored.
+        last: u64,
+        /// Why not durable.
+        #[source]
+        source: FlushError,
+    },
+    /// A change other than an append (the sequence counter, the replay position) is applied
+    /// but not durable.
+    #[error("spool at {path}: a change is applied but not durable: {source}")]
+    Flush {
+        /// The spool directory.
+        path: PathBuf,
+        /// Why not durable.
+        #[source]
+        source: FlushError,
+    },
+    /// The spool's files cannot be opened as a database, or account for less than it had
+    /// made durable. The agent refuses to start rather than guess.
+    #[error(
+        "the spool at {path} cannot be opened: {cause}. Recovery: stop the agent, move the \
          directory aside (e.g. `mv {path} {path}.damaged`) and start it again with an empty \
          spool; keep the agent-id file in the parent directory, so the collector recognises \
          the agent and its Welcome high-water mark moves new sequence numbers past every number \
          already used. Records in the damaged spool that the collector had not acknowledged \
-         are not sent"
+         are not sent",
+        path = path.display()
     )]
     Damaged {
         /// The spool directory.
         path: PathBuf,
-        /// What sled (or the file system) said.
-        detail: String,
+        /// What is wrong.
+        #[source]
+        cause: SpoolDamage,
     },
     /// The spool directory cannot be created or opened (a file in its place, permissions, a
     /// read-only file system).
     #[error(
         "cannot open the spool at {path}: {source}; it must be a directory the agent can create, \
-         read and write (check --spool-dir, ownership and permissions)"
+         read and write (check --spool-dir, ownership and permissions)",
+        path = path.display()
     )]
     Unusable {
         /// The spool directory.
@@ -115,7 +163,8 @@ pub enum SpoolError {
     /// Another process (another agent on the same `--spool-dir`) holds the spool's lock.
     #[error(
         "the spool at {path} is locked by another process: is another flopmeter agent running \
-         with the same --spool-dir? ({source})"
+         with the same --spool-dir? ({source})",
+        path = path.display()
     )]
     Locked {
         /// The spool directory.
@@ -125,7 +174,7 @@ pub enum SpoolError {
         source: sled::Error,
     },
     /// sled failed (I/O error, corruption).
-    #[error("spool storage at {path}: {source}")]
+    #[error("spool storage at {path}: {source}", path = path.display())]
     Storage {
         /// The spool directory.
         path: PathBuf,
@@ -136,6 +185,42 @@ pub enum SpoolError {
     /// Sequence numbers are exhausted (2^64 records: a corrupt counter, not a real agent).
     #[error("spool sequence numbers exhausted")]
     SeqExhausted,
+}
+
+/// Why a spool is refused as damaged.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolDamage {
+    /// sled cannot open or read its files.
+    #[error(transparent)]
+    Engine(#[from] Damage),
+    /// sled opened it but failed reading what a start needs.
+    #[error("the storage engine failed reading it ({0})")]
+    Read(#[source] sled::Error),
+    /// It accounts for fewer sequence numbers than its guard says it had assigned.
+    #[error(
+        "it accounts for sequence numbers up to {held} only, but had assigned up to {assigned} \
+         ({GUARD_FILE}): its files were truncated or replaced by an older copy, and records it \
+         held may be lost"
+    )]
+    Truncated {
+        /// The highest number it accounts for.
+        held: u64,
+        /// The highest number its guard says it had assigned.
+        assigned: u64,
+    },
+}
+
+impl SpoolError {
+    fn opening(e: OpenError) -> SpoolError {
+        match e {
+            OpenError::Locked { dir, source } => SpoolError::Locked { path: dir, source },
+            OpenError::Unusable { dir, source } => SpoolError::Unusable { path: dir, source },
+            OpenError::Damaged { dir, cause } => SpoolError::Damaged {
+                path: dir,
+                cause: cause.into(),
+            },
+        }
+    }
 }
 
 /// Tuning of a spool.
@@ -179,10 +264,15 @@ pub struct SpoolStats {
     pub above_high_water: bool,
     /// The last append was refused because the spool was full.
     pub full: bool,
+    /// Appends refused because the spool was full, since open.
+    pub refused: u64,
     /// Records written past the cap because the caller's memory ceiling was reached.
     pub over_cap_records: u64,
-    /// fsyncs that failed after a write had been applied (retried by the next write).
+    /// fsyncs that failed, or were not trusted because an earlier one failed.
     pub flush_errors: u64,
+    /// No fsync has failed since open: what `append` reports durable is. Once false it stays
+    /// false until the agent restarts (the module's *Durability*).
+    pub durable: bool,
     /// Undecodable records (or malformed record keys) moved to the quarantine since open.
     pub corrupt_records: u64,
     /// Values held in the quarantine (found since open or before).
@@ -197,6 +287,7 @@ struct State {
     records: u64,
     bytes: u64,
     full: bool,
+    refused: u64,
     warned_high_water: bool,
     over_cap_records: u64,
     flush_errors: u64,
@@ -209,8 +300,10 @@ struct State {
 pub struct Spool {
     db: sled::Db,
     path: PathBuf,
-    /// The truncation guard: see [`Spool::write_guard`].
-    guard: PathBuf,
+    /// Every fsync goes through it: the durability rule.
+    flusher: Flusher,
+    /// The truncation guard ([`GUARD_FILE`]), moved only after a durable change.
+    guard: GuardFile,
     opts: SpoolOptions,
     state: Mutex<State>,
     appended: tokio::sync::watch::Sender<u64>,
@@ -238,16 +331,12 @@ fn u64_of(v: Option<sled::IVec>) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// The truncation guard's file, beside sled's own in the spool directory.
+/// The truncation guard's file, beside sled's own in the spool directory: the next sequence
+/// number as of the last durable change.
 const GUARD_FILE: &str = "flopmeter-assigned";
 
-/// The guard's value: the next sequence number as of the last durable change. Missing or
-/// unreadable reads as none (a spool from before the guard, or a torn write): the guard only
-/// adds a check.
-fn read_guard(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.trim().parse().ok()
-}
+/// How long `open` waits for a lock still held by a spool this process just closed.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn quarantine_key(key: &[u8]) -> Vec<u8> {
     let mut q = Vec::with_capacity(key.len() + 1);
@@ -266,78 +355,20 @@ fn placeholder(seq: u64) -> IntervalRecord {
     }
 }
 
-/// Opens sled, mapping its failures (and its panics on some damaged files) to errors that
-/// say what to do.
-fn open_db(dir: &Path, config: &sled::Config) -> Result<sled::Db, SpoolError> {
-    let path = dir.to_path_buf();
-    // sled holds an exclusive file lock. A previous `Spool` of this process may still be
-    // releasing it (sled's background threads drop their handles shortly after the `Db`);
-    // another live agent on the same directory keeps it, and is refused below.
-    let mut attempts = 0;
-    loop {
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-        match opened {
-            Ok(Ok(db)) => return Ok(db),
-            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("lock") => {
-                if attempts < 50 {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(40));
-                    continue;
-                }
-                return Err(SpoolError::Locked {
-                    path,
-                    source: sled::Error::Io(e),
-                });
-            }
-            Ok(Err(sled::Error::Io(e)))
-                if matches!(
-                    e.kind(),
-                    ErrorKind::PermissionDenied
-                        | ErrorKind::NotADirectory
-                        | ErrorKind::AlreadyExists
-                        | ErrorKind::NotFound
-                        | ErrorKind::ReadOnlyFilesystem
-                        | ErrorKind::IsADirectory
-                ) =>
-            {
-                return Err(SpoolError::Unusable { path, source: e });
-            }
-            Ok(Err(e)) => {
-                return Err(SpoolError::Damaged {
-                    path,
-                    detail: e.to_string(),
-                });
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(SpoolError::Damaged {
-                    path,
-                    detail: format!("the storage engine failed reading it ({what})"),
-                });
-            }
-        }
-    }
-}
-
 impl Spool {
     /// Opens (or creates) the spool in `dir` and resumes from what it holds.
     pub fn open(dir: &Path, opts: SpoolOptions) -> Result<Spool, SpoolError> {
         let path = dir.to_path_buf();
         let config = sled::Config::new()
-            .path(dir)
             .cache_capacity(opts.cache_bytes)
             .mode(sled::Mode::LowSpace)
             // Durability comes from the explicit flush after every change; the background
             // flusher only adds wake-ups.
             .flush_every_ms(None);
-        let db = open_db(dir, &config)?;
+        let db = flopmeter_durable::open(dir, config, LOCK_WAIT).map_err(SpoolError::opening)?;
         let damaged = |source: sled::Error| SpoolError::Damaged {
             path: path.clone(),
-            detail: source.to_string(),
+            cause: SpoolDamage::Read(source),
         };
         let stored_next = u64_of(db.get(NEXT_SEQ_KEY).map_err(damaged)?);
         let acked_through = u64_of(db.get(ACKED_THROUGH_KEY).map_err(damaged)?);
@@ -362,25 +393,23 @@ impl Spool {
             .max(last_seq.saturating_add(1))
             .max(acked_through.saturating_add(1))
             .max(1);
-        let guard = dir.join(GUARD_FILE);
-        if let Some(assigned) = read_guard(&guard)
+        let guard = GuardFile::new(dir, GUARD_FILE, "spool");
+        if let Some(assigned) = guard.read::<u64>()
             && next_seq < assigned
         {
             // sled recovers a truncated log as the prefix it can read, silently: without
             // this, records and the counter would vanish without a word.
             return Err(SpoolError::Damaged {
                 path,
-                detail: format!(
-                    "it accounts for sequence numbers up to {} only, but had assigned up to {} \
-                     ({GUARD_FILE}): its files were truncated or replaced by an older copy, and \
-                     records it held may be lost",
-                    next_seq - 1,
-                    assigned - 1
-                ),
+                cause: SpoolDamage::Truncated {
+                    held: next_seq - 1,
+                    assigned: assigned - 1,
+                },
             });
         }
         let (appended, _) = tokio::sync::watch::channel(next_seq - 1);
         let spool = Spool {
+            flusher: Flusher::new(db.clone()),
             db,
             path,
             guard,
@@ -392,6 +421,7 @@ impl Spool {
                 records,
                 bytes,
                 full: false,
+                refused: 0,
                 warned_high_water: false,
                 over_cap_records: 0,
                 flush_errors: 0,
@@ -408,7 +438,8 @@ impl Spool {
             acked_through,
             "spool opened"
         );
-        spool.write_guard(next_seq);
+        // The counter as found is on disk (sled read it from there).
+        spool.guard.record(next_seq);
         Ok(spool)
     }
 
@@ -455,11 +486,13 @@ impl Spool {
         over_cap: bool,
     ) -> Result<Option<RangeInclusive<u64>>, SpoolError> {
         if records.is_empty() {
-            let _guard = self.state();
+            let mut st = self.state();
             self.db
                 .insert(VIRTUAL_POS_KEY, &virtual_pos.to_be_bytes())
-                .and_then(|_| self.db.flush().map(|_| ()))
                 .map_err(|e| self.storage(e))?;
+            let next = st.next_seq;
+            self.sync(&mut st, Some(next))
+                .map_err(|source| self.not_durable(source))?;
             return Ok(None);
         }
         self.append_inner(records, over_cap, Some(virtual_pos))
@@ -491,6 +524,7 @@ impl Spool {
                 );
             }
             st.full = true;
+            st.refused += 1;
             return Err(SpoolError::Full {
                 bytes: st.bytes,
                 max_bytes: self.opts.max_bytes,
@@ -521,15 +555,9 @@ impl Spool {
             }
             return Err(self.storage(e));
         }
-        if let Err(e) = self.db.flush() {
-            // The batch is in the tree and the next successful flush persists it. Reporting
-            // failure here would make the caller append the records a second time and
-            // double-count them, so the append stands and the failure is logged and counted.
-            st.flush_errors += 1;
-            tracing::error!(error = %e, "spool fsync failed; records kept, retried on next write");
-        } else {
-            self.write_guard(last + 1);
-        }
+        // The batch is in the tree, so the records are the spool's from here on, durable or
+        // not: the state follows it, and an error must not make the caller append them again.
+        let flushed = self.sync(&mut st, Some(last + 1));
         st.next_seq = last + 1;
         st.first_seq.get_or_insert(first);
         st.records += records.len() as u64;
@@ -549,23 +577,47 @@ impl Spool {
         }
         drop(st);
         self.appended.send_replace(last);
-        Ok(Some(first..=last))
+        match flushed {
+            Ok(()) => Ok(Some(first..=last)),
+            Err(source) => Err(SpoolError::NotDurable {
+                first,
+                last,
+                source,
+            }),
+        }
     }
 
-    /// Records, after sled's fsync, that numbers below `next` were assigned: written to a
-    /// temporary file, fsynced and renamed, so it is never ahead of what sled made durable
-    /// and a torn write leaves the old value. A failure only weakens the check: logged.
-    fn write_guard(&self, next: u64) {
-        let tmp = self.guard.with_extension("tmp");
-        let written = (|| {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            writeln!(f, "{next}")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.guard)
-        })();
-        if let Err(e) = written {
-            tracing::warn!(error = %e, path = %self.guard.display(), "cannot update the spool's truncation guard");
+    /// Flushes under the durability rule and, when that made everything durable, moves the
+    /// guard to `next` (the next number to assign, as of this change). A failure is counted,
+    /// and logged once: after it nothing is reported durable until restart.
+    fn sync(&self, st: &mut State, next: Option<u64>) -> Result<(), FlushError> {
+        match self.flusher.flush() {
+            Ok(()) => {
+                if let Some(next) = next {
+                    self.guard.record(next);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                st.flush_errors += 1;
+                if matches!(e, FlushError::Failed(_)) && st.flush_errors == 1 {
+                    tracing::error!(
+                        error = %e,
+                        dir = %self.path.display(),
+                        "spool fsync failed: from now on nothing the spool stores is reported \
+                         durable (records are still stored and sent); repair the disk and \
+                         restart the agent once the spool is empty"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn not_durable(&self, source: FlushError) -> SpoolError {
+        SpoolError::Flush {
+            path: self.path.clone(),
+            source,
         }
     }
 
@@ -600,7 +652,7 @@ impl Spool {
         batch.insert(ACKED_THROUGH_KEY, &through.to_be_bytes());
         self.db.apply_batch(batch).map_err(|e| self.storage(e))?;
         // From here the deletion is applied; the state follows it whatever the fsync says.
-        let flushed = self.db.flush();
+        let flushed = self.sync(&mut st, None);
         st.acked_through = through;
         st.records = st.records.saturating_sub(removed);
         st.bytes = st.bytes.saturating_sub(freed);
@@ -621,12 +673,9 @@ impl Spool {
         if st.bytes < self.opts.max_bytes {
             st.full = false;
         }
-        if let Err(e) = flushed {
-            // Not durable yet: after a crash these records would come back and be resent,
-            // which the collector ignores and re-acknowledges. Retried by the next write.
-            st.flush_errors += 1;
-            return Err(self.storage(e));
-        }
+        // A deletion that is not durable can only bring records back after a crash, to be
+        // sent again and re-acknowledged (contract 3): the ack stands, `sync` counted it.
+        drop(flushed);
         Ok(removed)
     }
 
@@ -667,13 +716,9 @@ impl Spool {
         batch.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
         batch.insert(ACKED_THROUGH_KEY, &mark.to_be_bytes());
         self.db.apply_batch(batch).map_err(|e| self.storage(e))?;
-        match self.db.flush() {
-            Ok(_) => self.write_guard(next),
-            Err(e) => {
-                st.flush_errors += 1;
-                tracing::error!(error = %e, "spool fsync failed; retried on next write");
-            }
-        }
+        // Not durable, the old numbering may come back after a crash, and the next Welcome
+        // renumbers again: nothing to report beyond what `sync` counts.
+        let _ = self.sync(st, Some(next));
         tracing::warn!(
             dir = %self.path.display(),
             collector_high_water_mark = mark,
@@ -760,10 +805,10 @@ impl Spool {
             None => batch.remove(key),
         }
         self.db.apply_batch(batch).map_err(|e| self.storage(e))?;
-        if let Err(e) = self.db.flush() {
-            st.flush_errors += 1;
-            tracing::error!(error = %e, "spool fsync failed; retried on next write");
-        }
+        // Not durable, the damaged value may come back after a crash and be quarantined
+        // again: `sync` counts it, the stream goes on.
+        let next = st.next_seq;
+        let _ = self.sync(&mut st, Some(next));
         st.corrupt_records += 1;
         st.quarantined += 1;
         tracing::error!(
@@ -787,16 +832,15 @@ impl Spool {
         }
         self.db
             .insert(NEXT_SEQ_KEY, &min_next.to_be_bytes())
-            .and_then(|_| self.db.flush().map(|_| ()))
             .map_err(|e| self.storage(e))?;
         tracing::warn!(
             from = st.next_seq,
             to = min_next,
             "sequence counter raised past the collector's high-water mark"
         );
-        self.write_guard(min_next);
         st.next_seq = min_next;
-        Ok(())
+        self.sync(&mut st, Some(min_next))
+            .map_err(|source| self.not_durable(source))
     }
 
     /// The current state.
@@ -811,8 +855,10 @@ impl Spool {
             acked_through: st.acked_through,
             above_high_water: st.bytes >= self.high_water_bytes(),
             full: st.full,
+            refused: st.refused,
             over_cap_records: st.over_cap_records,
             flush_errors: st.flush_errors,
+            durable: self.flusher.durable(),
             corrupt_records: st.corrupt_records,
             quarantined: st.quarantined,
         }
@@ -831,105 +877,4 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn rec(flop: u64) -> IntervalRecord {
-        IntervalRecord {
-            flop_central: flop,
-            gpu_uuid: "GPU-test".into(),
-            ..IntervalRecord::default()
-        }
-    }
-
-    fn open(dir: &Path, max_bytes: u64) -> Spool {
-        Spool::open(
-            dir,
-            SpoolOptions {
-                max_bytes,
-                ..SpoolOptions::default()
-            },
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn append_ack_and_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path(), 1 << 20);
-            let mut a = vec![rec(1), rec(2), rec(3)];
-            assert_eq!(s.append(&mut a).unwrap(), Some(1..=3));
-            assert_eq!(a[2].seq, 3);
-            assert_eq!(s.ack(2).unwrap(), 2);
-            assert_eq!(s.ack(1).unwrap(), 0, "duplicate ack is a no-op");
-            let left = s.read_from(0, 10, 1 << 20).unwrap();
-            assert_eq!(left.len(), 1);
-            assert_eq!((left[0].seq, left[0].flop_central), (3, 3));
-        }
-        let s = open(dir.path(), 1 << 20);
-        let st = s.stats();
-        assert_eq!((st.records, st.first_seq, st.next_seq), (1, Some(3), 4));
-        let mut b = vec![rec(4)];
-        assert_eq!(s.append(&mut b).unwrap(), Some(4..=4));
-        // Everything acked: the counter still never goes back.
-        s.ack(4).unwrap();
-        drop(s);
-        let s = open(dir.path(), 1 << 20);
-        assert_eq!(s.stats().next_seq, 5);
-        assert_eq!(s.stats().records, 0);
-    }
-
-    #[test]
-    fn full_spool_refuses_then_recovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path(), 100);
-        let mut big: Vec<_> = (0..10).map(rec).collect();
-        s.append(&mut big).unwrap();
-        let mut more = vec![rec(99)];
-        assert!(matches!(s.append(&mut more), Err(SpoolError::Full { .. })));
-        assert!(s.stats().full);
-        assert_eq!(more[0].seq, 0, "refused records keep no number");
-        // Over the cap on purpose: counted.
-        s.append_over_cap(&mut more).unwrap();
-        assert_eq!(s.stats().over_cap_records, 1);
-        s.ack(11).unwrap();
-        assert!(!s.stats().full);
-        let mut again = vec![rec(5)];
-        assert_eq!(s.append(&mut again).unwrap(), Some(12..=12));
-    }
-
-    #[test]
-    fn raise_next_seq_and_ack_beyond_the_counter() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path(), 1 << 20);
-        s.raise_next_seq(100).unwrap();
-        let mut a = vec![rec(1)];
-        assert_eq!(s.append(&mut a).unwrap(), Some(100..=100));
-        // An ack beyond what exists cannot be for record 100: it is renumbered, not deleted.
-        assert_eq!(s.ack(1_000).unwrap(), 0);
-        let st = s.stats();
-        assert_eq!(
-            (st.acked_through, st.records, st.first_seq),
-            (1_000, 1, Some(1_001))
-        );
-        let held = s.read_from(0, 10, 1 << 20).unwrap();
-        assert_eq!((held[0].seq, held[0].flop_central), (1_001, 1));
-        let mut b = vec![rec(2)];
-        assert_eq!(s.append(&mut b).unwrap(), Some(1_002..=1_002));
-        drop(s);
-        assert_eq!(open(dir.path(), 1 << 20).stats().next_seq, 1_003);
-    }
-
-    #[test]
-    fn read_from_respects_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path(), 1 << 20);
-        let mut a: Vec<_> = (0..50).map(rec).collect();
-        s.append(&mut a).unwrap();
-        assert_eq!(s.read_from(10, 5, 1 << 20).unwrap().len(), 5);
-        assert_eq!(s.read_from(10, 5, 1 << 20).unwrap()[0].seq, 10);
-        assert_eq!(s.read_from(0, 100, 1).unwrap().len(), 1);
-        assert_eq!(s.read_from(51, 100, 1 << 20).unwrap().len(), 0);
-    }
-}
+mod tests;

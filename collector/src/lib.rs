@@ -2,42 +2,40 @@
 //!
 //! Agents stream interval records over gRPC ([`ingest`]); the collector validates them,
 //! applies each agent's records exactly once and in order to a durable ledger ([`ledger`])
-//! through a single group-committing writer ([`writer`]), and acknowledges only what is on
-//! disk. It serves Prometheus metrics and a JSON API over HTTP ([`http`]), the compliance
-//! console for browsers ([`console`]), an admin gRPC API for the CLI ([`admin`]), and the
+//! through a single group-committing writer (`writer`), and acknowledges only what is on
+//! disk. It serves Prometheus metrics and a JSON API over HTTP (`http`), the compliance
+//! console for browsers (`console`), an admin gRPC API for the CLI ([`admin`]), and the
 //! Annex XI figures per model ([`report`]).
 //!
 //! Module map:
 //! - [`config`]: `flopmeter collector` flags and the resolved configuration;
 //! - [`ingest`]: the agent stream, validation at the door ([`ingest::validate`]), tokens;
-//! - [`writer`]: the one thread that mutates the ledger (group commit, ack after flush);
+//! - `writer`: the one thread that mutates the ledger (group commit, ack after flush);
 //! - [`ledger`]: the [`ledger::LedgerStore`] trait, its sled implementation, aggregates,
 //!   rollups and `verify`;
-//! - [`admin`], [`http`], [`metrics`], [`report`]: the read and admin sides;
-//! - [`console`]: the server-rendered web console under `/ui/`;
-//! - [`loadgen`]: a protocol-faithful simulated agent fleet for benchmarks and tests.
+//! - [`admin`], `http`, [`metrics`], [`report`]: the read and admin sides;
+//! - `console`: the server-rendered web console under `/ui/`.
 //!
 //! [`Collector::start`] wires it all; the `flopmeter collector` subcommand adds signals and
-//! logging.
+//! logging. The demo and the load generator drive a collector from outside, as tools: they
+//! live in `flopmeter-sim`, not here.
 
 pub mod admin;
 pub mod compliance;
 pub mod config;
-pub mod conn;
-pub mod console;
-pub mod demo;
-pub mod durable_marks;
+pub(crate) mod conn;
+pub(crate) mod console;
+pub(crate) mod durable_marks;
 pub mod failpoint;
-pub mod http;
+pub(crate) mod http;
 pub mod ingest;
 pub mod ledger;
-pub mod loadgen;
 pub mod metrics;
-pub mod newruns;
-pub mod occupancy;
+pub(crate) mod newruns;
+pub(crate) mod occupancy;
 pub mod report;
-pub mod tls;
-pub mod writer;
+pub(crate) mod tls;
+pub(crate) mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -139,10 +137,10 @@ impl Collector {
         let sled_store =
             tokio::task::spawn_blocking(move || SledStore::open_with_cache(&data_dir, cache_bytes))
                 .await
-                .map_err(|e| StoreError::Storage(e.to_string()))??;
+                .map_err(|e| StoreError::Storage(Box::new(e)))??;
         // The compliance engine keeps its trees in the same database (one flush covers both).
         let compliance_store = Arc::new(
-            compliance::ComplianceStore::open(sled_store.db())
+            compliance::ComplianceStore::open(&sled_store)
                 .map_err(|e| ServeError::Compliance(e.to_string()))?,
         );
         let store: Arc<dyn LedgerStore> = Arc::new(sled_store);

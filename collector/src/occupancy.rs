@@ -188,6 +188,7 @@ impl Occupancy {
     }
 
     /// (agents, GPUs, segments) held, for the memory figures.
+    #[cfg(test)]
     pub fn size(&self) -> (usize, usize, usize) {
         let gpus = self.agents.values().map(HashMap::len).sum();
         let segs = self

@@ -193,21 +193,23 @@ pub struct Headroom {
 }
 
 impl Headroom {
-    /// Why the writer must not write now, if it must not.
-    fn short(&self) -> Option<String> {
+    /// The free bytes left when they are too few to write, if they are.
+    fn short(&self) -> Option<u64> {
         if self.min_free_bytes == 0 {
             return None;
         }
         let st = rustix::fs::statvfs(&self.dir).ok()?;
         let free = st.f_bavail.saturating_mul(st.f_frsize);
-        (free < self.min_free_bytes).then(|| {
-            format!(
-                "the ledger's volume ({}) has {} MiB free, below --min-free-mb {}",
-                self.dir.display(),
-                free >> 20,
-                self.min_free_bytes >> 20
-            )
-        })
+        (free < self.min_free_bytes).then_some(free)
+    }
+
+    /// Why the writer does not write with `free` bytes left.
+    fn low_space(&self, free: u64) -> StoreError {
+        StoreError::LowSpace {
+            dir: self.dir.clone(),
+            free_mib: free >> 20,
+            min_mib: self.min_free_bytes >> 20,
+        }
     }
 }
 
@@ -237,7 +239,7 @@ fn run(
     let mut was_short = false;
     let mut group: Vec<Job> = Vec::with_capacity(max_group);
     let mut stop = false;
-    let mut broken: Option<String> = None;
+    let mut broken: Option<Arc<StoreError>> = None;
     while !stop {
         match rx.blocking_recv() {
             None | Some(Job::Stop) => break,
@@ -257,16 +259,19 @@ fn run(
         // recover cleanly from a write that failed for lack of space.
         let short = headroom.short();
         if short.is_some() != was_short {
-            match &short {
-                Some(why) => tracing::error!(
-                    "{why}: acknowledging nothing until there is room; agents keep their records"
-                ),
+            match short {
+                Some(free) => tracing::error!("{}", headroom.low_space(free)),
                 None => tracing::warn!("the ledger's volume has room again: acknowledging"),
             }
             was_short = short.is_some();
         }
         match (&broken, &short) {
-            (Some(why), _) | (None, Some(why)) => refuse_group(&mut group, store, metrics, why),
+            (Some(earlier), _) => refuse_group(&mut group, store, metrics, &|| {
+                StoreError::Broken(earlier.clone())
+            }),
+            (None, Some(free)) => {
+                refuse_group(&mut group, store, metrics, &|| headroom.low_space(*free))
+            }
             (None, None) => broken = commit_group(&mut group, store, ctx),
         }
     }
@@ -287,20 +292,27 @@ enum Pending {
 }
 
 impl Pending {
-    fn storage_error(&self) -> Option<String> {
+    fn storage_failure(&self) -> bool {
         let e = match self {
             Pending::Apply(_, _, r) => r.as_ref().err(),
             Pending::SetModel(_, r) => r.as_ref().err(),
             Pending::RollUp(_, r) => r.as_ref().err(),
         };
-        match e {
-            Some(e @ StoreError::Storage(_)) => Some(e.to_string()),
-            _ => None,
-        }
+        e.is_some_and(StoreError::is_write_failure)
     }
 
-    fn storage_failure(&self) -> bool {
-        self.storage_error().is_some()
+    /// Takes a failed write's error out, to become the source of every refusal until
+    /// restart. What is left in its place is never sent: once the ledger is broken every
+    /// reply of the group is [`StoreError::Broken`].
+    fn take_error(&mut self) -> Option<StoreError> {
+        fn never_sent<T>() -> Result<T, StoreError> {
+            Err(StoreError::Invalid("replaced by the write failure".into()))
+        }
+        match self {
+            Pending::Apply(_, _, r) => std::mem::replace(r, never_sent()).err(),
+            Pending::SetModel(_, r) => std::mem::replace(r, never_sent()).err(),
+            Pending::RollUp(_, r) => std::mem::replace(r, never_sent()).err(),
+        }
     }
 }
 
@@ -311,12 +323,12 @@ impl Pending {
 /// store's on-disk log may end before writes it still holds in memory and a later flush that
 /// succeeds does not make them durable; acknowledging after it could acknowledge records that
 /// vanish on recovery. Either way the agents keep their records meanwhile.
-fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics, why: &str) {
-    let err = || {
-        StoreError::Storage(format!(
-            "the ledger cannot be written now ({why}); nothing is acknowledged meanwhile"
-        ))
-    };
+fn refuse_group(
+    group: &mut Vec<Job>,
+    store: &dyn LedgerStore,
+    metrics: &Metrics,
+    err: &dyn Fn() -> StoreError,
+) {
     for job in group.drain(..) {
         match job {
             Job::Apply(_, reply) => {
@@ -344,7 +356,11 @@ fn refuse_group(group: &mut Vec<Job>, store: &dyn LedgerStore, metrics: &Metrics
 }
 
 /// Applies and flushes a group; returns why the ledger is broken if a write failed.
-fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Option<String> {
+fn commit_group(
+    group: &mut Vec<Job>,
+    store: &dyn LedgerStore,
+    ctx: &Ctx,
+) -> Option<Arc<StoreError>> {
     let metrics = &ctx.metrics;
     let mut pending = Vec::with_capacity(group.len());
     let mut batches: Vec<(Box<IncomingBatch>, Reply<ApplyOutcome>)> = Vec::new();
@@ -469,10 +485,13 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
         metrics.commit_group_batches.observe(batches as f64);
     }
     let failed_writes = pending.iter().filter(|p| p.storage_failure()).count();
-    let broken = match &flushed {
-        Err(e) => Some(e.to_string()),
-        Ok(()) if failed_writes > 0 => pending.iter().find_map(Pending::storage_error),
-        Ok(()) => None,
+    let broken = match flushed {
+        Err(e) => Some(Arc::new(e)),
+        Ok(()) => pending
+            .iter_mut()
+            .find(|p| p.storage_failure())
+            .and_then(Pending::take_error)
+            .map(Arc::new),
     };
     if let Some(why) = &broken {
         tracing::error!(
@@ -497,10 +516,13 @@ fn commit_group(group: &mut Vec<Job>, store: &dyn LedgerStore, ctx: &Ctx) -> Opt
     // Replies only after the flush: an Ack promises durability. After a failed write
     // nothing in the group is acknowledged, not even what seemed to apply (see
     // `refuse_group`).
-    fn outcome<T>(broken: &Option<String>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    fn outcome<T>(
+        broken: &Option<Arc<StoreError>>,
+        r: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match broken {
             None => r,
-            Some(why) => Err(StoreError::Storage(format!("ledger write failed: {why}"))),
+            Some(why) => Err(StoreError::Broken(why.clone())),
         }
     }
     // The marks move after the flush and before any reply, so a Welcome that follows an

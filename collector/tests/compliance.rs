@@ -372,7 +372,7 @@ async fn audit_verify_detects_modified_deleted_and_reordered_entries() {
     c.shutdown().await.unwrap();
 
     let ledger = SledStore::open(dir.path()).unwrap();
-    let store = ComplianceStore::open(ledger.db()).unwrap();
+    let store = ComplianceStore::open(&ledger).unwrap();
     let n = store
         .verify_audit()
         .unwrap()
@@ -453,15 +453,13 @@ async fn audit_verify_detects_modified_deleted_and_reordered_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_tells_its_story_in_short_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = flopmeter_collector::demo::DemoOptions {
+    let opts = flopmeter_sim::demo::DemoOptions {
         fast: true,
         data_dir: Some(dir.path().join("ledger")),
         ..Default::default()
     };
     let mut out = Vec::new();
-    let o = flopmeter_collector::demo::run(opts, &mut out)
-        .await
-        .unwrap();
+    let o = flopmeter_sim::demo::run(opts, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     let k = |m: &str, t: &str| (m.to_string(), t.to_string());
     assert_eq!(
@@ -519,7 +517,7 @@ async fn the_demo_tells_its_story_in_short_mode() {
     o.collector.shutdown().await.unwrap();
     // Offline verification of the stopped collector's chain.
     let ledger = SledStore::open(&o.data_dir).unwrap();
-    let store = ComplianceStore::open(ledger.db()).unwrap();
+    let store = ComplianceStore::open(&ledger).unwrap();
     assert_eq!(store.verify_audit().unwrap().unwrap(), o.audit_entries);
 }
 
@@ -637,7 +635,7 @@ async fn admin_writes_are_audited_under_the_credentials_actor() {
 /// GET on the collector's HTTP port from a blocking thread.
 fn api(c: &Collector, path: &str) -> serde_json::Value {
     let url = format!("http://{}{path}", c.http_addr());
-    let body = std::thread::spawn(move || flopmeter_collector::loadgen::http_get(&url))
+    let body = std::thread::spawn(move || flopmeter_sim::loadgen::http_get(&url))
         .join()
         .unwrap()
         .unwrap();
@@ -692,7 +690,7 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
     // Offline: entry 2 is edited.
     let n = {
         let ledger = SledStore::open(dir.path()).unwrap();
-        let store = ComplianceStore::open(ledger.db()).unwrap();
+        let store = ComplianceStore::open(&ledger).unwrap();
         let n = store
             .verify_audit()
             .unwrap()
@@ -1268,7 +1266,7 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
             (t + 30_000, Some(5 * e(24))),
         ]
     );
-    let store = ComplianceStore::open(s.db()).unwrap();
+    let store = ComplianceStore::open(&s).unwrap();
     let declared: Vec<String> = store
         .audit_entries()
         .unwrap()

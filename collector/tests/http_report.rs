@@ -8,11 +8,11 @@ use flopmeter_collector::Collector;
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{LedgerStore, ModelEntry, Role};
-use flopmeter_collector::loadgen::http_get;
 use flopmeter_collector::report::{self, Format, Report};
 use flopmeter_core::stage::StagePolicy;
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::Method;
+use flopmeter_sim::loadgen::http_get;
 
 const END: i64 = 1_780_000_000_000;
 const DAY: i64 = 86_400_000;

@@ -8,11 +8,11 @@
 mod common;
 
 use common::{Stream, rec_at, start};
-use flopmeter_collector::loadgen::http_get;
 use flopmeter_collector::report::{self, Format, Report};
 use flopmeter_collector::{Collector, now_unix_ms};
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::{AttributionSource, IntervalRecord, Method, collector_message::Kind};
+use flopmeter_sim::loadgen::http_get;
 
 const HOUR: i64 = 3_600_000;
 const C: u64 = 4_000_000_000_000_000;

@@ -198,6 +198,8 @@ impl FakeNvml {
 
     /// Sets the scenario time (seconds) seen by this instance from now on. The file is
     /// replaced atomically (write then rename) so a concurrent reader never sees it empty.
+    /// Not `flopmeter_durable::write_atomic`: a test's clock needs no fsync to survive a power
+    /// cut, and the fake library must not link sled.
     pub fn set_time(&self, seconds: f64) -> Result<(), HarnessError> {
         let tmp = self.dir.path().join(format!("{CLOCK_FILE_NAME}.tmp"));
         let clock = self.dir.path().join(CLOCK_FILE_NAME);

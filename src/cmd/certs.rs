@@ -239,31 +239,16 @@ fn dev(a: &DevArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `text` to `path`; keys are created with mode 0600 (never readable by others, not
-/// even for an instant).
+/// Writes `text` to `path` atomically; keys are created with mode 0600 (never readable by
+/// others, not even for an instant).
 fn write_file(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // A key file that existed (--force) keeps its old mode through open: set it.
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
-    }
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let access = if secret {
+        flopmeter_durable::Access::Private
+    } else {
+        flopmeter_durable::Access::Shared
+    };
+    flopmeter_durable::write_atomic(path, text.as_bytes(), access)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

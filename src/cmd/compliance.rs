@@ -234,7 +234,7 @@ pub struct AuditExportArgs {
 
 fn open_offline(dir: &std::path::Path) -> anyhow::Result<ComplianceStore> {
     let ledger = SledStore::open(dir)?;
-    Ok(ComplianceStore::open(ledger.db())?)
+    Ok(ComplianceStore::open(&ledger)?)
 }
 
 /// Parses `--since`: RFC 3339 or a date (midnight UTC).

@@ -1,11 +1,11 @@
 //! `flopmeter demo`: the compliance story on a virtual clock, in seconds, with no GPU and no
-//! external service (see `flopmeter_collector::demo`).
+//! external service (see `flopmeter_sim::demo`).
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use flopmeter_collector::demo::{self, DemoOptions};
+use flopmeter_sim::demo::{self, DemoOptions};
 use serde::Serialize;
 
 /// Options of `flopmeter demo`.

@@ -78,8 +78,8 @@ fn verify_offline(dir: &Path, out: &mut dyn Write) -> anyhow::Result<VerifyRepor
     }
     let store = match SledStore::open_unchecked(dir, DEFAULT_CACHE_BYTES) {
         Ok(s) => s,
-        Err(StoreError::Damaged { detail, .. }) => anyhow::bail!(
-            "the ledger in {} cannot be opened: {detail}. Restore it from a backup; agents \
+        Err(StoreError::Damaged { cause, .. }) => anyhow::bail!(
+            "the ledger in {} cannot be opened: {cause}. Restore it from a backup; agents \
              re-send everything they still hold above the restored high-water marks",
             dir.display()
         ),
@@ -90,7 +90,7 @@ fn verify_offline(dir: &Path, out: &mut dyn Write) -> anyhow::Result<VerifyRepor
         let mut damage = store.damage(DamageScan::Full)?;
         if let Err(e) = store.check_guard(dir) {
             damage.push(match e {
-                StoreError::Damaged { detail, .. } => format!("ledger: {detail}"),
+                StoreError::Damaged { cause, .. } => format!("ledger: {cause}"),
                 other => other.to_string(),
             });
         }

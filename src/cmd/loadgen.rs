@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use flopmeter_collector::loadgen::{self, LoadgenArgs, LoadgenError};
+use flopmeter_sim::loadgen::{self, LoadgenArgs, LoadgenError};
 
 use super::UsageError;
 

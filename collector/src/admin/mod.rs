@@ -10,8 +10,8 @@
 //! second caller is told to wait and ingest never waits for the scan.
 
 pub mod convert;
-pub mod credentials;
-pub mod text;
+pub(crate) mod credentials;
+pub(crate) mod text;
 
 use std::sync::Arc;
 

@@ -31,31 +31,41 @@ pub struct AuditRecord {
     pub payload: Json,
 }
 
+/// Why the chain could not be appended to.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The stored head does not decode.
+    #[error("the audit chain's head does not decode: {0}")]
+    Head(#[source] serde_json::Error),
+    /// An entry or the head does not encode.
+    #[error("cannot encode an audit entry: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
 /// Appends `records`, in order, to the chain whose trees are `log` and `head`, inside the
-/// caller's transaction. `corrupt` turns a stored head that does not decode (or an entry
-/// that does not encode) into the caller's error type. Returns the entries written.
-pub fn append<E>(
+/// caller's transaction; its errors become the caller's through `From`. Returns the entries
+/// written.
+pub fn append<E: From<ChainError>>(
     log: &TransactionalTree,
     head: &TransactionalTree,
     records: &[AuditRecord],
-    corrupt: impl Fn(String) -> E,
 ) -> Result<Vec<AuditEntry>, ConflictableTransactionError<E>> {
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let abort = |m: String| ConflictableTransactionError::Abort(corrupt(m));
+    let abort = |e: ChainError| ConflictableTransactionError::Abort(e.into());
     let mut h: ChainHead = match head.get(HEAD_KEY)? {
-        Some(v) => serde_json::from_slice(&v).map_err(|e| abort(format!("audit head: {e}")))?,
+        Some(v) => serde_json::from_slice(&v).map_err(|e| abort(ChainError::Head(e)))?,
         None => ChainHead::genesis(),
     };
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let e = h.append(r.time_ms, &r.actor, r.kind.clone(), r.payload.clone());
-        let v = serde_json::to_vec(&e).map_err(|e| abort(format!("audit entry: {e}")))?;
+        let v = serde_json::to_vec(&e).map_err(|e| abort(ChainError::Encode(e)))?;
         log.insert(&e.seq.to_be_bytes()[..], v)?;
         out.push(e);
     }
-    let v = serde_json::to_vec(&h).map_err(|e| abort(format!("audit head: {e}")))?;
+    let v = serde_json::to_vec(&h).map_err(|e| abort(ChainError::Encode(e)))?;
     head.insert(HEAD_KEY, v)?;
     Ok(out)
 }

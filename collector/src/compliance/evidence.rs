@@ -133,26 +133,10 @@ impl BucketCache {
         Ok(())
     }
 
-    /// Builds the evidence of every model the ledger knows at `now_ms`. A run counts as active
-    /// while it reported within `idle_ms` before `now_ms` and has not reached its declared
-    /// end.
-    pub fn evidence(
-        &self,
-        store: &dyn LedgerStore,
-        now_ms: i64,
-        idle_ms: i64,
-    ) -> Result<Vec<ModelEvidence>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_evidence(store, now_ms, idle_ms, |ev| {
-            out.push(ev);
-            Ok::<(), StoreError>(())
-        })?;
-        Ok(out)
-    }
-
-    /// [`BucketCache::evidence`] one model at a time: what a pass holds at once is one
-    /// model's evidence, not every model's (at 100,000 models the whole list was tens of MiB
-    /// at every pass).
+    /// Builds the evidence of every model the ledger knows at `now_ms`, one model at a time:
+    /// what a pass holds at once is one model's evidence, not every model's (at 100,000
+    /// models the whole list was tens of MiB at every pass). A run counts as active while it
+    /// reported within `idle_ms` before `now_ms` and has not reached its declared end.
     pub fn for_each_evidence<E: From<StoreError>>(
         &self,
         store: &dyn LedgerStore,

@@ -3,16 +3,16 @@
 //! against the ledger, with durable state, an audit chain and an outbox.
 //!
 //! Code map:
-//! - [`evidence`]: ledger → `ModelEvidence` (registry, runs, hourly event-time buckets);
-//! - [`engine`]: one evaluation pass (assess, clock, alert, commit), person actions (ack,
+//! - `evidence`: ledger → `ModelEvidence` (registry, runs, hourly event-time buckets);
+//! - `engine`: one evaluation pass (assess, clock, alert, commit), person actions (ack,
 //!   dismiss), views for the CLI and API, gauges;
 //! - [`store`]: the sled trees (clocks, alerts, audit log and head, outbox, meta) and the
 //!   one-transaction [`store::Change`];
-//! - [`chain`]: appending to the audit chain inside any transaction (the ledger's too);
+//! - `chain`: appending to the audit chain inside any transaction (the ledger's too);
 //! - [`outbox`]: delivery with retries and backoff to Alertmanager, webhooks, the log;
-//! - [`metrics`]: the metric families `deploy/prometheus/rules.yml` queries;
-//! - [`admin`]: the `Compliance` gRPC service (alerts, ack, dismiss, audit);
-//! - [`http`]: `/api/v1/alerts` and `/api/v1/audit/verify`.
+//! - `metrics`: the metric families `deploy/prometheus/rules.yml` queries;
+//! - `admin`: the `Compliance` gRPC service (alerts, ack, dismiss, audit);
+//! - `http`: `/api/v1/alerts` and `/api/v1/audit/verify`.
 //!
 //! Invariants: a recorded clock start never moves; the audit log is append-only and its
 //! chain verifies; nothing is sent before it is durable; the outbox never drops a message.
@@ -23,12 +23,12 @@
 //! group; and at least every `interval`), and the **outbox loop** (delivers due items every
 //! half second or when kicked, re-posts active alerts to Alertmanager every `resend`).
 
-pub mod admin;
-pub mod chain;
-pub mod engine;
-pub mod evidence;
-pub mod http;
-pub mod metrics;
+pub(crate) mod admin;
+pub(crate) mod chain;
+pub(crate) mod engine;
+pub(crate) mod evidence;
+pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod outbox;
 pub mod store;
 

@@ -20,7 +20,9 @@
 //! whose start differs from the stored one (the core never produces one; this is the last
 //! line of defence against a bug).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use flopmeter_durable::Flusher;
 
 use flopmeter_core::alert::{Alert, AlertContent, AlertEvent};
 use flopmeter_core::audit::{self, AuditEntry, BrokenLink, ChainHead};
@@ -29,25 +31,52 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::chain::ChainError;
 use crate::ledger::keys;
+use crate::ledger::{BackendError, sled_store::SledStore};
 
 /// Errors of the compliance store.
 #[derive(Debug, thiserror::Error)]
 pub enum ComplianceStoreError {
-    /// sled failed.
+    /// The storage engine failed reading or writing, or a flush did not make the writes
+    /// durable (after a failed flush none is trusted until restart, as for the ledger).
     #[error("compliance storage error: {0}")]
-    Storage(String),
-    /// A stored value could not be decoded.
-    #[error("compliance store holds a corrupt value: {0}")]
-    Corrupt(String),
+    Storage(#[source] BackendError),
+    /// A stored value does not decode as its type.
+    #[error("the compliance store holds a corrupt {what}: {source}")]
+    Corrupt {
+        /// What the value is (`clock`, `alert`, a metadata name...).
+        what: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value cannot be encoded for storage.
+    #[error("cannot encode {what} for the compliance store: {source}")]
+    Encode {
+        /// What the value is.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Appending to the audit chain failed (its head does not decode, an entry does not
+    /// encode).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// A write would have moved a recorded clock start.
-    #[error("refusing to move the recorded clock start of {0}")]
-    StartMoved(String),
+    #[error("refusing to move the recorded clock start of {model} / {threshold}")]
+    StartMoved {
+        /// The model.
+        model: String,
+        /// The threshold.
+        threshold: String,
+    },
 }
 
 impl From<sled::Error> for ComplianceStoreError {
     fn from(e: sled::Error) -> Self {
-        ComplianceStoreError::Storage(e.to_string())
+        ComplianceStoreError::Storage(Box::new(e))
     }
 }
 
@@ -55,7 +84,7 @@ impl From<TransactionError<ComplianceStoreError>> for ComplianceStoreError {
     fn from(e: TransactionError<ComplianceStoreError>) -> Self {
         match e {
             TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => ComplianceStoreError::Storage(e.to_string()),
+            TransactionError::Storage(e) => e.into(),
         }
     }
 }
@@ -165,18 +194,23 @@ pub struct ComplianceStore {
     head: sled::Tree,
     outbox: sled::Tree,
     meta: sled::Tree,
+    /// The ledger's flusher: the durability rule is per database.
+    flusher: Arc<Flusher>,
     /// Serializes writers (engine, admin actions, outbox): the audit head is a single chain.
     write: Mutex<()>,
 }
 
 use super::chain::{self, HEAD_KEY};
 
-fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, ComplianceStoreError> {
-    serde_json::to_vec(v).map_err(|e| ComplianceStoreError::Corrupt(e.to_string()))
+fn enc<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, ComplianceStoreError> {
+    serde_json::to_vec(v).map_err(|source| ComplianceStoreError::Encode { what, source })
 }
 
 fn dec<T: DeserializeOwned>(v: &[u8], what: &str) -> Result<T, ComplianceStoreError> {
-    serde_json::from_slice(v).map_err(|e| ComplianceStoreError::Corrupt(format!("{what}: {e}")))
+    serde_json::from_slice(v).map_err(|source| ComplianceStoreError::Corrupt {
+        what: what.to_string(),
+        source,
+    })
 }
 
 /// The key of a (model, threshold) pair.
@@ -189,8 +223,10 @@ fn outbox_key(sink: &str, key: &str) -> Vec<u8> {
 }
 
 impl ComplianceStore {
-    /// Opens (creates) the compliance trees in `db`.
-    pub fn open(db: &sled::Db) -> Result<ComplianceStore, ComplianceStoreError> {
+    /// Opens (creates) the compliance trees in the ledger's database: one database, so one
+    /// flush covers both, and one durability rule (a failed flush of either poisons both).
+    pub fn open(ledger: &SledStore) -> Result<ComplianceStore, ComplianceStoreError> {
+        let db = ledger.db();
         Ok(ComplianceStore {
             clocks: db.open_tree("compliance_clocks")?,
             alerts: db.open_tree("compliance_alerts")?,
@@ -199,6 +235,7 @@ impl ComplianceStore {
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("compliance_meta")?,
             db: db.clone(),
+            flusher: ledger.flusher(),
             write: Mutex::new(()),
         })
     }
@@ -208,10 +245,11 @@ impl ComplianceStore {
         &self.db
     }
 
-    /// Makes everything written durable.
+    /// Makes everything written durable (with the ledger's writes in the same database).
     pub fn flush(&self) -> Result<(), ComplianceStoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.flusher
+            .flush()
+            .map_err(|e| ComplianceStoreError::Storage(Box::new(e)))
     }
 
     /// The clock of a pair.
@@ -361,13 +399,22 @@ impl ComplianceStore {
             .clock
             .as_ref()
             .map(|c| {
-                Ok::<_, ComplianceStoreError>((pair_key(&c.model, &c.threshold_id), enc(c)?, c))
+                Ok::<_, ComplianceStoreError>((
+                    pair_key(&c.model, &c.threshold_id),
+                    enc(c, "clock")?,
+                    c,
+                ))
             })
             .transpose()?;
         let alert = change
             .alert
             .as_ref()
-            .map(|a| Ok::<_, ComplianceStoreError>((pair_key(&a.model, &a.threshold_id), enc(a)?)))
+            .map(|a| {
+                Ok::<_, ComplianceStoreError>((
+                    pair_key(&a.model, &a.threshold_id),
+                    enc(a, "alert")?,
+                ))
+            })
             .transpose()?;
         let outbox: Vec<(Vec<u8>, Vec<u8>)> = change
             .outbox
@@ -375,13 +422,13 @@ impl ComplianceStore {
             .map(|o| {
                 let mut o = o.clone();
                 o.seq = self.db.generate_id()?;
-                Ok((outbox_key(&o.sink, &o.key), enc(&o)?))
+                Ok((outbox_key(&o.sink, &o.key), enc(&o, "outbox item")?))
             })
             .collect::<Result<_, ComplianceStoreError>>()?;
         let updates: Vec<(Vec<u8>, Vec<u8>)> = change
             .outbox_update
             .iter()
-            .map(|o| Ok((outbox_key(&o.sink, &o.key), enc(o)?)))
+            .map(|o| Ok((outbox_key(&o.sink, &o.key), enc(o, "outbox item")?)))
             .collect::<Result<_, ComplianceStoreError>>()?;
         let abort = |e: ComplianceStoreError| ConflictableTransactionError::Abort(e);
         let written = (
@@ -397,10 +444,10 @@ impl ComplianceStore {
                     if let Some(old) = clocks.get(k)? {
                         let old: ClockState = dec(&old, "clock").map_err(abort)?;
                         if old.start != c.start {
-                            return Err(abort(ComplianceStoreError::StartMoved(format!(
-                                "{} / {}",
-                                c.model, c.threshold_id
-                            ))));
+                            return Err(abort(ComplianceStoreError::StartMoved {
+                                model: c.model.clone(),
+                                threshold: c.threshold_id.clone(),
+                            }));
                         }
                     }
                     clocks.insert(k.as_slice(), v.as_slice())?;
@@ -408,7 +455,7 @@ impl ComplianceStore {
                 if let Some((k, v)) = &alert {
                     alerts.insert(k.as_slice(), v.as_slice())?;
                 }
-                let out = chain::append(log, head, &change.audit, ComplianceStoreError::Corrupt)?;
+                let out = chain::append(log, head, &change.audit)?;
                 for (k, v) in &outbox {
                     if ob.get(k)?.is_none() {
                         ob.insert(k.as_slice(), v.as_slice())?;
@@ -439,5 +486,5 @@ impl ComplianceStore {
 
 /// JSON bytes for [`Change::meta`].
 pub fn meta_value<T: Serialize>(v: &T) -> Result<Vec<u8>, ComplianceStoreError> {
-    enc(v)
+    enc(v, "metadata")
 }

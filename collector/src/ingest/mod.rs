@@ -22,7 +22,7 @@
 //! Each refusal bumps `flopmeter_ingest_refused_total{reason}` ([`Refusal`]); a broken
 //! connection is not a refusal and is not answered.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod validate;
 
 use std::collections::HashMap;

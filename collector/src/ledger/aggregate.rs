@@ -319,7 +319,7 @@ pub struct Aggregate {
     /// Distinct nodes that reported work for it.
     pub nodes: u64,
     /// Slurm clusters its jobs ran on (`WorkloadIdentity.cluster`; at most
-    /// [`MAX_CLUSTERS`]). Absent in older ledgers: empty.
+    /// `MAX_CLUSTERS`). Absent in older ledgers: empty.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub clusters: BTreeSet<String>,
     /// Unattributed buckets only: the sources (job, pod, process) of the work, largest

@@ -147,19 +147,28 @@ pub struct AgentInfo {
     pub cluster: String,
 }
 
-/// Encodes a JSON value.
-pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
+/// Encodes a JSON value; `what` names it in the error.
+pub fn to_json<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|source| StoreError::Encode { what, source })
 }
 
 /// Decodes a JSON value; `what` names it in the error.
-pub fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+pub fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        source: e.into(),
+    })
 }
 
 /// Decodes a protobuf value; `what` names it in the error.
-pub fn from_proto<T: prost::Message + Default>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    T::decode(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+pub fn from_proto<T: prost::Message + Default>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
+    T::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        source: e.into(),
+    })
 }
 
 #[cfg(test)]

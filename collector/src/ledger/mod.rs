@@ -25,14 +25,14 @@
 //! Durability contract: nothing a mutating method wrote is durable until [`LedgerStore::flush`]
 //! returns; the collector acknowledges only after it.
 
-pub mod aggregate;
-pub mod codec;
+pub(crate) mod aggregate;
+pub(crate) mod codec;
 pub mod keys;
 pub mod plans;
-pub mod registry;
+pub(crate) mod registry;
 pub mod sequence;
 pub mod sled_store;
-pub mod summary;
+pub(crate) mod summary;
 pub mod verify;
 
 use flopmeter_core::stage::StagePolicy;
@@ -44,37 +44,184 @@ pub use codec::{AgentInfo, Declaration};
 pub use registry::{ModelEntry, Role};
 pub use verify::{VerifyCut, VerifyReport, VerifyScan};
 
+/// The storage engine's own error, kept as the source: the trait does not name the engine.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of a ledger store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The storage engine failed (I/O, lock held by another process...).
+    /// The storage engine failed reading or writing (I/O, a full disk, a flush that did not
+    /// make the writes durable).
     #[error("ledger storage error: {0}")]
-    Storage(String),
-    /// A stored value could not be decoded.
-    #[error("ledger holds a corrupt value: {0}")]
-    Corrupt(String),
+    Storage(#[source] BackendError),
+    /// A stored value does not decode as its type.
+    #[error("the ledger holds a corrupt {what}: {source}")]
+    Corrupt {
+        /// What the value is (`run aggregate`, `raw batch`...).
+        what: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: Malformed,
+    },
+    /// A value cannot be encoded for storage.
+    #[error("cannot encode {what} for the ledger: {source}")]
+    Encode {
+        /// What the value is.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An audit entry's payload cannot be built (a value whose serialization fails).
+    #[error("cannot record the audit entry: {0}")]
+    AuditPayload(#[source] flopmeter_core::audit::PayloadError),
     /// The caller asked for something invalid (an empty model name...).
     #[error("invalid ledger request: {0}")]
     Invalid(String),
-    /// The ledger's files cannot be opened, or values a start depends on do not decode. The
-    /// collector refuses to start on it: serving would build totals on unknown ground.
+    /// Another process holds the ledger (sled allows one process per database).
     #[error(
-        "the ledger in {dir} is damaged: {detail}. Recovery: stop the collector and restore \
+        "cannot open the ledger in {dir}: a running collector holds it; stop it, or ask it with \
+         --collector instead of --data-dir ({source})",
+        dir = dir.display()
+    )]
+    Locked {
+        /// The ledger directory.
+        dir: std::path::PathBuf,
+        /// The storage engine's error.
+        #[source]
+        source: BackendError,
+    },
+    /// The ledger directory cannot be created, read or written.
+    #[error(
+        "cannot open the ledger in {dir}: {source} (it must be a directory the collector can \
+         read and write: check --data-dir, ownership and permissions)",
+        dir = dir.display()
+    )]
+    Unusable {
+        /// The ledger directory.
+        dir: std::path::PathBuf,
+        /// The file-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ledger was written in a layout this version does not read. A ledger is never
+    /// converted in place, so the remedy is the version that wrote it.
+    #[error(
+        "the ledger in {dir} has layout version {found}, and this collector reads version \
+         {supported} only: it was written by {by} flopmeter. Run the collector version that \
+         wrote it (or a newer one), or restore a backup this version wrote; nothing was changed",
+        dir = dir.display(),
+        by = if found > supported { "a newer" } else { "an older" }
+    )]
+    FormatVersion {
+        /// The ledger directory.
+        dir: std::path::PathBuf,
+        /// The layout version stored in the ledger.
+        found: u64,
+        /// The layout version this build reads.
+        supported: u64,
+    },
+    /// The ledger's files cannot be opened, or values a start depends on do not decode, or
+    /// it holds less than its guard says it made durable. The collector refuses to start on
+    /// it: serving would build totals on unknown ground.
+    #[error(
+        "the ledger in {dir} is damaged: {cause}. Recovery: stop the collector and restore \
          {dir} from a backup (agents re-send everything they still hold above the restored \
          high-water marks), or run `flopmeter ledger verify --data-dir {dir}` to see what is \
-         damaged"
+         damaged",
+        dir = dir.display()
     )]
     Damaged {
         /// The ledger directory.
         dir: std::path::PathBuf,
         /// What is wrong.
-        detail: String,
+        #[source]
+        cause: LedgerDamage,
     },
+    /// The ledger's volume has less free space than `--min-free-mb`: the writer writes and
+    /// acknowledges nothing until there is room (the storage engine does not recover cleanly
+    /// from a full disk).
+    #[error(
+        "the ledger's volume ({dir}) has {free_mib} MiB free, below --min-free-mb {min_mib}: \
+         nothing is acknowledged until there is room; agents keep their records",
+        dir = dir.display()
+    )]
+    LowSpace {
+        /// The ledger directory.
+        dir: std::path::PathBuf,
+        /// Free space, MiB.
+        free_mib: u64,
+        /// The configured minimum, MiB.
+        min_mib: u64,
+    },
+    /// A write or flush failed earlier: the writer acknowledges nothing until the collector
+    /// restarts, since a later flush that succeeds does not make the failed writes durable.
+    #[error(
+        "an earlier ledger write failed ({0}): nothing is acknowledged until the collector is \
+         restarted; agents keep their records"
+    )]
+    Broken(#[source] std::sync::Arc<StoreError>),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Storage(e.to_string())
+/// What is wrong with a stored value.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    /// It is not the JSON of its type.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// It is not the protobuf of its type.
+    #[error(transparent)]
+    Proto(#[from] prost::DecodeError),
+    /// Its bytes have the wrong shape (a key without its separators, a high-water mark that
+    /// is not 8 bytes).
+    #[error("{0}")]
+    Shape(&'static str),
+}
+
+/// Why a ledger is refused as damaged.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerDamage {
+    /// The storage engine cannot open or read its files.
+    #[error(transparent)]
+    Engine(BackendError),
+    /// Values a start depends on do not decode (`ledger verify` lists them all).
+    #[error("{first}{}", if *more > 0 { format!(" (and {more} more)") } else { String::new() })]
+    Values {
+        /// The first, as `tree value at key "...": error`.
+        first: String,
+        /// How many more.
+        more: usize,
+    },
+    /// It holds less than its truncation guard says had been made durable.
+    #[error(
+        "its high-water marks sum to {sum} over {agents} agent(s), but had reached {had_sum} \
+         over {had_agents} ({guard}): its files were truncated or replaced by an older copy, \
+         so records acknowledged to agents are missing (if you restored sled's files from a \
+         backup on purpose, delete {guard} to accept them)",
+        guard = guard.display()
+    )]
+    BehindGuard {
+        /// The high-water marks' sum now.
+        sum: u128,
+        /// Agents with a mark now.
+        agents: u64,
+        /// The sum the guard recorded.
+        had_sum: u128,
+        /// The agents the guard recorded.
+        had_agents: u64,
+        /// The guard file.
+        guard: std::path::PathBuf,
+    },
+    /// Reading what the checks need failed.
+    #[error(transparent)]
+    Unreadable(Box<StoreError>),
+}
+
+impl StoreError {
+    /// Whether a write failed in the storage engine (rather than being refused or invalid):
+    /// after one the writer acknowledges nothing until restart.
+    pub fn is_write_failure(&self) -> bool {
+        matches!(self, StoreError::Storage(_))
     }
 }
 

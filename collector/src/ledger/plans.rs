@@ -5,7 +5,7 @@
 //! became known that it will be met" (Art. 52(1)) at the moment it was declared, even when it
 //! is revised minutes later. Keeping only the latest figure let a plan of 2e25 revised to 5e24
 //! three seconds later vanish without a clock. The compliance engine reads the whole history
-//! ([`crate::compliance::evidence`]); the versions are also in the audit chain, appended in
+//! (`compliance::evidence`); the versions are also in the audit chain, appended in
 //! the transaction that records them.
 //!
 //! A version is added when a statement changes the plan in force **at the statement's own

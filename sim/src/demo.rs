@@ -2,10 +2,10 @@
 //!
 //! It starts an embedded collector (real gRPC ingest and admin, real HTTP) in a temporary
 //! directory and a local webhook receiver that verifies each delivery's HMAC signature. Then
-//! it plays weeks of training on a **virtual clock**: simulated agents stream event-time
-//! interval records over the real ingest protocol, one virtual day at a time, and the
-//! compliance engine (whose clock is the same virtual clock) evaluates after each day. The
-//! story, in order:
+//! it plays weeks of training on a **virtual clock**: simulated agents
+//! ([`crate::agent::SimAgent`], GB200 racks) stream event-time interval records over the real
+//! ingest protocol, one virtual day at a time, and the compliance engine (whose clock is the
+//! same virtual clock) evaluates after each day. The story, in order:
 //!
 //! 1. `frontier-400b`: a plan of 2.1e25 FLOP registered on day 0 → the clock starts on day 0,
 //!    reason (a);
@@ -42,21 +42,19 @@ use flopmeter_core::threshold_config::ThresholdConfig;
 use flopmeter_core::utc::{MS_PER_DAY, MS_PER_HOUR, format_utc};
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::admin_client::AdminClient;
-use flopmeter_proto::v1::ingest_client::IngestClient;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
-use crate::compliance::{EngineClock, SinkConfig, outbox};
-use crate::config::CollectorConfig;
-use crate::{Collector, report};
+use flopmeter_collector::compliance::{EngineClock, SinkConfig, outbox};
+use flopmeter_collector::config::CollectorConfig;
+use flopmeter_collector::{Collector, report};
+
+use crate::agent::{Pace, SimAgent, SimLoad, SimSpec, SimStats, StopAt};
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The collector failed.
     #[error(transparent)]
-    Serve(#[from] crate::ServeError),
+    Serve(#[from] flopmeter_collector::ServeError),
     /// A gRPC call failed.
     #[error("gRPC: {0}")]
     Grpc(String),
@@ -65,7 +63,7 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
     /// The engine failed.
     #[error(transparent)]
-    Engine(#[from] crate::compliance::EngineError),
+    Engine(#[from] flopmeter_collector::compliance::EngineError),
     /// Something the story expects did not happen.
     #[error("demo: {0}")]
     Story(String),
@@ -145,6 +143,25 @@ struct Hook {
     received: Mutex<Vec<(String, String, bool)>>,
 }
 
+impl Hook {
+    /// Prints the deliveries received after the first `shown`; returns how many there are.
+    fn show_since(&self, shown: usize, out: &mut (dyn Write + Send)) -> std::io::Result<usize> {
+        let got = self
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (key, status, ok) in got.iter().skip(shown) {
+            writeln!(
+                out,
+                "        webhook ← {key} [{status}] signature {}",
+                if *ok { "valid" } else { "INVALID" }
+            )?;
+        }
+        Ok(got.len())
+    }
+}
+
 async fn hook(
     State(h): State<Arc<Hook>>,
     headers: HeaderMap,
@@ -169,163 +186,24 @@ async fn hook(
     }
 }
 
-/// One simulated agent: a node (or rack) of GB200s streaming hourly records of one run.
-struct SimAgent {
-    id: String,
-    tx: mpsc::Sender<pb::AgentMessage>,
-    inbound: tonic::Streaming<pb::CollectorMessage>,
-    next_seq: u64,
-    model: String,
-    run: String,
-    stage: String,
-    /// High FLOP per GPU-hour; central = high / 1.3, low = central × 0.7.
-    high_per_gpu_hour: u64,
-}
-
-impl std::fmt::Debug for SimAgent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimAgent").field("id", &self.id).finish()
-    }
-}
-
-impl SimAgent {
-    async fn connect(
-        channel: Channel,
-        id: String,
-        model: &str,
-        run: &str,
-        stage: &str,
-        high_per_gpu_hour: u64,
-        now_ms: i64,
-    ) -> Result<SimAgent, DemoError> {
-        let (tx, rx) = mpsc::channel(1024);
-        let hello = pb::Hello {
-            agent_id: id.clone(),
-            node: id.clone(),
-            software_version: concat!("demo/", env!("CARGO_PKG_VERSION")).into(),
-            agent_time_unix_ms: now_ms,
-            gpus: (0..GPUS_PER_AGENT)
-                .map(|i| pb::GpuInventory {
-                    index: i,
-                    uuid: format!("GPU-{id}-{i}"),
-                    name: "NVIDIA GB200".into(),
-                    pci_device_id: 0x2941,
-                    catalogue_id: "gb200".into(),
-                    gpm_supported: true,
-                    max_sm_clock_mhz: 2062,
-                    ..pb::GpuInventory::default()
-                })
-                .collect(),
-            ..pb::Hello::default()
-        };
-        tx.send(pb::AgentMessage {
-            kind: Some(pb::agent_message::Kind::Hello(hello)),
-        })
-        .await
-        .map_err(|_| DemoError::Story("agent stream closed".into()))?;
-        let mut inbound = IngestClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .stream(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let hwm = match inbound.message().await? {
-            Some(pb::CollectorMessage {
-                kind: Some(pb::collector_message::Kind::Welcome(w)),
-            }) => w.high_water_mark,
-            other => return Err(DemoError::Story(format!("expected Welcome, got {other:?}"))),
-        };
-        Ok(SimAgent {
-            id,
-            tx,
-            inbound,
-            next_seq: hwm + 1,
-            model: model.into(),
-            run: run.into(),
-            stage: stage.into(),
-            high_per_gpu_hour,
-        })
-    }
-
-    /// Sends one batch per hour of `[from_ms, to_ms)` (event time).
-    async fn send_hours(&mut self, from_ms: i64, to_ms: i64) -> Result<u64, DemoError> {
-        let high = self.high_per_gpu_hour;
-        let central = high / 13 * 10;
-        let low = central / 10 * 7;
-        let mut t = from_ms;
-        let mut last = 0;
-        while t < to_ms {
-            let records = (0..GPUS_PER_AGENT)
-                .map(|g| {
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    pb::IntervalRecord {
-                        seq,
-                        start_unix_ms: t,
-                        end_unix_ms: t + MS_PER_HOUR,
-                        gpu_uuid: format!("GPU-{}-{g}", self.id),
-                        gpu_type: "gb200".into(),
-                        flop_low: low,
-                        flop_central: central,
-                        flop_high: high,
-                        gpu_ms: MS_PER_HOUR as u64,
-                        energy_mj: 900 * 3_600 * 1_000,
-                        mean_sm_clock_mhz: 1_900,
-                        mean_tensor_util: 0.55,
-                        method: pb::Method::GpmTensor as i32,
-                        precision: pb::Precision::Fp8 as i32,
-                        precision_declared: true,
-                        identity: Some(pb::WorkloadIdentity {
-                            model: self.model.clone(),
-                            run: self.run.clone(),
-                            stage: self.stage.clone(),
-                            source: pb::AttributionSource::ProcessEnv as i32,
-                            ..pb::WorkloadIdentity::default()
-                        }),
-                        ..pb::IntervalRecord::default()
-                    }
-                })
-                .collect::<Vec<_>>();
-            last = records.last().map_or(last, |r| r.seq);
-            self.tx
-                .send(pb::AgentMessage {
-                    kind: Some(pb::agent_message::Kind::Batch(pb::RecordBatch { records })),
-                })
-                .await
-                .map_err(|_| DemoError::Story("agent stream closed".into()))?;
-            t += MS_PER_HOUR;
-        }
-        Ok(last)
-    }
-
-    /// Waits until the collector acknowledged everything through `seq` (durable).
-    async fn wait_ack(&mut self, seq: u64) -> Result<(), DemoError> {
-        loop {
-            match self.inbound.message().await? {
-                Some(pb::CollectorMessage {
-                    kind: Some(pb::collector_message::Kind::Ack(a)),
-                }) => {
-                    if !a.rejections.is_empty() {
-                        return Err(DemoError::Story(format!(
-                            "records rejected: {:?}",
-                            a.rejections.first()
-                        )));
-                    }
-                    if a.acked_through >= seq {
-                        return Ok(());
-                    }
-                }
-                Some(_) => {}
-                None => return Err(DemoError::Story("ingest stream closed".into())),
-            }
-        }
-    }
-}
-
 /// A run played by several agents between two virtual days.
 struct Run {
     agents: Vec<SimAgent>,
+    /// How many agents it has (they are lent to tasks each day).
+    count: usize,
     from_day: i64,
     to_day: i64,
+}
+
+impl Run {
+    fn new(agents: Vec<SimAgent>, from_day: i64, to_day: i64) -> Run {
+        Run {
+            count: agents.len(),
+            agents,
+            from_day,
+            to_day,
+        }
+    }
 }
 
 fn sci(x: f64) -> u128 {
@@ -339,7 +217,7 @@ pub async fn run(
 ) -> Result<DemoOutcome, DemoError> {
     let wall0 = Instant::now();
     let s = if opts.fast { 1e-3 } else { 1.0 };
-    let t0 = crate::now_unix_ms();
+    let t0 = flopmeter_collector::now_unix_ms();
     let vnow = Arc::new(AtomicI64::new(t0));
     let (data_dir, temporary) = match &opts.data_dir {
         Some(d) => (d.clone(), false),
@@ -492,6 +370,7 @@ pub async fn run(
     let atlas_high = per_hour(1.0e25, atlas_gpus, 14.0 * 24.0 - 6.0);
     let helper_high = per_hour(1.0e24, helper_gpus, 6.0 * 24.0 - 6.0);
     let frontier_high = per_hour(2.0e23, frontier_gpus, 16.0 * 24.0);
+    let stats = Arc::new(SimStats::default());
     let mut runs = Vec::new();
     for (model, run, stage, gpus, high, from_day, to_day) in [
         (
@@ -522,26 +401,26 @@ pub async fn run(
             12,
         ),
     ] {
-        let mut agents = Vec::new();
-        for i in 0..gpus / GPUS_PER_AGENT {
-            agents.push(
-                SimAgent::connect(
-                    channel.clone(),
-                    format!("{model}-rack-{i:02}"),
-                    model,
-                    run,
-                    stage,
-                    high,
-                    t0,
-                )
-                .await?,
-            );
-        }
-        runs.push(Run {
-            agents,
-            from_day,
-            to_day,
-        });
+        // One rack of GB200s per agent, hourly records of one run from its first day.
+        let agents = (0..gpus / GPUS_PER_AGENT)
+            .map(|i| {
+                let id = format!("{model}-rack-{i:02}");
+                SimAgent::new(SimSpec {
+                    agent_id: id.clone(),
+                    node: id,
+                    gpus: GPUS_PER_AGENT,
+                    model: model.into(),
+                    run: run.into(),
+                    stage: stage.into(),
+                    interval: Duration::from_millis(MS_PER_HOUR as u64),
+                    token: None,
+                })
+                .with_load(SimLoad::Gb200Fp8 { high })
+                .starting_at(t0 + from_day * MS_PER_DAY)
+                .calling_itself("demo")
+            })
+            .collect();
+        runs.push(Run::new(agents, from_day, to_day));
     }
     writeln!(
         out,
@@ -557,27 +436,55 @@ pub async fn run(
     let days = 14;
     for day in 0..=days {
         let from = t0 + day * MS_PER_DAY;
-        let to = from + MS_PER_DAY;
         if day > 0 {
-            // Feed the day, all agents pipelined, then wait for durable acks.
-            let mut waits = Vec::new();
-            for (ri, r) in runs.iter_mut().enumerate() {
-                if day <= r.from_day || day > r.to_day {
-                    continue;
-                }
-                for (ai, a) in r.agents.iter_mut().enumerate() {
-                    let last = a.send_hours(from - MS_PER_DAY, to - MS_PER_DAY).await?;
-                    records += 24 * u64::from(GPUS_PER_AGENT);
-                    waits.push((ri, ai, last));
+            // Feed the day, every agent at once, each returning once all it generated is
+            // acknowledged (durable).
+            let mut tasks = Vec::new();
+            for r in &mut runs {
+                let active = day > r.from_day && day <= r.to_day;
+                for mut a in std::mem::take(&mut r.agents) {
+                    let (channel, stats) = (channel.clone(), stats.clone());
+                    if active {
+                        a.generate(24, &stats);
+                        records += 24 * u64::from(GPUS_PER_AGENT);
+                    }
+                    tasks.push(tokio::spawn(async move {
+                        let stop = StopAt {
+                            batches: Some(a.batches_generated()),
+                            deadline: None,
+                        };
+                        a.run(channel, Pace::Max, stop, Duration::ZERO, stats).await;
+                        a
+                    }));
                 }
             }
-            for (ri, ai, last) in waits {
-                runs[ri].agents[ai].wait_ack(last).await?;
+            let mut back = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                back.push(
+                    t.await
+                        .map_err(|e| DemoError::Story(format!("agent task: {e}")))?,
+                );
+            }
+            for r in &mut runs {
+                let n = r.count;
+                r.agents.extend(back.drain(..n));
+            }
+            if let Some(why) = stats
+                .first_rejection
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return Err(DemoError::Story(format!("records rejected: {why}")));
             }
         }
         // Day 0 is evaluated just after the registrations (stamped by the collector's clock).
         vnow.store(
-            if day == 0 { crate::now_unix_ms() } else { from },
+            if day == 0 {
+                flopmeter_collector::now_unix_ms()
+            } else {
+                from
+            },
             Ordering::SeqCst,
         );
         compliance.evaluate_now().await?;
@@ -617,19 +524,7 @@ pub async fn run(
             }
             seen.insert(key, v.status.clone());
         }
-        let got = hook_state
-            .received
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (key, status, ok) in got.iter().skip(hooks_shown) {
-            writeln!(
-                out,
-                "        webhook ← {key} [{status}] signature {}",
-                if *ok { "valid" } else { "INVALID" }
-            )?;
-        }
-        hooks_shown = got.len();
+        hooks_shown = hook_state.show_since(hooks_shown, out)?;
     }
 
     // The acknowledgement, through the admin API as `flopmeter ack` does it.
@@ -654,18 +549,7 @@ pub async fn run(
         acked.alert.map(|a| a.status).unwrap_or_default()
     )?;
     compliance.deliver_now().await?;
-    let got = hook_state
-        .received
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for (key, status, ok) in got.iter().skip(hooks_shown) {
-        writeln!(
-            out,
-            "        webhook ← {key} [{status}] signature {}",
-            if *ok { "valid" } else { "INVALID" }
-        )?;
-    }
+    hook_state.show_since(hooks_shown, out)?;
 
     // Alerts, report, audit.
     writeln!(out)?;
@@ -746,11 +630,7 @@ pub async fn run(
             );
         }
     }
-    for r in runs {
-        for a in r.agents {
-            drop(a.tx);
-        }
-    }
+    drop(runs);
     let webhook = hook_state
         .received
         .lock()

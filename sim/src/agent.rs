@@ -1,4 +1,5 @@
-//! A protocol client that behaves like an agent, for the load generator and for tests.
+//! The one simulated agent: a protocol client that behaves like an agent, for the load
+//! generator, the demo and tests.
 //!
 //! It keeps every record it generated until the collector acknowledges it (its "spool"),
 //! opens a stream with a Hello, drops what the Welcome's high-water mark covers, resends the
@@ -6,12 +7,17 @@
 //! collector goes away. That is the agent's side of exactly-once accounting, so the
 //! kill -9 test drives the collector through crashes with it.
 //!
-//! Records are deterministic functions of (agent id, sequence number, GPU): two runs that
-//! generate the same sequence numbers carry the same FLOP, so their totals can be compared
-//! exactly. Event time runs on the agent's own clock, one interval per batch from
-//! [`EVENT_HEADROOM`] ago, so that however fast batches are generated, no two records of a
-//! GPU overlap (the collector bounds overlapping records by the GPU's ceiling) and none lies
-//! in the future.
+//! Records are deterministic functions of (agent id, sequence number, GPU) and the agent's
+//! [`SimLoad`]: two runs that generate the same sequence numbers carry the same FLOP, so
+//! their totals can be compared exactly. Event time runs on the agent's own clock, one
+//! interval per batch from its start ([`EVENT_HEADROOM`] ago by default, or a virtual day
+//! for the demo: [`SimAgent::starting_at`]), so that however fast batches are generated, no
+//! two records of a GPU overlap (the collector bounds overlapping records by the GPU's
+//! ceiling).
+//!
+//! This is a simulated *protocol client*. The agent's `--simulate` GPU source
+//! (`flopmeter_agent::simulated`) is another layer: simulated GPUs under the real sampler,
+//! spool and shipper.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,7 +35,7 @@ use tokio::time::{Instant, Interval};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::now_unix_ms;
+use flopmeter_collector::now_unix_ms;
 
 /// How far back a simulated agent's event clock starts: room for half a million batches at
 /// 10 s before it reaches the present, inside the collector's default backfill window.
@@ -56,6 +62,21 @@ pub struct SimSpec {
     pub token: Option<String>,
 }
 
+/// What a simulated agent's GPUs do, and so its inventory and records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimLoad {
+    /// H100 SXM GPUs at about 40% tensor activity in BF16 (989e12 × 0.4, ±10% per record,
+    /// from a hash of agent, sequence number and GPU): the load generator's fleet.
+    #[default]
+    H100Bf16,
+    /// GB200 GPUs in FP8, declared, `high` FLOP per GPU and interval; central = high / 1.3,
+    /// low = central × 0.7: the demo's racks, sized so totals cross where its story needs.
+    Gb200Fp8 {
+        /// The high bound per record.
+        high: u64,
+    },
+}
+
 /// Counters shared by many simulated agents.
 #[derive(Debug, Default)]
 pub struct SimStats {
@@ -69,6 +90,9 @@ pub struct SimStats {
     pub reconnects: AtomicU64,
     /// Resend requests followed.
     pub resends: AtomicU64,
+    /// The first rejection the collector reported (reason and detail), for callers that
+    /// expect none.
+    pub first_rejection: Mutex<Option<String>>,
     /// Per-batch ack latency, microseconds (only batches acknowledged after `measure_from`).
     pub latencies_us: Mutex<Vec<u32>>,
     /// Records acknowledged after `measure_from`.
@@ -116,6 +140,9 @@ pub enum SessionError {
 #[derive(Debug)]
 pub struct SimAgent {
     spec: SimSpec,
+    load: SimLoad,
+    /// Names the software in its Hello (`loadgen`, `demo`).
+    software: &'static str,
     seed: u64,
     next_seq: u64,
     acked_through: u64,
@@ -123,6 +150,15 @@ pub struct SimAgent {
     batches_generated: u64,
     /// Event time at which the first batch starts, Unix ms.
     event_start_ms: i64,
+}
+
+/// What a [`SimLoad`] runs on, as its Hello and records name it.
+#[derive(Debug, Clone, Copy)]
+struct SimGpu {
+    name: &'static str,
+    pci_device_id: u32,
+    catalogue_id: &'static str,
+    max_sm_clock_mhz: u32,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -144,6 +180,8 @@ impl SimAgent {
             });
         SimAgent {
             spec,
+            load: SimLoad::default(),
+            software: "loadgen",
             seed,
             next_seq: 1,
             acked_through: 0,
@@ -151,6 +189,24 @@ impl SimAgent {
             batches_generated: 0,
             event_start_ms: now_unix_ms() - EVENT_HEADROOM.as_millis() as i64,
         }
+    }
+
+    /// Its GPUs' load (default [`SimLoad::H100Bf16`]).
+    pub fn with_load(mut self, load: SimLoad) -> SimAgent {
+        self.load = load;
+        self
+    }
+
+    /// Its first batch starts at `event_start_ms` (default: [`EVENT_HEADROOM`] ago).
+    pub fn starting_at(mut self, event_start_ms: i64) -> SimAgent {
+        self.event_start_ms = event_start_ms;
+        self
+    }
+
+    /// The software it names in its Hello (default `loadgen`).
+    pub fn calling_itself(mut self, software: &'static str) -> SimAgent {
+        self.software = software;
+        self
     }
 
     /// The spec.
@@ -169,37 +225,78 @@ impl SimAgent {
     }
 
     /// The record with sequence number `seq` for GPU `gpu`, ending at `end_ms`. FLOP,
-    /// energy and GPU time depend only on the agent id, `seq` and `gpu`.
+    /// energy and GPU time depend only on the load, the agent id, `seq` and `gpu`.
     pub fn record(&self, seq: u64, gpu: u32, end_ms: i64) -> IntervalRecord {
         let interval_ms = self.spec.interval.as_millis() as u64;
-        let r = mix(self.seed ^ seq.wrapping_mul(0x1000_0000_01b3) ^ u64::from(gpu));
-        // Central about 40% tensor activity on an H100 at BF16: 989e12 × 0.4 ± 10%,
-        // per second of the interval.
-        let per_s = 356_000_000_000_000 + r % 80_000_000_000_000;
-        let central = per_s * interval_ms / 1000;
-        IntervalRecord {
+        let identity = Some(WorkloadIdentity {
+            model: self.spec.model.clone(),
+            run: self.spec.run.clone(),
+            stage: self.spec.stage.clone(),
+            source: AttributionSource::ProcessEnv as i32,
+            ..WorkloadIdentity::default()
+        });
+        let shared = IntervalRecord {
             seq,
             start_unix_ms: end_ms - interval_ms as i64,
             end_unix_ms: end_ms,
             gpu_uuid: format!("GPU-{}-{gpu}", self.spec.agent_id),
-            gpu_type: "h100-sxm".into(),
-            flop_low: central / 100 * 85,
-            flop_central: central,
-            flop_high: central * 2,
+            gpu_type: self.gpu().catalogue_id.into(),
             gpu_ms: interval_ms,
-            energy_mj: (500 + (r >> 20) % 200) * interval_ms,
-            mean_sm_clock_mhz: 1755,
-            mean_tensor_util: 0.4,
             method: Method::GpmTensor as i32,
-            precision: Precision::Bf16 as i32,
-            identity: Some(WorkloadIdentity {
-                model: self.spec.model.clone(),
-                run: self.spec.run.clone(),
-                stage: self.spec.stage.clone(),
-                source: AttributionSource::ProcessEnv as i32,
-                ..WorkloadIdentity::default()
-            }),
+            identity,
             ..IntervalRecord::default()
+        };
+        match self.load {
+            SimLoad::H100Bf16 => {
+                let r = mix(self.seed ^ seq.wrapping_mul(0x1000_0000_01b3) ^ u64::from(gpu));
+                // Central about 40% tensor activity on an H100 at BF16: 989e12 × 0.4 ± 10%,
+                // per second of the interval.
+                let per_s = 356_000_000_000_000 + r % 80_000_000_000_000;
+                let central = per_s * interval_ms / 1000;
+                IntervalRecord {
+                    flop_low: central / 100 * 85,
+                    flop_central: central,
+                    flop_high: central * 2,
+                    energy_mj: (500 + (r >> 20) % 200) * interval_ms,
+                    mean_sm_clock_mhz: 1755,
+                    mean_tensor_util: 0.4,
+                    precision: Precision::Bf16 as i32,
+                    ..shared
+                }
+            }
+            SimLoad::Gb200Fp8 { high } => {
+                let central = high / 13 * 10;
+                IntervalRecord {
+                    flop_low: central / 10 * 7,
+                    flop_central: central,
+                    flop_high: high,
+                    // 900 W.
+                    energy_mj: 900 * interval_ms,
+                    mean_sm_clock_mhz: 1_900,
+                    mean_tensor_util: 0.55,
+                    precision: Precision::Fp8 as i32,
+                    precision_declared: true,
+                    ..shared
+                }
+            }
+        }
+    }
+
+    /// The GPU model its load runs on.
+    fn gpu(&self) -> SimGpu {
+        match self.load {
+            SimLoad::H100Bf16 => SimGpu {
+                name: "NVIDIA H100 80GB HBM3",
+                pci_device_id: 0x2330,
+                catalogue_id: "h100-sxm",
+                max_sm_clock_mhz: 1980,
+            },
+            SimLoad::Gb200Fp8 { .. } => SimGpu {
+                name: "NVIDIA GB200",
+                pci_device_id: 0x2941,
+                catalogue_id: "gb200",
+                max_sm_clock_mhz: 2062,
+            },
         }
     }
 
@@ -208,23 +305,39 @@ impl SimAgent {
             kind: Some(agent_message::Kind::Hello(Hello {
                 agent_id: self.spec.agent_id.clone(),
                 node: self.spec.node.clone(),
-                software_version: concat!("loadgen/", env!("CARGO_PKG_VERSION")).into(),
+                software_version: format!("{}/{}", self.software, env!("CARGO_PKG_VERSION")),
                 agent_time_unix_ms: now_unix_ms(),
                 gpus: (0..self.spec.gpus)
-                    .map(|i| GpuInventory {
-                        index: i,
-                        uuid: format!("GPU-{}-{i}", self.spec.agent_id),
-                        name: "NVIDIA H100 80GB HBM3".into(),
-                        pci_device_id: 0x2330,
-                        catalogue_id: "h100-sxm".into(),
-                        gpm_supported: true,
-                        max_sm_clock_mhz: 1980,
-                        ..GpuInventory::default()
+                    .map(|i| {
+                        let gpu = self.gpu();
+                        GpuInventory {
+                            index: i,
+                            uuid: format!("GPU-{}-{i}", self.spec.agent_id),
+                            name: gpu.name.into(),
+                            pci_device_id: gpu.pci_device_id,
+                            catalogue_id: gpu.catalogue_id.into(),
+                            gpm_supported: true,
+                            max_sm_clock_mhz: gpu.max_sm_clock_mhz,
+                            ..GpuInventory::default()
+                        }
                     })
                     .collect(),
                 ..Hello::default()
             })),
         }
+    }
+
+    /// Generates `batches` more batches now, whatever the pace: the demo queues a virtual
+    /// day at a time and then [`SimAgent::run`]s until they are acknowledged.
+    pub fn generate(&mut self, batches: u64, stats: &SimStats) {
+        for _ in 0..batches {
+            self.generate_batch(stats);
+        }
+    }
+
+    /// Batches generated so far.
+    pub fn batches_generated(&self) -> u64 {
+        self.batches_generated
     }
 
     fn generate_batch(&mut self, stats: &SimStats) {
@@ -378,6 +491,13 @@ impl SimAgent {
                         Some(collector_message::Kind::Ack(a)) => {
                             self.ack(a.acked_through, stats);
                             stats.rejected.fetch_add(a.rejections.len() as u64, Ordering::Relaxed);
+                            if let Some(r) = a.rejections.first() {
+                                stats
+                                    .first_rejection
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert_with(|| format!("{}: {}", r.reason, r.detail));
+                            }
                             let now = Instant::now();
                             let mut lat = Vec::new();
                             while in_flight.front().is_some_and(|(last, _)| *last <= a.acked_through) {

@@ -1,12 +1,10 @@
 //! `flopmeter loadgen`: simulated agents against a collector, over real gRPC connections,
-//! speaking the real protocol ([`agent::SimAgent`]).
+//! speaking the real protocol ([`crate::agent::SimAgent`]).
 //!
 //! Two modes: paced (every agent sends one batch per report interval, phases spread evenly
 //! over the interval, as a fleet does) and `--max` (every agent sends its next batch as soon
 //! as the previous one is acknowledged: the collector's sustained ceiling). It reports
 //! records acknowledged per second, ack latency percentiles and the collector's RSS.
-
-pub mod agent;
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -18,8 +16,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::HumanDuration;
-use agent::{Pace, SimAgent, SimSpec, SimStats, StopAt, percentile_ms};
+use flopmeter_collector::config::HumanDuration;
+
+use crate::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt, percentile_ms};
 
 /// Options of `flopmeter loadgen`.
 #[derive(Debug, Clone, clap::Args, Serialize)]

@@ -1,0 +1,92 @@
+//! Rolling raw batches past retention into hourly rollups.
+
+use std::collections::BTreeMap;
+
+use sled::Transactional;
+use sled::transaction::TransactionalTree;
+
+use super::{SledStore, TxResult, abort, tx_error};
+use crate::ledger::aggregate::{Attribution, attribution, gpu_type_of};
+use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto, to_json};
+use crate::ledger::keys::{self, HOUR_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED};
+use crate::ledger::{RollupStats, StoreError};
+
+pub(super) fn roll_up(
+    store: &SledStore,
+    cutoff_unix_ms: i64,
+    max_batches: usize,
+) -> Result<RollupStats, StoreError> {
+    let cutoff = (cutoff_unix_ms.max(0) as u64).to_be_bytes();
+    let mut index_keys = Vec::new();
+    for k in store.raw_index.range(..&cutoff[..]).keys() {
+        index_keys.push(k?);
+        if index_keys.len() > max_batches {
+            break;
+        }
+    }
+    let more = index_keys.len() > max_batches;
+    index_keys.truncate(max_batches);
+    if index_keys.is_empty() {
+        return Ok(RollupStats::default());
+    }
+    (&store.raw, &store.raw_index, &store.rollups)
+        .transaction(|(raw, raw_index, rollups)| {
+            let mut stats = RollupStats {
+                more,
+                ..RollupStats::default()
+            };
+            let mut delta: BTreeMap<Vec<u8>, Rollup> = BTreeMap::new();
+            for ik in &index_keys {
+                let raw_key = &ik[8..];
+                if let Some(v) = raw.get(raw_key)? {
+                    let batch: StoredBatch = abort(from_proto(&v, "raw batch"))?;
+                    for rec in &batch.records {
+                        let hour = rec.start_unix_ms.div_euclid(HOUR_MS);
+                        let key = match attribution(rec) {
+                            Attribution::Run { model, run } => {
+                                keys::with_bucket(&[ROLLUP_RUN, model, run], hour)
+                            }
+                            Attribution::Unattributed => keys::with_bucket(
+                                &[ROLLUP_UNATTRIBUTED, &batch.node, gpu_type_of(rec)],
+                                hour,
+                            ),
+                        };
+                        let r = delta.entry(key).or_default();
+                        r.aggregate.add_record(rec);
+                        if matches!(attribution(rec), Attribution::Run { .. }) {
+                            r.agents.insert(batch.agent_id.clone());
+                            r.nodes.insert(batch.node.clone());
+                        }
+                        stats.records += 1;
+                    }
+                    raw.remove(raw_key)?;
+                    stats.batches += 1;
+                }
+                raw_index.remove(ik)?;
+            }
+            for (key, d) in &delta {
+                update_json(rollups, key, "rollup", |r: &mut Rollup| {
+                    r.aggregate.merge_stages(&d.aggregate);
+                    r.agents.extend(d.agents.iter().cloned());
+                    r.nodes.extend(d.nodes.iter().cloned());
+                })?;
+            }
+            Ok(stats)
+        })
+        .map_err(tx_error)
+}
+
+/// Reads, changes and writes back one JSON value inside a transaction.
+fn update_json<T, F>(tree: &TransactionalTree, key: &[u8], what: &'static str, f: F) -> TxResult<()>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default,
+    F: FnOnce(&mut T),
+{
+    let mut v: T = match tree.get(key)? {
+        Some(b) => abort(from_json(&b, what))?,
+        None => T::default(),
+    };
+    f(&mut v);
+    tree.insert(key, abort(to_json(&v, what))?)?;
+    Ok(())
+}
