@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::utc::{
+    MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, MS_PER_SECOND, SECONDS_PER_DAY, SECONDS_PER_HOUR,
+};
+
 /// A duration written as humans do: `250ms`, `1s`, `10s`, `5m`, `12h`, `90d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -28,8 +32,8 @@ impl FromStr for HumanDuration {
             "ms" => n / 1000.0,
             "s" | "" => n,
             "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86_400.0,
+            "h" => n * SECONDS_PER_HOUR as f64,
+            "d" => n * SECONDS_PER_DAY as f64,
             other => {
                 return Err(format!(
                     "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
@@ -47,11 +51,12 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         let (n, unit) = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
+            (MS_PER_DAY, "d"),
+            (MS_PER_HOUR, "h"),
+            (MS_PER_MINUTE, "m"),
+            (MS_PER_SECOND, "s"),
         ]
+        .map(|(u, name)| (u as u128, name))
         .into_iter()
         .find(|(u, _)| ms >= *u && ms.is_multiple_of(*u))
         .map_or((ms, "ms"), |(u, name)| (ms / u, name));

@@ -17,7 +17,8 @@
 //! - [`format`]: figures as regulators ask for them (two significant figures, more near a
 //!   threshold, plain days and MWh, deadlines); [`exact`]: JSON with `u128` as decimal
 //!   strings, for clients that read numbers as doubles.
-//! - [`utc`]: time as `i64` Unix milliseconds, UTC only: fixed-length days and ISO 8601.
+//! - [`utc`]: time as `i64` Unix milliseconds, UTC only: the one hour and day, the one
+//!   parser of times people write (dates, RFC 3339, Unix ms) and the UTC formats.
 //! - [`evidence`]: what is known about a model: role, declared plans, runs' counted FLOP over
 //!   event time.
 //! - [`projection`]: per model, the larger of the plan and the observed rate extrapolated to
