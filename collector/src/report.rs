@@ -342,18 +342,16 @@ pub struct Quality {
     pub unknown_peak_records: u64,
 }
 
-const MJ_PER_MWH: f64 = 3.6e12;
-
 fn days(ms: u128) -> f64 {
-    ms as f64 / DAY_MS as f64
+    flopmeter_core::utc::ms_as_days(ms)
 }
 
 fn hours(ms: u128) -> f64 {
-    ms as f64 / 3_600_000.0
+    flopmeter_core::utc::ms_as_hours(ms)
 }
 
 fn mwh(mj: u128) -> f64 {
-    mj as f64 / MJ_PER_MWH
+    flopmeter_core::energy::mj_to_mwh(mj)
 }
 
 /// Builds the report, or `None` when the ledger knows nothing of the model.
@@ -480,7 +478,7 @@ pub fn build(
     }
 
     let base_model = entry.as_ref().and_then(|e| {
-        let base = e.base_model.clone()?;
+        let base = e.declared.base_model.clone()?;
         Some(BaseModelView {
             base_model: base,
             base_flop: e.base_flop,
@@ -596,22 +594,20 @@ fn percent(p: f64) -> String {
     }
 }
 
-/// A Unix-ms time as `2026-03-01 12:00 UTC`.
+/// A Unix-ms time as `2026-03-01 12:00 UTC` ([`flopmeter_core::utc::format_utc_minute`]),
+/// `-` when unknown.
 pub fn date_time(ms: Option<i64>) -> String {
-    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or("-".to_string(), |t| {
-            t.strftime("%Y-%m-%d %H:%M UTC").to_string()
-        })
+    ms.map_or("-".to_string(), flopmeter_core::utc::format_utc_minute)
 }
 
 fn date_of_day(day: Option<i64>) -> String {
-    day.and_then(|d| jiff::Timestamp::from_millisecond(d * DAY_MS).ok())
-        .map_or("-".to_string(), |t| t.strftime("%Y-%m-%d").to_string())
+    day.map_or("-".to_string(), |d| {
+        flopmeter_core::utc::format_date(d.saturating_mul(DAY_MS))
+    })
 }
 
 fn iso(ms: Option<i64>) -> String {
-    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or(String::new(), |t| t.to_string())
+    ms.map_or(String::new(), flopmeter_core::utc::format_utc)
 }
 
 /// Renders a report in `format`.
@@ -650,7 +646,7 @@ pub fn render_text(r: &Report) -> String {
                 o,
                 "declared plan: {} FLOP, planned end {}",
                 flop_near(plan, &levels),
-                date_time(e.planned_end_unix_ms)
+                date_time(e.declared.planned_end_unix_ms)
             );
         }
     }

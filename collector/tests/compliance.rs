@@ -797,7 +797,10 @@ async fn a_plan_revised_seconds_later_still_started_the_clock_and_is_on_record()
         let entry = |flop: u128, at: i64| ModelEntry {
             model: "rev".into(),
             role: Some(Role::Provider),
-            planned_flop: Some(flop),
+            declared: flopmeter_core::declaration::Declaration {
+                planned_flop: Some(flop),
+                ..Default::default()
+            },
             updated_unix_ms: at,
             updated_by: Some("alice".into()),
             ..ModelEntry::default()

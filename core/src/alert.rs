@@ -993,6 +993,7 @@ impl AlertContent {
 mod tests {
     use super::*;
     use crate::clock::{self, ComplianceSettings};
+    use crate::declaration::PlanFigures;
     use crate::evidence::{DeclaredPlan, FlopBucket, ModelEvidence, ModelRole, RunEvidence};
     use crate::stage::Stage;
     use crate::threshold::{defaults, find, pow10};
@@ -1007,9 +1008,11 @@ mod tests {
             plan_id: "plan-1".into(),
             run_id: None,
             registered_at_ms: at,
-            planned_flop: Some(flop),
-            params: None,
-            tokens: None,
+            figures: PlanFigures {
+                planned_flop: Some(flop),
+                params: None,
+                tokens: None,
+            },
             declared_by: None,
         }
     }

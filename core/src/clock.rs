@@ -759,6 +759,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::declaration::PlanFigures;
     use crate::evidence::{FlopBucket, RunEvidence};
     use crate::threshold::{defaults, find, pow10};
     use crate::units::Method;
@@ -806,9 +807,11 @@ mod tests {
             plan_id: id.into(),
             run_id: None,
             registered_at_ms: at,
-            planned_flop: Some(flop),
-            params: None,
-            tokens: None,
+            figures: PlanFigures {
+                planned_flop: Some(flop),
+                params: None,
+                tokens: None,
+            },
             declared_by: None,
         }
     }
@@ -1197,9 +1200,11 @@ mod tests {
                     model(
                         provider.clone(),
                         vec![DeclaredPlan {
-                            planned_flop: None,
-                            params: Some(4 * pow10(11)),
-                            tokens: Some(5 * pow10(12)),
+                            figures: PlanFigures {
+                                planned_flop: None,
+                                params: Some(4 * pow10(11)),
+                                tokens: Some(5 * pow10(12)),
+                            },
                             ..plan("nd", t0, 0)
                         }],
                         vec![],

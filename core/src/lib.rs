@@ -19,6 +19,9 @@
 //!   strings, for clients that read numbers as doubles.
 //! - [`utc`]: time as `i64` Unix milliseconds, UTC only: the one hour and day, the one
 //!   parser of times people write (dates, RFC 3339, Unix ms) and the UTC formats.
+//! - [`declaration::Declaration`]: what a run or the registry declares (plan, precision, base
+//!   model, planned end), one type from job label to compliance engine;
+//!   [`declaration::PlanFigures::total`] the one rule for a plan's FLOP.
 //! - [`evidence`]: what is known about a model: role, declared plans, runs' counted FLOP over
 //!   event time.
 //! - [`projection`]: per model, the larger of the plan and the observed rate extrapolated to
@@ -38,6 +41,7 @@ pub mod alert;
 pub mod audit;
 pub mod catalogue;
 pub mod clock;
+pub mod declaration;
 pub mod duration;
 pub mod energy;
 pub mod estimator;

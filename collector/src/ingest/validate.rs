@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use flopmeter_core::catalogue::{self, CATALOGUE, GpuModel};
+use flopmeter_core::utc::{MS_PER_DAY, MS_PER_HOUR};
 use flopmeter_proto::v1::{GpuInventory, Hello, IntervalRecord, Method};
 
 use crate::ledger::RecordRejection;
@@ -141,11 +142,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             peak_tolerance: 1.05,
-            max_interval_ms: 3_600_000,
+            max_interval_ms: MS_PER_HOUR,
             max_future_ms: 300_000,
             // Twice the highest board power in the catalogue (B200/GB200, ~1.2 kW).
             max_gpu_watts: 2_500.0,
-            max_backfill_ms: DEFAULT_BACKFILL_DAYS * 86_400_000,
+            max_backfill_ms: DEFAULT_BACKFILL_DAYS * MS_PER_DAY,
         }
     }
 }
@@ -403,7 +404,7 @@ pub fn check_record(
         }
     }
     if let Some(d) = &rec.declaration
-        && let Err(e) = crate::ledger::Declaration::from_wire(d)
+        && let Err(e) = flopmeter_proto::convert::declaration_from_wire(d)
     {
         return reject(RejectReason::BadDeclaration, e.to_string());
     }
@@ -486,8 +487,8 @@ pub fn check_record(
             format!(
                 "interval starts {} days before the collector's clock, beyond the backfill \
                  window of {} days (--backfill-window); check the agent's clock",
-                (now_unix_ms - rec.start_unix_ms) / 86_400_000,
-                limits.max_backfill_ms / 86_400_000
+                (now_unix_ms - rec.start_unix_ms) / MS_PER_DAY,
+                limits.max_backfill_ms / MS_PER_DAY
             ),
         );
     }

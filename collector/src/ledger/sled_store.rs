@@ -1162,9 +1162,9 @@ impl LedgerStore for SledStore {
         let value = to_json(entry)?;
         let plan_key = PlanScope::Registry.key(&entry.model);
         let version = PlanVersion {
-            planned_flop: entry.planned_flop,
-            params: entry.planned_params,
-            tokens: entry.planned_tokens,
+            planned_flop: entry.declared.planned_flop,
+            params: entry.declared.params,
+            tokens: entry.declared.tokens,
             declared_at_ms: entry.updated_unix_ms,
             recorded_at_ms: entry.updated_unix_ms,
             by: PlanSource::Registry {
