@@ -131,8 +131,8 @@ pub const MIN_UNIX_MS: i64 = 1_000_000_000_000;
 pub enum UtcParseError {
     /// Neither a date, an RFC 3339 time nor Unix milliseconds.
     #[error(
-        "{0:?} is not a time: write a date (2026-09-30, midnight UTC), an RFC 3339 time \
-         (2026-09-30T12:00:00Z) or Unix milliseconds (1790726400000)"
+        "{0:?} is not a time: write a date YYYY-MM-DD (midnight UTC, e.g. 2026-09-30), an \
+         RFC 3339 time (2026-09-30T12:00:00Z) or Unix milliseconds (1790726400000)"
     )]
     Syntax(String),
     /// A bare number below [`MIN_UNIX_MS`].
@@ -175,13 +175,24 @@ pub fn parse_utc(text: &str) -> Result<i64, UtcParseError> {
     // A date alone, `YYYY-MM-DD`: jiff's date parser would also take the date out of a
     // date-time and drop its time, which must instead be read (or refused) whole.
     let date_shape = t.len() == 10
-        && t.bytes()
-            .enumerate()
-            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        && t.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     if date_shape && let Ok(d) = t.parse::<jiff::civil::Date>() {
         let (y, m, d) = (i64::from(d.year()), d.month(), d.day());
         // jiff has checked the calendar; the months and days are small positive numbers.
-        return Ok(utc_ms(y, m.unsigned_abs().into(), d.unsigned_abs().into(), 0, 0, 0));
+        return Ok(utc_ms(
+            y,
+            m.unsigned_abs().into(),
+            d.unsigned_abs().into(),
+            0,
+            0,
+            0,
+        ));
     }
     match t.parse::<jiff::Timestamp>() {
         Ok(ts) if !date_shape => Ok(ts.as_millisecond()),
@@ -259,7 +270,13 @@ mod tests {
         assert_eq!(format_date(-1), "1969-12-31");
         assert_eq!(format_utc_minute(-1), "1969-12-31 23:59 UTC");
         // Years 0001 to 9999 are what RFC 3339 writes.
-        for ms in [utc_ms(1, 1, 1, 0, 0, 0), -1, 0, t, utc_ms(9999, 12, 30, 0, 0, 0)] {
+        for ms in [
+            utc_ms(1, 1, 1, 0, 0, 0),
+            -1,
+            0,
+            t,
+            utc_ms(9999, 12, 30, 0, 0, 0),
+        ] {
             assert_eq!(parse_utc(&format_utc(ms)), Ok(ms), "{ms}");
         }
     }

@@ -132,11 +132,11 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Unix seconds as `2026-01-02 03:04:05 UTC`.
+/// Unix seconds as `2026-01-02 03:04 UTC` (core's one format for people).
 pub fn utc(unix_s: i64) -> String {
-    jiff::Timestamp::from_second(unix_s)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|_| format!("{unix_s} (Unix seconds)"))
+    flopmeter_core::utc::format_utc_minute(
+        unix_s.saturating_mul(flopmeter_core::utc::MS_PER_SECOND),
+    )
 }
 
 /// The role (subject OU) of an agent's client certificate: in mutual TLS, ingest accepts
@@ -513,7 +513,7 @@ mod tests {
     use super::*;
     use crate::dev::{DevCa, LeafSpec};
 
-    const DAY: i64 = 86_400;
+    const DAY: i64 = flopmeter_core::utc::SECONDS_PER_DAY as i64;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

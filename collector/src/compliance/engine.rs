@@ -166,7 +166,7 @@ impl Default for ComplianceConfig {
             clock: EngineClock::wall(),
             interval: Duration::from_secs(60),
             debounce: Duration::from_secs(2),
-            idle: Duration::from_secs(6 * 3600),
+            idle: Duration::from_secs(6 * flopmeter_core::utc::SECONDS_PER_HOUR),
             resend: Duration::from_secs(60),
             backoff: (Duration::from_secs(1), Duration::from_secs(300)),
             config_actor: "collector-config".to_string(),

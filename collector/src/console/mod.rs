@@ -610,15 +610,12 @@ async fn audit_export(
     }
     let since = match q.since.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => i64::MIN,
-        Some(d) => match d.parse::<jiff::civil::Date>() {
-            Ok(date) => date
-                .to_zoned(jiff::tz::TimeZone::UTC)
-                .map(|z| z.timestamp().as_millisecond())
-                .unwrap_or(i64::MIN),
-            Err(_) => {
+        Some(d) => match flopmeter_core::utc::parse_utc(d) {
+            Ok(ms) => ms,
+            Err(e) => {
                 return Ok((
                     StatusCode::BAD_REQUEST,
-                    format!("since={d:?} is not a date: use YYYY-MM-DD (UTC), or leave it empty for the whole log\n"),
+                    format!("since: {e}; or leave it empty for the whole log\n"),
                 )
                     .into_response());
             }
