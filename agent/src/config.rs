@@ -151,10 +151,12 @@ pub struct AgentArgs {
     )]
     pub spool_dir: PathBuf,
 
-    /// This agent's id. Default: generated once and kept in the spool directory, so it is
-    /// stable across restarts. A spool holding records of another id refuses to start.
+    /// This agent's id: a DNS name (letters, digits, '-', '_' in dot-separated labels), since
+    /// with mutual TLS it is the agent certificate's CN or DNS name. Default: a UUID generated
+    /// once and kept in the spool directory, so it is stable across restarts. A spool holding
+    /// records of another id refuses to start.
     #[arg(long, env = "FLOPMETER_AGENT_ID", value_name = "ID")]
-    pub agent_id: Option<String>,
+    pub agent_id: Option<flopmeter_core::agent_id::AgentId>,
 
     /// Node name (Kubernetes: the pod's spec.nodeName, used to watch this node's pods).
     /// Default: NODE_NAME, then the host name.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::agent_id::{self, AgentIdError};
+use crate::agent_id::{self, ResolveError};
 use crate::attribution::Attributor;
 use crate::attribution::kubernetes::{self, PodStore};
 use crate::attribution::slurm;
@@ -47,7 +47,7 @@ pub enum AgentError {
     },
     /// The agent id cannot be established.
     #[error(transparent)]
-    AgentId(#[from] AgentIdError),
+    AgentId(#[from] ResolveError),
     /// The spool cannot be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -185,9 +185,9 @@ pub async fn run_with(
         (None, None) => Arc::new(RealClock::new()),
     };
     let spool_used = spool.stats().next_seq > 1;
-    let agent_id = agent_id::resolve(&config.spool_dir, config.agent_id.as_deref(), spool_used)?;
+    let agent_id = agent_id::resolve(&config.spool_dir, config.agent_id.as_ref(), spool_used)?;
     if let Some(cert) = client_tls.identity()
-        && !cert.names().contains(&agent_id)
+        && !cert.names().iter().any(|n| n == agent_id.as_str())
     {
         tracing::warn!(
             %agent_id,
@@ -320,7 +320,8 @@ pub async fn run_with(
     };
 
     // Shipper.
-    let mut ship_cfg = ShipperConfig::new(config.collector.clone(), agent_id.clone(), node.clone());
+    let mut ship_cfg =
+        ShipperConfig::new(config.collector.clone(), agent_id.to_string(), node.clone());
     ship_cfg.agent_token = config.agent_token.clone();
     ship_cfg.tls = client_tls;
     ship_cfg.operator_peak_tflops = config.unknown_gpu_peak_tflops;
@@ -358,7 +359,7 @@ pub async fn run_with(
     );
     if let Some(ready) = opts.ready.take() {
         let _ = ready.send(Ready {
-            agent_id: agent_id.clone(),
+            agent_id: agent_id.to_string(),
             node: node.clone(),
             metrics_addr,
         });

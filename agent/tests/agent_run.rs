@@ -61,7 +61,7 @@ async fn real_process_is_attributed_end_to_end() {
     args.spool_dir = dir.path().to_path_buf();
     args.metrics_addr = "127.0.0.1:0".into();
     args.kube = KubeMode::Off;
-    args.agent_id = Some("node-a-agent".into());
+    args.agent_id = Some("node-a-agent".parse().unwrap());
     args.node_name = Some("node-a".into());
 
     // Two H100s at 50% tensor activity; the labelled process runs on GPU 1 only. GPU 0 has
