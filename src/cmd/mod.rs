@@ -38,6 +38,20 @@ pub fn init_logging(json: bool) {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A typed error the user can fix (a file they named, a value they gave): exit code 2 like
+/// [`UsageError`], but its message and source chain are the error's own, so the causes are
+/// still there to print and to downcast.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct InvalidInput(pub Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl InvalidInput {
+    /// Wraps `e`.
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(e: E) -> InvalidInput {
+        InvalidInput(Box::new(e))
+    }
+}
+
 /// An error's message and the causes worth a line of their own: a cause whose text the
 /// lines before it already say (a wrapper that prints its source, a library that repeats
 /// itself) is left out.
@@ -77,7 +91,8 @@ pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>
     for cause in &causes {
         eprintln!("  caused by: {}", safe(cause));
     }
-    let usage = e.downcast_ref::<UsageError>().is_some();
+    let usage =
+        e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<InvalidInput>().is_some();
     if let Some(out) = json_out {
         let doc = serde_json::json!({
             "error": head,
@@ -86,10 +101,10 @@ pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>
         });
         let _ = writeln!(out, "{doc:#}");
     }
-    if let Some(UsageError(m)) = e.downcast_ref::<UsageError>() {
+    if usage {
         // A range check after parsing names the flag; say when the file supplied it.
         if let Some(s) = crate::config::file_settings_in_use()
-            && let Some((table, key)) = s.key_named_in(m)
+            && let Some((table, key)) = s.key_named_in(&head)
         {
             eprintln!(
                 "  set in config file {} as [{table}] {key}",
