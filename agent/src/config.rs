@@ -93,15 +93,8 @@ pub enum KubeMode {
     Off,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format: the one type the agent and the collector share.
+pub use flopmeter_args::LogFormat;
 
 fn redact<S: Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match token {
@@ -173,24 +166,9 @@ pub struct AgentArgs {
     #[serde(serialize_with = "redact")]
     pub agent_token: Option<String>,
 
-    /// CA certificate (PEM) that signed the collector's certificate, for an https://
-    /// --collector. Without it, the system's trusted roots.
-    #[arg(long, env = "FLOPMETER_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-
-    /// This agent's client certificate (PEM), for a collector with mutual TLS. Its CN or a
-    /// DNS name must be the agent id (--agent-id). Needs --tls-key.
-    #[arg(long, env = "FLOPMETER_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "FLOPMETER_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Verify the collector's certificate against this name instead of the --collector
-    /// host (e.g. when connecting by IP address).
-    #[arg(long, env = "FLOPMETER_TLS_SERVER_NAME", value_name = "NAME")]
-    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: flopmeter_args::TlsClientArgs,
 
     /// Address of /metrics and /healthz; "off" disables them.
     #[arg(
@@ -473,15 +451,9 @@ impl AgentArgs {
     /// The TLS settings for --collector, with the files read and checked at `now` (Unix
     /// seconds): an expired client certificate stops the agent here, with its date.
     pub fn client_tls(&self, now: i64) -> Result<flopmeter_tls::ClientTls, ConfigError> {
-        let files = flopmeter_tls::ClientTlsFiles {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            server_name: self.tls_server_name.clone(),
-        };
         Ok(flopmeter_tls::ClientTls::load(
             &self.collector,
-            &files,
+            &self.tls,
             now,
         )?)
     }

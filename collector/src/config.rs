@@ -130,15 +130,8 @@ impl std::fmt::Display for TokensFile {
 
 pub use flopmeter_core::duration::HumanDuration;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format: the one type the agent and the collector share.
+pub use flopmeter_args::LogFormat;
 
 /// Options of `flopmeter collector`.
 #[derive(Debug, Clone, clap::Args, Serialize)]

@@ -406,24 +406,8 @@ impl TrustRoots {
     }
 }
 
-/// The client side's TLS files (agent, CLI), as given on the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientTlsFiles {
-    /// CA that signed the collector's certificate. Without it, the system's roots.
-    pub ca: Option<PathBuf>,
-    /// Client certificate, for collectors with mutual TLS.
-    pub cert: Option<PathBuf>,
-    /// Its private key.
-    pub key: Option<PathBuf>,
-    /// The name to verify the collector's certificate against, instead of the URL's host.
-    pub server_name: Option<String>,
-}
-
-impl ClientTlsFiles {
-    fn any(&self) -> bool {
-        self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.server_name.is_some()
-    }
-}
+/// The client side's TLS flags (agent, CLI): one group, defined in `flopmeter-args`.
+pub use flopmeter_args::TlsClientArgs;
 
 /// The client's TLS settings for one collector URL, checked at start.
 #[derive(Debug, Clone)]
@@ -444,7 +428,7 @@ impl ClientTls {
     /// Checks the files against the URL and reads them: `https://` uses TLS (with the
     /// system's roots when no CA is given); `http://` with TLS files is a mistake worth
     /// stopping for. A client certificate must be valid at `now`.
-    pub fn load(url: &str, files: &ClientTlsFiles, now: i64) -> Result<ClientTls, TlsError> {
+    pub fn load(url: &str, files: &TlsClientArgs, now: i64) -> Result<ClientTls, TlsError> {
         let https = url.trim().to_ascii_lowercase().starts_with("https://");
         if !https {
             if files.any() {
@@ -457,14 +441,14 @@ impl ClientTls {
         }
         use tonic::transport::{Certificate, ClientTlsConfig, Identity as TonicIdentity};
         let mut config = ClientTlsConfig::new();
-        config = match &files.ca {
+        config = match &files.tls_ca {
             Some(ca) => {
                 let roots = TrustRoots::load(ca, "CA certificate (--tls-ca)", now)?;
                 config.ca_certificate(Certificate::from_pem(roots.pem))
             }
             None => config.with_native_roots(),
         };
-        let identity = match (&files.cert, &files.key) {
+        let identity = match (&files.tls_cert, &files.tls_key) {
             (Some(cert), Some(key)) => {
                 let id = Identity::load(cert, key, "client certificate (--tls-cert)", now)?;
                 config = config.identity(TonicIdentity::from_pem(&id.cert_pem, &id.key_pem));
@@ -477,7 +461,7 @@ impl ClientTls {
                 ));
             }
         };
-        if let Some(name) = &files.server_name {
+        if let Some(name) = &files.tls_server_name {
             config = config.domain_name(name.clone());
         }
         Ok(ClientTls {
@@ -586,8 +570,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ca = DevCa::generate(30).unwrap();
         let ca_path = write(d.path(), "ca.pem", &ca.cert_pem);
-        let files = ClientTlsFiles {
-            ca: Some(ca_path.clone()),
+        let files = TlsClientArgs {
+            tls_ca: Some(ca_path.clone()),
             ..Default::default()
         };
         let now = unix_now();
@@ -606,8 +590,8 @@ mod tests {
             e.to_string().contains("need an https:// collector URL"),
             "{e}"
         );
-        let half = ClientTlsFiles {
-            cert: Some(ca_path),
+        let half = TlsClientArgs {
+            tls_cert: Some(ca_path),
             ..Default::default()
         };
         let e = ClientTls::load("https://c:7443", &half, now).unwrap_err();
