@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 
 /// Errors in the options that clap's parsers cannot catch alone.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum AgentConfigError {
     /// A value is out of range or inconsistent with another.
     #[error("{0}")]
     Invalid(String),
@@ -26,6 +26,10 @@ pub enum ConfigError {
     #[error(transparent)]
     Tls(#[from] flopmeter_tls::TlsError),
 }
+
+/// The former name of [`AgentConfigError`] (the collector's and the config file's errors had
+/// the same name); removed once every branch uses the new one.
+pub type ConfigError = AgentConfigError;
 
 pub use flopmeter_core::duration::HumanDuration;
 
@@ -359,7 +363,7 @@ pub struct AgentArgs {
     pub virtual_exit_when_drained: bool,
 
     /// [Tests and demos only] In replay mode, hold records in memory when the spool is full
-    /// (as with the real clock, up to the memory ceiling) instead of pausing virtual time.
+    /// (as in real time, up to the memory ceiling) instead of pausing virtual time.
     #[arg(
         long,
         env = "FLOPMETER_VIRTUAL_HOLD_WHEN_FULL",
@@ -376,23 +380,23 @@ fn is_false(b: &bool) -> bool {
 
 impl AgentArgs {
     /// Checks what clap cannot: ranges and relations between options.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
         let sample = self.sample_interval.0;
         let report = self.report_interval.0;
         if sample < Duration::from_millis(10) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--sample-interval {} is below 10ms",
                 self.sample_interval
             )));
         }
         if report < sample {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--report-interval {} is shorter than --sample-interval {}",
                 self.report_interval, self.sample_interval
             )));
         }
         if report > Duration::from_secs(30 * 60) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--report-interval {} is above 30m (the collector rejects records longer \
                  than its --max-interval, 1h by default)",
                 self.report_interval
@@ -401,33 +405,33 @@ impl AgentArgs {
         if let Some(p) = self.unknown_gpu_peak_tflops
             && !(p.is_finite() && p > 0.0)
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--unknown-gpu-peak-tflops {p} must be a positive number"
             )));
         }
         if let Some(x) = self.virtual_speed
             && !(x.is_finite() && x > 0.0)
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--virtual-speed {x} must be a positive number"
             )));
         }
         if let (Some(start), Some(stop)) = (self.virtual_clock_start, self.virtual_stop)
             && stop <= start
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--virtual-stop {stop} is not after --virtual-clock-start {start}"
             )));
         }
         if let Some(c) = &self.cluster
             && (c.trim().is_empty() || c.len() > 256 || c.chars().any(char::is_control))
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--cluster {c:?} must be a name of at most 256 bytes without control characters"
             )));
         }
         if self.slurm_query_timeout.0.is_zero() {
-            return Err(ConfigError::Invalid(
+            return Err(AgentConfigError::Invalid(
                 "--slurm-query-timeout must be above zero".into(),
             ));
         }
@@ -450,7 +454,7 @@ impl AgentArgs {
 
     /// The TLS settings for --collector, with the files read and checked at `now` (Unix
     /// seconds): an expired client certificate stops the agent here, with its date.
-    pub fn client_tls(&self, now: i64) -> Result<flopmeter_tls::ClientTls, ConfigError> {
+    pub fn client_tls(&self, now: i64) -> Result<flopmeter_tls::ClientTls, AgentConfigError> {
         Ok(flopmeter_tls::ClientTls::load(
             &self.collector,
             &self.tls,
@@ -459,11 +463,11 @@ impl AgentArgs {
     }
 
     /// The metrics address, `None` when disabled.
-    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, AgentConfigError> {
         match self.metrics_addr.trim() {
             "" | "off" | "none" => Ok(None),
             a => a.parse().map(Some).map_err(|_| {
-                ConfigError::Invalid(format!(
+                AgentConfigError::Invalid(format!(
                     "--metrics-addr {a:?} is not an address like 0.0.0.0:9402 (or \"off\")"
                 ))
             }),
@@ -471,7 +475,7 @@ impl AgentArgs {
     }
 
     /// The effective configuration as a config-file `[agent]` table.
-    pub fn to_toml(&self) -> Result<String, ConfigError> {
+    pub fn to_toml(&self) -> Result<String, AgentConfigError> {
         #[derive(Serialize)]
         struct File<'a> {
             agent: &'a AgentArgs,

@@ -32,10 +32,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::clock::Clock;
 use crate::gpu::Inventory;
 use crate::metrics::AgentMetrics;
 use crate::spool::{Spool, SpoolError};
+use crate::time_source::TimeSource;
 
 /// Why a stream to the collector ended.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ pub struct Shipper {
     spool: Arc<Spool>,
     metrics: Arc<AgentMetrics>,
     inventory: watch::Receiver<Option<Inventory>>,
-    clock: Arc<dyn Clock>,
+    time: Arc<dyn TimeSource>,
     rng: u64,
 }
 
@@ -181,7 +181,7 @@ impl Shipper {
         spool: Arc<Spool>,
         metrics: Arc<AgentMetrics>,
         inventory: watch::Receiver<Option<Inventory>>,
-        clock: Arc<dyn Clock>,
+        time: Arc<dyn TimeSource>,
     ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -192,7 +192,7 @@ impl Shipper {
             spool,
             metrics,
             inventory,
-            clock,
+            time,
             rng: seed | 1,
         }
     }
@@ -332,7 +332,7 @@ impl Shipper {
                 agent_id: self.cfg.agent_id.clone(),
                 node: self.cfg.node.clone(),
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
-                agent_time_unix_ms: self.clock.now_unix_ms(),
+                agent_time_unix_ms: self.time.now_unix_ms(),
                 driver_version: inv.driver_version.clone().unwrap_or_default(),
                 nvml_version: inv.nvml_version.clone().unwrap_or_default(),
                 gpus,

@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::compliance::{EngineClock, SinkConfig, outbox};
+use crate::compliance::{EngineTime, SinkConfig, outbox};
 use crate::config::CollectorConfig;
 use crate::{Collector, report};
 
@@ -370,7 +370,7 @@ pub async fn run(
     cfg.admin_tokens = [(CONSOLE_ADMIN.to_string(), CONSOLE_ADMIN_TOKEN.to_string())].into();
     cfg.limits.max_future_ms = 60 * MS_PER_DAY;
     let v = vnow.clone();
-    cfg.compliance.clock = EngineClock::from_fn(move || v.load(Ordering::SeqCst));
+    cfg.compliance.time = EngineTime::from_fn(move || v.load(Ordering::SeqCst));
     cfg.compliance.sinks = vec![SinkConfig::Webhook {
         name: "demo".into(),
         url: format!("http://{hook_addr}/hook"),

@@ -39,7 +39,9 @@ use prometheus::IntCounter;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use engine::{AlertView, ComplianceConfig, Engine, EngineClock, EngineError, SinkConfig};
+pub use engine::{
+    AlertView, ComplianceConfig, Engine, EngineClock, EngineError, EngineTime, SinkConfig,
+};
 pub use store::ComplianceStore;
 
 /// The running compliance engine.
