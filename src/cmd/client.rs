@@ -109,11 +109,6 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
     }
 }
 
-/// A decimal u128 string from the admin API.
-pub fn u128_of(s: &str) -> u128 {
-    s.parse().unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use clap::{Args as _, CommandFactory as _};

@@ -121,7 +121,7 @@ fn number(field: &'static str, v: &Option<String>) -> Result<Option<u128>, Usage
         None => Ok(None),
         Some(Ok(Some(n))) => Ok(Some(n)),
         Some(Ok(None)) => Err(UsageError(format!("--{flag} must not be empty"))),
-        Some(Err(e)) => Err(UsageError(format!("--{flag}: {}", e.message))),
+        Some(Err(e)) => Err(UsageError(format!("--{flag}: {}", e.source))),
     }
 }
 

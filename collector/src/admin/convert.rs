@@ -3,20 +3,21 @@
 //! `u128` FLOP figures travel as exact decimal strings; an empty string means "none".
 
 use flopmeter_core::declaration::Declaration;
-use flopmeter_core::units::{FlopAmount, FlopTotal};
+use flopmeter_core::units::{FlopAmount, FlopAmountError, FlopTotal};
 use flopmeter_proto::v1 as pb;
 
 use crate::ledger::summary::{ModelSummary, RunSummary};
 use crate::ledger::{ModelEntry, Role};
 
-/// A malformed admin message.
+/// A malformed admin message: a figure that is not a count by [`FlopAmount`]'s rule.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {field}: {message}")]
+#[error("invalid {field}: {source}")]
 pub struct ConvertError {
     /// The field.
     pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
+    /// Why its text is not a count.
+    #[source]
+    pub source: FlopAmountError,
 }
 
 impl From<ConvertError> for tonic::Status {
@@ -34,14 +35,24 @@ pub fn band_to_pb(t: FlopTotal) -> pb::FlopBand128 {
     }
 }
 
-/// A band from decimal strings (missing or unparsable parts are zero).
-pub fn band_from_pb(b: Option<&pb::FlopBand128>) -> FlopTotal {
-    let p = |s: &str| s.parse::<u128>().unwrap_or(0);
-    b.map_or(FlopTotal::ZERO, |b| FlopTotal {
-        low: p(&b.low),
-        central: p(&b.central),
-        high: p(&b.high),
+/// A band from decimal strings, by the one rule of [`FlopAmount`]; a missing band or part
+/// is zero (nothing measured), a part that does not parse is an error, never a zero.
+pub fn band_from_pb(b: Option<&pb::FlopBand128>) -> Result<FlopTotal, ConvertError> {
+    let Some(b) = b else {
+        return Ok(FlopTotal::ZERO);
+    };
+    let part = |field, s: &str| parse_u128(field, s).map(Option::unwrap_or_default);
+    Ok(FlopTotal {
+        low: part("flop.low", &b.low)?,
+        central: part("flop.central", &b.central)?,
+        high: part("flop.high", &b.high)?,
     })
+}
+
+/// An integer the admin API sends as a decimal string (GPU-ms, mJ), by the same rule as
+/// [`band_from_pb`]: empty is zero, anything else must be a count.
+pub fn count_from_pb(field: &'static str, s: &str) -> Result<u128, ConvertError> {
+    parse_u128(field, s).map(Option::unwrap_or_default)
 }
 
 fn opt_u128(v: Option<u128>) -> String {
@@ -58,10 +69,7 @@ pub fn parse_u128(field: &'static str, s: &str) -> Result<Option<u128>, ConvertE
     }
     FlopAmount::parse(s)
         .map(|v| Some(v.get()))
-        .map_err(|e| ConvertError {
-            field,
-            message: e.to_string(),
-        })
+        .map_err(|source| ConvertError { field, source })
 }
 
 /// Registry entry → message.
