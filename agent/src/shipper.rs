@@ -64,6 +64,9 @@ pub enum ShipError {
     /// The collector said something out of protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A spool operation on a blocking thread panicked (a bug; the stream restarts).
+    #[error("spool task failed: {0}")]
+    SpoolTask(#[source] tokio::task::JoinError),
     /// No answer within the response timeout.
     #[error("no answer from the collector within {0:?}")]
     Timeout(Duration),
@@ -345,7 +348,7 @@ impl Shipper {
         let spool = self.spool.clone();
         let removed = tokio::task::spawn_blocking(move || spool.ack(through))
             .await
-            .map_err(|e| ShipError::Protocol(format!("spool task failed: {e}")))??;
+            .map_err(ShipError::SpoolTask)??;
         self.metrics.records_acked_total.inc_by(removed);
         Ok(removed)
     }
@@ -522,7 +525,7 @@ impl Shipper {
             let spool = self.spool.clone();
             tokio::task::spawn_blocking(move || spool.raise_next_seq(hwm.saturating_add(1)))
                 .await
-                .map_err(|e| ShipError::Protocol(format!("spool task failed: {e}")))??;
+                .map_err(ShipError::SpoolTask)??;
         }
         let st = self.spool.stats();
         s.acked = st.acked_through.max(hwm);

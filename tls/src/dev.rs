@@ -21,8 +21,7 @@ const DAY: i64 = flopmeter_core::utc::SECONDS_PER_DAY as i64;
 const BACKDATE: i64 = flopmeter_core::utc::SECONDS_PER_HOUR as i64;
 
 fn at(unix_s: i64) -> Result<time::OffsetDateTime, TlsError> {
-    time::OffsetDateTime::from_unix_timestamp(unix_s)
-        .map_err(|e| TlsError::Options(format!("certificate date out of range: {e}")))
+    time::OffsetDateTime::from_unix_timestamp(unix_s).map_err(TlsError::DateOutOfRange)
 }
 
 /// A certificate and its key, PEM.

@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use diagnose::{Diagnosis, diagnose};
 pub use rustls;
+use x509_parser::error::X509Error;
 
 /// What to do about an expired certificate.
 const RENEW: &str = "renew it (cert-manager renews certificates before they expire; for local \
@@ -65,27 +66,30 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// A PEM block is not an X.509 certificate flopmeter can read.
-    #[error("the {what} {path} is not a valid X.509 certificate: {detail}")]
+    #[error("the {what} {path} is not a valid X.509 certificate: {source}")]
     BadCertificate {
         /// What the file is for.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// The parser's complaint.
-        detail: String,
+        #[source]
+        source: CertParseError,
     },
     /// The key is not the certificate's.
     #[error(
-        "the private key {key} does not belong to the certificate {cert} ({detail}): give the \
-         key that was generated with that certificate"
+        "the private key {key} does not belong to the certificate {cert} ({}): give the key \
+         that was generated with that certificate",
+        source.as_ref().map_or_else(|| "their public keys differ".to_string(), ToString::to_string)
     )]
     KeyMismatch {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
-        /// What rustls said.
-        detail: String,
+        /// What rustls said; `None` when the public keys were compared here and differ.
+        #[source]
+        source: Option<rustls::Error>,
     },
     /// The certificate's validity ended.
     #[error("the {what} {path} expired on {not_after}: {remedy}")]
@@ -117,6 +121,18 @@ pub enum TlsError {
     /// Options that do not fit together.
     #[error("{0}")]
     Options(String),
+    /// A development certificate's validity date is outside what X.509 can carry.
+    #[error("certificate date out of range: {0}")]
+    DateOutOfRange(#[source] time::error::ComponentRange),
+    /// The client CA bundle cannot verify clients (`--tls-client-ca`).
+    #[error("--tls-client-ca {path}: {source}")]
+    ClientCa {
+        /// The bundle.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
     /// rustls refused the settings.
     #[error("TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
@@ -147,6 +163,17 @@ pub const AGENT_ROLE: &str = "flopmeter-agent";
 /// the admin and read APIs, never stream records.
 pub const ADMIN_ROLE: &str = "flopmeter-admin";
 
+/// Why a certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertParseError {
+    /// The PEM framing is broken.
+    #[error("{0}")]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    /// The DER is not an X.509 certificate.
+    #[error("{0}")]
+    X509(#[from] X509Error),
+}
+
 /// What flopmeter reads from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -165,9 +192,9 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// Parses a DER certificate.
-    pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
+    pub fn parse(der: &[u8]) -> Result<CertInfo, CertParseError> {
         use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(X509Error::from)?;
         let common_name = cert
             .subject()
             .iter_common_name()
@@ -259,7 +286,7 @@ fn certs_of(
         .map_err(|e| TlsError::BadCertificate {
             what,
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            source: CertParseError::Pem(e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -269,10 +296,10 @@ fn certs_of(
     }
     let mut infos = Vec::with_capacity(certs.len());
     for c in &certs {
-        let info = CertInfo::parse(c).map_err(|detail| TlsError::BadCertificate {
+        let info = CertInfo::parse(c).map_err(|source| TlsError::BadCertificate {
             what,
             path: path.to_path_buf(),
-            detail,
+            source,
         })?;
         info.check_valid(what, path, now)?;
         infos.push(info);
@@ -342,20 +369,20 @@ impl Identity {
             what: "private key (--tls-key)",
             path: key.to_path_buf(),
         })?;
-        let mismatch = |detail: String| TlsError::KeyMismatch {
+        let mismatch = |source: Option<rustls::Error>| TlsError::KeyMismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            detail,
+            source,
         };
         rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider())
-            .map_err(|e| mismatch(e.to_string()))?;
+            .map_err(|e| mismatch(Some(e)))?;
         // rustls cannot compare an ECDSA key with the certificate under ring (it reports the
         // consistency as unknown): compare the public keys here when rcgen can read the key.
         if let Ok(pair) = rcgen::KeyPair::try_from(&key_der)
             && let Some(spki) = spki_of(&chain[0])
             && rcgen::PublicKeyData::subject_public_key_info(&pair) != spki
         {
-            return Err(mismatch("their public keys differ".into()));
+            return Err(mismatch(None));
         }
         Ok(Identity {
             cert_path: cert.to_path_buf(),
