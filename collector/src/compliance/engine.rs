@@ -42,7 +42,7 @@ pub enum EngineError {
     Ledger(#[from] StoreError),
     /// The threshold configuration is invalid.
     #[error("threshold configuration: {0}")]
-    Thresholds(String),
+    Thresholds(#[from] flopmeter_core::threshold_config::ThresholdConfigError),
     /// No alert for that model and threshold.
     #[error("no alert for model {model:?} and threshold {threshold:?}")]
     NoAlert {
@@ -56,7 +56,10 @@ pub enum EngineError {
     Refused(#[from] alert::AlertError),
     /// A payload could not be converted for the audit log.
     #[error("audit payload: {0}")]
-    Payload(String),
+    Payload(#[from] flopmeter_core::audit::PayloadError),
+    /// An evaluation pass panicked on its blocking thread (a bug); the next pass retries.
+    #[error("evaluation pass failed: {0}")]
+    Pass(#[source] tokio::task::JoinError),
 }
 
 /// The engine's time source: its notion of "now" (Unix ms UTC). Injectable so that the demo
@@ -329,7 +332,7 @@ impl Largest {
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
-    to_json(v).map_err(|e| EngineError::Payload(e.to_string()))
+    Ok(to_json(v)?)
 }
 
 impl Engine {
@@ -343,10 +346,7 @@ impl Engine {
         metrics: ComplianceMetrics,
     ) -> Result<Engine, EngineError> {
         let previous: Vec<Threshold> = store.meta("thresholds")?.unwrap_or_default();
-        let resolved = cfg
-            .thresholds
-            .resolve(&previous)
-            .map_err(|e| EngineError::Thresholds(e.to_string()))?;
+        let resolved = cfg.thresholds.resolve(&previous)?;
         let now = cfg.time.now();
         let prev_bound: Option<Bound> = store.meta("decision_bound")?;
         if !resolved.changes.is_empty() || prev_bound != Some(resolved.decision_bound) {

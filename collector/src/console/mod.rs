@@ -55,10 +55,10 @@ pub enum ConsoleError {
     Compliance(#[from] crate::compliance::store::ComplianceStoreError),
     /// A value could not be encoded for a download.
     #[error("cannot encode: {0}")]
-    Encode(String),
+    Encode(#[from] serde_json::Error),
     /// A blocking read panicked or was cancelled.
     #[error("page task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl IntoResponse for ConsoleError {
@@ -198,7 +198,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ConsoleError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ConsoleError::Task(e.to_string()))?
+        .map_err(ConsoleError::Task)?
 }
 
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -531,7 +531,7 @@ async fn act(
         }
     })
     .await
-    .map_err(|e| ConsoleError::Task(e.to_string()))?;
+    .map_err(ConsoleError::Task)?;
     match done {
         Ok(_) => {
             tracing::info!(actor = %s.actor, model = %f.model, threshold = %f.threshold, ack, "alert closed through the console");
