@@ -50,7 +50,7 @@ impl ClientArgs {
                 .map_err(InvalidInput::new)?;
         let endpoint = Endpoint::from_shared(self.collector.clone())
             .and_then(|e| tls.apply(e))
-            .map_err(|e| UsageError(format!("invalid --collector {:?}: {e}", self.collector)))?;
+            .map_err(|e| InvalidInput::flag(format!("collector {:?}", self.collector), e))?;
         match endpoint
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()

@@ -11,7 +11,7 @@ use flopmeter_proto::v1::compliance_client::ComplianceClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::UsageError;
+use super::InvalidInput;
 use super::client::{ClientArgs, runtime, status_error};
 
 async fn connect(c: &ClientArgs) -> anyhow::Result<ComplianceClient<Channel>> {
@@ -240,7 +240,7 @@ fn open_offline(dir: &std::path::Path) -> anyhow::Result<ComplianceStore> {
 
 /// Parses `--since` by the one rule of [`flopmeter_core::utc::parse_utc`].
 pub fn parse_since(s: &str) -> anyhow::Result<i64> {
-    flopmeter_core::utc::parse_utc(s).map_err(|e| UsageError(format!("--since: {e}")).into())
+    flopmeter_core::utc::parse_utc(s).map_err(|e| InvalidInput::flag("since", e).into())
 }
 
 /// Runs `flopmeter audit`.

@@ -10,7 +10,7 @@ use flopmeter_core::threshold;
 use flopmeter_core::units::{FlopAmount, FlopAmountError, Precision};
 use flopmeter_core::utc::{SECONDS_PER_DAY, SECONDS_PER_HOUR};
 
-use super::UsageError;
+use super::{InvalidInput, UsageError};
 
 /// Options of `flopmeter estimate`.
 #[derive(Debug, clap::Args)]
@@ -151,8 +151,7 @@ pub fn run(args: &EstimateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         params: args.params,
         tokens: args.tokens,
     };
-    let outcome =
-        plan::evaluate(&input, &threshold::defaults()).map_err(|e| UsageError(e.to_string()))?;
+    let outcome = plan::evaluate(&input, &threshold::defaults()).map_err(InvalidInput::new)?;
     if args.json {
         write_json(out, &input, &outcome).context("writing JSON")?;
     } else {

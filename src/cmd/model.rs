@@ -10,8 +10,8 @@ use flopmeter_core::threshold::default_levels;
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
-use super::UsageError;
 use super::client::{ClientArgs, runtime, status_error};
+use super::{InvalidInput, UsageError};
 
 /// Options of `flopmeter model`.
 #[derive(Debug, clap::Args, Serialize)]
@@ -111,22 +111,22 @@ pub struct ModelShowArgs {
 
 /// Parses `--planned-end` by the one rule of [`flopmeter_core::utc::parse_utc`] (a date,
 /// UTC midnight; an RFC 3339 time; Unix ms), the rule a job's `planned_end` label follows.
-pub fn parse_date(s: &str) -> Result<i64, UsageError> {
-    flopmeter_core::utc::parse_utc(s).map_err(|e| UsageError(format!("--planned-end: {e}")))
+pub fn parse_date(s: &str) -> Result<i64, InvalidInput> {
+    flopmeter_core::utc::parse_utc(s).map_err(|e| InvalidInput::flag("planned-end", e))
 }
 
-fn number(field: &'static str, v: &Option<String>) -> Result<Option<u128>, UsageError> {
+fn number(field: &'static str, v: &Option<String>) -> anyhow::Result<Option<u128>> {
     let flag = field.replace('_', "-");
     match v.as_deref().map(|s| parse_u128(field, s)) {
         None => Ok(None),
         Some(Ok(Some(n))) => Ok(Some(n)),
-        Some(Ok(None)) => Err(UsageError(format!("--{flag} must not be empty"))),
-        Some(Err(e)) => Err(UsageError(format!("--{flag}: {}", e.source))),
+        Some(Ok(None)) => Err(UsageError(format!("--{flag} must not be empty")).into()),
+        Some(Err(e)) => Err(InvalidInput::flag(flag, e.source).into()),
     }
 }
 
 /// Overlays the given flags on an existing entry.
-pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> Result<ModelEntry, UsageError> {
+pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> anyhow::Result<ModelEntry> {
     let mut e = existing.unwrap_or_else(|| ModelEntry {
         model: args.model.clone(),
         ..ModelEntry::default()
@@ -304,6 +304,7 @@ mod tests {
             1_803_859_200_000 + 12 * 3_600_000
         );
         let e = parse_date("1803859200").unwrap_err();
-        assert!(e.0.starts_with("--planned-end: "), "{e}");
+        assert!(e.to_string().starts_with("--planned-end: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }
