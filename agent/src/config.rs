@@ -37,8 +37,27 @@ pub use flopmeter_core::duration::HumanDuration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    /// No number in front.
+    #[error("invalid size {0:?}: expected e.g. 256MiB, 1GiB")]
+    Syntax(String),
+    /// A unit other than B, KB, MB, GB, KiB, MiB, GiB.
+    #[error("invalid size unit {unit:?} in {text:?}")]
+    Unit {
+        /// The unit as written.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// Beyond 64 bits.
+    #[error("invalid size {0:?}")]
+    OutOfRange(String),
+}
+
 impl FromStr for ByteSize {
-    type Err = String;
+    type Err = ByteSizeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
@@ -48,7 +67,7 @@ impl FromStr for ByteSize {
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected e.g. 256MiB, 1GiB"))?;
+            .map_err(|_| ByteSizeError::Syntax(s.to_string()))?;
         let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "k" | "kb" => 1e3,
@@ -57,11 +76,16 @@ impl FromStr for ByteSize {
             "ki" | "kib" => 1024.0,
             "mi" | "mib" => 1024.0 * 1024.0,
             "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+            other => {
+                return Err(ByteSizeError::Unit {
+                    unit: other.to_string(),
+                    text: s.to_string(),
+                });
+            }
         };
         let bytes = n * mult;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-            return Err(format!("invalid size {s:?}"));
+            return Err(ByteSizeError::OutOfRange(s.to_string()));
         }
         Ok(ByteSize(bytes.round() as u64))
     }
