@@ -74,7 +74,10 @@ fn fill(dir: &std::path::Path, now: i64) {
                 .set_model_entry(&ModelEntry {
                     model,
                     role: Some(Role::Provider),
-                    planned_flop: Some(2 * 10u128.pow(25)),
+                    declared: flopmeter_core::declaration::Declaration {
+                        planned_flop: Some(2 * 10u128.pow(25)),
+                        ..Default::default()
+                    },
                     updated_unix_ms: now - HOUR,
                     ..ModelEntry::default()
                 })

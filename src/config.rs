@@ -31,7 +31,7 @@ pub const CONFIG_ENV: &str = "FLOPMETER_CONFIG";
 
 /// Why the config file could not be applied.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum ConfigFileError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -100,7 +100,7 @@ pub enum ConfigError {
 
 /// Parses the command line of `T`, with the config file (if any) as the defaults layer.
 /// On a clap error (including `--help`), clap prints and exits as usual.
-pub fn parse<T: CommandFactory + FromArgMatches>() -> Result<T, ConfigError> {
+pub fn parse<T: CommandFactory + FromArgMatches>() -> Result<T, ConfigFileError> {
     let args: Vec<OsString> = std::env::args_os().collect();
     let path = config_path(&args).or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
     let mut cmd = T::command();
@@ -204,7 +204,7 @@ fn file_settings(cmd: &Command, path: &Path, args: &[OsString]) -> FileSettings 
 }
 
 /// A clap error about a value the config file supplied, as an error naming file and key.
-fn from_file_error(e: &clap::Error) -> Option<ConfigError> {
+fn from_file_error(e: &clap::Error) -> Option<ConfigFileError> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if !matches!(
         e.kind(),
@@ -221,7 +221,7 @@ fn from_file_error(e: &clap::Error) -> Option<ConfigError> {
     })?;
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default();
-    Some(ConfigError::Value {
+    Some(ConfigFileError::Value {
         path: settings.path.clone(),
         table: table.clone(),
         key: key.clone(),
@@ -248,8 +248,8 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 }
 
 /// Reads the file and installs its values as defaults of the matching arguments.
-pub fn apply_file(cmd: Command, path: &Path) -> Result<Command, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+pub fn apply_file(cmd: Command, path: &Path) -> Result<Command, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -257,10 +257,10 @@ pub fn apply_file(cmd: Command, path: &Path) -> Result<Command, ConfigError> {
 }
 
 /// [`apply_file`] on text already read.
-pub fn apply_str(mut cmd: Command, path: &Path, text: &str) -> Result<Command, ConfigError> {
+pub fn apply_str(mut cmd: Command, path: &Path, text: &str) -> Result<Command, ConfigFileError> {
     let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Parse {
+        .map_err(|e: toml::de::Error| ConfigFileError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -271,7 +271,7 @@ pub fn apply_str(mut cmd: Command, path: &Path, text: &str) -> Result<Command, C
         .collect();
     for (name, value) in table {
         let Some(sub_table) = value.as_table().filter(|_| subcommands.contains(&name)) else {
-            return Err(ConfigError::UnknownTable {
+            return Err(ConfigFileError::UnknownTable {
                 path: path.to_path_buf(),
                 table: name,
                 known: subcommands.join(", "),
@@ -291,14 +291,14 @@ pub fn apply_str(mut cmd: Command, path: &Path, text: &str) -> Result<Command, C
                 .get_arguments()
                 .find(|a| a.get_long() == Some(long.as_str()))
             else {
-                return Err(ConfigError::UnknownKey {
+                return Err(ConfigFileError::UnknownKey {
                     path: path.to_path_buf(),
                     table: name.clone(),
                     key: key.clone(),
                     known: known.join(", "),
                 });
             };
-            let values = scalar_strings(v).ok_or_else(|| ConfigError::BadValue {
+            let values = scalar_strings(v).ok_or_else(|| ConfigFileError::BadValue {
                 path: path.to_path_buf(),
                 table: name.clone(),
                 key: key.clone(),

@@ -28,7 +28,10 @@ fn ledger(dir: &std::path::Path) {
     let s = SledStore::open(dir).unwrap();
     s.set_model_entry(&ModelEntry {
         model: EVIL.into(),
-        planned_flop: Some(2 * 10u128.pow(25)),
+        declared: flopmeter_core::declaration::Declaration {
+            planned_flop: Some(2 * 10u128.pow(25)),
+            ..Default::default()
+        },
         updated_unix_ms: now_ms() - 60_000,
         updated_by: Some("old\u{1b}]0;title\u{7}".into()),
         ..ModelEntry::default()

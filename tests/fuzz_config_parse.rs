@@ -50,8 +50,8 @@ fn cli(text: &str) -> Result<(), String> {
             if !msg.contains("/etc/flopmeter/fuzz.toml") {
                 return Err(format!("config error does not name the file: {msg}"));
             }
-            if let config::ConfigError::UnknownKey { key, .. }
-            | config::ConfigError::BadValue { key, .. } = &e
+            if let config::ConfigFileError::UnknownKey { key, .. }
+            | config::ConfigFileError::BadValue { key, .. } = &e
                 && !msg.contains(key.as_str())
             {
                 return Err(format!("config error does not name the key {key:?}: {msg}"));

@@ -6,16 +6,23 @@
 //! collector never saw (a gap it waits for forever), and a fresh id with an old spool would
 //! do the same. So the id is a file in the spool directory, and an explicit `--agent-id`
 //! that contradicts a spool that has already numbered records is refused.
+//!
+//! Which ids are valid is [`AgentId`]'s rule (core): a DNS name, because in mutual TLS the
+//! id must be a name the agent's certificate carries. The stored id is held to it too, so
+//! an agent never streams under an id the collector will refuse at Hello.
 
 use std::io::Read;
 use std::path::Path;
 
+use flopmeter_core::agent_id::AgentId;
+
 /// The file holding the id, in the spool directory.
 pub const FILE_NAME: &str = "agent-id";
 
-/// Errors around the agent id.
+/// Why the agent id could not be resolved. (Whether a text is an id at all is core's
+/// [`flopmeter_core::agent_id::AgentIdError`].)
 #[derive(Debug, thiserror::Error)]
-pub enum AgentIdError {
+pub enum ResolveError {
     /// Reading or writing the id file failed.
     #[error("agent id file {path}: {source}")]
     Io {
@@ -38,29 +45,40 @@ pub enum AgentIdError {
         /// The spool directory.
         dir: String,
     },
-    /// An id that cannot be sent or stored.
-    #[error("agent id {0:?} must be 1 to 128 printable characters without spaces")]
-    Invalid(String),
+    /// The id file holds an id that is not valid (written by hand, or by a version that
+    /// accepted ids no certificate can name). The records in the spool were numbered under
+    /// it, so it cannot simply be replaced.
+    #[error(
+        "{path}: {source}. The collector refuses it at Hello: let the previous flopmeter \
+         version deliver this spool, then start with a valid --agent-id and a new --spool-dir"
+    )]
+    StoredInvalid {
+        /// The id file.
+        path: String,
+        /// Why its id is not one.
+        #[source]
+        source: flopmeter_core::agent_id::AgentIdError,
+    },
+    /// A generated id broke the rule (a bug: a UUID is always a valid id).
+    #[error("generated agent id: {0}")]
+    Generated(#[source] flopmeter_core::agent_id::AgentIdError),
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> AgentIdError + '_ {
-    move |source| AgentIdError::Io {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ResolveError + '_ {
+    move |source| ResolveError::Io {
         path: path.display().to_string(),
         source,
     }
 }
 
-fn valid(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic())
-}
-
-/// The id to run with. `explicit` is `--agent-id`; `spool_used` says whether the spool has
-/// ever numbered a record (then the stored id is binding).
+/// The id to run with. `explicit` is `--agent-id` (already held to the rule by its
+/// parser); `spool_used` says whether the spool has ever numbered a record (then the stored
+/// id is binding).
 pub fn resolve(
     dir: &Path,
-    explicit: Option<&str>,
+    explicit: Option<&AgentId>,
     spool_used: bool,
-) -> Result<String, AgentIdError> {
+) -> Result<AgentId, ResolveError> {
     let path = dir.join(FILE_NAME);
     let stored = match std::fs::read_to_string(&path) {
         Ok(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
@@ -68,28 +86,30 @@ pub fn resolve(
         Err(e) => return Err(io(&path)(e)),
     };
     match (explicit, stored) {
-        (Some(given), Some(stored)) if given != stored => {
+        (Some(given), Some(stored)) if given.as_str() != stored => {
             if spool_used {
-                Err(AgentIdError::Mismatch {
+                Err(ResolveError::Mismatch {
                     given: given.to_string(),
                     stored,
                     dir: dir.display().to_string(),
                 })
             } else {
                 store(&path, given)?;
-                Ok(given.to_string())
+                Ok(given.clone())
             }
         }
         (Some(given), None) => {
-            if !valid(given) {
-                return Err(AgentIdError::Invalid(given.to_string()));
-            }
             store(&path, given)?;
-            Ok(given.to_string())
+            Ok(given.clone())
         }
-        (_, Some(stored)) => Ok(stored),
+        (_, Some(stored)) => {
+            AgentId::parse(&stored).map_err(|source| ResolveError::StoredInvalid {
+                path: path.display().to_string(),
+                source,
+            })
+        }
         (None, None) => {
-            let id = generate(&path)?;
+            let id = AgentId::parse(&generate(&path)?).map_err(ResolveError::Generated)?;
             store(&path, &id)?;
             Ok(id)
         }
@@ -97,7 +117,7 @@ pub fn resolve(
 }
 
 /// A random id in UUID form (version 4).
-fn generate(path: &Path) -> Result<String, AgentIdError> {
+fn generate(path: &Path) -> Result<String, ResolveError> {
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -117,10 +137,7 @@ fn generate(path: &Path) -> Result<String, AgentIdError> {
 
 /// Writes the id durably ([`flopmeter_durable::write_atomic`]), so a crash never leaves a
 /// half id.
-fn store(path: &Path, id: &str) -> Result<(), AgentIdError> {
-    if !valid(id) {
-        return Err(AgentIdError::Invalid(id.to_string()));
-    }
+fn store(path: &Path, id: &AgentId) -> Result<(), ResolveError> {
     flopmeter_durable::write_atomic(
         path,
         format!("{id}\n").as_bytes(),
@@ -133,11 +150,15 @@ fn store(path: &Path, id: &str) -> Result<(), AgentIdError> {
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> AgentId {
+        AgentId::parse(s).unwrap()
+    }
+
     #[test]
     fn generated_once_and_stable() {
         let dir = tempfile::tempdir().unwrap();
         let a = resolve(dir.path(), None, false).unwrap();
-        assert_eq!(a.len(), 36);
+        assert_eq!(a.as_str().len(), 36);
         assert_eq!(resolve(dir.path(), None, true).unwrap(), a);
     }
 
@@ -145,18 +166,37 @@ mod tests {
     fn explicit_id_cannot_contradict_a_used_spool() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            resolve(dir.path(), Some("node-a"), false).unwrap(),
-            "node-a"
+            resolve(dir.path(), Some(&id("node-a")), false).unwrap(),
+            id("node-a")
         );
         assert!(matches!(
-            resolve(dir.path(), Some("node-b"), true),
-            Err(AgentIdError::Mismatch { .. })
+            resolve(dir.path(), Some(&id("node-b")), true),
+            Err(ResolveError::Mismatch { .. })
         ));
         // A spool that never numbered a record may be re-labelled.
         assert_eq!(
-            resolve(dir.path(), Some("node-b"), false).unwrap(),
-            "node-b"
+            resolve(dir.path(), Some(&id("node-b")), false).unwrap(),
+            id("node-b")
         );
-        assert!(resolve(dir.path(), Some("has space"), false).is_err());
+    }
+
+    /// An id file from a version that took any printable id: refused with what to do,
+    /// rather than streamed under an id the collector refuses at Hello.
+    #[test]
+    fn a_stored_id_no_certificate_can_name_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), "node:1\n").unwrap();
+        let e = resolve(dir.path(), None, true).unwrap_err();
+        assert!(matches!(e, ResolveError::StoredInvalid { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("node:1") && text.contains("new --spool-dir"),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
+            "node:1\n",
+            "the id file is left as it was"
+        );
     }
 }

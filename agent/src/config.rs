@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 
 /// Errors in the options that clap's parsers cannot catch alone.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum AgentConfigError {
     /// A value is out of range or inconsistent with another.
     #[error("{0}")]
     Invalid(String),
@@ -27,14 +27,37 @@ pub enum ConfigError {
     Tls(#[from] flopmeter_tls::TlsError),
 }
 
+/// The former name of [`AgentConfigError`] (the collector's and the config file's errors had
+/// the same name); removed once every branch uses the new one.
+pub type ConfigError = AgentConfigError;
+
 pub use flopmeter_core::duration::HumanDuration;
 
 /// A size written as humans do: `256MiB`, `1GiB`, `500MB`, `1048576`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    /// No number in front.
+    #[error("invalid size {0:?}: expected e.g. 256MiB, 1GiB")]
+    Syntax(String),
+    /// A unit other than B, KB, MB, GB, KiB, MiB, GiB.
+    #[error("invalid size unit {unit:?} in {text:?}")]
+    Unit {
+        /// The unit as written.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// Beyond 64 bits.
+    #[error("invalid size {0:?}")]
+    OutOfRange(String),
+}
+
 impl FromStr for ByteSize {
-    type Err = String;
+    type Err = ByteSizeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
@@ -44,7 +67,7 @@ impl FromStr for ByteSize {
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected e.g. 256MiB, 1GiB"))?;
+            .map_err(|_| ByteSizeError::Syntax(s.to_string()))?;
         let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "k" | "kb" => 1e3,
@@ -53,11 +76,16 @@ impl FromStr for ByteSize {
             "ki" | "kib" => 1024.0,
             "mi" | "mib" => 1024.0 * 1024.0,
             "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+            other => {
+                return Err(ByteSizeError::Unit {
+                    unit: other.to_string(),
+                    text: s.to_string(),
+                });
+            }
         };
         let bytes = n * mult;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-            return Err(format!("invalid size {s:?}"));
+            return Err(ByteSizeError::OutOfRange(s.to_string()));
         }
         Ok(ByteSize(bytes.round() as u64))
     }
@@ -93,15 +121,8 @@ pub enum KubeMode {
     Off,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format: the one type the agent and the collector share.
+pub use flopmeter_args::LogFormat;
 
 fn redact<S: Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match token {
@@ -151,10 +172,12 @@ pub struct AgentArgs {
     )]
     pub spool_dir: PathBuf,
 
-    /// This agent's id. Default: generated once and kept in the spool directory, so it is
-    /// stable across restarts. A spool holding records of another id refuses to start.
+    /// This agent's id: a DNS name (letters, digits, '-', '_' in dot-separated labels), since
+    /// with mutual TLS it is the agent certificate's CN or DNS name. Default: a UUID generated
+    /// once and kept in the spool directory, so it is stable across restarts. A spool holding
+    /// records of another id refuses to start.
     #[arg(long, env = "FLOPMETER_AGENT_ID", value_name = "ID")]
-    pub agent_id: Option<String>,
+    pub agent_id: Option<flopmeter_core::agent_id::AgentId>,
 
     /// Node name (Kubernetes: the pod's spec.nodeName, used to watch this node's pods).
     /// Default: NODE_NAME, then the host name.
@@ -171,24 +194,9 @@ pub struct AgentArgs {
     #[serde(serialize_with = "redact")]
     pub agent_token: Option<String>,
 
-    /// CA certificate (PEM) that signed the collector's certificate, for an https://
-    /// --collector. Without it, the system's trusted roots.
-    #[arg(long, env = "FLOPMETER_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-
-    /// This agent's client certificate (PEM), for a collector with mutual TLS. Its CN or a
-    /// DNS name must be the agent id (--agent-id). Needs --tls-key.
-    #[arg(long, env = "FLOPMETER_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "FLOPMETER_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Verify the collector's certificate against this name instead of the --collector
-    /// host (e.g. when connecting by IP address).
-    #[arg(long, env = "FLOPMETER_TLS_SERVER_NAME", value_name = "NAME")]
-    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: flopmeter_args::TlsClientArgs,
 
     /// Address of /metrics and /healthz; "off" disables them.
     #[arg(
@@ -379,7 +387,7 @@ pub struct AgentArgs {
     pub virtual_exit_when_drained: bool,
 
     /// [Tests and demos only] In replay mode, hold records in memory when the spool is full
-    /// (as with the real clock, up to the memory ceiling) instead of pausing virtual time.
+    /// (as in real time, up to the memory ceiling) instead of pausing virtual time.
     #[arg(
         long,
         env = "FLOPMETER_VIRTUAL_HOLD_WHEN_FULL",
@@ -396,23 +404,23 @@ fn is_false(b: &bool) -> bool {
 
 impl AgentArgs {
     /// Checks what clap cannot: ranges and relations between options.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
         let sample = self.sample_interval.0;
         let report = self.report_interval.0;
         if sample < Duration::from_millis(10) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--sample-interval {} is below 10ms",
                 self.sample_interval
             )));
         }
         if report < sample {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--report-interval {} is shorter than --sample-interval {}",
                 self.report_interval, self.sample_interval
             )));
         }
         if report > Duration::from_secs(30 * 60) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--report-interval {} is above 30m (the collector rejects records longer \
                  than its --max-interval, 1h by default)",
                 self.report_interval
@@ -421,33 +429,33 @@ impl AgentArgs {
         if let Some(p) = self.unknown_gpu_peak_tflops
             && !(p.is_finite() && p > 0.0)
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--unknown-gpu-peak-tflops {p} must be a positive number"
             )));
         }
         if let Some(x) = self.virtual_speed
             && !(x.is_finite() && x > 0.0)
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--virtual-speed {x} must be a positive number"
             )));
         }
         if let (Some(start), Some(stop)) = (self.virtual_clock_start, self.virtual_stop)
             && stop <= start
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--virtual-stop {stop} is not after --virtual-clock-start {start}"
             )));
         }
         if let Some(c) = &self.cluster
             && (c.trim().is_empty() || c.len() > 256 || c.chars().any(char::is_control))
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AgentConfigError::Invalid(format!(
                 "--cluster {c:?} must be a name of at most 256 bytes without control characters"
             )));
         }
         if self.slurm_query_timeout.0.is_zero() {
-            return Err(ConfigError::Invalid(
+            return Err(AgentConfigError::Invalid(
                 "--slurm-query-timeout must be above zero".into(),
             ));
         }
@@ -470,26 +478,20 @@ impl AgentArgs {
 
     /// The TLS settings for --collector, with the files read and checked at `now` (Unix
     /// seconds): an expired client certificate stops the agent here, with its date.
-    pub fn client_tls(&self, now: i64) -> Result<flopmeter_tls::ClientTls, ConfigError> {
-        let files = flopmeter_tls::ClientTlsFiles {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            server_name: self.tls_server_name.clone(),
-        };
+    pub fn client_tls(&self, now: i64) -> Result<flopmeter_tls::ClientTls, AgentConfigError> {
         Ok(flopmeter_tls::ClientTls::load(
             &self.collector,
-            &files,
+            &self.tls,
             now,
         )?)
     }
 
     /// The metrics address, `None` when disabled.
-    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, AgentConfigError> {
         match self.metrics_addr.trim() {
             "" | "off" | "none" => Ok(None),
             a => a.parse().map(Some).map_err(|_| {
-                ConfigError::Invalid(format!(
+                AgentConfigError::Invalid(format!(
                     "--metrics-addr {a:?} is not an address like 0.0.0.0:9402 (or \"off\")"
                 ))
             }),
@@ -497,7 +499,7 @@ impl AgentArgs {
     }
 
     /// The effective configuration as a config-file `[agent]` table.
-    pub fn to_toml(&self) -> Result<String, ConfigError> {
+    pub fn to_toml(&self) -> Result<String, AgentConfigError> {
         #[derive(Serialize)]
         struct File<'a> {
             agent: &'a AgentArgs,

@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::agent_id::{self, AgentIdError};
+use crate::agent_id::{self, ResolveError};
 use crate::attribution::Attributor;
 use crate::attribution::kubernetes::{self, PodStore};
 use crate::attribution::slurm;
 use crate::attribution::slurm_comments::SlurmComments;
-use crate::clock::{Clock, RealClock, StopSignal, VirtualClock};
-use crate::config::{AgentArgs, ConfigError, KubeMode};
+use crate::config::{AgentArgs, AgentConfigError, KubeMode};
 use crate::gpu::nvml::{NvmlLibrary, NvmlSource, NvmlSourceError, RetryPolicy};
 use crate::gpu::{GpuSource, Inventory};
 use crate::metrics::{self, AgentMetrics, HealthConfig, MetricsError};
@@ -29,13 +28,14 @@ use crate::sampler::{Replay, RunEnd, Sampler, SamplerConfig};
 use crate::shipper::{Shipper, ShipperConfig, ShipperControl};
 use crate::simulated::{SimulatedSource, SimulationError, Workload};
 use crate::spool::{Spool, SpoolError, SpoolOptions};
+use crate::time_source::{RealTime, StopSignal, TimeSource, VirtualTime};
 
 /// Why the agent could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// An option is invalid.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] AgentConfigError),
     /// The spool directory cannot be created.
     #[error("creating the spool directory {path}: {source}")]
     SpoolDir {
@@ -47,7 +47,7 @@ pub enum AgentError {
     },
     /// The agent id cannot be established.
     #[error(transparent)]
-    AgentId(#[from] AgentIdError),
+    AgentId(#[from] ResolveError),
     /// The spool cannot be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -85,8 +85,8 @@ pub type ShipperTweak = Box<dyn FnOnce(&mut ShipperConfig) + Send>;
 pub struct RunOptions {
     /// GPU source; default from the options (`--simulate`, else NVML at `--nvml-lib`).
     pub source: Option<SourceSpec>,
-    /// Clock; default the real one.
-    pub clock: Option<Arc<dyn Clock>>,
+    /// Time source; default real time.
+    pub time: Option<Arc<dyn TimeSource>>,
     /// Kubernetes client; when set it is used whatever `--kube` says.
     pub kube_client: Option<kube::Client>,
     /// Told once the agent runs.
@@ -99,7 +99,7 @@ impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunOptions")
             .field("source", &self.source)
-            .field("clock", &self.clock)
+            .field("time", &self.time)
             .field("kube_client", &self.kube_client.is_some())
             .finish_non_exhaustive()
     }
@@ -167,7 +167,7 @@ pub async fn run_with(
         stop_unix_ms: config.virtual_stop,
         hold_when_full: config.virtual_hold_when_full,
     });
-    let clock: Arc<dyn Clock> = match (opts.clock.take(), config.virtual_clock_start) {
+    let time: Arc<dyn TimeSource> = match (opts.time.take(), config.virtual_clock_start) {
         (Some(c), _) => c,
         (None, Some(start)) => {
             // Resume where the spooled output ends, so no interval is lost or made twice.
@@ -175,19 +175,19 @@ pub async fn run_with(
             tracing::info!(
                 virtual_unix_ms = at,
                 speed = ?config.virtual_speed,
-                "replay mode (tests and demos only): sampling on a virtual clock"
+                "replay mode (tests and demos only): sampling in virtual time"
             );
             match config.virtual_speed {
-                Some(x) => Arc::new(VirtualClock::paced(at, x)),
-                None => Arc::new(VirtualClock::new(at)),
+                Some(x) => Arc::new(VirtualTime::paced(at, x)),
+                None => Arc::new(VirtualTime::new(at)),
             }
         }
-        (None, None) => Arc::new(RealClock::new()),
+        (None, None) => Arc::new(RealTime::new()),
     };
     let spool_used = spool.stats().next_seq > 1;
-    let agent_id = agent_id::resolve(&config.spool_dir, config.agent_id.as_deref(), spool_used)?;
+    let agent_id = agent_id::resolve(&config.spool_dir, config.agent_id.as_ref(), spool_used)?;
     if let Some(cert) = client_tls.identity()
-        && !cert.names().contains(&agent_id)
+        && !cert.names().iter().any(|n| n == agent_id.as_str())
     {
         tracing::warn!(
             %agent_id,
@@ -273,13 +273,13 @@ pub async fn run_with(
     let (init_tx, init_rx) = oneshot::channel::<Result<(), AgentError>>();
     let (done_tx, mut done_rx) = oneshot::channel::<RunEnd>();
     {
-        let clock = clock.clone();
+        let time = time.clone();
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("flopmeter-sampler".into())
             .spawn(move || {
                 if let Some(end) =
-                    sampler_thread(sampler, source, clock, stop, inventory_tx, init_tx)
+                    sampler_thread(sampler, source, time, stop, inventory_tx, init_tx)
                 {
                     let _ = done_tx.send(end);
                 }
@@ -320,7 +320,8 @@ pub async fn run_with(
     };
 
     // Shipper.
-    let mut ship_cfg = ShipperConfig::new(config.collector.clone(), agent_id.clone(), node.clone());
+    let mut ship_cfg =
+        ShipperConfig::new(config.collector.clone(), agent_id.to_string(), node.clone());
     ship_cfg.agent_token = config.agent_token.clone();
     ship_cfg.tls = client_tls;
     ship_cfg.operator_peak_tflops = config.unknown_gpu_peak_tflops;
@@ -344,7 +345,7 @@ pub async fn run_with(
         spool.clone(),
         metrics.clone(),
         inventory_rx,
-        clock.clone(),
+        time.clone(),
     );
     let shipper_task = tokio::spawn(shipper.run(control_rx));
 
@@ -358,7 +359,7 @@ pub async fn run_with(
     );
     if let Some(ready) = opts.ready.take() {
         let _ = ready.send(Ready {
-            agent_id: agent_id.clone(),
+            agent_id: agent_id.to_string(),
             node: node.clone(),
             metrics_addr,
         });
@@ -433,7 +434,7 @@ async fn spool_drained(spool: &Spool) {
 fn sampler_thread(
     mut sampler: Sampler,
     source: SourceSpec,
-    clock: Arc<dyn Clock>,
+    time: Arc<dyn TimeSource>,
     stop: StopSignal,
     inventory: watch::Sender<Option<Inventory>>,
     init: oneshot::Sender<Result<(), AgentError>>,
@@ -449,7 +450,7 @@ fn sampler_thread(
             "GPU source ready"
         );
         inventory.send_replace(Some(src.inventory().clone()));
-        sampler.run(src, clock.as_ref(), &stop, &inventory)
+        sampler.run(src, time.as_ref(), &stop, &inventory)
     };
     match source {
         SourceSpec::Nvml(path) => {

@@ -20,10 +20,10 @@
 //! are written past the spool's cap rather than dropped: the hard ceiling on what the sampler
 //! holds is `max_held_records` records plus the open interval's one per (run, GPU).
 //!
-//! Replay mode ([`Replay`], tests and demos only) runs on a virtual clock and makes the
+//! Replay mode ([`Replay`], tests and demos only) runs in virtual time and makes the
 //! records a pure function of the workload and the virtual span, whatever crashes happen:
 //! each report boundary's records are appended together with the boundary's event time
-//! ([`Spool::append_replay`]), a restarted agent resumes its clock from that position, a
+//! ([`Spool::append_replay`]), a restarted agent resumes its virtual time from that position, a
 //! partial interval is never flushed (it is redone after a restart), and a full spool pauses
 //! virtual time instead of holding records, so interval boundaries never move. Time that
 //! stands still while the collector is away is exactly back-pressure without loss.
@@ -41,10 +41,10 @@ use flopmeter_core::units::{Method, Precision};
 use flopmeter_proto::v1;
 
 use crate::attribution::{Attribution, Attributor};
-use crate::clock::{Clock, StopSignal};
 use crate::gpu::{GpuSource, Inventory};
 use crate::metrics::AgentMetrics;
 use crate::spool::Spool;
+use crate::time_source::{StopSignal, TimeSource};
 
 /// Sampler settings.
 #[derive(Debug, Clone)]
@@ -61,18 +61,18 @@ pub struct SamplerConfig {
     pub max_record_span: Duration,
     /// BF16 dense peak (TFLOP/s) to use for GPUs the catalogue does not know.
     pub unknown_gpu_peak_tflops: Option<f64>,
-    /// Replay mode; `None` with the real clock.
+    /// Replay mode; `None` in real time.
     pub replay: Option<Replay>,
 }
 
-/// Replay mode (see the module docs): for a sampler on a [`crate::clock::VirtualClock`]
+/// Replay mode (see the module docs): for a sampler on [`crate::time_source::VirtualTime`]
 /// started at the spool's [`Spool::virtual_pos`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Replay {
     /// Event time (Unix ms) at which sampling ends: the report interval that reaches it is
     /// the last one.
     pub stop_unix_ms: Option<i64>,
-    /// Hold records in memory when the spool is full, as with the real clock, instead of
+    /// Hold records in memory when the spool is full, as in real time, instead of
     /// pausing virtual time (to exercise the memory ceiling quickly).
     pub hold_when_full: bool,
 }
@@ -202,34 +202,34 @@ impl Sampler {
     pub fn run(
         &mut self,
         source: &mut dyn GpuSource,
-        clock: &dyn Clock,
+        time: &dyn TimeSource,
         stop: &StopSignal,
         inventory: &tokio::sync::watch::Sender<Option<Inventory>>,
     ) -> RunEnd {
         let replay = self.cfg.replay;
         if let Some(end) = replay.and_then(|r| r.stop_unix_ms)
-            && clock.now_unix_ms() >= end
+            && time.now_unix_ms() >= end
         {
             return RunEnd::ReplayDone;
         }
         let sample = self.cfg.sample_interval.max(Duration::from_millis(1));
         let report = self.cfg.report_interval.max(sample);
-        let start = clock.monotonic();
+        let start = time.monotonic();
         let mut next_tick = start;
         let mut next_report = start + report;
-        let mut report_start_ms = clock.now_unix_ms();
+        let mut report_start_ms = time.now_unix_ms();
         loop {
-            if !clock.sleep_until(next_tick, stop) {
+            if !time.sleep_until(next_tick, stop) {
                 break;
             }
-            let now = clock.monotonic();
+            let now = time.monotonic();
             let tick = source.read(now);
-            let now_ms = clock.now_unix_ms();
+            let now_ms = time.now_unix_ms();
             if inventory.borrow().as_ref() != Some(source.inventory()) {
                 inventory.send_replace(Some(source.inventory().clone()));
             }
             self.tick(source.inventory(), &tick, now_ms);
-            if clock.monotonic() >= next_report {
+            if time.monotonic() >= next_report {
                 let outcome = self.report(report_start_ms, now_ms, false);
                 if outcome == FlushOutcome::Held
                     && replay.is_some_and(|r| !r.hold_when_full)
@@ -238,7 +238,7 @@ impl Sampler {
                     return RunEnd::Stopped;
                 }
                 report_start_ms = now_ms;
-                while next_report <= clock.monotonic() {
+                while next_report <= time.monotonic() {
                     next_report += report;
                 }
                 if let Some(end) = replay.and_then(|r| r.stop_unix_ms)
@@ -248,7 +248,7 @@ impl Sampler {
                 }
             }
             next_tick += sample;
-            let after = clock.monotonic();
+            let after = time.monotonic();
             while next_tick <= after {
                 // The tick took longer than the interval: skip the deadlines it missed
                 // rather than bursting to catch up, and count them.
@@ -260,7 +260,7 @@ impl Sampler {
             // The spooled position stops at the last boundary; a restart redoes the rest.
             return RunEnd::Stopped;
         }
-        let now_ms = clock.now_unix_ms();
+        let now_ms = time.now_unix_ms();
         self.report(report_start_ms, now_ms, true);
         RunEnd::Stopped
     }
@@ -301,9 +301,9 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::VirtualClock;
     use crate::simulated::{SimulatedSource, Workload};
     use crate::spool::SpoolOptions;
+    use crate::time_source::VirtualTime;
 
     const START: i64 = 1_700_000_000_000;
     const STOP: i64 = START + 1_800_000;
@@ -331,9 +331,9 @@ mod tests {
         )
         .unwrap();
         let mut src = SimulatedSource::new(w).unwrap();
-        let clock = VirtualClock::new(spool.virtual_pos().unwrap().unwrap_or(START));
+        let time = VirtualTime::new(spool.virtual_pos().unwrap().unwrap_or(START));
         let (tx, _rx) = tokio::sync::watch::channel(None);
-        sampler(spool, dir).run(&mut src, &clock, stop, &tx)
+        sampler(spool, dir).run(&mut src, &time, stop, &tx)
     }
 
     /// What a record says about compute (energy follows the source's counter).

@@ -32,10 +32,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::clock::Clock;
 use crate::gpu::Inventory;
 use crate::metrics::AgentMetrics;
 use crate::spool::{Spool, SpoolError};
+use crate::time_source::TimeSource;
 
 /// Why a stream to the collector ended.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,9 @@ pub enum ShipError {
     /// The collector said something out of protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A spool operation on a blocking thread panicked (a bug; the stream restarts).
+    #[error("spool task failed: {0}")]
+    SpoolTask(#[source] tokio::task::JoinError),
     /// No answer within the response timeout.
     #[error("no answer from the collector within {0:?}")]
     Timeout(Duration),
@@ -160,7 +163,7 @@ pub struct Shipper {
     spool: Arc<Spool>,
     metrics: Arc<AgentMetrics>,
     inventory: watch::Receiver<Option<Inventory>>,
-    clock: Arc<dyn Clock>,
+    time: Arc<dyn TimeSource>,
     rng: u64,
 }
 
@@ -181,7 +184,7 @@ impl Shipper {
         spool: Arc<Spool>,
         metrics: Arc<AgentMetrics>,
         inventory: watch::Receiver<Option<Inventory>>,
-        clock: Arc<dyn Clock>,
+        time: Arc<dyn TimeSource>,
     ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -192,7 +195,7 @@ impl Shipper {
             spool,
             metrics,
             inventory,
-            clock,
+            time,
             rng: seed | 1,
         }
     }
@@ -332,7 +335,7 @@ impl Shipper {
                 agent_id: self.cfg.agent_id.clone(),
                 node: self.cfg.node.clone(),
                 software_version: env!("CARGO_PKG_VERSION").to_string(),
-                agent_time_unix_ms: self.clock.now_unix_ms(),
+                agent_time_unix_ms: self.time.now_unix_ms(),
                 driver_version: inv.driver_version.clone().unwrap_or_default(),
                 nvml_version: inv.nvml_version.clone().unwrap_or_default(),
                 gpus,
@@ -345,7 +348,7 @@ impl Shipper {
         let spool = self.spool.clone();
         let removed = tokio::task::spawn_blocking(move || spool.ack(through))
             .await
-            .map_err(|e| ShipError::Protocol(format!("spool task failed: {e}")))??;
+            .map_err(ShipError::SpoolTask)??;
         self.metrics.records_acked_total.inc_by(removed);
         Ok(removed)
     }
@@ -522,7 +525,7 @@ impl Shipper {
             let spool = self.spool.clone();
             tokio::task::spawn_blocking(move || spool.raise_next_seq(hwm.saturating_add(1)))
                 .await
-                .map_err(|e| ShipError::Protocol(format!("spool task failed: {e}")))??;
+                .map_err(ShipError::SpoolTask)??;
         }
         let st = self.spool.stats();
         s.acked = st.acked_through.max(hwm);

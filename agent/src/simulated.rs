@@ -3,7 +3,7 @@
 //!
 //! Why besides the fake NVML library: the fake exercises the real NVML path but plays in real
 //! time (its curves are functions of seconds since `nvmlInit`). The simulation is driven
-//! entirely by the `now` the sampler passes, so with a [`crate::clock::VirtualClock`] it plays
+//! entirely by the `now` the sampler passes, so with [`crate::time_source::VirtualTime`] it plays
 //! weeks of training in seconds, with event-time records, and it needs no shared library.
 //!
 //! A workload is a small TOML document:

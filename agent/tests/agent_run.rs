@@ -9,9 +9,9 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 
 use collector_fake::{FakeCollector, Script, eventually};
-use flopmeter_agent::clock::VirtualClock;
 use flopmeter_agent::config::KubeMode;
 use flopmeter_agent::simulated::Workload;
+use flopmeter_agent::time_source::VirtualTime;
 use flopmeter_agent::{AgentArgs, RunOptions, SourceSpec};
 use flopmeter_proto::v1::{AttributionSource, Method};
 use tokio::sync::oneshot;
@@ -61,7 +61,7 @@ async fn real_process_is_attributed_end_to_end() {
     args.spool_dir = dir.path().to_path_buf();
     args.metrics_addr = "127.0.0.1:0".into();
     args.kube = KubeMode::Off;
-    args.agent_id = Some("node-a-agent".into());
+    args.agent_id = Some("node-a-agent".parse().unwrap());
     args.node_name = Some("node-a".into());
 
     // Two H100s at 50% tensor activity; the labelled process runs on GPU 1 only. GPU 0 has
@@ -82,12 +82,12 @@ async fn real_process_is_attributed_end_to_end() {
     ))
     .unwrap();
     let start_ms = 1_780_000_000_000;
-    let clock = VirtualClock::new(start_ms);
+    let time = VirtualTime::new(start_ms);
     let (ready_tx, ready_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let opts = RunOptions {
         source: Some(SourceSpec::Simulated(workload)),
-        clock: Some(Arc::new(clock)),
+        time: Some(Arc::new(time)),
         ready: Some(ready_tx),
         ..RunOptions::default()
     };
@@ -220,7 +220,7 @@ async fn shared_gpu_is_split_by_sm_share_and_flagged_approximate() {
         args,
         RunOptions {
             source: Some(SourceSpec::Simulated(workload)),
-            clock: Some(Arc::new(VirtualClock::new(1_780_000_000_000))),
+            time: Some(Arc::new(VirtualTime::new(1_780_000_000_000))),
             ready: Some(ready_tx),
             ..RunOptions::default()
         },

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_fake::{FakeCollector, Script, eventually};
-use flopmeter_agent::clock::RealClock;
 use flopmeter_agent::gpu::{GpuSource, Inventory};
 use flopmeter_agent::metrics::AgentMetrics;
 use flopmeter_agent::shipper::{Shipper, ShipperConfig, ShipperControl};
 use flopmeter_agent::simulated::{SimulatedSource, Workload};
 use flopmeter_agent::spool::{Spool, SpoolOptions};
+use flopmeter_agent::time_source::RealTime;
 use flopmeter_proto::v1::IntervalRecord;
 use tokio::sync::watch;
 
@@ -58,7 +58,7 @@ fn start_preloaded(addr: &str, preload: u64, tune: impl FnOnce(&mut ShipperConfi
         spool.clone(),
         metrics.clone(),
         inv_rx,
-        Arc::new(RealClock::new()),
+        Arc::new(RealTime::new()),
     );
     let task = tokio::spawn(shipper.run(control_rx));
     Rig {

@@ -8,47 +8,130 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flopmeter_core::agent_id::{AgentId, AgentIdError};
 use flopmeter_core::stage::{Stage, StagePolicy};
+use flopmeter_core::threshold_config::{ThresholdConfig, ThresholdConfigError};
 use serde::Serialize;
 
 use crate::admin::credentials::AdminCredentials;
 use crate::ingest::validate::Limits;
 
-/// Errors resolving the configuration.
+/// Errors resolving the collector's configuration (its flags and the files they name).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The agent tokens file could not be read.
-    #[error("cannot read agent tokens file {path}: {source}")]
+pub enum CollectorConfigError {
+    /// A tokens file could not be read.
+    #[error("cannot read {kind} tokens file {path}: {source}")]
     TokensRead {
+        /// Which file.
+        kind: TokensFile,
         /// The file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
-    /// The agent tokens file is not a TOML table of strings.
-    #[error("agent tokens file {path} must be a TOML table `agent-id = \"token\"`: {message}")]
-    TokensParse {
+    /// A tokens file is not TOML.
+    #[error("{kind} tokens file {path} must be a TOML table `{key} = \"token\"`: {source}", key = kind.key())]
+    TokensToml {
+        /// Which file.
+        kind: TokensFile,
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        message: String,
+        /// The parser's error (line and column).
+        #[source]
+        source: toml::de::Error,
     },
-    /// A value is out of range.
+    /// A tokens file breaks one of its rules: a value that is not a string, an empty token,
+    /// one token for two names, a name that cannot be used.
+    #[error("{kind} tokens file {path} must be a TOML table `{key} = \"token\"`: {problem}", key = kind.key())]
+    TokensInvalid {
+        /// Which file.
+        kind: TokensFile,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the entry.
+        problem: String,
+    },
+    /// A name in the agent tokens file is not an agent id, so no agent could ever use it.
+    #[error("agent tokens file {path}: {source}")]
+    TokensAgentId {
+        /// The file.
+        path: PathBuf,
+        /// Why the name is not an agent id.
+        #[source]
+        source: AgentIdError,
+    },
+    /// The thresholds file could not be read.
+    #[error("cannot read thresholds file {path}: {source}")]
+    ThresholdsRead {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thresholds file is not TOML of the thresholds' shape.
+    #[error("thresholds file {path}: {source}")]
+    ThresholdsToml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error (line, column, key).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The thresholds file parses but does not resolve (an unknown threshold, two levels).
+    #[error("thresholds file {path}: {source}")]
+    Thresholds {
+        /// The file.
+        path: PathBuf,
+        /// What the rules found.
+        #[source]
+        source: ThresholdConfigError,
+    },
+    /// A value is out of range, or flags contradict each other.
     #[error("{0}")]
     Invalid(String),
 }
 
+/// The collector's former name for [`CollectorConfigError`], kept for code written before the
+/// rename (the agent's and the config file's errors had the same name).
+pub type ConfigError = CollectorConfigError;
+
+/// Which tokens file an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokensFile {
+    /// `--agent-tokens`: agent id → token.
+    Agent,
+    /// `--admin-tokens`: actor → token.
+    Admin,
+    /// `--viewer-tokens`: viewer → token.
+    Viewer,
+}
+
+impl TokensFile {
+    /// What a key of the file names.
+    fn key(self) -> &'static str {
+        match self {
+            TokensFile::Agent => "agent-id",
+            TokensFile::Admin | TokensFile::Viewer => "name",
+        }
+    }
+}
+
+impl std::fmt::Display for TokensFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokensFile::Agent => "agent",
+            TokensFile::Admin => "admin",
+            TokensFile::Viewer => "viewer",
+        })
+    }
+}
+
 pub use flopmeter_core::duration::HumanDuration;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format: the one type the agent and the collector share.
+pub use flopmeter_args::LogFormat;
 
 /// Options of `flopmeter collector`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -466,8 +549,8 @@ impl CollectorConfig {
             admin_token: None,
             admin_tokens: HashMap::new(),
             viewer_tokens: HashMap::new(),
-            raw_retention: Duration::from_secs(90 * 86_400),
-            rollup_every: Duration::from_secs(3600),
+            raw_retention: flopmeter_core::utc::days_duration(90),
+            rollup_every: Duration::from_secs(flopmeter_core::utc::SECONDS_PER_HOUR),
             policy: StagePolicy::default(),
             limits: Limits::default(),
             commit_group: 1024,
@@ -487,38 +570,38 @@ impl CollectorConfig {
     }
 
     /// Resolves the command-line arguments (reads the tokens file).
-    pub fn from_args(a: &CollectorArgs) -> Result<CollectorConfig, ConfigError> {
+    pub fn from_args(a: &CollectorArgs) -> Result<CollectorConfig, CollectorConfigError> {
         if !(a.peak_tolerance.is_finite() && a.peak_tolerance >= 1.0) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(CollectorConfigError::Invalid(format!(
                 "--peak-tolerance must be at least 1.0, got {}",
                 a.peak_tolerance
             )));
         }
         // Below this a normal Hello or a one-record batch no longer fits.
         if a.max_message_bytes < 4096 {
-            return Err(ConfigError::Invalid(format!(
+            return Err(CollectorConfigError::Invalid(format!(
                 "--max-message-bytes must be at least 4096, got {}",
                 a.max_message_bytes
             )));
         }
         if a.hello_timeout.0.is_zero() || a.idle_timeout.0.is_zero() {
-            return Err(ConfigError::Invalid(
+            return Err(CollectorConfigError::Invalid(
                 "--hello-timeout and --idle-timeout must be above 0".into(),
             ));
         }
         if a.rollup_every.0.is_zero() {
-            return Err(ConfigError::Invalid(
+            return Err(CollectorConfigError::Invalid(
                 "--rollup-every must be above 0".into(),
             ));
         }
         // Checked here rather than by clap, so values from the config file count too.
         if a.tls_cert.is_some() != a.tls_key.is_some() {
-            return Err(ConfigError::Invalid(
+            return Err(CollectorConfigError::Invalid(
                 "--tls-cert and --tls-key go together: give both or neither".into(),
             ));
         }
         if a.tls_client_ca.is_some() && a.tls_cert.is_none() {
-            return Err(ConfigError::Invalid(
+            return Err(CollectorConfigError::Invalid(
                 "--tls-client-ca (mutual TLS) needs TLS: give --tls-cert and --tls-key too".into(),
             ));
         }
@@ -528,21 +611,11 @@ impl CollectorConfig {
             .map(load_agent_tokens)
             .transpose()?;
         let admin_tokens = match &a.admin_tokens {
-            Some(path) => load_admin_tokens(path)?,
+            Some(path) => load_named_tokens(TokensFile::Admin, path)?,
             None => HashMap::new(),
         };
         let viewer_tokens = match &a.viewer_tokens {
-            Some(path) => load_admin_tokens(path).map_err(|e| match e {
-                ConfigError::TokensRead { source, .. } => ConfigError::Invalid(format!(
-                    "cannot read viewer tokens file {}: {source}",
-                    path.display()
-                )),
-                ConfigError::TokensParse { message, .. } => ConfigError::Invalid(format!(
-                    "viewer tokens file {} must be a TOML table `name = \"token\"`: {message}",
-                    path.display()
-                )),
-                other => other,
-            })?,
+            Some(path) => load_named_tokens(TokensFile::Viewer, path)?,
             None => HashMap::new(),
         };
         // One token in both files would make a login's role depend on which file wins.
@@ -551,7 +624,7 @@ impl CollectorConfig {
             .find(|(_, t)| admin_tokens.values().any(|a| a == *t))
             .map(|(v, _)| v)
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(CollectorConfigError::Invalid(format!(
                 "viewer {viewer:?} has the same token as an admin in --admin-tokens: give each \
                  person one token, in one file"
             )));
@@ -607,15 +680,15 @@ impl CollectorConfig {
 /// The compliance part of the arguments: the thresholds file and the sinks.
 fn compliance_config(
     a: &CollectorArgs,
-) -> Result<crate::compliance::ComplianceConfig, ConfigError> {
+) -> Result<crate::compliance::ComplianceConfig, CollectorConfigError> {
     use crate::compliance::{ComplianceConfig, SinkConfig};
     let mut c = ComplianceConfig::default();
     if let Some(path) = &a.thresholds {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "cannot read thresholds file {}: {e}",
-                path.display()
-            ))
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            CollectorConfigError::ThresholdsRead {
+                path: path.clone(),
+                source,
+            }
         })?;
         c.thresholds = parse_thresholds(path, &text)?;
     }
@@ -624,7 +697,7 @@ fn compliance_config(
     }
     for (i, url) in a.webhook_url.iter().enumerate() {
         let Some(secret) = a.webhook_secret.clone().filter(|s| !s.is_empty()) else {
-            return Err(ConfigError::Invalid(
+            return Err(CollectorConfigError::Invalid(
                 "--webhook-url needs --webhook-secret (deliveries are signed)".into(),
             ));
         };
@@ -654,21 +727,24 @@ pub fn stage_policy(count: &[String], exclude: &[String], unknown_counts: bool) 
 
 /// Reads the named admin tokens file: actor → token, each token unique (a token two actors
 /// share would let the audit log name the wrong one).
-pub fn load_admin_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let tokens = load_tokens(path)?;
-    let mut actors: Vec<_> = tokens.iter().collect();
-    actors.sort();
-    for (i, (a, t)) in actors.iter().enumerate() {
-        if let Some((b, _)) = actors[i + 1..].iter().find(|(_, u)| u == t) {
-            return Err(ConfigError::TokensParse {
-                path: path.to_path_buf(),
-                message: format!("{a:?} and {b:?} have the same token; give each actor its own"),
-            });
-        }
+pub fn load_admin_tokens(path: &Path) -> Result<HashMap<String, String>, CollectorConfigError> {
+    load_named_tokens(TokensFile::Admin, path)
+}
+
+/// An admin or viewer tokens file: name → token, each token unique and each name usable
+/// (bounded, no control characters: it is what the audit log and the console show).
+fn load_named_tokens(
+    kind: TokensFile,
+    path: &Path,
+) -> Result<HashMap<String, String>, CollectorConfigError> {
+    let tokens = parse_tokens(kind, path, &read_tokens(kind, path)?)?;
+    unique_tokens(kind, path, &tokens)?;
+    for a in tokens.keys() {
         if a.trim().is_empty() || !crate::ingest::validate::valid_name(a) {
-            return Err(ConfigError::TokensParse {
+            return Err(CollectorConfigError::TokensInvalid {
+                kind,
                 path: path.to_path_buf(),
-                message: format!("{a:?} is not a usable actor name"),
+                problem: format!("{a:?} is not a usable name"),
             });
         }
     }
@@ -677,76 +753,106 @@ pub fn load_admin_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigE
 
 /// Parses a thresholds file's text (`path` names it in errors) and validates it, so a typo
 /// stops the collector at start and not at first evaluation.
-pub fn parse_thresholds(
-    path: &Path,
-    text: &str,
-) -> Result<flopmeter_core::threshold_config::ThresholdConfig, ConfigError> {
-    let config: flopmeter_core::threshold_config::ThresholdConfig = toml::from_str(text)
-        .map_err(|e| ConfigError::Invalid(format!("thresholds file {}: {e}", path.display())))?;
+pub fn parse_thresholds(path: &Path, text: &str) -> Result<ThresholdConfig, CollectorConfigError> {
+    let config: ThresholdConfig =
+        toml::from_str(text).map_err(|source| CollectorConfigError::ThresholdsToml {
+            path: path.to_path_buf(),
+            source,
+        })?;
     config
         .resolve(&[])
-        .map_err(|e| ConfigError::Invalid(format!("thresholds file {}: {e}", path.display())))?;
+        .map_err(|source| CollectorConfigError::Thresholds {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(config)
 }
 
 /// Reads the agent tokens file: agent id → token, each token unique (an agent that knows a
-/// token another agent also has could speak as that agent).
-pub fn load_agent_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokensRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_agent_tokens(path, &text)
+/// token another agent also has could speak as that agent), each name an agent id.
+pub fn load_agent_tokens(path: &Path) -> Result<HashMap<String, String>, CollectorConfigError> {
+    parse_agent_tokens(path, &read_tokens(TokensFile::Agent, path)?)
 }
 
 /// [`load_agent_tokens`] on text already read.
-pub fn parse_agent_tokens(path: &Path, text: &str) -> Result<HashMap<String, String>, ConfigError> {
-    let tokens = parse_tokens(path, text)?;
-    let mut agents: Vec<_> = tokens.iter().collect();
+pub fn parse_agent_tokens(
+    path: &Path,
+    text: &str,
+) -> Result<HashMap<String, String>, CollectorConfigError> {
+    let kind = TokensFile::Agent;
+    let tokens = parse_tokens(kind, path, text)?;
+    unique_tokens(kind, path, &tokens)?;
+    let mut agents: Vec<&String> = tokens.keys().collect();
     agents.sort();
-    for (i, (a, t)) in agents.iter().enumerate() {
-        if let Some((b, _)) = agents[i + 1..].iter().find(|(_, u)| u == t) {
-            return Err(ConfigError::TokensParse {
-                path: path.to_path_buf(),
-                message: format!("{a:?} and {b:?} have the same token; give each agent its own"),
-            });
-        }
+    for a in agents {
+        AgentId::parse(a).map_err(|source| CollectorConfigError::TokensAgentId {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(tokens)
 }
 
-/// Reads a tokens file: a TOML table `name = "token"` (agent id or admin actor).
-pub fn load_tokens(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokensRead {
+fn read_tokens(kind: TokensFile, path: &Path) -> Result<String, CollectorConfigError> {
+    std::fs::read_to_string(path).map_err(|source| CollectorConfigError::TokensRead {
+        kind,
         path: path.to_path_buf(),
         source,
-    })?;
-    parse_tokens(path, &text)
+    })
 }
 
-/// [`load_tokens`] on text already read (`path` names it in errors).
-pub fn parse_tokens(path: &Path, text: &str) -> Result<HashMap<String, String>, ConfigError> {
-    let table: toml::Table =
-        text.parse()
-            .map_err(|e: toml::de::Error| ConfigError::TokensParse {
+/// No token for two names: its holder could speak as either.
+fn unique_tokens(
+    kind: TokensFile,
+    path: &Path,
+    tokens: &HashMap<String, String>,
+) -> Result<(), CollectorConfigError> {
+    let mut names: Vec<_> = tokens.iter().collect();
+    names.sort();
+    for (i, (a, t)) in names.iter().enumerate() {
+        if let Some((b, _)) = names[i + 1..].iter().find(|(_, u)| u == t) {
+            let who = match kind {
+                TokensFile::Agent => "agent",
+                TokensFile::Admin => "actor",
+                TokensFile::Viewer => "viewer",
+            };
+            return Err(CollectorConfigError::TokensInvalid {
+                kind,
                 path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-    let mut out = HashMap::new();
-    for (agent, v) in table {
-        let Some(token) = v.as_str() else {
-            return Err(ConfigError::TokensParse {
-                path: path.to_path_buf(),
-                message: format!("the value for {agent:?} is not a string"),
-            });
-        };
-        if token.is_empty() {
-            return Err(ConfigError::TokensParse {
-                path: path.to_path_buf(),
-                message: format!("the token for {agent:?} is empty"),
+                problem: format!("{a:?} and {b:?} have the same token; give each {who} its own"),
             });
         }
-        out.insert(agent, token.to_string());
+    }
+    Ok(())
+}
+
+/// A tokens file's text: a TOML table `name = "token"` of non-empty strings.
+fn parse_tokens(
+    kind: TokensFile,
+    path: &Path,
+    text: &str,
+) -> Result<HashMap<String, String>, CollectorConfigError> {
+    let invalid = |problem: String| CollectorConfigError::TokensInvalid {
+        kind,
+        path: path.to_path_buf(),
+        problem,
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|source| CollectorConfigError::TokensToml {
+            kind,
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut out = HashMap::new();
+    for (name, v) in table {
+        let Some(token) = v.as_str() else {
+            return Err(invalid(format!("the value for {name:?} is not a string")));
+        };
+        if token.is_empty() {
+            return Err(invalid(format!("the token for {name:?} is empty")));
+        }
+        out.insert(name, token.to_string());
     }
     Ok(out)
 }
@@ -773,7 +879,7 @@ mod tests {
         args: CollectorArgs,
     }
 
-    fn resolve(files: &[(&str, &str)]) -> Result<CollectorConfig, ConfigError> {
+    fn resolve(files: &[(&str, &str)]) -> Result<CollectorConfig, CollectorConfigError> {
         use clap::Parser as _;
         let dir = tempfile::tempdir().unwrap();
         let mut argv = vec!["collector".to_string()];
@@ -816,6 +922,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a string"), "{e}");
+    }
+
+    /// Each tokens file is named for what it is, and an error keeps what caused it.
+    #[test]
+    fn tokens_and_thresholds_errors_name_their_file_and_keep_their_cause() {
+        use std::error::Error as _;
+        let e = resolve(&[("admin-tokens", "a = \"x\"\nb = \"x\"\n")]).unwrap_err();
+        assert!(e.to_string().starts_with("admin tokens file "), "{e}");
+        let e = resolve(&[("agent-tokens", "node-a = [")]).unwrap_err();
+        assert!(matches!(e, CollectorConfigError::TokensToml { .. }), "{e}");
+        assert!(e.source().is_some_and(|s| s.is::<toml::de::Error>()));
+        // A name no agent can have: no agent could ever use its token.
+        let e = resolve(&[("agent-tokens", "\"node a\" = \"s3cret\"\n")]).unwrap_err();
+        assert!(
+            matches!(e, CollectorConfigError::TokensAgentId { .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with("agent tokens file ") && e.to_string().contains("\"node a\""),
+            "{e}"
+        );
+        assert!(e.source().is_some_and(|s| s.is::<AgentIdError>()));
+        let e = resolve(&[("thresholds", "[thresholds.typo]\nenabled = false\n")]).unwrap_err();
+        assert!(
+            e.source().is_some_and(|s| s.is::<ThresholdConfigError>()),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,10 +84,19 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
-    Http(std::io::Error),
-    /// The compliance engine could not start (its store, or an invalid threshold config).
+    Http(#[source] std::io::Error),
+    /// The compliance engine could not start: its store, or an invalid threshold config.
     #[error("compliance engine: {0}")]
-    Compliance(String),
+    Compliance(#[from] compliance::EngineError),
+    /// The compliance store could not be opened.
+    #[error("compliance store: {0}")]
+    ComplianceStore(#[from] compliance::ComplianceStoreError),
+    /// The compliance metrics could not be registered (a name registered twice: a bug).
+    #[error(transparent)]
+    ComplianceMetrics(#[from] compliance::metrics::ComplianceMetricsError),
+    /// A blocking start-up task (opening the ledger) panicked.
+    #[error("opening the ledger: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The TLS certificate, key or client CA is missing, unreadable or unusable.
     #[error(transparent)]
     Tls(#[from] flopmeter_tls::TlsError),
@@ -137,12 +146,9 @@ impl Collector {
         let sled_store =
             tokio::task::spawn_blocking(move || SledStore::open_with_cache(&data_dir, cache_bytes))
                 .await
-                .map_err(|e| StoreError::Storage(Box::new(e)))??;
+                .map_err(ServeError::Task)??;
         // The compliance engine keeps its trees in the same database (one flush covers both).
-        let compliance_store = Arc::new(
-            compliance::ComplianceStore::open(&sled_store)
-                .map_err(|e| ServeError::Compliance(e.to_string()))?,
-        );
+        let compliance_store = Arc::new(compliance::ComplianceStore::open(&sled_store)?);
         let store: Arc<dyn LedgerStore> = Arc::new(sled_store);
         store.set_stage_policy(&cfg.policy)?;
         let marks = Arc::new(durable_marks::DurableMarks::load(store.as_ref())?);
@@ -177,10 +183,8 @@ impl Collector {
                 ..cfg.compliance.clone()
             },
             cfg.policy.clone(),
-            compliance::metrics::ComplianceMetrics::register(metrics.registry())
-                .map_err(|e| ServeError::Compliance(e.to_string()))?,
-        )
-        .map_err(|e| ServeError::Compliance(e.to_string()))?;
+            compliance::metrics::ComplianceMetrics::register(metrics.registry())?,
+        )?;
         let compliance = compliance::Compliance::start(
             engine,
             metrics.ingest_records.clone(),

@@ -10,14 +10,14 @@
 
 use std::collections::HashMap;
 
+use flopmeter_core::utc::MS_PER_HOUR;
+
 /// Default `--new-runs-per-agent-per-hour`: ten a minute, sustained.
 pub const DEFAULT_NEW_RUNS_PER_HOUR: u32 = 600;
 
 /// Agents whose buckets are kept before full ones are dropped (a full bucket is the same as
 /// none).
 const MAX_AGENTS: usize = 100_000;
-
-const HOUR_MS: f64 = 3_600_000.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -44,7 +44,7 @@ impl NewRuns {
     fn refilled(&self, b: Bucket, now_ms: i64) -> f64 {
         let cap = f64::from(self.per_hour);
         let elapsed = (now_ms - b.at_ms).max(0) as f64;
-        (b.tokens + elapsed * cap / HOUR_MS).min(cap)
+        (b.tokens + elapsed * cap / MS_PER_HOUR as f64).min(cap)
     }
 
     /// Takes a token for a new run of `agent` at `now_ms`; `false` when its bucket is empty.

@@ -62,6 +62,40 @@ impl Default for GpuLoad {
     }
 }
 
+/// Why a record is refused as `gpu-overlap`; the text is the rejection's detail.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OverlapRefusal {
+    /// It starts before records of its GPU the collector already applied and forgot.
+    #[error(
+        "the interval starts before later records of the same GPU that the collector already \
+         applied (at {floor}; an agent's records for one GPU come in time order): check the \
+         agent's clock"
+    )]
+    BeforeApplied {
+        /// Where the GPU's remembered history begins, Unix ms.
+        floor: i64,
+    },
+    /// With the records it overlaps it exceeds the GPU's ceiling over their union.
+    #[error(
+        "with the {others} record(s) it overlaps on this GPU, {flop:.3e} FLOP over {seconds} s \
+         exceeds the GPU's ceiling over their union ({rate:.3e} FLOP/s × {seconds} s = \
+         {limit:.3e}); overlapping records of one GPU share its ceiling across runs and MIG \
+         instances"
+    )]
+    AboveCeiling {
+        /// The records it overlaps.
+        others: u64,
+        /// Their FLOP (high bounds) and its own.
+        flop: f64,
+        /// The union's length.
+        seconds: f64,
+        /// The GPU's ceiling, FLOP/s.
+        rate: f64,
+        /// `rate × seconds`.
+        limit: f64,
+    },
+}
+
 impl GpuLoad {
     /// Admits a record `[start, end)` with `flop` (its high bound), checked against
     /// `max_flop_per_s` when known; on refusal nothing changes and the reason is returned.
@@ -71,14 +105,9 @@ impl GpuLoad {
         end: i64,
         flop: u64,
         max_flop_per_s: Option<f64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OverlapRefusal> {
         if start < self.floor && max_flop_per_s.is_some() {
-            return Err(format!(
-                "the interval starts before later records of the same GPU that the \
-                 collector already applied (at {}; an agent's records for one GPU come in \
-                 time order): check the agent's clock",
-                self.floor
-            ));
+            return Err(OverlapRefusal::BeforeApplied { floor: self.floor });
         }
         let overlapping: Vec<usize> = (0..self.segments.len())
             .filter(|&i| self.segments[i].start < end && start < self.segments[i].end)
@@ -102,14 +131,13 @@ impl GpuLoad {
             let seconds = (merged.end - merged.start) as f64 / 1000.0;
             let limit = rate * seconds;
             if merged.flop as f64 > limit {
-                return Err(format!(
-                    "with the {} record(s) it overlaps on this GPU, {:.3e} FLOP over {seconds} \
-                     s exceeds the GPU's ceiling over their union ({rate:.3e} FLOP/s × \
-                     {seconds} s = {limit:.3e}); overlapping records of one GPU share its \
-                     ceiling across runs and MIG instances",
-                    merged.records - 1,
-                    merged.flop as f64,
-                ));
+                return Err(OverlapRefusal::AboveCeiling {
+                    others: u64::from(merged.records - 1),
+                    flop: merged.flop as f64,
+                    seconds,
+                    rate,
+                    limit,
+                });
             }
         }
         for &i in overlapping.iter().rev() {
@@ -169,7 +197,7 @@ impl Occupancy {
         agent: &str,
         r: &IntervalRecord,
         max_flop_per_s: Option<f64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OverlapRefusal> {
         let gpus = match self.agents.get_mut(agent) {
             Some(g) => g,
             None => self.agents.entry(agent.to_string()).or_default(),
@@ -234,7 +262,7 @@ mod tests {
         let e = o
             .admit("a", &rec("g", 0, 10_000, full / 10), Some(RATE))
             .unwrap_err();
-        assert!(e.contains("ceiling over their union"), "{e}");
+        assert!(e.to_string().contains("ceiling over their union"), "{e}");
         // The next interval is a new segment; a partial overlap is judged on the union
         // (15 s here: 1.5 × a full 10 s fits, 1.6 × does not).
         assert!(
@@ -284,7 +312,7 @@ mod tests {
         let e = o
             .admit("a", &rec("g", 0, 10_000, 1), Some(RATE))
             .unwrap_err();
-        assert!(e.contains("time order"), "{e}");
+        assert!(e.to_string().contains("time order"), "{e}");
     }
 
     #[test]

@@ -348,18 +348,16 @@ pub struct Quality {
     pub unknown_peak_records: u64,
 }
 
-const MJ_PER_MWH: f64 = 3.6e12;
-
 fn days(ms: u128) -> f64 {
-    ms as f64 / DAY_MS as f64
+    flopmeter_core::utc::ms_as_days(ms)
 }
 
 fn hours(ms: u128) -> f64 {
-    ms as f64 / 3_600_000.0
+    flopmeter_core::utc::ms_as_hours(ms)
 }
 
 fn mwh(mj: u128) -> f64 {
-    mj as f64 / MJ_PER_MWH
+    flopmeter_core::energy::mj_to_mwh(mj)
 }
 
 /// Builds the report, or `None` when the ledger knows nothing of the model.
@@ -486,7 +484,7 @@ pub fn build(
     }
 
     let base_model = entry.as_ref().and_then(|e| {
-        let base = e.base_model.clone()?;
+        let base = e.declared.base_model.clone()?;
         Some(BaseModelView {
             base_model: base,
             base_flop: e.base_flop,
@@ -602,12 +600,10 @@ fn percent(p: f64) -> String {
     }
 }
 
-/// A Unix-ms time as `2026-03-01 12:00 UTC`.
+/// A Unix-ms time as `2026-03-01 12:00 UTC` ([`flopmeter_core::utc::format_utc_minute`]),
+/// `-` when unknown.
 pub fn date_time(ms: Option<i64>) -> String {
-    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or("-".to_string(), |t| {
-            t.strftime("%Y-%m-%d %H:%M UTC").to_string()
-        })
+    ms.map_or("-".to_string(), flopmeter_core::utc::format_utc_minute)
 }
 
 /// Renders a report in `format`.

@@ -77,8 +77,9 @@ impl ServerTls {
                     // Optional here, required by the ingest service: see the module docs.
                     .allow_unauthenticated()
                     .build()
-                    .map_err(|e| {
-                        TlsError::Options(format!("--tls-client-ca {}: {e}", ca.display()))
+                    .map_err(|source| TlsError::ClientCa {
+                        path: ca.clone(),
+                        source,
                     })?,
                 )
             }

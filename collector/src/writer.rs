@@ -637,8 +637,8 @@ fn screen(
                     started.insert(key);
                 }
             }
-            if let Err(detail) = occupancy.admit(&agent, &cr.record, cr.max_flop_per_s) {
-                reject(cr, RejectReason::GpuOverlap, detail);
+            if let Err(why) = occupancy.admit(&agent, &cr.record, cr.max_flop_per_s) {
+                reject(cr, RejectReason::GpuOverlap, why.to_string());
             }
         }
         marks.insert(agent, seqs[end - 1]);

@@ -2,7 +2,7 @@
 //! losing or duplicating anything, a real Alertmanager receives the alert, the audit chain
 //! detects tampering, and the demo tells its story in short mode.
 //!
-//! Time: the engine runs on a virtual clock (an atomic the test moves), so no assertion
+//! Time: the engine runs in virtual time (an atomic the test moves), so no assertion
 //! depends on wall-clock timing; waits are bounded polls.
 
 mod common;
@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use flopmeter_collector::compliance::{ComplianceStore, EngineClock, SinkConfig, outbox};
+use flopmeter_collector::compliance::{ComplianceStore, EngineTime, SinkConfig, outbox};
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::{Collector, now_unix_ms};
@@ -81,7 +81,7 @@ async fn start_receiver() -> (Arc<Receiver>, SocketAddr) {
 fn config(dir: &std::path::Path, vnow: &Arc<AtomicI64>, sinks: Vec<SinkConfig>) -> CollectorConfig {
     let mut cfg = CollectorConfig::for_data_dir(dir);
     let v = vnow.clone();
-    cfg.compliance.clock = EngineClock::from_fn(move || v.load(Ordering::SeqCst));
+    cfg.compliance.time = EngineTime::from_fn(move || v.load(Ordering::SeqCst));
     cfg.compliance.sinks = sinks;
     // The test drives evaluation and delivery; keep the background loops out of the way.
     cfg.compliance.interval = Duration::from_secs(3600);
@@ -795,7 +795,10 @@ async fn a_plan_revised_seconds_later_still_started_the_clock_and_is_on_record()
         let entry = |flop: u128, at: i64| ModelEntry {
             model: "rev".into(),
             role: Some(Role::Provider),
-            planned_flop: Some(flop),
+            declared: flopmeter_core::declaration::Declaration {
+                planned_flop: Some(flop),
+                ..Default::default()
+            },
             updated_unix_ms: at,
             updated_by: Some("alice".into()),
             ..ModelEntry::default()

@@ -39,11 +39,14 @@ fn build(dir: &std::path::Path) {
     s.apply_batch(&incoming("a9", "n9", vec![other])).unwrap();
     s.set_model_entry(&ModelEntry {
         model: "acme".into(),
-        base_model: Some("llama".into()),
+        declared: flopmeter_core::declaration::Declaration {
+            base_model: Some("llama".into()),
+            planned_flop: Some(2 * 10u128.pow(25)),
+            ..Default::default()
+        },
         base_flop: Some(38 * 10u128.pow(23)),
         base_flop_source: Some("model card".into()),
         role: Some(Role::Modifier),
-        planned_flop: Some(2 * 10u128.pow(25)),
         ..ModelEntry::default()
     })
     .unwrap();
@@ -113,7 +116,7 @@ fn report_text_json_csv() {
     // The run's declaration is recorded and cross-checked: 6·N·D = 6e15 vs 1.0e16 measured.
     let d = r.runs[0].declaration.as_ref().unwrap();
     assert_eq!(
-        (d.params, d.precision.as_deref()),
+        (d.params, d.precision.map(|p| p.as_str())),
         (Some(1000), Some("bf16"))
     );
     assert_eq!(r.runs[0].six_n_d, Some(6_000_000_000_000_000));
@@ -160,7 +163,10 @@ fn report_text_json_csv() {
     // A registered model without measured work: empty sums are 0, never -0 or 0.0e0.
     let beta = ModelEntry {
         model: "beta".into(),
-        planned_flop: Some(10u128.pow(25) + 1),
+        declared: flopmeter_core::declaration::Declaration {
+            planned_flop: Some(10u128.pow(25) + 1),
+            ..Default::default()
+        },
         ..ModelEntry::default()
     };
     drop(s);

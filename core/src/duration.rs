@@ -8,12 +8,35 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::utc::{
+    MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, MS_PER_SECOND, SECONDS_PER_DAY, SECONDS_PER_HOUR,
+};
+
 /// A duration written as humans do: `250ms`, `1s`, `10s`, `5m`, `12h`, `90d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// No number in front.
+    #[error("invalid duration {0:?}: expected e.g. 500ms, 1s, 5m, 12h")]
+    Syntax(String),
+    /// A unit other than ms, s, m, h, d.
+    #[error("invalid duration unit {unit:?} in {text:?}: use ms, s, m, h or d")]
+    Unit {
+        /// The unit as written.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// Negative or beyond what a duration holds.
+    #[error("invalid duration {0:?}")]
+    OutOfRange(String),
+}
+
 impl FromStr for HumanDuration {
-    type Err = String;
+    type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
@@ -23,21 +46,22 @@ impl FromStr for HumanDuration {
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 1s, 5m, 12h"))?;
+            .map_err(|_| DurationError::Syntax(s.to_string()))?;
         let secs = match unit.trim() {
             "ms" => n / 1000.0,
             "s" | "" => n,
             "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86_400.0,
+            "h" => n * SECONDS_PER_HOUR as f64,
+            "d" => n * SECONDS_PER_DAY as f64,
             other => {
-                return Err(format!(
-                    "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-                ));
+                return Err(DurationError::Unit {
+                    unit: other.to_string(),
+                    text: s.to_string(),
+                });
             }
         };
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration {s:?}"));
+        if !secs.is_finite() || secs < 0.0 || secs > Duration::MAX.as_secs_f64() {
+            return Err(DurationError::OutOfRange(s.to_string()));
         }
         Ok(HumanDuration(Duration::from_secs_f64(secs)))
     }
@@ -47,11 +71,12 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         let (n, unit) = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
+            (MS_PER_DAY, "d"),
+            (MS_PER_HOUR, "h"),
+            (MS_PER_MINUTE, "m"),
+            (MS_PER_SECOND, "s"),
         ]
+        .map(|(u, name)| (u as u128, name))
         .into_iter()
         .find(|(u, _)| ms >= *u && ms.is_multiple_of(*u))
         .map_or((ms, "ms"), |(u, name)| (ms / u, name));
@@ -77,5 +102,14 @@ mod tests {
         assert_eq!("1.5s".parse::<HumanDuration>().unwrap().0.as_millis(), 1500);
         assert!("5 weeks".parse::<HumanDuration>().is_err());
         assert!("-1s".parse::<HumanDuration>().is_err());
+        // Once a panic in Duration::from_secs_f64; now an error that names the text.
+        assert_eq!(
+            "99999999999999999999999d".parse::<HumanDuration>(),
+            Err(DurationError::OutOfRange("99999999999999999999999d".into()))
+        );
+        assert!(matches!(
+            "5 weeks".parse::<HumanDuration>(),
+            Err(DurationError::Unit { .. })
+        ));
     }
 }

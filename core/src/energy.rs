@@ -93,9 +93,18 @@ impl EnergyCounter {
     }
 }
 
+/// Millijoules in a megawatt-hour (3.6e9 J): the one conversion every report, metric and
+/// page uses, since NVML counts millijoules and the AI Act's documentation asks for MWh.
+pub const MJ_PER_MWH: f64 = 3.6e12;
+
 /// Joules to megawatt-hours.
 pub fn joules_to_mwh(joules: f64) -> f64 {
-    joules / 3.6e9
+    joules * 1e3 / MJ_PER_MWH
+}
+
+/// Millijoules (the ledger's integer unit) to megawatt-hours.
+pub fn mj_to_mwh(mj: u128) -> f64 {
+    mj as f64 / MJ_PER_MWH
 }
 
 #[cfg(test)]
@@ -160,6 +169,7 @@ mod tests {
     #[test]
     fn mwh() {
         assert!((joules_to_mwh(3.6e9) - 1.0).abs() < 1e-12);
+        assert_eq!(mj_to_mwh(36 * 10u128.pow(11)), 1.0);
     }
 
     proptest! {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::estimator;
+use crate::declaration::PlanFigures;
 use crate::stage::{Stage, StagePolicy};
 use crate::units::{Bound, FlopTotal, Method, Precision};
 
@@ -113,8 +113,10 @@ impl RunEvidence {
     }
 }
 
-/// A declared plan: a whole model's, or one run's (labels such as `FLOPMETER_PLANNED_FLOP`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A declared plan: a whole model's, or one run's (labels such as `FLOPMETER_PLANNED_FLOP`):
+/// the [`PlanFigures`] of a [`crate::declaration::Declaration`] with the id, date and
+/// declarer the engine cites.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclaredPlan {
     /// Id of the plan (registry id, or the run id for a run's labels).
     pub plan_id: String,
@@ -122,42 +124,68 @@ pub struct DeclaredPlan {
     pub run_id: Option<String>,
     /// When the plan was registered (Unix ms UTC): the moment it "became known".
     pub registered_at_ms: i64,
-    /// Planned total FLOP.
-    pub planned_flop: Option<u128>,
-    /// Parameters N, for 6·N·D.
-    pub params: Option<u128>,
-    /// Training tokens D, for 6·N·D.
-    pub tokens: Option<u128>,
+    /// What it declares.
+    pub figures: PlanFigures,
     /// Who declared it, in words (`alice via the model registry`, `agent a1 on node n1`):
     /// cited wherever the plan is, because an agent may declare a plan that starts a clock.
-    #[serde(default)]
     pub declared_by: Option<String>,
 }
 
 impl DeclaredPlan {
-    /// The declared figure: the larger of the planned FLOP and 6·N·D (when both are given the
-    /// larger is kept, because the smaller cannot be trusted to bound the run). `None` if the
-    /// plan states neither. A declared figure has no band: all three bounds are equal.
+    /// The declared figure ([`PlanFigures::total`]) as a band with all three bounds equal.
     pub fn total(&self) -> Option<FlopTotal> {
-        let nd = match (self.params, self.tokens) {
-            (Some(n), Some(d)) => Some(estimator::six_n_d(n, d).unwrap_or(u128::MAX)),
-            _ => None,
-        };
-        let flop = match (self.planned_flop, nd) {
-            (Some(a), Some(b)) => a.max(b),
-            (a, b) => a.or(b)?,
-        };
-        Some(FlopTotal::exact(flop))
+        self.figures.total_band()
     }
 
     /// Which figure the declaration rests on, for reports.
     pub fn basis(&self) -> &'static str {
-        match (self.planned_flop, self.params.zip(self.tokens)) {
-            (Some(_), Some(_)) => "planned FLOP and 6·N·D (the larger)",
-            (Some(_), None) => "planned FLOP",
-            (None, Some(_)) => "6·N·D",
-            (None, None) => "nothing (no figure declared)",
+        self.figures.basis()
+    }
+}
+
+/// The stored shape of a [`DeclaredPlan`] (clock records and audit entries hold it, and the
+/// audit chain hashes it): flat, in this field order, as it has always been written.
+#[derive(Serialize, Deserialize)]
+struct StoredPlan<S> {
+    plan_id: S,
+    run_id: Option<S>,
+    registered_at_ms: i64,
+    planned_flop: Option<u128>,
+    params: Option<u128>,
+    tokens: Option<u128>,
+    #[serde(default = "Option::default")]
+    declared_by: Option<S>,
+}
+
+impl Serialize for DeclaredPlan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StoredPlan::<&str> {
+            plan_id: &self.plan_id,
+            run_id: self.run_id.as_deref(),
+            registered_at_ms: self.registered_at_ms,
+            planned_flop: self.figures.planned_flop,
+            params: self.figures.params,
+            tokens: self.figures.tokens,
+            declared_by: self.declared_by.as_deref(),
         }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeclaredPlan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = StoredPlan::<String>::deserialize(d)?;
+        Ok(DeclaredPlan {
+            plan_id: p.plan_id,
+            run_id: p.run_id,
+            registered_at_ms: p.registered_at_ms,
+            figures: PlanFigures {
+                planned_flop: p.planned_flop,
+                params: p.params,
+                tokens: p.tokens,
+            },
+            declared_by: p.declared_by,
+        })
     }
 }
 
@@ -401,9 +429,11 @@ mod tests {
             plan_id: id.into(),
             run_id: run.map(Into::into),
             registered_at_ms: at,
-            planned_flop: Some(flop),
-            params: None,
-            tokens: None,
+            figures: PlanFigures {
+                planned_flop: Some(flop),
+                params: None,
+                tokens: None,
+            },
             declared_by: None,
         };
         let m = ModelEvidence {
@@ -439,11 +469,34 @@ mod tests {
             "p2 supersedes p1"
         );
         let six_nd = DeclaredPlan {
-            params: Some(2),
-            tokens: Some(3),
+            figures: PlanFigures {
+                params: Some(2),
+                tokens: Some(3),
+                planned_flop: Some(10),
+            },
             ..plan("x", None, 0, 10)
         };
         assert_eq!(six_nd.total(), Some(FlopTotal::exact(36)));
         assert_eq!(six_nd.basis(), "planned FLOP and 6·N·D (the larger)");
+    }
+
+    /// Clock records and audit entries hold plans as they were written before
+    /// [`PlanFigures`] existed, and the audit chain hashes those bytes: they must read the
+    /// same and write back identical.
+    #[test]
+    fn declared_plans_keep_their_stored_shape() {
+        let stored = r#"{"plan_id":"registry:m","run_id":null,"registered_at_ms":5,"planned_flop":20000000000000000000000000,"params":null,"tokens":null,"declared_by":"alice via the model registry"}"#;
+        let p: DeclaredPlan = serde_json::from_str(stored).unwrap();
+        assert_eq!(p.figures.planned_flop, Some(2 * 10u128.pow(25)));
+        assert_eq!(
+            p.declared_by.as_deref(),
+            Some("alice via the model registry")
+        );
+        assert_eq!(serde_json::to_string(&p).unwrap(), stored);
+        // Written before plans cited their declarer.
+        let older = r#"{"plan_id":"run:m/r","run_id":"r","registered_at_ms":1,"planned_flop":null,"params":7,"tokens":11}"#;
+        let p: DeclaredPlan = serde_json::from_str(older).unwrap();
+        assert_eq!(p.declared_by, None);
+        assert_eq!(p.total(), Some(FlopTotal::exact(6 * 7 * 11)));
     }
 }

@@ -145,21 +145,22 @@ pub fn quantity(x: f64) -> String {
 
 /// Milliseconds as days, a [`quantity`]: `14`, `0.50`.
 pub fn days_of_ms(ms: u128) -> String {
-    quantity(ms as f64 / 86_400_000.0)
+    quantity(crate::utc::ms_as_days(ms))
 }
 
 /// Millijoules as megawatt-hours, a [`quantity`]: `700`, `0.050`.
 pub fn mwh_of_mj(mj: u128) -> String {
-    quantity(mj as f64 / 3.6e12)
+    quantity(crate::energy::mj_to_mwh(mj))
 }
 
 /// A non-negative duration: `31 d 07 h` from a day up, `7 h 05 min` from an hour up, else
 /// `12 min`. Truncated, never rounded up: a deadline's "time left" must not look longer
 /// than it is. Negative durations are shown as their magnitude.
 pub fn duration(ms: i64) -> String {
-    const MIN: u64 = 60_000;
-    const HOUR: u64 = 60 * MIN;
-    const DAY: u64 = 24 * HOUR;
+    use crate::utc::{MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE};
+    const MIN: u64 = MS_PER_MINUTE as u64;
+    const HOUR: u64 = MS_PER_HOUR as u64;
+    const DAY: u64 = MS_PER_DAY as u64;
     let abs = ms.unsigned_abs();
     let (d, h, m) = (abs / DAY, abs % DAY / HOUR, abs % HOUR / MIN);
     if d > 0 {

@@ -17,7 +17,13 @@
 //! - [`format`]: figures as regulators ask for them (two significant figures, more near a
 //!   threshold, plain days and MWh, deadlines); [`exact`]: JSON with `u128` as decimal
 //!   strings, for clients that read numbers as doubles.
-//! - [`utc`]: time as `i64` Unix milliseconds, UTC only: fixed-length days and ISO 8601.
+//! - [`utc`]: time as `i64` Unix milliseconds, UTC only: the one hour and day, the one
+//!   parser of times people write (dates, RFC 3339, Unix ms) and the UTC formats.
+//! - [`agent_id::AgentId`]: an agent's name, one rule (a DNS name a certificate can carry)
+//!   for the agent, `certs dev`, ingest and mutual TLS.
+//! - [`declaration::Declaration`]: what a run or the registry declares (plan, precision, base
+//!   model, planned end), one type from job label to compliance engine;
+//!   [`declaration::PlanFigures::total`] the one rule for a plan's FLOP.
 //! - [`evidence`]: what is known about a model: role, declared plans, runs' counted FLOP over
 //!   event time.
 //! - [`projection`]: per model, the larger of the plan and the observed rate extrapolated to
@@ -33,10 +39,12 @@
 //! NVML, filesystem or clock; time is always a parameter. That keeps every rule here
 //! exhaustively testable and lets an auditor recompute any figure from its inputs.
 
+pub mod agent_id;
 pub mod alert;
 pub mod audit;
 pub mod catalogue;
 pub mod clock;
+pub mod declaration;
 pub mod duration;
 pub mod energy;
 pub mod estimator;

@@ -11,6 +11,7 @@ use crate::catalogue::GpuModel;
 use crate::estimator::{self, Activity, EstimateError, GpmActivity, Interval};
 use crate::threshold::{Comparison, Obligation, Threshold};
 use crate::units::{Bound, FlopTotal, Method, Precision};
+use crate::utc::SECONDS_PER_DAY;
 
 /// The expected utilisation of a planned run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -199,10 +200,11 @@ pub fn evaluate(input: &PlanInput<'_>, thresholds: &[Threshold]) -> Result<PlanO
         central: total(central, input.seconds),
         high: total(high, input.seconds),
     };
+    let day = SECONDS_PER_DAY as f64;
     let per_day = FlopTotal {
-        low: total(low, 86_400.0),
-        central: total(central, 86_400.0),
-        high: total(high, 86_400.0),
+        low: total(low, day),
+        central: total(central, day),
+        high: total(high, day),
     };
 
     let outcomes = thresholds
@@ -232,7 +234,7 @@ pub fn evaluate(input: &PlanInput<'_>, thresholds: &[Threshold]) -> Result<PlanO
         method,
         precision: e.precision,
         precision_declared: e.precision_declared,
-        days: input.seconds / 86_400.0,
+        days: input.seconds / SECONDS_PER_DAY as f64,
         thresholds: outcomes,
         architecture: architecture.map(|a| ArchitectureCheck {
             flop: a,

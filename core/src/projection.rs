@@ -335,6 +335,7 @@ impl Projection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::declaration::PlanFigures;
     use crate::evidence::{FlopBucket, ModelRole};
     use crate::threshold::pow10;
     use crate::units::Method;
@@ -464,9 +465,11 @@ mod tests {
             plan_id: id.into(),
             run_id: run.map(Into::into),
             registered_at_ms: t0,
-            planned_flop: Some(flop),
-            params: None,
-            tokens: None,
+            figures: PlanFigures {
+                planned_flop: Some(flop),
+                params: None,
+                tokens: None,
+            },
             declared_by: None,
         };
         let policy = StagePolicy::default();

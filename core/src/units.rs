@@ -194,17 +194,25 @@ impl fmt::Display for Bound {
     }
 }
 
+/// A bound name that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown bound {given:?}: expected low, central or high")]
+pub struct UnknownBound {
+    /// What was given.
+    pub given: String,
+}
+
 impl FromStr for Bound {
-    type Err = String;
+    type Err = UnknownBound;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "low" => Ok(Bound::Low),
             "central" => Ok(Bound::Central),
             "high" => Ok(Bound::High),
-            _ => Err(format!(
-                "unknown bound {s:?}: expected low, central or high"
-            )),
+            _ => Err(UnknownBound {
+                given: s.to_string(),
+            }),
         }
     }
 }

@@ -43,7 +43,7 @@ use flopmeter_core::utc::{MS_PER_DAY, MS_PER_HOUR, format_utc};
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::admin_client::AdminClient;
 
-use flopmeter_collector::compliance::{EngineClock, SinkConfig, outbox};
+use flopmeter_collector::compliance::{EngineTime, SinkConfig, outbox};
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::{Collector, report};
 
@@ -248,7 +248,7 @@ pub async fn run(
     cfg.admin_tokens = [(CONSOLE_ADMIN.to_string(), CONSOLE_ADMIN_TOKEN.to_string())].into();
     cfg.limits.max_future_ms = 60 * MS_PER_DAY;
     let v = vnow.clone();
-    cfg.compliance.clock = EngineClock::from_fn(move || v.load(Ordering::SeqCst));
+    cfg.compliance.time = EngineTime::from_fn(move || v.load(Ordering::SeqCst));
     cfg.compliance.sinks = vec![SinkConfig::Webhook {
         name: "demo".into(),
         url: format!("http://{hook_addr}/hook"),

@@ -7,13 +7,13 @@ use anyhow::Context;
 use flopmeter_agent::AgentArgs;
 use flopmeter_agent::config::LogFormat;
 
-use super::UsageError;
+use super::InvalidInput;
 
 /// Runs the agent until SIGTERM or SIGINT, then drains and exits 0; or prints the effective
 /// configuration with `--print-config`.
 pub fn run(args: &AgentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Err(e) = args.validate() {
-        return Err(UsageError(e.to_string()).into());
+        return Err(InvalidInput::new(e).into());
     }
     if args.print_config {
         out.write_all(args.to_toml()?.as_bytes())?;

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use flopmeter_core::agent_id::AgentId;
 use flopmeter_tls::dev::{DevCa, LeafSpec};
 use serde::Serialize;
 
@@ -61,9 +62,10 @@ pub struct DevArgs {
     #[arg(long, value_name = "NAME")]
     pub collector_name: Vec<String>,
 
-    /// An agent id to make a client certificate for. Repeatable.
+    /// An agent id to make a client certificate for (the agent's --agent-id: a DNS name of
+    /// at most 64 characters). Repeatable.
     #[arg(long = "agent", value_name = "ID")]
-    pub agents: Vec<String>,
+    pub agents: Vec<AgentId>,
 
     /// Days the certificates are valid.
     #[arg(long, value_name = "N", default_value_t = 365)]
@@ -88,26 +90,9 @@ struct File {
     secret: bool,
 }
 
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 253
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-}
-
 fn dev(a: &DevArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if a.days == 0 {
         return Err(UsageError("--days must be at least 1".into()).into());
-    }
-    for id in &a.agents {
-        if !valid_agent_id(id) {
-            return Err(UsageError(format!(
-                "--agent {id:?}: an agent id in a certificate must be letters, digits, '-', '.' \
-                 or '_' (it is the certificate's CN and DNS name)"
-            ))
-            .into());
-        }
     }
     let mut names: Vec<String> = Vec::new();
     for n in &a.collector_name {
@@ -152,7 +137,7 @@ fn dev(a: &DevArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         },
     ];
     for id in &a.agents {
-        let c = ca.issue(&LeafSpec::agent(id).days(a.days))?;
+        let c = ca.issue(&LeafSpec::agent(id.as_str()).days(a.days))?;
         files.push(File {
             name: format!("agent-{id}.pem"),
             text: c.cert_pem,
@@ -260,7 +245,7 @@ mod tests {
             action: CertsAction::Dev(DevArgs {
                 out: dir.to_path_buf(),
                 collector_name: vec!["collector.example".into()],
-                agents: vec!["node-a".into()],
+                agents: vec![AgentId::parse("node-a").unwrap()],
                 days: 30,
                 force,
             }),
@@ -308,13 +293,114 @@ mod tests {
         assert_ne!(std::fs::read(d.path().join("ca.pem")).unwrap(), before);
     }
 
+    /// Whether each door takes `id` as an agent id: the agent's `--agent-id` (clap, then
+    /// the id file), `certs dev --agent`, and ingest's Hello check.
+    fn doors(id: &str, dir: &Path) -> (bool, bool, bool) {
+        use clap::Parser as _;
+        let agent =
+            match crate::Cli::try_parse_from(["flopmeter", "agent", &format!("--agent-id={id}")]) {
+                Ok(crate::Cli {
+                    command: crate::Command::Agent(a),
+                    ..
+                }) => {
+                    let spool = dir.join("spool");
+                    let _ = std::fs::remove_dir_all(&spool);
+                    std::fs::create_dir_all(&spool).unwrap();
+                    flopmeter_agent::agent_id::resolve(&spool, a.agent_id.as_ref(), false).is_ok()
+                }
+                Ok(_) => unreachable!("parsed as another command"),
+                Err(_) => false,
+            };
+        let certs = crate::Cli::try_parse_from([
+            "flopmeter",
+            "certs",
+            "dev",
+            "--out",
+            "unused",
+            &format!("--agent={id}"),
+        ])
+        .is_ok();
+        let hello = flopmeter_proto::v1::Hello {
+            agent_id: id.to_string(),
+            ..Default::default()
+        };
+        let ingest = flopmeter_collector::ingest::validate::check_hello(&hello).is_ok();
+        (agent, certs, ingest)
+    }
+
+    /// An id the agent takes can be certified, and the collector then lets it in under mutual
+    /// TLS: the certificate `certs dev` makes names it, and the Hello check and the identity
+    /// check accept it.
+    fn certified_and_admitted(id: &str) {
+        let agent_id = AgentId::parse(id).unwrap();
+        let ca = DevCa::generate(1).unwrap();
+        let leaf = ca.issue(&LeafSpec::agent(agent_id.as_str())).unwrap();
+        use flopmeter_tls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        let peer = flopmeter_collector::ingest::auth::peer_identity(Some(&[der])).unwrap();
+        assert_eq!(peer.names, vec![id.to_string()], "CN and DNS name");
+        assert_eq!(
+            flopmeter_collector::ingest::auth::check_identity(true, Some(&peer), &agent_id),
+            Ok(())
+        );
+    }
+
     #[test]
     fn agent_ids_must_fit_a_certificate() {
         let d = tempfile::tempdir().unwrap();
-        let mut a = args(d.path(), false);
-        let CertsAction::Dev(dev) = &mut a.action;
-        dev.agents = vec!["node a".into()];
-        let e = run(&a, &mut Vec::new()).unwrap_err();
-        assert!(e.downcast_ref::<UsageError>().is_some(), "{e}");
+        for id in ["node a", "node:1", "10.0.0.1", "node.", &"a".repeat(65)] {
+            assert_eq!(doors(id, d.path()), (false, false, false), "{id:?}");
+        }
+        for id in [
+            "node-a",
+            "node-01.example",
+            "ip-10-0-1-23.eu-west-1.compute.internal",
+            "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f",
+            "gpu_07",
+        ] {
+            assert_eq!(doors(id, d.path()), (true, true, true), "{id:?}");
+            certified_and_admitted(id);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The three doors agree on every id, and an accepted id is a DNS name rustls
+        /// accepts (the rule is "a DNS name without a trailing dot, at most 64 bytes"); each
+        /// accepted id is certified and admitted.
+        #[test]
+        fn every_door_takes_the_same_agent_ids(
+            chars in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => proptest::char::range('a', 'z'),
+                    3 => proptest::char::range('0', '9'),
+                    2 => proptest::prop_oneof![
+                        proptest::strategy::Just('-'),
+                        proptest::strategy::Just('.'),
+                        proptest::strategy::Just('_'),
+                    ],
+                    1 => proptest::prop_oneof![
+                        proptest::strategy::Just('A'),
+                        proptest::strategy::Just(' '),
+                        proptest::strategy::Just(':'),
+                        proptest::strategy::Just('é'),
+                    ],
+                ],
+                0..72,
+            )
+        ) {
+            let id: String = chars.into_iter().collect();
+            let d = tempfile::tempdir().unwrap();
+            let (agent, certs, ingest) = doors(&id, d.path());
+            proptest::prop_assert_eq!((agent, certs), (ingest, ingest), "{:?}", id);
+            let rustls = flopmeter_tls::rustls::pki_types::DnsName::try_from(id.as_str()).is_ok()
+                && !id.ends_with('.')
+                && id.len() <= AgentId::MAX_LEN;
+            proptest::prop_assert_eq!(ingest, rustls, "{:?}", id);
+            if ingest {
+                certified_and_admitted(&id);
+            }
+        }
     }
 }

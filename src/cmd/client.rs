@@ -6,7 +6,7 @@ use flopmeter_proto::v1::admin_client::AdminClient;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::UsageError;
+use super::{InvalidInput, UsageError};
 
 /// How to reach the collector's admin API.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -32,23 +32,9 @@ pub struct ClientArgs {
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
 
-    /// CA certificate (PEM) that signed the collector's certificate, for an https://
-    /// --collector. Without it, the system's trusted roots.
-    #[arg(long, env = "FLOPMETER_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<std::path::PathBuf>,
-
-    /// Client certificate (PEM), for collectors whose clients must present one (e.g. the
-    /// `admin.pem` of `flopmeter certs dev`). Admin writes still need the admin token.
-    #[arg(long, env = "FLOPMETER_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "FLOPMETER_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<std::path::PathBuf>,
-
-    /// Verify the collector's certificate against this name instead of the --collector host.
-    #[arg(long, env = "FLOPMETER_TLS_SERVER_NAME", value_name = "NAME")]
-    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: flopmeter_args::TlsClientArgs,
 }
 
 impl ClientArgs {
@@ -59,18 +45,12 @@ impl ClientArgs {
 
     /// A connection to the collector's gRPC port, over TLS for an https:// --collector.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let files = flopmeter_tls::ClientTlsFiles {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            server_name: self.tls_server_name.clone(),
-        };
         let tls =
-            flopmeter_tls::ClientTls::load(&self.collector, &files, flopmeter_tls::unix_now())
-                .map_err(|e| UsageError(e.to_string()))?;
+            flopmeter_tls::ClientTls::load(&self.collector, &self.tls, flopmeter_tls::unix_now())
+                .map_err(InvalidInput::new)?;
         let endpoint = Endpoint::from_shared(self.collector.clone())
             .and_then(|e| tls.apply(e))
-            .map_err(|e| UsageError(format!("invalid --collector {:?}: {e}", self.collector)))?;
+            .map_err(|e| InvalidInput::flag(format!("collector {:?}", self.collector), e))?;
         match endpoint
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
@@ -129,7 +109,62 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
     }
 }
 
-/// A decimal u128 string from the admin API.
-pub fn u128_of(s: &str) -> u128 {
-    s.parse().unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, CommandFactory as _};
+
+    /// Every command that talks to a collector (`--collector`) takes the TLS client flags,
+    /// and takes them from the one group: same names, help, environment variables and value
+    /// names as `flopmeter_args::TlsClientArgs`. A command that grew its own copy, or lost
+    /// the group, fails here.
+    #[test]
+    fn every_collector_client_takes_the_one_tls_group() {
+        let group = flopmeter_args::TlsClientArgs::augment_args(clap::Command::new("group"));
+        let wanted: Vec<&clap::Arg> = group.get_arguments().collect();
+        assert_eq!(wanted.len(), 4);
+        fn leaves(c: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+            if c.has_subcommands() {
+                for s in c.get_subcommands() {
+                    leaves(s, format!("{path} {}", s.get_name()), out);
+                }
+            } else {
+                out.push((path, c.clone()));
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&crate::Cli::command(), "flopmeter".into(), &mut all);
+        let mut clients = Vec::new();
+        for (path, cmd) in &all {
+            let has = |long: &str| cmd.get_arguments().find(|a| a.get_long() == Some(long));
+            // The load generator speaks plaintext only (a tool, not a client of a deployment).
+            if has("collector").is_none() || path == "flopmeter loadgen" {
+                continue;
+            }
+            clients.push(path.clone());
+            for w in &wanted {
+                let long = w.get_long().unwrap();
+                let a = has(long).unwrap_or_else(|| panic!("{path} has no --{long}"));
+                assert_eq!(a.get_env(), w.get_env(), "{path} --{long}");
+                assert_eq!(
+                    a.get_help().map(ToString::to_string),
+                    w.get_help().map(ToString::to_string),
+                    "{path} --{long}"
+                );
+                assert_eq!(
+                    a.get_long_help().map(ToString::to_string),
+                    w.get_long_help().map(ToString::to_string),
+                    "{path} --{long}"
+                );
+                assert_eq!(a.get_value_names(), w.get_value_names(), "{path} --{long}");
+            }
+        }
+        for c in [
+            "flopmeter agent",
+            "flopmeter models",
+            "flopmeter ack",
+            "flopmeter ledger verify",
+        ] {
+            assert!(clients.iter().any(|p| p == c), "{c} in {clients:?}");
+        }
+    }
 }

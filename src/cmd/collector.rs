@@ -5,19 +5,16 @@ use std::io::Write;
 
 use anyhow::Context;
 use flopmeter_collector::Collector;
-use flopmeter_collector::config::{CollectorArgs, CollectorConfig, ConfigError, LogFormat};
+use flopmeter_collector::config::{CollectorArgs, CollectorConfig, LogFormat};
 
-use super::UsageError;
+use super::InvalidInput;
 
 /// Runs the collector until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(args: &CollectorArgs, _out: &mut dyn Write) -> anyhow::Result<()> {
     super::init_logging(matches!(args.log_format, LogFormat::Json));
     // Every configuration error (a flag out of range, an unreadable or invalid tokens or
     // thresholds file) is the user's to fix: exit code 2, like clap's.
-    let cfg = CollectorConfig::from_args(args).map_err(|e| match e {
-        ConfigError::Invalid(m) => anyhow::Error::from(UsageError(m)),
-        other => anyhow::Error::from(UsageError(other.to_string())),
-    })?;
+    let cfg = CollectorConfig::from_args(args).map_err(InvalidInput::new)?;
     tracing::info!(config = ?cfg, "starting collector");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,7 +11,7 @@ use flopmeter_proto::v1::compliance_client::ComplianceClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::UsageError;
+use super::InvalidInput;
 use super::client::{ClientArgs, runtime, status_error};
 
 async fn connect(c: &ClientArgs) -> anyhow::Result<ComplianceClient<Channel>> {
@@ -227,7 +227,8 @@ pub struct AuditExportArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub source: AuditSource,
-    /// Only entries at or after this instant (RFC 3339, or a date YYYY-MM-DD, UTC).
+    /// Only entries at or after this instant: a date YYYY-MM-DD (UTC), an RFC 3339 time or
+    /// Unix milliseconds.
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
 }
@@ -237,22 +238,9 @@ fn open_offline(dir: &std::path::Path) -> anyhow::Result<ComplianceStore> {
     Ok(ComplianceStore::open(&ledger)?)
 }
 
-/// Parses `--since`: RFC 3339 or a date (midnight UTC).
+/// Parses `--since` by the one rule of [`flopmeter_core::utc::parse_utc`].
 pub fn parse_since(s: &str) -> anyhow::Result<i64> {
-    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
-        return Ok(ts.as_millisecond());
-    }
-    if let Ok(d) = s.parse::<jiff::civil::Date>() {
-        let ts = d
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .map_err(|e| UsageError(format!("invalid --since {s:?}: {e}")))?
-            .timestamp();
-        return Ok(ts.as_millisecond());
-    }
-    Err(UsageError(format!(
-        "invalid --since {s:?}: expected RFC 3339 or YYYY-MM-DD"
-    ))
-    .into())
+    flopmeter_core::utc::parse_utc(s).map_err(|e| InvalidInput::flag("since", e).into())
 }
 
 /// Runs `flopmeter audit`.

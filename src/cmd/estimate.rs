@@ -8,8 +8,9 @@ use flopmeter_core::format::{flop, flop_near, quantity};
 use flopmeter_core::plan::{self, PlanInput, PlanOutcome, Utilisation};
 use flopmeter_core::threshold;
 use flopmeter_core::units::{FlopAmount, FlopAmountError, Precision};
+use flopmeter_core::utc::{SECONDS_PER_DAY, SECONDS_PER_HOUR};
 
-use super::UsageError;
+use super::{InvalidInput, UsageError};
 
 /// Options of `flopmeter estimate`.
 #[derive(Debug, clap::Args)]
@@ -132,8 +133,8 @@ pub fn run(args: &EstimateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .into());
     }
     let seconds = match (args.days, args.hours) {
-        (Some(d), _) => d * 86_400.0,
-        (None, Some(h)) => h * 3_600.0,
+        (Some(d), _) => d * SECONDS_PER_DAY as f64,
+        (None, Some(h)) => h * SECONDS_PER_HOUR as f64,
         (None, None) => unreachable!("clap requires --days or --hours"),
     };
     let utilisation = match (args.tensor_util, args.mfu) {
@@ -150,8 +151,7 @@ pub fn run(args: &EstimateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         params: args.params,
         tokens: args.tokens,
     };
-    let outcome =
-        plan::evaluate(&input, &threshold::defaults()).map_err(|e| UsageError(e.to_string()))?;
+    let outcome = plan::evaluate(&input, &threshold::defaults()).map_err(InvalidInput::new)?;
     if args.json {
         write_json(out, &input, &outcome).context("writing JSON")?;
     } else {

@@ -38,6 +38,43 @@ pub fn init_logging(json: bool) {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A typed error the user can fix (a file they named, a value they gave): exit code 2 like
+/// [`UsageError`], but its source chain is the error's own, so the causes are still there to
+/// print and to downcast.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidInput {
+    /// The error says it all (it names its file or flag).
+    #[error(transparent)]
+    Error(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A flag's value its parser refused: `--flag: why`.
+    #[error("--{flag}: {source}")]
+    Flag {
+        /// The flag, without dashes (and the value, where the error does not repeat it).
+        flag: String,
+        /// The parser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl InvalidInput {
+    /// Wraps `e`, which names what to fix.
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(e: E) -> InvalidInput {
+        InvalidInput::Error(Box::new(e))
+    }
+
+    /// Wraps `e`, the refusal of `--flag`'s value.
+    pub fn flag<E: std::error::Error + Send + Sync + 'static>(
+        flag: impl Into<String>,
+        e: E,
+    ) -> InvalidInput {
+        InvalidInput::Flag {
+            flag: flag.into(),
+            source: Box::new(e),
+        }
+    }
+}
+
 /// An error's message and the causes worth a line of their own: a cause whose text the
 /// lines before it already say (a wrapper that prints its source, a library that repeats
 /// itself) is left out.
@@ -77,7 +114,8 @@ pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>
     for cause in &causes {
         eprintln!("  caused by: {}", safe(cause));
     }
-    let usage = e.downcast_ref::<UsageError>().is_some();
+    let usage =
+        e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<InvalidInput>().is_some();
     if let Some(out) = json_out {
         let doc = serde_json::json!({
             "error": head,
@@ -86,10 +124,10 @@ pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>
         });
         let _ = writeln!(out, "{doc:#}");
     }
-    if let Some(UsageError(m)) = e.downcast_ref::<UsageError>() {
+    if usage {
         // A range check after parsing names the flag; say when the file supplied it.
         if let Some(s) = crate::config::file_settings_in_use()
-            && let Some((table, key)) = s.key_named_in(m)
+            && let Some((table, key)) = s.key_named_in(&head)
         {
             eprintln!(
                 "  set in config file {} as [{table}] {key}",
@@ -99,5 +137,39 @@ pub fn report_error(e: &anyhow::Error, json_out: Option<&mut dyn std::io::Write>
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A typed input error is a usage error (exit code 2, `exit_code` 2 in JSON) and keeps
+    /// its causes: each is printed once, none is folded into a string.
+    #[test]
+    fn invalid_input_keeps_its_cause_and_exits_2() {
+        let parse = flopmeter_core::utc::parse_utc("tomorrow").unwrap_err();
+        let e = anyhow::Error::from(InvalidInput::flag("since", parse.clone()));
+        assert!(
+            e.chain()
+                .any(|c| c.downcast_ref::<flopmeter_core::utc::UtcParseError>() == Some(&parse))
+        );
+        let (head, causes) = error_lines(&e);
+        assert!(
+            head.starts_with("--since: \"tomorrow\" is not a time"),
+            "{head}"
+        );
+        assert!(
+            causes.is_empty(),
+            "the cause is in the head already: {causes:?}"
+        );
+        let mut json = Vec::new();
+        let code = report_error(&e, Some(&mut json));
+        assert_eq!(code, ExitCode::from(2));
+        let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(doc["exit_code"], 2);
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::from(InvalidInput::new(io));
+        assert_eq!(report_error(&e, None), ExitCode::from(2));
     }
 }

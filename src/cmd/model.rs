@@ -10,8 +10,8 @@ use flopmeter_core::threshold::default_levels;
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
-use super::UsageError;
 use super::client::{ClientArgs, runtime, status_error};
+use super::{InvalidInput, UsageError};
 
 /// Options of `flopmeter model`.
 #[derive(Debug, clap::Args, Serialize)]
@@ -109,42 +109,30 @@ pub struct ModelShowArgs {
     pub client: ClientArgs,
 }
 
-/// Parses `2027-03-01` (UTC midnight) or an RFC 3339 timestamp into Unix ms.
-pub fn parse_date(s: &str) -> Result<i64, UsageError> {
-    let s = s.trim();
-    if let Ok(d) = s.parse::<jiff::civil::Date>() {
-        return d
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .map(|z| z.timestamp().as_millisecond())
-            .map_err(|e| UsageError(format!("invalid date {s:?}: {e}")));
-    }
-    s.parse::<jiff::Timestamp>()
-        .map(|t| t.as_millisecond())
-        .map_err(|_| {
-            UsageError(format!(
-                "invalid date {s:?}: expected YYYY-MM-DD or an RFC 3339 time"
-            ))
-        })
+/// Parses `--planned-end` by the one rule of [`flopmeter_core::utc::parse_utc`] (a date,
+/// UTC midnight; an RFC 3339 time; Unix ms), the rule a job's `planned_end` label follows.
+pub fn parse_date(s: &str) -> Result<i64, InvalidInput> {
+    flopmeter_core::utc::parse_utc(s).map_err(|e| InvalidInput::flag("planned-end", e))
 }
 
-fn number(field: &'static str, v: &Option<String>) -> Result<Option<u128>, UsageError> {
+fn number(field: &'static str, v: &Option<String>) -> anyhow::Result<Option<u128>> {
     let flag = field.replace('_', "-");
     match v.as_deref().map(|s| parse_u128(field, s)) {
         None => Ok(None),
         Some(Ok(Some(n))) => Ok(Some(n)),
-        Some(Ok(None)) => Err(UsageError(format!("--{flag} must not be empty"))),
-        Some(Err(e)) => Err(UsageError(format!("--{flag}: {}", e.message))),
+        Some(Ok(None)) => Err(UsageError(format!("--{flag} must not be empty")).into()),
+        Some(Err(e)) => Err(InvalidInput::flag(flag, e.source).into()),
     }
 }
 
 /// Overlays the given flags on an existing entry.
-pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> Result<ModelEntry, UsageError> {
+pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> anyhow::Result<ModelEntry> {
     let mut e = existing.unwrap_or_else(|| ModelEntry {
         model: args.model.clone(),
         ..ModelEntry::default()
     });
     if let Some(b) = &args.base {
-        e.base_model = Some(b.clone()).filter(|b| !b.is_empty());
+        e.declared.base_model = Some(b.clone()).filter(|b| !b.is_empty());
     }
     if args.base_flop.is_some() {
         e.base_flop = number("base_flop", &args.base_flop)?;
@@ -158,17 +146,18 @@ pub fn merged(args: &ModelSetArgs, existing: Option<ModelEntry>) -> Result<Model
     if args.role.is_some() {
         e.role = args.role;
     }
+    let d = &mut e.declared;
     if args.planned_flop.is_some() {
-        e.planned_flop = number("planned_flop", &args.planned_flop)?;
+        d.planned_flop = number("planned_flop", &args.planned_flop)?;
     }
     if args.planned_params.is_some() {
-        e.planned_params = number("planned_params", &args.planned_params)?;
+        d.params = number("planned_params", &args.planned_params)?;
     }
     if args.planned_tokens.is_some() {
-        e.planned_tokens = number("planned_tokens", &args.planned_tokens)?;
+        d.tokens = number("planned_tokens", &args.planned_tokens)?;
     }
-    if let Some(d) = &args.planned_end {
-        e.planned_end_unix_ms = Some(parse_date(d)?);
+    if let Some(t) = &args.planned_end {
+        d.planned_end_unix_ms = Some(parse_date(t)?);
     }
     Ok(e)
 }
@@ -245,7 +234,7 @@ fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "  base model:    {}",
-        e.base_model.as_deref().unwrap_or("-")
+        e.declared.base_model.as_deref().unwrap_or("-")
     )?;
     writeln!(
         out,
@@ -262,16 +251,29 @@ fn print_entry(e: &ModelEntry, out: &mut dyn Write) -> anyhow::Result<()> {
             None => "not declared",
         }
     )?;
+    let plan = e.plan();
+    let nd = || {
+        format!(
+            "6 x {} params x {} tokens",
+            plan.params.map_or("-".into(), flop),
+            plan.tokens.map_or("-".into(), flop)
+        )
+    };
     writeln!(
         out,
         "  plan:          {} FLOP{}",
-        n(e.planned_total()),
-        match (e.planned_flop, e.planned_params, e.planned_tokens) {
-            (None, Some(p), Some(t)) => format!(" (6 x {} params x {} tokens)", flop(p), flop(t)),
+        n(plan.total()),
+        match (plan.planned_flop, plan.six_n_d()) {
+            (None, Some(_)) => format!(" ({})", nd()),
+            (Some(f), Some(_)) => format!(" (the larger of {} and {})", flop(f), nd()),
             _ => String::new(),
         }
     )?;
-    writeln!(out, "  planned end:   {}", date_time(e.planned_end_unix_ms))?;
+    writeln!(
+        out,
+        "  planned end:   {}",
+        date_time(e.declared.planned_end_unix_ms)
+    )?;
     writeln!(
         out,
         "  updated:       {}{}",
@@ -296,5 +298,13 @@ mod tests {
             1_803_859_200_000
         );
         assert!(parse_date("March").is_err());
+        // A time of day is kept, not cut to its date (jiff's date parser would).
+        assert_eq!(
+            parse_date("2027-03-01T12:00:00Z").unwrap(),
+            1_803_859_200_000 + 12 * 3_600_000
+        );
+        let e = parse_date("1803859200").unwrap_err();
+        assert!(e.to_string().starts_with("--planned-end: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

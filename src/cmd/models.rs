@@ -3,14 +3,14 @@
 
 use std::io::Write;
 
-use flopmeter_collector::admin::convert::band_from_pb;
+use flopmeter_collector::admin::convert::{band_from_pb, count_from_pb};
 use flopmeter_collector::report::date_time;
 use flopmeter_core::format::{band_near, days_of_ms, flop_near, mwh_of_mj};
 use flopmeter_core::threshold::default_levels;
 use flopmeter_proto::v1 as pb;
 use serde::Serialize;
 
-use super::client::{ClientArgs, runtime, status_error, u128_of};
+use super::client::{ClientArgs, runtime, status_error};
 
 /// Options of `flopmeter models`.
 #[derive(Debug, clap::Args, Serialize)]
@@ -50,12 +50,12 @@ fn opt_time(ms: i64) -> Option<i64> {
     (ms != 0).then_some(ms)
 }
 
-fn days(ms: &str) -> String {
-    days_of_ms(u128_of(ms))
+fn days(ms: &str) -> anyhow::Result<String> {
+    Ok(days_of_ms(count_from_pb("gpu_ms", ms)?))
 }
 
-fn mwh(mj: &str) -> String {
-    mwh_of_mj(u128_of(mj))
+fn mwh(mj: &str) -> anyhow::Result<String> {
+    Ok(mwh_of_mj(count_from_pb("energy_mj", mj)?))
 }
 
 /// Runs `flopmeter models`.
@@ -91,8 +91,8 @@ fn write_models(out: &mut dyn Write, models: &[pb::ModelSummary]) -> anyhow::Res
         "model", "counted FLOP central [low – high]", "excluded", "runs", "GPU-days", "MWh", "role"
     )?;
     for m in models {
-        let c = band_from_pb(m.counted.as_ref());
-        let x = band_from_pb(m.excluded.as_ref());
+        let c = band_from_pb(m.counted.as_ref())?;
+        let x = band_from_pb(m.excluded.as_ref())?;
         let role = m
             .entry
             .as_ref()
@@ -109,8 +109,8 @@ fn write_models(out: &mut dyn Write, models: &[pb::ModelSummary]) -> anyhow::Res
             band_near(c, &levels),
             flop_near(x.central, &levels),
             m.runs,
-            days(&m.gpu_ms),
-            mwh(&m.energy_mj),
+            days(&m.gpu_ms)?,
+            mwh(&m.energy_mj)?,
             role,
             date_time(opt_time(m.last_event_unix_ms))
         )?;
@@ -239,8 +239,8 @@ pub fn run_runs(args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "nodes"
     )?;
     for r in &resp.runs {
-        let c = band_from_pb(r.counted.as_ref());
-        let x = band_from_pb(r.excluded.as_ref());
+        let c = band_from_pb(r.counted.as_ref())?;
+        let x = band_from_pb(r.excluded.as_ref())?;
         writeln!(
             out,
             "{:<24} {:<18} {:>32} {:>9} {:>9} {:>9} {:>6} {:>5}  {} to {}",
@@ -248,8 +248,8 @@ pub fn run_runs(args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             r.stages.join(","),
             band_near(c, &levels),
             flop_near(x.central, &levels),
-            days(&r.gpu_ms),
-            mwh(&r.energy_mj),
+            days(&r.gpu_ms)?,
+            mwh(&r.energy_mj)?,
             r.agents,
             r.nodes,
             date_time(opt_time(r.first_event_unix_ms)),
@@ -309,5 +309,23 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("e0 ") && !text.contains("e2 "), "{text}");
+    }
+
+    /// A figure the collector sent garbled is an error naming the field, never a zero row.
+    #[test]
+    fn a_garbled_figure_is_an_error_not_zero() {
+        let mut m = model("m", 5, 0, 0);
+        m.counted.as_mut().unwrap().high = "5,0".into();
+        let e = write_models(&mut Vec::new(), &[m]).unwrap_err();
+        assert!(e.to_string().starts_with("invalid flop.high: "), "{e}");
+        let mut m = model("m", 5, 0, 0);
+        m.energy_mj = "lots".into();
+        let e = write_models(&mut Vec::new(), &[m]).unwrap_err();
+        assert!(e.to_string().starts_with("invalid energy_mj: "), "{e}");
+        // Absent is nothing measured.
+        let mut m = model("m", 5, 0, 0);
+        m.excluded = None;
+        m.gpu_ms.clear();
+        write_models(&mut Vec::new(), &[m]).unwrap();
     }
 }

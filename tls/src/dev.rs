@@ -14,15 +14,14 @@ use rcgen::{
 
 use crate::{TlsError, unix_now};
 
-const DAY: i64 = 86_400;
+const DAY: i64 = flopmeter_core::utc::SECONDS_PER_DAY as i64;
 
 /// Started an hour ago, so a certificate made now is valid on a machine whose clock is a
 /// little behind.
-const BACKDATE: i64 = 3600;
+const BACKDATE: i64 = flopmeter_core::utc::SECONDS_PER_HOUR as i64;
 
 fn at(unix_s: i64) -> Result<time::OffsetDateTime, TlsError> {
-    time::OffsetDateTime::from_unix_timestamp(unix_s)
-        .map_err(|e| TlsError::Options(format!("certificate date out of range: {e}")))
+    time::OffsetDateTime::from_unix_timestamp(unix_s).map_err(TlsError::DateOutOfRange)
 }
 
 /// A certificate and its key, PEM.

@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use diagnose::{Diagnosis, diagnose};
 pub use rustls;
+use x509_parser::error::X509Error;
 
 /// What to do about an expired certificate.
 const RENEW: &str = "renew it (cert-manager renews certificates before they expire; for local \
@@ -65,27 +66,30 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// A PEM block is not an X.509 certificate flopmeter can read.
-    #[error("the {what} {path} is not a valid X.509 certificate: {detail}")]
+    #[error("the {what} {path} is not a valid X.509 certificate: {source}")]
     BadCertificate {
         /// What the file is for.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// The parser's complaint.
-        detail: String,
+        #[source]
+        source: CertParseError,
     },
     /// The key is not the certificate's.
     #[error(
-        "the private key {key} does not belong to the certificate {cert} ({detail}): give the \
-         key that was generated with that certificate"
+        "the private key {key} does not belong to the certificate {cert} ({}): give the key \
+         that was generated with that certificate",
+        source.as_ref().map_or_else(|| "their public keys differ".to_string(), ToString::to_string)
     )]
     KeyMismatch {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
-        /// What rustls said.
-        detail: String,
+        /// What rustls said; `None` when the public keys were compared here and differ.
+        #[source]
+        source: Option<rustls::Error>,
     },
     /// The certificate's validity ended.
     #[error("the {what} {path} expired on {not_after}: {remedy}")]
@@ -117,6 +121,18 @@ pub enum TlsError {
     /// Options that do not fit together.
     #[error("{0}")]
     Options(String),
+    /// A development certificate's validity date is outside what X.509 can carry.
+    #[error("certificate date out of range: {0}")]
+    DateOutOfRange(#[source] time::error::ComponentRange),
+    /// The client CA bundle cannot verify clients (`--tls-client-ca`).
+    #[error("--tls-client-ca {path}: {source}")]
+    ClientCa {
+        /// The bundle.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
     /// rustls refused the settings.
     #[error("TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
@@ -132,11 +148,11 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Unix seconds as `2026-01-02 03:04:05 UTC`.
+/// Unix seconds as `2026-01-02 03:04 UTC` (core's one format for people).
 pub fn utc(unix_s: i64) -> String {
-    jiff::Timestamp::from_second(unix_s)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|_| format!("{unix_s} (Unix seconds)"))
+    flopmeter_core::utc::format_utc_minute(
+        unix_s.saturating_mul(flopmeter_core::utc::MS_PER_SECOND),
+    )
 }
 
 /// The role (subject OU) of an agent's client certificate: in mutual TLS, ingest accepts
@@ -146,6 +162,17 @@ pub const AGENT_ROLE: &str = "flopmeter-agent";
 /// The role (subject OU) of the CLI's client certificate: it may open a TLS connection for
 /// the admin and read APIs, never stream records.
 pub const ADMIN_ROLE: &str = "flopmeter-admin";
+
+/// Why a certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertParseError {
+    /// The PEM framing is broken.
+    #[error("{0}")]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    /// The DER is not an X.509 certificate.
+    #[error("{0}")]
+    X509(#[from] X509Error),
+}
 
 /// What flopmeter reads from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,9 +192,9 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// Parses a DER certificate.
-    pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
+    pub fn parse(der: &[u8]) -> Result<CertInfo, CertParseError> {
         use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(X509Error::from)?;
         let common_name = cert
             .subject()
             .iter_common_name()
@@ -259,7 +286,7 @@ fn certs_of(
         .map_err(|e| TlsError::BadCertificate {
             what,
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            source: CertParseError::Pem(e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -269,10 +296,10 @@ fn certs_of(
     }
     let mut infos = Vec::with_capacity(certs.len());
     for c in &certs {
-        let info = CertInfo::parse(c).map_err(|detail| TlsError::BadCertificate {
+        let info = CertInfo::parse(c).map_err(|source| TlsError::BadCertificate {
             what,
             path: path.to_path_buf(),
-            detail,
+            source,
         })?;
         info.check_valid(what, path, now)?;
         infos.push(info);
@@ -342,20 +369,20 @@ impl Identity {
             what: "private key (--tls-key)",
             path: key.to_path_buf(),
         })?;
-        let mismatch = |detail: String| TlsError::KeyMismatch {
+        let mismatch = |source: Option<rustls::Error>| TlsError::KeyMismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            detail,
+            source,
         };
         rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider())
-            .map_err(|e| mismatch(e.to_string()))?;
+            .map_err(|e| mismatch(Some(e)))?;
         // rustls cannot compare an ECDSA key with the certificate under ring (it reports the
         // consistency as unknown): compare the public keys here when rcgen can read the key.
         if let Ok(pair) = rcgen::KeyPair::try_from(&key_der)
             && let Some(spki) = spki_of(&chain[0])
             && rcgen::PublicKeyData::subject_public_key_info(&pair) != spki
         {
-            return Err(mismatch("their public keys differ".into()));
+            return Err(mismatch(None));
         }
         Ok(Identity {
             cert_path: cert.to_path_buf(),
@@ -406,24 +433,8 @@ impl TrustRoots {
     }
 }
 
-/// The client side's TLS files (agent, CLI), as given on the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientTlsFiles {
-    /// CA that signed the collector's certificate. Without it, the system's roots.
-    pub ca: Option<PathBuf>,
-    /// Client certificate, for collectors with mutual TLS.
-    pub cert: Option<PathBuf>,
-    /// Its private key.
-    pub key: Option<PathBuf>,
-    /// The name to verify the collector's certificate against, instead of the URL's host.
-    pub server_name: Option<String>,
-}
-
-impl ClientTlsFiles {
-    fn any(&self) -> bool {
-        self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.server_name.is_some()
-    }
-}
+/// The client side's TLS flags (agent, CLI): one group, defined in `flopmeter-args`.
+pub use flopmeter_args::TlsClientArgs;
 
 /// The client's TLS settings for one collector URL, checked at start.
 #[derive(Debug, Clone)]
@@ -444,7 +455,7 @@ impl ClientTls {
     /// Checks the files against the URL and reads them: `https://` uses TLS (with the
     /// system's roots when no CA is given); `http://` with TLS files is a mistake worth
     /// stopping for. A client certificate must be valid at `now`.
-    pub fn load(url: &str, files: &ClientTlsFiles, now: i64) -> Result<ClientTls, TlsError> {
+    pub fn load(url: &str, files: &TlsClientArgs, now: i64) -> Result<ClientTls, TlsError> {
         let https = url.trim().to_ascii_lowercase().starts_with("https://");
         if !https {
             if files.any() {
@@ -457,14 +468,14 @@ impl ClientTls {
         }
         use tonic::transport::{Certificate, ClientTlsConfig, Identity as TonicIdentity};
         let mut config = ClientTlsConfig::new();
-        config = match &files.ca {
+        config = match &files.tls_ca {
             Some(ca) => {
                 let roots = TrustRoots::load(ca, "CA certificate (--tls-ca)", now)?;
                 config.ca_certificate(Certificate::from_pem(roots.pem))
             }
             None => config.with_native_roots(),
         };
-        let identity = match (&files.cert, &files.key) {
+        let identity = match (&files.tls_cert, &files.tls_key) {
             (Some(cert), Some(key)) => {
                 let id = Identity::load(cert, key, "client certificate (--tls-cert)", now)?;
                 config = config.identity(TonicIdentity::from_pem(&id.cert_pem, &id.key_pem));
@@ -477,7 +488,7 @@ impl ClientTls {
                 ));
             }
         };
-        if let Some(name) = &files.server_name {
+        if let Some(name) = &files.tls_server_name {
             config = config.domain_name(name.clone());
         }
         Ok(ClientTls {
@@ -513,7 +524,7 @@ mod tests {
     use super::*;
     use crate::dev::{DevCa, LeafSpec};
 
-    const DAY: i64 = 86_400;
+    const DAY: i64 = flopmeter_core::utc::SECONDS_PER_DAY as i64;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
@@ -586,8 +597,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ca = DevCa::generate(30).unwrap();
         let ca_path = write(d.path(), "ca.pem", &ca.cert_pem);
-        let files = ClientTlsFiles {
-            ca: Some(ca_path.clone()),
+        let files = TlsClientArgs {
+            tls_ca: Some(ca_path.clone()),
             ..Default::default()
         };
         let now = unix_now();
@@ -606,8 +617,8 @@ mod tests {
             e.to_string().contains("need an https:// collector URL"),
             "{e}"
         );
-        let half = ClientTlsFiles {
-            cert: Some(ca_path),
+        let half = TlsClientArgs {
+            tls_cert: Some(ca_path),
             ..Default::default()
         };
         let e = ClientTls::load("https://c:7443", &half, now).unwrap_err();

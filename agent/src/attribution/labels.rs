@@ -19,8 +19,10 @@ pub const KEYS: [&str; 9] = [
     "planned_end",
 ];
 
-/// What a job declared about itself. Every field is optional; values that do not parse are
-/// dropped with a warning rather than guessed at (a mistyped plan must not become a number).
+/// What a job declared about itself: who it is (model, run, stage) and its
+/// [`Declaration`] (core's type, the one the wire and the ledger carry). Every field is
+/// optional; values that do not parse are dropped with a warning rather than guessed at (a
+/// mistyped plan must not become a number).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Declared {
     /// Model name.
@@ -29,18 +31,8 @@ pub struct Declared {
     pub run: Option<String>,
     /// Stage, canonicalised (`sft` → `finetune`).
     pub stage: Option<String>,
-    /// Declared precision.
-    pub precision: Option<Precision>,
-    /// Planned total FLOP.
-    pub planned_flop: Option<u128>,
-    /// Parameters N.
-    pub params: Option<u128>,
-    /// Tokens D.
-    pub tokens: Option<u128>,
-    /// Base model this run fine-tunes.
-    pub base_model: Option<String>,
-    /// Planned end of the run, Unix ms.
-    pub planned_end_unix_ms: Option<i64>,
+    /// Precision, plan, base model and planned end.
+    pub declaration: Declaration,
 }
 
 impl Declared {
@@ -51,19 +43,20 @@ impl Declared {
         if value.is_empty() {
             return;
         }
+        let d = &mut self.declaration;
         match key.as_str() {
             "model" => self.model = Some(value.to_string()),
             "run" => self.run = Some(value.to_string()),
             "stage" => self.stage = Some(Stage::parse(value).as_str().to_string()),
             "precision" => match value.parse::<Precision>() {
-                Ok(p) => self.precision = Some(p),
+                Ok(p) => d.precision = Some(p),
                 Err(e) => tracing::warn!(%e, "ignoring declared precision"),
             },
-            "planned_flop" => self.planned_flop = parse_count("planned_flop", value),
-            "params" => self.params = parse_count("params", value),
-            "tokens" => self.tokens = parse_count("tokens", value),
-            "base_model" => self.base_model = Some(value.to_string()),
-            "planned_end" => self.planned_end_unix_ms = parse_time(value),
+            "planned_flop" => d.planned_flop = parse_count("planned_flop", value),
+            "params" => d.params = parse_count("params", value),
+            "tokens" => d.tokens = parse_count("tokens", value),
+            "base_model" => d.base_model = Some(value.to_string()),
+            "planned_end" => d.planned_end_unix_ms = parse_time(value),
             _ => {}
         }
     }
@@ -78,50 +71,18 @@ impl Declared {
         fill(&mut self.model, &other.model);
         fill(&mut self.run, &other.run);
         fill(&mut self.stage, &other.stage);
-        fill(&mut self.precision, &other.precision);
-        fill(&mut self.planned_flop, &other.planned_flop);
-        fill(&mut self.params, &other.params);
-        fill(&mut self.tokens, &other.tokens);
-        fill(&mut self.base_model, &other.base_model);
-        fill(&mut self.planned_end_unix_ms, &other.planned_end_unix_ms);
-    }
-
-    /// The declarations proper (everything but model, run and stage), for the record.
-    pub fn declaration(&self) -> Declaration {
-        Declaration {
-            precision: self.precision,
-            planned_flop: self.planned_flop,
-            params: self.params,
-            tokens: self.tokens,
-            base_model: self.base_model.clone(),
-            planned_end_unix_ms: self.planned_end_unix_ms,
-        }
+        let (a, b) = (&mut self.declaration, &other.declaration);
+        fill(&mut a.precision, &b.precision);
+        fill(&mut a.planned_flop, &b.planned_flop);
+        fill(&mut a.params, &b.params);
+        fill(&mut a.tokens, &b.tokens);
+        fill(&mut a.base_model, &b.base_model);
+        fill(&mut a.planned_end_unix_ms, &b.planned_end_unix_ms);
     }
 }
 
-/// Optional declarations of a run, as sent in `WorkloadDeclaration`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Declaration {
-    /// Declared precision (narrows the estimate's band).
-    pub precision: Option<Precision>,
-    /// Planned total FLOP.
-    pub planned_flop: Option<u128>,
-    /// Parameters N.
-    pub params: Option<u128>,
-    /// Tokens D.
-    pub tokens: Option<u128>,
-    /// Base model.
-    pub base_model: Option<String>,
-    /// Planned end, Unix ms.
-    pub planned_end_unix_ms: Option<i64>,
-}
-
-impl Declaration {
-    /// True when nothing was declared (the record then carries no declaration).
-    pub fn is_empty(&self) -> bool {
-        *self == Declaration::default()
-    }
-}
+/// Optional declarations of a run, as sent in `WorkloadDeclaration`: core's type.
+pub use flopmeter_core::declaration::Declaration;
 
 /// A count such as `1e25`, `2.5e24`, `70000000000` or `70_000_000_000`, by the one rule of
 /// [`FlopAmount`] (exact, whole, bounded work), so a label means what the collector and the
@@ -136,24 +97,16 @@ fn parse_count(field: &str, s: &str) -> Option<u128> {
     }
 }
 
-/// Unix milliseconds, or an RFC 3339 timestamp / date (`2026-09-30`, `2026-09-30T12:00:00Z`).
+/// A planned end by the one rule of [`flopmeter_core::utc::parse_utc`] (a date, an RFC 3339
+/// time or Unix ms), so a label means what `flopmeter model set --planned-end` would.
 fn parse_time(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
+    match flopmeter_core::utc::parse_utc(s) {
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring planned_end");
+            None
+        }
     }
-    if let Ok(t) = s.parse::<jiff::Timestamp>() {
-        return Some(t.as_millisecond());
-    }
-    if let Ok(d) = s.parse::<jiff::civil::Date>()
-        && let Ok(z) = d.to_zoned(jiff::tz::TimeZone::UTC)
-    {
-        return Some(z.timestamp().as_millisecond());
-    }
-    tracing::warn!(
-        value = s,
-        "ignoring planned_end that is not Unix ms or an RFC 3339 time"
-    );
-    None
 }
 
 #[cfg(test)]
@@ -174,16 +127,26 @@ mod tests {
         d.set("unknown", "x");
         d.set("run", "  ");
         assert_eq!(d.model.as_deref(), Some("demo-7b"));
-        assert_eq!(d.planned_flop, Some(10u128.pow(25)));
-        assert_eq!(d.params, Some(70_000_000_000));
-        assert_eq!(d.tokens, Some(15_000_000_000_000));
         assert_eq!(d.stage.as_deref(), Some("finetune"));
-        assert_eq!(d.precision, Some(Precision::Fp8));
-        assert_eq!(d.planned_end_unix_ms, Some(1_790_726_400_000));
-        assert_eq!(d.base_model.as_deref(), Some("llama"));
-        d.set("planned_flop", "3.25e24");
-        assert_eq!(d.planned_flop, Some(325 * 10u128.pow(22)));
         assert_eq!(d.run, None);
+        let decl = &d.declaration;
+        assert_eq!(decl.planned_flop, Some(10u128.pow(25)));
+        assert_eq!(decl.params, Some(70_000_000_000));
+        assert_eq!(decl.tokens, Some(15_000_000_000_000));
+        assert_eq!(decl.precision, Some(Precision::Fp8));
+        assert_eq!(decl.planned_end_unix_ms, Some(1_790_726_400_000));
+        assert_eq!(decl.base_model.as_deref(), Some("llama"));
+        d.set("planned_flop", "3.25e24");
+        assert_eq!(d.declaration.planned_flop, Some(325 * 10u128.pow(22)));
+        // The same time as a date, a time with its offset and Unix ms.
+        for t in ["2026-09-30", "2026-09-30T02:00:00+02:00", "1790726400000"] {
+            d.set("planned_end", t);
+            assert_eq!(
+                d.declaration.planned_end_unix_ms,
+                Some(1_790_726_400_000),
+                "{t}"
+            );
+        }
     }
 
     #[test]
@@ -197,6 +160,8 @@ mod tests {
         d.set("params", "70,000,000,000");
         d.set("precision", "int3");
         d.set("planned_end", "tomorrow");
+        // Unix seconds, not milliseconds: refused rather than read as January 1970.
+        d.set("planned_end", "1790726400");
         assert_eq!(d, Declared::default());
     }
 }

@@ -278,7 +278,7 @@ pub fn resolve(
             user,
             process: String::new(),
         },
-        declaration: declared.declaration(),
+        declaration: declared.declaration.clone(),
     }
 }
 

@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(d.model.as_deref(), Some("llama-70b"));
         assert_eq!(d.stage.as_deref(), Some("finetune"));
         assert_eq!(d.run.as_deref(), Some("slurm-4242"));
-        assert_eq!(d.planned_flop, Some(2 * 10u128.pow(24)));
+        assert_eq!(d.declaration.planned_flop, Some(2 * 10u128.pow(24)));
         assert_eq!(j.account.as_deref(), Some("research"));
         assert_eq!(j.user.as_deref(), Some("alice"));
         assert_eq!(j.cluster.as_deref(), Some("c1"));

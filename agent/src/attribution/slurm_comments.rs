@@ -258,14 +258,21 @@ impl SlurmComments {
 enum QueryError {
     /// `squeue` is not installed (or not executable).
     #[error("squeue cannot be run: {0}")]
-    Missing(std::io::Error),
+    Missing(#[source] std::io::Error),
     /// Slurm does not know the job (it ended and was purged).
     #[error("Slurm does not know the job")]
     NoSuchJob,
     /// No answer within the timeout.
     #[error("squeue gave no answer within {0:?} (--slurm-query-timeout)")]
     Slow(Duration),
-    /// Anything else: controller down, munge broken, ...
+    /// squeue could not be started for another reason than its absence.
+    #[error("squeue cannot be started: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Waiting for squeue failed.
+    #[error("waiting for squeue: {0}")]
+    Wait(#[source] std::io::Error),
+    /// squeue answered with an error: controller down, munge broken, ... (its exit status
+    /// and what it wrote on stderr).
     #[error("squeue failed: {0}")]
     Failed(String),
 }
@@ -345,7 +352,7 @@ fn query(
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                 QueryError::Missing(e)
             }
-            _ => QueryError::Failed(e.to_string()),
+            _ => QueryError::Spawn(e),
         })?;
     // Read on a thread so a long answer cannot block the child on a full pipe.
     let stdout = child.stdout.take();
@@ -366,7 +373,7 @@ fn query(
                 return Err(QueryError::Slow(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(QueryError::Failed(e.to_string())),
+            Err(e) => return Err(QueryError::Wait(e)),
         }
     };
     let out = reader.join().unwrap_or_default();

@@ -441,7 +441,7 @@ pub struct GpuEstimate {
 
 /// Why no estimate could be made for an interval.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EstimateError {
+pub enum GpuEstimateError {
     /// The GPU is not in the catalogue and no peak was supplied.
     #[error(
         "GPU not in the catalogue (PCI device id {pci_device_id}, name {name}): no peak to estimate with"
@@ -473,7 +473,7 @@ pub enum EstimateError {
 pub fn to_interval(
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
-) -> Result<(Interval, MethodTag), EstimateError> {
+) -> Result<(Interval, MethodTag), GpuEstimateError> {
     let frac = |p: Option<f64>| p.unwrap_or(0.0) / 100.0;
     let tensor = summary.gpm.as_ref().and_then(|g| g.any_tensor);
     let (activity, method) = match (tensor, summary.gpu_util_percent) {
@@ -506,7 +506,7 @@ pub fn to_interval(
                 }),
             },
         ),
-        (None, None) => return Err(EstimateError::NoActivity),
+        (None, None) => return Err(GpuEstimateError::NoActivity),
     };
     Ok((
         Interval {
@@ -524,7 +524,7 @@ pub fn estimate(
     model: &GpuModel,
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
-) -> Result<GpuEstimate, EstimateError> {
+) -> Result<GpuEstimate, GpuEstimateError> {
     estimate_with(model, None, summary, declared_precision, 1.0)
 }
 
@@ -536,7 +536,7 @@ pub fn estimate_with(
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
     sm_share: f64,
-) -> Result<GpuEstimate, EstimateError> {
+) -> Result<GpuEstimate, GpuEstimateError> {
     let (interval, mut method) = to_interval(summary, declared_precision)?;
     let estimate = match conflict {
         Some(other) => estimator::estimate_conflicted(model, other, &interval, sm_share)?,
@@ -560,11 +560,11 @@ pub fn estimate_with(
 pub fn model_for<'a>(
     gpu: &GpuInfo,
     operator: Option<&'a GpuModel>,
-) -> Result<&'a GpuModel, EstimateError> {
+) -> Result<&'a GpuModel, GpuEstimateError> {
     match (gpu.model(), operator) {
         (Some(m), _) => Ok(m),
         (None, Some(op)) => Ok(op),
-        (None, None) => Err(EstimateError::UnknownGpu {
+        (None, None) => Err(GpuEstimateError::UnknownGpu {
             pci_device_id: gpu
                 .pci_device_id
                 .map_or_else(|| "unknown".into(), |id| format!("{id:#06x}")),
@@ -579,7 +579,7 @@ pub fn estimate_for(
     gpu: &GpuInfo,
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
-) -> Result<GpuEstimate, EstimateError> {
+) -> Result<GpuEstimate, GpuEstimateError> {
     estimate_for_peak(gpu, None, summary, declared_precision)
 }
 
@@ -589,7 +589,7 @@ pub fn estimate_for_peak(
     operator: Option<&GpuModel>,
     summary: &IntervalSummary,
     declared_precision: Option<Precision>,
-) -> Result<GpuEstimate, EstimateError> {
+) -> Result<GpuEstimate, GpuEstimateError> {
     let model = model_for(gpu, operator)?;
     estimate_with(model, gpu.name_conflict, summary, declared_precision, 1.0)
 }
@@ -664,7 +664,10 @@ mod tests {
         let mut nothing = reading(1.0, None, None, 1830.0);
         nothing.gpm_supported = true;
         let s = IntervalSummary::from_reading(&nothing).unwrap();
-        assert_eq!(estimate(h100(), &s, None), Err(EstimateError::NoActivity));
+        assert_eq!(
+            estimate(h100(), &s, None),
+            Err(GpuEstimateError::NoActivity)
+        );
     }
 
     #[test]

@@ -351,11 +351,11 @@ impl Sampler {
             .ok_or("mig-no-activity-reading")
     }
 
-    fn no_estimate_reason(&mut self, index: u32, e: &gpu::EstimateError) -> &'static str {
+    fn no_estimate_reason(&mut self, index: u32, e: &gpu::GpuEstimateError) -> &'static str {
         let reason = match e {
-            gpu::EstimateError::NoActivity => "no-activity-reading",
-            gpu::EstimateError::UnknownGpu { .. } => "unknown-gpu-no-peak",
-            gpu::EstimateError::Estimator(_) => "bad-reading",
+            gpu::GpuEstimateError::NoActivity => "no-activity-reading",
+            gpu::GpuEstimateError::UnknownGpu { .. } => "unknown-gpu-no-peak",
+            gpu::GpuEstimateError::Estimator(_) => "bad-reading",
         };
         self.estimate_error(index, reason, || {
             format!("GPU {index}: {e}; its GPU time and energy are reported without an estimate ({reason})")

@@ -161,14 +161,7 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
         Source::Slurm => v1::AttributionSource::Slurm,
         Source::Unattributed => v1::AttributionSource::Unattributed,
     };
-    let declaration = (!d.is_empty()).then(|| v1::WorkloadDeclaration {
-        precision: d.precision.map_or(0, |p| v1::Precision::from(p) as i32),
-        planned_flop: d.planned_flop.map(|n| n.to_string()).unwrap_or_default(),
-        params: d.params.map(|n| n.to_string()).unwrap_or_default(),
-        tokens: d.tokens.map(|n| n.to_string()).unwrap_or_default(),
-        base_model: d.base_model.clone().unwrap_or_default(),
-        planned_end_unix_ms: d.planned_end_unix_ms.unwrap_or(0),
-    });
+    let declaration = (!d.is_empty()).then(|| flopmeter_proto::convert::declaration_to_wire(d));
     v1::IntervalRecord {
         seq: 0,
         start_unix_ms: a.start_ms,

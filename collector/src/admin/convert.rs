@@ -2,20 +2,22 @@
 //!
 //! `u128` FLOP figures travel as exact decimal strings; an empty string means "none".
 
-use flopmeter_core::units::{FlopAmount, FlopTotal};
+use flopmeter_core::declaration::Declaration;
+use flopmeter_core::units::{FlopAmount, FlopAmountError, FlopTotal};
 use flopmeter_proto::v1 as pb;
 
 use crate::ledger::summary::{ModelSummary, RunSummary};
 use crate::ledger::{ModelEntry, Role};
 
-/// A malformed admin message.
+/// A malformed admin message: a figure that is not a count by [`FlopAmount`]'s rule.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {field}: {message}")]
+#[error("invalid {field}: {source}")]
 pub struct ConvertError {
     /// The field.
     pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
+    /// Why its text is not a count.
+    #[source]
+    pub source: FlopAmountError,
 }
 
 impl From<ConvertError> for tonic::Status {
@@ -33,14 +35,24 @@ pub fn band_to_pb(t: FlopTotal) -> pb::FlopBand128 {
     }
 }
 
-/// A band from decimal strings (missing or unparsable parts are zero).
-pub fn band_from_pb(b: Option<&pb::FlopBand128>) -> FlopTotal {
-    let p = |s: &str| s.parse::<u128>().unwrap_or(0);
-    b.map_or(FlopTotal::ZERO, |b| FlopTotal {
-        low: p(&b.low),
-        central: p(&b.central),
-        high: p(&b.high),
+/// A band from decimal strings, by the one rule of [`FlopAmount`]; a missing band or part
+/// is zero (nothing measured), a part that does not parse is an error, never a zero.
+pub fn band_from_pb(b: Option<&pb::FlopBand128>) -> Result<FlopTotal, ConvertError> {
+    let Some(b) = b else {
+        return Ok(FlopTotal::ZERO);
+    };
+    let part = |field, s: &str| parse_u128(field, s).map(Option::unwrap_or_default);
+    Ok(FlopTotal {
+        low: part("flop.low", &b.low)?,
+        central: part("flop.central", &b.central)?,
+        high: part("flop.high", &b.high)?,
     })
+}
+
+/// An integer the admin API sends as a decimal string (GPU-ms, mJ), by the same rule as
+/// [`band_from_pb`]: empty is zero, anything else must be a count.
+pub fn count_from_pb(field: &'static str, s: &str) -> Result<u128, ConvertError> {
+    parse_u128(field, s).map(Option::unwrap_or_default)
 }
 
 fn opt_u128(v: Option<u128>) -> String {
@@ -57,17 +69,14 @@ pub fn parse_u128(field: &'static str, s: &str) -> Result<Option<u128>, ConvertE
     }
     FlopAmount::parse(s)
         .map(|v| Some(v.get()))
-        .map_err(|e| ConvertError {
-            field,
-            message: e.to_string(),
-        })
+        .map_err(|source| ConvertError { field, source })
 }
 
 /// Registry entry → message.
 pub fn entry_to_pb(e: &ModelEntry) -> pb::ModelEntry {
     pb::ModelEntry {
         model: e.model.clone(),
-        base_model: e.base_model.clone().unwrap_or_default(),
+        base_model: e.declared.base_model.clone().unwrap_or_default(),
         base_flop: opt_u128(e.base_flop),
         base_flop_source: e.base_flop_source.clone().unwrap_or_default(),
         base_systemic_risk: e.base_systemic_risk,
@@ -76,10 +85,10 @@ pub fn entry_to_pb(e: &ModelEntry) -> pb::ModelEntry {
             Some(Role::Provider) => pb::ModelRole::Provider,
             Some(Role::Modifier) => pb::ModelRole::Modifier,
         } as i32,
-        planned_flop: opt_u128(e.planned_flop),
-        planned_params: opt_u128(e.planned_params),
-        planned_tokens: opt_u128(e.planned_tokens),
-        planned_end_unix_ms: e.planned_end_unix_ms.unwrap_or(0),
+        planned_flop: opt_u128(e.declared.planned_flop),
+        planned_params: opt_u128(e.declared.params),
+        planned_tokens: opt_u128(e.declared.tokens),
+        planned_end_unix_ms: e.declared.planned_end_unix_ms.unwrap_or(0),
         updated_unix_ms: e.updated_unix_ms,
         updated_by: e.updated_by.clone().unwrap_or_default(),
     }
@@ -90,7 +99,14 @@ pub fn entry_from_pb(e: &pb::ModelEntry) -> Result<ModelEntry, ConvertError> {
     let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
     Ok(ModelEntry {
         model: e.model.trim().to_string(),
-        base_model: opt(&e.base_model),
+        declared: Declaration {
+            precision: None,
+            planned_flop: parse_u128("planned_flop", &e.planned_flop)?,
+            params: parse_u128("planned_params", &e.planned_params)?,
+            tokens: parse_u128("planned_tokens", &e.planned_tokens)?,
+            base_model: opt(&e.base_model),
+            planned_end_unix_ms: (e.planned_end_unix_ms != 0).then_some(e.planned_end_unix_ms),
+        },
         base_flop: parse_u128("base_flop", &e.base_flop)?,
         base_flop_source: opt(&e.base_flop_source),
         base_systemic_risk: e.base_systemic_risk,
@@ -99,10 +115,6 @@ pub fn entry_from_pb(e: &pb::ModelEntry) -> Result<ModelEntry, ConvertError> {
             pb::ModelRole::Provider => Some(Role::Provider),
             pb::ModelRole::Modifier => Some(Role::Modifier),
         },
-        planned_flop: parse_u128("planned_flop", &e.planned_flop)?,
-        planned_params: parse_u128("planned_params", &e.planned_params)?,
-        planned_tokens: parse_u128("planned_tokens", &e.planned_tokens)?,
-        planned_end_unix_ms: (e.planned_end_unix_ms != 0).then_some(e.planned_end_unix_ms),
         updated_unix_ms: e.updated_unix_ms,
         updated_by: opt(&e.updated_by),
     })
@@ -153,15 +165,16 @@ mod tests {
     fn entry_round_trips() {
         let e = ModelEntry {
             model: "m".into(),
-            base_model: Some("b".into()),
+            declared: Declaration {
+                base_model: Some("b".into()),
+                planned_flop: Some(2 * 10u128.pow(25)),
+                planned_end_unix_ms: Some(1_803_945_600_000),
+                ..Declaration::default()
+            },
             base_flop: Some(3_800_000_000_000_000_000_000_000),
             base_flop_source: Some("model card".into()),
             base_systemic_risk: Some(true),
             role: Some(Role::Modifier),
-            planned_flop: Some(2 * 10u128.pow(25)),
-            planned_params: None,
-            planned_tokens: None,
-            planned_end_unix_ms: Some(1_803_945_600_000),
             updated_unix_ms: 5,
             updated_by: Some("alice".into()),
         };

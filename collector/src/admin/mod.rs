@@ -120,7 +120,7 @@ impl Admin for AdminService {
         text::check_name("model", &entry.model)?;
         text::check_name(
             "base_model",
-            entry.base_model.as_deref().unwrap_or_default(),
+            entry.declared.base_model.as_deref().unwrap_or_default(),
         )?;
         text::check_text(
             "base_flop_source",

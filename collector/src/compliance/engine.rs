@@ -42,7 +42,7 @@ pub enum EngineError {
     Ledger(#[from] StoreError),
     /// The threshold configuration is invalid.
     #[error("threshold configuration: {0}")]
-    Thresholds(String),
+    Thresholds(#[from] flopmeter_core::threshold_config::ThresholdConfigError),
     /// No alert for that model and threshold.
     #[error("no alert for model {model:?} and threshold {threshold:?}")]
     NoAlert {
@@ -56,23 +56,31 @@ pub enum EngineError {
     Refused(#[from] alert::AlertError),
     /// A payload could not be converted for the audit log.
     #[error("audit payload: {0}")]
-    Payload(String),
+    Payload(#[from] flopmeter_core::audit::PayloadError),
+    /// An evaluation pass panicked on its blocking thread (a bug); the next pass retries.
+    #[error("evaluation pass failed: {0}")]
+    Pass(#[source] tokio::task::JoinError),
 }
 
-/// The engine's notion of "now" (Unix ms UTC). Injectable so that the demo and tests run the
-/// rules on a virtual clock; the collector uses the wall clock.
+/// The engine's time source: its notion of "now" (Unix ms UTC). Injectable so that the demo
+/// and tests run the rules in virtual time; the collector uses the wall clock. ("Clock" is
+/// kept for the Art. 52 notification clock the engine runs.)
 #[derive(Clone)]
-pub struct EngineClock(Arc<dyn Fn() -> i64 + Send + Sync>);
+pub struct EngineTime(Arc<dyn Fn() -> i64 + Send + Sync>);
 
-impl EngineClock {
+/// The former name of [`EngineTime`], for code written before the rename; removed once every
+/// branch uses the new one.
+pub type EngineClock = EngineTime;
+
+impl EngineTime {
     /// The wall clock.
-    pub fn wall() -> EngineClock {
-        EngineClock(Arc::new(crate::now_unix_ms))
+    pub fn wall() -> EngineTime {
+        EngineTime(Arc::new(crate::now_unix_ms))
     }
 
     /// Any function of nothing.
-    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> EngineClock {
-        EngineClock(Arc::new(f))
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> EngineTime {
+        EngineTime(Arc::new(f))
     }
 
     /// Now, Unix ms.
@@ -81,15 +89,15 @@ impl EngineClock {
     }
 }
 
-impl fmt::Debug for EngineClock {
+impl fmt::Debug for EngineTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EngineClock({})", self.now())
+        write!(f, "EngineTime({})", self.now())
     }
 }
 
-impl Default for EngineClock {
+impl Default for EngineTime {
     fn default() -> Self {
-        EngineClock::wall()
+        EngineTime::wall()
     }
 }
 
@@ -136,8 +144,8 @@ pub struct ComplianceConfig {
     pub forecast_starts_clock: bool,
     /// Sinks. The log sink is always added.
     pub sinks: Vec<SinkConfig>,
-    /// The engine's clock.
-    pub clock: EngineClock,
+    /// The engine's time source.
+    pub time: EngineTime,
     /// Full evaluation period (reminders and deadlines advance with time alone).
     pub interval: Duration,
     /// Shortest gap between ingest-triggered evaluations.
@@ -163,10 +171,10 @@ impl Default for ComplianceConfig {
             alert: AlertConfig::default(),
             forecast_starts_clock: false,
             sinks: Vec::new(),
-            clock: EngineClock::wall(),
+            time: EngineTime::wall(),
             interval: Duration::from_secs(60),
             debounce: Duration::from_secs(2),
-            idle: Duration::from_secs(6 * 3600),
+            idle: Duration::from_secs(6 * flopmeter_core::utc::SECONDS_PER_HOUR),
             resend: Duration::from_secs(60),
             backoff: (Duration::from_secs(1), Duration::from_secs(300)),
             config_actor: "collector-config".to_string(),
@@ -324,7 +332,7 @@ impl Largest {
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
-    to_json(v).map_err(|e| EngineError::Payload(e.to_string()))
+    Ok(to_json(v)?)
 }
 
 impl Engine {
@@ -338,11 +346,8 @@ impl Engine {
         metrics: ComplianceMetrics,
     ) -> Result<Engine, EngineError> {
         let previous: Vec<Threshold> = store.meta("thresholds")?.unwrap_or_default();
-        let resolved = cfg
-            .thresholds
-            .resolve(&previous)
-            .map_err(|e| EngineError::Thresholds(e.to_string()))?;
-        let now = cfg.clock.now();
+        let resolved = cfg.thresholds.resolve(&previous)?;
+        let now = cfg.time.now();
         let prev_bound: Option<Bound> = store.meta("decision_bound")?;
         if !resolved.changes.is_empty() || prev_bound != Some(resolved.decision_bound) {
             #[derive(Serialize)]
@@ -433,9 +438,9 @@ impl Engine {
         &self.metrics
     }
 
-    /// Now, by the engine's clock.
+    /// Now, by the engine's time source.
     pub fn now(&self) -> i64 {
-        self.cfg.clock.now()
+        self.cfg.time.now()
     }
 
     fn outbox_items(

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use flopmeter_core::evidence::{DeclaredPlan, FlopBucket, ModelEvidence, ModelRole, RunEvidence};
 use flopmeter_core::stage::Stage;
-use flopmeter_core::units::{FlopBand, FlopTotal, Method, Precision};
+use flopmeter_core::units::{FlopBand, FlopTotal, Method};
 use flopmeter_proto::v1::IntervalRecord;
 
 use crate::ledger::aggregate::{Attribution, attribution, method_of, stage_of};
@@ -162,7 +162,7 @@ impl BucketCache {
         let entry = store.model_entry(&model)?;
         let role = match &entry {
             Some(e) if e.role == Some(crate::ledger::Role::Modifier) => ModelRole::Modifier {
-                base_model: e.base_model.clone().unwrap_or_default(),
+                base_model: e.declared.base_model.clone().unwrap_or_default(),
                 base_compute: e.base_flop,
                 base_compute_source: e.base_flop_source.clone(),
                 // As declared; else a known compute above 10^25 says so; else not, which
@@ -183,22 +183,20 @@ impl BucketCache {
         let has_registry = histories.iter().any(|(s, _)| *s == PlanScope::Registry);
         if let Some(e) = &entry
             && !has_registry
-            && (e.planned_flop.is_some() || e.planned_params.is_some())
+            && (e.declared.planned_flop.is_some() || e.declared.params.is_some())
         {
             plans.push(DeclaredPlan {
                 plan_id: format!("registry:{model}"),
                 run_id: None,
                 registered_at_ms: e.updated_unix_ms,
-                planned_flop: e.planned_flop,
-                params: e.planned_params,
-                tokens: e.planned_tokens,
+                figures: e.plan(),
                 declared_by: e
                     .updated_by
                     .as_ref()
                     .map(|a| format!("{a} via the model registry")),
             });
         }
-        let model_end = entry.as_ref().and_then(|e| e.planned_end_unix_ms);
+        let model_end = entry.as_ref().and_then(|e| e.declared.planned_end_unix_ms);
         let mut runs = Vec::new();
         for r in store.runs(&model)? {
             let decl = r.declaration.clone().unwrap_or_default();
@@ -216,16 +214,11 @@ impl BucketCache {
                         .filter_map(|s| s.first_event_unix_ms)
                         .min()
                         .unwrap_or(0),
-                    planned_flop: decl.planned_flop,
-                    params: decl.params,
-                    tokens: decl.tokens,
+                    figures: decl.plan(),
                     declared_by: None,
                 });
             }
-            let precision = decl
-                .precision
-                .as_deref()
-                .and_then(|p| p.parse::<Precision>().ok());
+            let precision = decl.precision;
             for stage in r.aggregate.stages.keys() {
                 let lo = (
                     model.clone(),
@@ -291,9 +284,7 @@ fn plan_versions(model: &str, histories: &[(PlanScope, PlanHistory)]) -> Vec<Dec
                 plan_id: plan_id.clone(),
                 run_id: run_id.clone(),
                 registered_at_ms: v.declared_at_ms,
-                planned_flop: v.planned_flop,
-                params: v.params,
-                tokens: v.tokens,
+                figures: v.figures(),
                 declared_by: Some(v.by.describe()),
             });
         }

@@ -30,16 +30,17 @@ pub struct ComplianceMetrics {
 /// Why the metrics could not be registered (a name registered twice).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot register compliance metrics: {0}")]
-pub struct MetricsError(#[from] prometheus::Error);
+pub struct ComplianceMetricsError(#[from] prometheus::Error);
 
 impl ComplianceMetrics {
     /// Creates the metrics and registers them in `r`.
-    pub fn register(r: &Registry) -> Result<ComplianceMetrics, MetricsError> {
-        let g = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
-            let v = GaugeVec::new(Opts::new(name, help), labels)?;
-            r.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
+    pub fn register(r: &Registry) -> Result<ComplianceMetrics, ComplianceMetricsError> {
+        let g =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, ComplianceMetricsError> {
+                let v = GaugeVec::new(Opts::new(name, help), labels)?;
+                r.register(Box::new(v.clone()))?;
+                Ok(v)
+            };
         let deliveries = IntCounterVec::new(
             Opts::new(
                 "flopmeter_outbox_deliveries_total",
@@ -48,7 +49,7 @@ impl ComplianceMetrics {
             &["sink", "result"],
         )?;
         r.register(Box::new(deliveries.clone()))?;
-        let ig = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
+        let ig = |name: &str, help: &str| -> Result<IntGauge, ComplianceMetricsError> {
             let v = IntGauge::new(name, help)?;
             r.register(Box::new(v.clone()))?;
             Ok(v)

@@ -39,8 +39,10 @@ use prometheus::IntCounter;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use engine::{AlertView, ComplianceConfig, Engine, EngineClock, EngineError, SinkConfig};
-pub use store::ComplianceStore;
+pub use engine::{
+    AlertView, ComplianceConfig, Engine, EngineClock, EngineError, EngineTime, SinkConfig,
+};
+pub use store::{ComplianceStore, ComplianceStoreError};
 
 /// The running compliance engine.
 #[derive(Debug)]
@@ -128,7 +130,7 @@ impl Compliance {
 async fn evaluate_blocking(engine: Arc<Engine>) -> Result<engine::PassSummary, EngineError> {
     tokio::task::spawn_blocking(move || engine.evaluate())
         .await
-        .unwrap_or_else(|e| Err(EngineError::Payload(format!("evaluation panicked: {e}"))))
+        .unwrap_or_else(|e| Err(EngineError::Pass(e)))
 }
 
 async fn engine_loop(

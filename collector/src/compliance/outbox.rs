@@ -35,9 +35,29 @@ pub enum SinkError {
     /// The URL is not a plain `http://host[:port]/path` URL.
     #[error("unsupported sink URL {0:?} (plain http:// only)")]
     Url(String),
-    /// Connecting, sending or reading failed.
+    /// The TCP connection could not be made.
+    #[error("connect {host}:{port}: {source}")]
+    Connect {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed (handshake, sending, reading the body).
     #[error("{0}")]
-    Io(String),
+    Http(#[from] hyper::Error),
+    /// The request could not be built (a header value it cannot carry).
+    #[error("{0}")]
+    Request(#[from] hyper::http::Error),
+    /// The body could not be encoded.
+    #[error("encoding the body: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// No answer within the timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
     /// The receiver answered with an error status.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -67,11 +87,13 @@ pub async fn post_json(
     let fut = async {
         let stream = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| SinkError::Io(format!("connect {host}:{port}: {e}")))?;
+            .map_err(|source| SinkError::Connect {
+                host: host.clone(),
+                port,
+                source,
+            })?;
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| SinkError::Io(e.to_string()))?;
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -81,20 +103,10 @@ pub async fn post_json(
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| SinkError::Io(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| SinkError::Io(e.to_string()))?;
+        let req = req.body(Full::new(Bytes::from(body)))?;
+        let resp = sender.send_request(req).await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| SinkError::Io(e.to_string()))?
-            .to_bytes();
+        let bytes = resp.into_body().collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).into_owned();
         if status.is_success() {
             Ok(text)
@@ -107,7 +119,7 @@ pub async fn post_json(
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| SinkError::Io(format!("timed out after {timeout:?}")))?
+        .map_err(|_| SinkError::Timeout(timeout))?
 }
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, body): the `X-Flopmeter-Signature` header.
@@ -264,8 +276,7 @@ async fn send(sink: &SinkConfig, item: &OutboxItem, resend: Duration) -> Result<
                 event: &item.event,
                 active: item.active,
                 content: &item.content,
-            })
-            .map_err(|e| SinkError::Io(e.to_string()))?;
+            })?;
             let sig = signature(secret, &body);
             post_json(
                 url,
@@ -294,7 +305,7 @@ async fn send(sink: &SinkConfig, item: &OutboxItem, resend: Duration) -> Result<
 
 /// POSTs alerts to an Alertmanager's v2 API.
 pub async fn post_am(base: &str, alerts: &[AmAlert], timeout: Duration) -> Result<(), SinkError> {
-    let body = serde_json::to_vec(alerts).map_err(|e| SinkError::Io(e.to_string()))?;
+    let body = serde_json::to_vec(alerts)?;
     let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
     post_json(&url, body, &[], timeout).await.map(|_| ())
 }
@@ -344,8 +355,7 @@ pub async fn deliver_due(engine: &Engine) -> Result<(usize, usize), EngineError>
                     time_ms: engine.now(),
                     actor: "outbox".into(),
                     kind: AuditKind::Delivery,
-                    payload: to_json(&serde_json_delivery(&item, "delivered"))
-                        .map_err(|e| EngineError::Payload(e.to_string()))?,
+                    payload: to_json(&serde_json_delivery(&item, "delivered"))?,
                 });
             }
             Err(e) => {
@@ -364,8 +374,7 @@ pub async fn deliver_due(engine: &Engine) -> Result<(usize, usize), EngineError>
                         time_ms: engine.now(),
                         actor: "outbox".into(),
                         kind: AuditKind::Delivery,
-                        payload: to_json(&serde_json_delivery(&item, &format!("failed: {e}")))
-                            .map_err(|e| EngineError::Payload(e.to_string()))?,
+                        payload: to_json(&serde_json_delivery(&item, &format!("failed: {e}")))?,
                     });
                 }
                 item.last_error = Some(e.to_string());

@@ -21,13 +21,14 @@
 
 use std::collections::HashMap;
 
+use flopmeter_core::utc::MS_PER_HOUR;
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::ingest::auth::same_token;
 
 /// How long a console session lasts.
-pub const SESSION_MS: i64 = 8 * 3_600_000;
+pub const SESSION_MS: i64 = 8 * MS_PER_HOUR;
 
 /// What a session may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -188,7 +188,7 @@ impl Frame<'_> {
 }
 
 fn date(ms: i64) -> String {
-    format_utc(ms).chars().take(10).collect()
+    flopmeter_core::utc::format_date(ms)
 }
 
 /// Draws the chart. `label` names it for assistive technology.

@@ -136,9 +136,7 @@ impl Sources {
         let mut out = String::new();
         for e in self.engine.store().audit_entries()? {
             if e.time_ms >= since_ms {
-                out.push_str(
-                    &serde_json::to_string(&e).map_err(|e| ConsoleError::Encode(e.to_string()))?,
-                );
+                out.push_str(&serde_json::to_string(&e).map_err(ConsoleError::Encode)?);
                 out.push('\n');
             }
         }

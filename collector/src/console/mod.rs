@@ -55,10 +55,10 @@ pub enum ConsoleError {
     Compliance(#[from] crate::compliance::store::ComplianceStoreError),
     /// A value could not be encoded for a download.
     #[error("cannot encode: {0}")]
-    Encode(String),
+    Encode(#[from] serde_json::Error),
     /// A blocking read panicked or was cancelled.
     #[error("page task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl IntoResponse for ConsoleError {
@@ -198,7 +198,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ConsoleError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ConsoleError::Task(e.to_string()))?
+        .map_err(ConsoleError::Task)?
 }
 
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -531,7 +531,7 @@ async fn act(
         }
     })
     .await
-    .map_err(|e| ConsoleError::Task(e.to_string()))?;
+    .map_err(ConsoleError::Task)?;
     match done {
         Ok(_) => {
             tracing::info!(actor = %s.actor, model = %f.model, threshold = %f.threshold, ack, "alert closed through the console");
@@ -610,15 +610,12 @@ async fn audit_export(
     }
     let since = match q.since.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => i64::MIN,
-        Some(d) => match d.parse::<jiff::civil::Date>() {
-            Ok(date) => date
-                .to_zoned(jiff::tz::TimeZone::UTC)
-                .map(|z| z.timestamp().as_millisecond())
-                .unwrap_or(i64::MIN),
-            Err(_) => {
+        Some(d) => match flopmeter_core::utc::parse_utc(d) {
+            Ok(ms) => ms,
+            Err(e) => {
                 return Ok((
                     StatusCode::BAD_REQUEST,
-                    format!("since={d:?} is not a date: use YYYY-MM-DD (UTC), or leave it empty for the whole log\n"),
+                    format!("since: {e}; or leave it empty for the whole log\n"),
                 )
                     .into_response());
             }

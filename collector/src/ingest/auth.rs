@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use flopmeter_core::agent_id::AgentId;
 use flopmeter_tls::rustls::pki_types::CertificateDer;
 use tonic::metadata::MetadataMap;
 
@@ -69,7 +70,11 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Peer> {
 /// stream records), and the Hello's agent id must be its CN or one of its DNS names. A
 /// certificate vouches for one name, so an agent cannot report under another agent's id
 /// (and sequence numbers).
-pub fn check_identity(required: bool, peer: Option<&Peer>, agent_id: &str) -> Result<(), Refusal> {
+pub fn check_identity(
+    required: bool,
+    peer: Option<&Peer>,
+    agent_id: &AgentId,
+) -> Result<(), Refusal> {
     if !required {
         return Ok(());
     }
@@ -78,7 +83,7 @@ pub fn check_identity(required: bool, peer: Option<&Peer>, agent_id: &str) -> Re
         Some(p) if !p.roles.iter().any(|r| r == flopmeter_tls::AGENT_ROLE) => {
             Err(Refusal::CertificateRole)
         }
-        Some(p) if p.names.iter().any(|n| n == agent_id) => Ok(()),
+        Some(p) if p.names.iter().any(|n| n == agent_id.as_str()) => Ok(()),
         Some(_) => Err(Refusal::CertificateMismatch),
     }
 }
@@ -87,20 +92,24 @@ pub fn check_identity(required: bool, peer: Option<&Peer>, agent_id: &str) -> Re
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> AgentId {
+        AgentId::parse(s).unwrap()
+    }
+
     #[test]
     fn certificate_identity() {
         let peer = Peer {
             names: vec!["node-a".to_string(), "node-a.gpu.internal".to_string()],
             roles: vec![flopmeter_tls::AGENT_ROLE.to_string()],
         };
-        assert_eq!(check_identity(false, None, "anything"), Ok(()));
-        assert_eq!(check_identity(true, Some(&peer), "node-a"), Ok(()));
+        assert_eq!(check_identity(false, None, &id("anything")), Ok(()));
+        assert_eq!(check_identity(true, Some(&peer), &id("node-a")), Ok(()));
         assert_eq!(
-            check_identity(true, Some(&peer), "node-a.gpu.internal"),
+            check_identity(true, Some(&peer), &id("node-a.gpu.internal")),
             Ok(())
         );
         assert_eq!(
-            check_identity(true, Some(&peer), "node-b"),
+            check_identity(true, Some(&peer), &id("node-b")),
             Err(Refusal::CertificateMismatch)
         );
         // The right name without the agent role (the CLI's certificate, or one from before
@@ -111,12 +120,12 @@ mod tests {
                 ..peer.clone()
             };
             assert_eq!(
-                check_identity(true, Some(&p), "node-a"),
+                check_identity(true, Some(&p), &id("node-a")),
                 Err(Refusal::CertificateRole)
             );
         }
         assert_eq!(
-            check_identity(true, None, "node-a"),
+            check_identity(true, None, &id("node-a")),
             Err(Refusal::NoClientCertificate)
         );
     }
@@ -140,7 +149,7 @@ mod tests {
         let p = peer_identity(Some(&[der])).unwrap();
         assert_eq!(p.roles, vec![flopmeter_tls::ADMIN_ROLE.to_string()]);
         assert_eq!(
-            check_identity(true, Some(&p), "flopmeter-admin"),
+            check_identity(true, Some(&p), &id("flopmeter-admin")),
             Err(Refusal::CertificateRole)
         );
         assert_eq!(peer_identity(None), None);

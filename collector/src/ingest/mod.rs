@@ -22,7 +22,9 @@
 //! Each refusal bumps `flopmeter_ingest_refused_total{reason}` ([`Refusal`]); a broken
 //! connection is not a refusal and is not answered.
 
-pub(crate) mod auth;
+/// Public because `flopmeter certs dev` checks the certificates it issues against the very
+/// rule the collector admits agents by.
+pub mod auth;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -243,13 +245,18 @@ async fn session(
                 return;
             }
         };
-    if let Err(why) = check_hello(&hello) {
-        m.refuse(Refusal::BadHello);
-        let _ = out.send(Err(Status::invalid_argument(why))).await;
-        return;
-    }
+    let agent_id = match check_hello(&hello) {
+        Ok(id) => id,
+        Err(why) => {
+            m.refuse(Refusal::BadHello);
+            let _ = out
+                .send(Err(Status::invalid_argument(why.to_string())))
+                .await;
+            return;
+        }
+    };
     if let Err(refusal) =
-        auth::check_agent(shared.tokens.as_ref(), &hello.agent_id, bearer.as_deref())
+        auth::check_agent(shared.tokens.as_ref(), agent_id.as_str(), bearer.as_deref())
     {
         m.refuse(refusal);
         tracing::warn!(agent = %hello.agent_id, node = %hello.node, reason = refusal.as_str(), "agent refused");
@@ -262,8 +269,7 @@ async fn session(
             .await;
         return;
     }
-    if let Err(refusal) = auth::check_identity(shared.client_certs, peer.as_ref(), &hello.agent_id)
-    {
+    if let Err(refusal) = auth::check_identity(shared.client_certs, peer.as_ref(), &agent_id) {
         m.refuse(refusal);
         tracing::warn!(agent = %hello.agent_id, node = %hello.node, certificate = ?peer, reason = refusal.as_str(), "agent refused");
         let status = match refusal {

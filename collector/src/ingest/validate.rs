@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use flopmeter_core::agent_id::{AgentId, AgentIdError};
 use flopmeter_core::catalogue::{self, CATALOGUE, GpuModel};
+use flopmeter_core::utc::{MS_PER_DAY, MS_PER_HOUR};
 use flopmeter_proto::v1::{GpuInventory, Hello, IntervalRecord, Method};
 
 use crate::ledger::RecordRejection;
@@ -141,11 +143,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             peak_tolerance: 1.05,
-            max_interval_ms: 3_600_000,
+            max_interval_ms: MS_PER_HOUR,
             max_future_ms: 300_000,
             // Twice the highest board power in the catalogue (B200/GB200, ~1.2 kW).
             max_gpu_watts: 2_500.0,
-            max_backfill_ms: DEFAULT_BACKFILL_DAYS * 86_400_000,
+            max_backfill_ms: DEFAULT_BACKFILL_DAYS * MS_PER_DAY,
         }
     }
 }
@@ -215,35 +217,55 @@ pub fn max_operator_peak_tflops() -> f64 {
     fastest * MAX_OPERATOR_PEAK_FACTOR
 }
 
-/// Checks a Hello before the agent is let in. Every string it carries ends up in the agents
-/// table and the API, so each is bounded and free of control characters (a terminal escape
-/// in a GPU name would reach an operator's terminal through `flopmeter agents`).
-pub fn check_hello(hello: &Hello) -> Result<(), String> {
-    if hello.agent_id.is_empty() || !valid_name(&hello.agent_id) {
-        return Err(format!(
-            "Hello.agent_id must be non-empty, at most {MAX_NAME_LEN} bytes, no control \
-             characters"
-        ));
-    }
+/// Why a Hello is refused (`bad-hello`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    /// The agent id breaks [`AgentId`]'s rule (the rule the agent and `certs dev` apply).
+    #[error("Hello.agent_id: {0}")]
+    AgentId(#[from] AgentIdError),
+    /// A string is longer than [`MAX_NAME_LEN`] or has control characters.
+    #[error("Hello.{field} must be at most {MAX_NAME_LEN} bytes, no control characters")]
+    BadString {
+        /// Where it is (`node`, `gpus[0].uuid`, ...).
+        field: String,
+    },
+    /// More GPUs than [`MAX_GPUS_PER_HELLO`].
+    #[error("Hello declares {0} GPUs, more than the {MAX_GPUS_PER_HELLO} a node may have")]
+    TooManyGpus(usize),
+    /// A GPU with more MIG instances than [`MAX_MIG_INSTANCES`].
+    #[error(
+        "Hello.gpus[{gpu}] declares {count} MIG instances, more than the {MAX_MIG_INSTANCES} a \
+         GPU may have"
+    )]
+    TooManyMigInstances {
+        /// The GPU's index in the Hello.
+        gpu: usize,
+        /// How many it declared.
+        count: usize,
+    },
+}
+
+/// Checks a Hello before the agent is let in, and returns its agent id. Every string it
+/// carries ends up in the agents table and the API, so each is bounded and free of control
+/// characters (a terminal escape in a GPU name would reach an operator's terminal through
+/// `flopmeter agents`); the agent id follows [`AgentId`]'s rule, so an agent the collector
+/// accepts can always be given a certificate for mutual TLS.
+pub fn check_hello(hello: &Hello) -> Result<AgentId, HelloError> {
+    let agent_id = AgentId::parse(&hello.agent_id)?;
+    let bad = |field: String| Err(HelloError::BadString { field });
     for (what, v) in [
         ("node", &hello.node),
         ("cluster", &hello.cluster),
         ("software_version", &hello.software_version),
         ("driver_version", &hello.driver_version),
         ("nvml_version", &hello.nvml_version),
-        ("cluster", &hello.cluster),
     ] {
         if !valid_name(v) {
-            return Err(format!(
-                "Hello.{what} must be at most {MAX_NAME_LEN} bytes, no control characters"
-            ));
+            return bad(what.to_string());
         }
     }
     if hello.gpus.len() > MAX_GPUS_PER_HELLO {
-        return Err(format!(
-            "Hello declares {} GPUs, more than the {MAX_GPUS_PER_HELLO} a node may have",
-            hello.gpus.len()
-        ));
+        return Err(HelloError::TooManyGpus(hello.gpus.len()));
     }
     for (i, g) in hello.gpus.iter().enumerate() {
         for (what, v) in [
@@ -253,31 +275,24 @@ pub fn check_hello(hello: &Hello) -> Result<(), String> {
             ("name_catalogue_id", &g.name_catalogue_id),
         ] {
             if !valid_name(v) {
-                return Err(format!(
-                    "Hello.gpus[{i}].{what} must be at most {MAX_NAME_LEN} bytes, no control \
-                     characters"
-                ));
+                return bad(format!("gpus[{i}].{what}"));
             }
         }
         if g.mig_instances.len() > MAX_MIG_INSTANCES {
-            return Err(format!(
-                "Hello.gpus[{i}] declares {} MIG instances, more than the {MAX_MIG_INSTANCES} a \
-                 GPU may have",
-                g.mig_instances.len()
-            ));
+            return Err(HelloError::TooManyMigInstances {
+                gpu: i,
+                count: g.mig_instances.len(),
+            });
         }
         for (j, m) in g.mig_instances.iter().enumerate() {
             for (what, v) in [("uuid", &m.uuid), ("profile", &m.profile)] {
                 if !valid_name(v) {
-                    return Err(format!(
-                        "Hello.gpus[{i}].mig_instances[{j}].{what} must be at most \
-                         {MAX_NAME_LEN} bytes, no control characters"
-                    ));
+                    return bad(format!("gpus[{i}].mig_instances[{j}].{what}"));
                 }
             }
         }
     }
-    Ok(())
+    Ok(agent_id)
 }
 
 /// The GPUs an agent declared in its Hello: which physical GPUs its records may name, and
@@ -403,7 +418,7 @@ pub fn check_record(
         }
     }
     if let Some(d) = &rec.declaration
-        && let Err(e) = crate::ledger::Declaration::from_wire(d)
+        && let Err(e) = flopmeter_proto::convert::declaration_from_wire(d)
     {
         return reject(RejectReason::BadDeclaration, e.to_string());
     }
@@ -486,8 +501,8 @@ pub fn check_record(
             format!(
                 "interval starts {} days before the collector's clock, beyond the backfill \
                  window of {} days (--backfill-window); check the agent's clock",
-                (now_unix_ms - rec.start_unix_ms) / 86_400_000,
-                limits.max_backfill_ms / 86_400_000
+                (now_unix_ms - rec.start_unix_ms) / MS_PER_DAY,
+                limits.max_backfill_ms / MS_PER_DAY
             ),
         );
     }
@@ -812,8 +827,14 @@ mod tests {
             f(&mut h);
             check_hello(&h)
         };
-        assert_eq!(hello(&|_| ()), Ok(()));
+        assert_eq!(hello(&|_| ()).map(String::from), Ok("a".to_string()));
         assert!(hello(&|h| h.agent_id.clear()).is_err());
+        // The agent's rule, not only "no control characters": no certificate names these.
+        for id in ["node a", "node:1", "10.0.0.1", "node."] {
+            let e = hello(&|h| h.agent_id = id.into()).unwrap_err();
+            assert!(matches!(e, HelloError::AgentId(_)), "{id}: {e}");
+            assert!(e.to_string().starts_with("Hello.agent_id: "), "{e}");
+        }
         assert!(hello(&|h| h.software_version = long.clone()).is_err());
         assert!(hello(&|h| h.cluster = "c\n1".into()).is_err());
         let mut r = good();

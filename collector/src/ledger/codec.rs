@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 
-use flopmeter_core::units::{FlopAmount, FlopAmountError};
 use flopmeter_proto::v1::IntervalRecord;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -67,67 +66,9 @@ pub struct Rollup {
     pub nodes: BTreeSet<String>,
 }
 
-/// Declarations a run made (from its records' `WorkloadDeclaration`), latest wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Declaration {
-    /// Declared precision (`bf16`, ...), if any.
-    pub precision: Option<String>,
-    /// Planned total FLOP of the run.
-    pub planned_flop: Option<u128>,
-    /// Parameters N.
-    pub params: Option<u128>,
-    /// Tokens D.
-    pub tokens: Option<u128>,
-    /// Base model the run fine-tunes.
-    pub base_model: Option<String>,
-    /// Planned end, Unix ms.
-    pub planned_end_unix_ms: Option<i64>,
-}
-
-/// A declared count that is not a whole number by [`FlopAmount`]'s rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("declaration.{field}: {source}")]
-pub struct DeclarationError {
-    /// The field (`planned_flop`, `params`, `tokens`).
-    pub field: &'static str,
-    /// Why its text is not a count.
-    pub source: FlopAmountError,
-}
-
-impl Declaration {
-    /// Reads the wire declaration, parsing its counts by the one exact rule
-    /// ([`FlopAmount`]; bounded work). Called at the door (ingest validation), never inside
-    /// the ledger's transaction; a count that does not parse quarantines its record, since
-    /// a plan read wrong could start a legal clock.
-    pub fn from_wire(
-        d: &flopmeter_proto::v1::WorkloadDeclaration,
-    ) -> Result<Declaration, DeclarationError> {
-        let num = |field: &'static str, s: &str| -> Result<Option<u128>, DeclarationError> {
-            if s.trim().is_empty() {
-                return Ok(None);
-            }
-            FlopAmount::parse(s)
-                .map(|v| Some(v.get()))
-                .map_err(|source| DeclarationError { field, source })
-        };
-        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let precision = flopmeter_proto::convert::precision_from_wire(d.precision())
-            .map(|p| p.as_str().to_string());
-        Ok(Declaration {
-            precision,
-            planned_flop: num("planned_flop", &d.planned_flop)?,
-            params: num("params", &d.params)?,
-            tokens: num("tokens", &d.tokens)?,
-            base_model: opt(&d.base_model),
-            planned_end_unix_ms: (d.planned_end_unix_ms > 0).then_some(d.planned_end_unix_ms),
-        })
-    }
-
-    /// True when nothing was declared.
-    pub fn is_empty(&self) -> bool {
-        *self == Declaration::default()
-    }
-}
+/// Declarations a run made (from its records' `WorkloadDeclaration`), latest wins: the
+/// `run_meta` value. Core's type, stored in the shape this module always wrote.
+pub use flopmeter_core::declaration::Declaration;
 
 /// What the collector knows about an agent from its last Hello.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,42 +110,4 @@ pub fn from_proto<T: prost::Message + Default>(
         what,
         source: e.into(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use flopmeter_proto::v1::WorkloadDeclaration;
-
-    #[test]
-    fn declared_counts_are_exact_or_refused_with_the_field() {
-        let d = Declaration::from_wire(&WorkloadDeclaration {
-            planned_flop: "3.8e24".into(),
-            params: "70000000000".into(),
-            tokens: "".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(d.planned_flop, Some(38 * 10u128.pow(23)));
-        assert_eq!(d.params, Some(70_000_000_000));
-        assert_eq!(d.tokens, None);
-        for (field, text) in [
-            ("planned_flop", "0e2147483647"),
-            ("params", "1.25e1"),
-            ("tokens", "-1"),
-        ] {
-            let mut w = WorkloadDeclaration::default();
-            match field {
-                "planned_flop" => w.planned_flop = text.into(),
-                "params" => w.params = text.into(),
-                _ => w.tokens = text.into(),
-            }
-            let e = Declaration::from_wire(&w).unwrap_err();
-            assert_eq!(e.field, field);
-            assert!(
-                e.to_string().starts_with(&format!("declaration.{field}: ")),
-                "{e}"
-            );
-        }
-    }
 }

@@ -117,10 +117,9 @@ pub const ROLLUP_RUN: &str = "R";
 /// See [`ROLLUP_RUN`].
 pub const ROLLUP_UNATTRIBUTED: &str = "U";
 
-/// Milliseconds per hour and per day.
-pub const HOUR_MS: i64 = 3_600_000;
-/// See [`HOUR_MS`].
-pub const DAY_MS: i64 = 86_400_000;
+/// Milliseconds per hour and per day: core's one definition, under the names the ledger's
+/// key layouts use (hourly rollups, UTC days of unattributed buckets).
+pub use flopmeter_core::utc::{MS_PER_DAY as DAY_MS, MS_PER_HOUR as HOUR_MS};
 
 #[cfg(test)]
 mod tests {

@@ -265,7 +265,7 @@ impl CheckedRecord {
     /// does not parse quarantines a record the verdict accepted, as `bad-declaration`.
     pub fn new(record: IntervalRecord, rejection: Option<RecordRejection>) -> CheckedRecord {
         let parsed = match (&rejection, &record.declaration) {
-            (None, Some(d)) => Some(Declaration::from_wire(d)),
+            (None, Some(d)) => Some(flopmeter_proto::convert::declaration_from_wire(d)),
             _ => None,
         };
         let (rejection, declaration) = match parsed {

@@ -17,6 +17,7 @@
 //! broken or hostile agent) stops adding versions there; the first ones, crossings
 //! included, stay, and the records themselves stay in the raw batches.
 
+use flopmeter_core::declaration::PlanFigures;
 use serde::{Deserialize, Serialize};
 
 use super::keys;
@@ -79,14 +80,18 @@ pub struct PlanVersion {
 }
 
 impl PlanVersion {
-    /// The figures, to compare versions.
-    pub fn figures(&self) -> (Option<u128>, Option<u128>, Option<u128>) {
-        (self.planned_flop, self.params, self.tokens)
+    /// The figures it states (core's plan type, whose `total` is the one rule).
+    pub fn figures(&self) -> PlanFigures {
+        PlanFigures {
+            planned_flop: self.planned_flop,
+            params: self.params,
+            tokens: self.tokens,
+        }
     }
 
     /// Whether it states nothing (a withdrawn plan).
     pub fn is_empty(&self) -> bool {
-        self.figures() == (None, None, None)
+        self.figures().is_empty()
     }
 }
 

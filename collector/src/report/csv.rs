@@ -210,6 +210,5 @@ pub fn render_csv(r: &Report) -> String {
 }
 
 fn iso(ms: Option<i64>) -> String {
-    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or(String::new(), |t| t.to_string())
+    ms.map_or(String::new(), flopmeter_core::utc::format_utc)
 }

@@ -29,7 +29,7 @@ pub fn render_text(r: &Report) -> String {
                 o,
                 "declared plan: {} FLOP, planned end {}",
                 flop_near(plan, &levels),
-                date_time(e.planned_end_unix_ms)
+                date_time(e.declared.planned_end_unix_ms)
             );
         }
     }
@@ -245,6 +245,7 @@ pub fn render_text(r: &Report) -> String {
 }
 
 fn date_of_day(day: Option<i64>) -> String {
-    day.and_then(|d| jiff::Timestamp::from_millisecond(d * DAY_MS).ok())
-        .map_or("-".to_string(), |t| t.strftime("%Y-%m-%d").to_string())
+    day.map_or("-".to_string(), |d| {
+        flopmeter_core::utc::format_date(d.saturating_mul(DAY_MS))
+    })
 }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::clock::{self, ComplianceSettings};
 use crate::clock::{FactKind, StartReason};
+use crate::declaration::PlanFigures;
 use crate::evidence::{DeclaredPlan, FlopBucket, ModelEvidence, ModelRole, RunEvidence};
 use crate::stage::Stage;
 use crate::threshold::{defaults, find, pow10};
@@ -19,9 +20,11 @@ fn plan(at: i64, flop: u128) -> DeclaredPlan {
         plan_id: "plan-1".into(),
         run_id: None,
         registered_at_ms: at,
-        planned_flop: Some(flop),
-        params: None,
-        tokens: None,
+        figures: PlanFigures {
+            planned_flop: Some(flop),
+            params: None,
+            tokens: None,
+        },
         declared_by: None,
     }
 }

@@ -1,6 +1,7 @@
 //! The clock rules, case by case and as properties.
 
 use super::*;
+use crate::declaration::PlanFigures;
 use crate::evidence::{DeclaredPlan, FlopBucket, ModelEvidence, ModelRole, RunEvidence};
 use crate::stage::{Stage, StagePolicy};
 use crate::threshold::{Threshold, defaults, find, pow10};
@@ -49,9 +50,11 @@ fn plan(id: &str, at: i64, flop: u128) -> DeclaredPlan {
         plan_id: id.into(),
         run_id: None,
         registered_at_ms: at,
-        planned_flop: Some(flop),
-        params: None,
-        tokens: None,
+        figures: PlanFigures {
+            planned_flop: Some(flop),
+            params: None,
+            tokens: None,
+        },
         declared_by: None,
     }
 }
@@ -440,9 +443,11 @@ fn cases() -> Vec<Case> {
                 model(
                     provider.clone(),
                     vec![DeclaredPlan {
-                        planned_flop: None,
-                        params: Some(4 * pow10(11)),
-                        tokens: Some(5 * pow10(12)),
+                        figures: PlanFigures {
+                            planned_flop: None,
+                            params: Some(4 * pow10(11)),
+                            tokens: Some(5 * pow10(12)),
+                        },
                         ..plan("nd", t0, 0)
                     }],
                     vec![],

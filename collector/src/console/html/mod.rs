@@ -13,7 +13,7 @@ pub mod model;
 pub mod models;
 
 use flopmeter_core::units::FlopTotal;
-use flopmeter_core::utc::format_utc;
+use flopmeter_core::utc::{format_date, format_utc, format_utc_minute};
 use maud::{DOCTYPE, Markup, html};
 
 use super::model::Urgency;
@@ -110,19 +110,12 @@ pub fn band(t: FlopTotal) -> Markup {
 
 /// An instant: `2026-12-19 04:14 UTC`, with the exact ISO 8601 instant as its datetime.
 pub fn when(ms: i64) -> Markup {
-    let iso = format_utc(ms);
-    let shown = format!(
-        "{} {} UTC",
-        iso.get(..10).unwrap_or(""),
-        iso.get(11..16).unwrap_or("")
-    );
-    html! { time datetime=(iso) { (shown) } }
+    html! { time datetime=(format_utc(ms)) { (format_utc_minute(ms)) } }
 }
 
 /// A date only.
 pub fn day(ms: i64) -> Markup {
-    let iso = format_utc(ms);
-    html! { time datetime=(iso) { (iso.get(..10).unwrap_or("")) } }
+    html! { time datetime=(format_utc(ms)) { (format_date(ms)) } }
 }
 
 /// Time left to a deadline, in words that do not depend on colour.

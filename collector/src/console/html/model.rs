@@ -194,7 +194,7 @@ pub fn render(p: &ModelPage, frame: &Frame) -> Markup {
             p {
                 "Role: " @match e.role { Some(role) => (role.to_string()), None => "—" }
                 @if let Some(plan) = e.planned_total() { " · declared plan " (flop(plan)) " FLOP" }
-                @if let Some(end) = e.planned_end_unix_ms { ", planned end " (day(end)) }
+                @if let Some(end) = e.declared.planned_end_unix_ms { ", planned end " (day(end)) }
             }
         }
         section aria-labelledby="standing" {

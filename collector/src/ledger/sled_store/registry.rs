@@ -21,9 +21,9 @@ pub(super) fn set_model_entry(store: &SledStore, entry: &ModelEntry) -> Result<(
     let value = to_json(entry, "model entry")?;
     let plan_key = PlanScope::Registry.key(&entry.model);
     let version = PlanVersion {
-        planned_flop: entry.planned_flop,
-        params: entry.planned_params,
-        tokens: entry.planned_tokens,
+        planned_flop: entry.declared.planned_flop,
+        params: entry.declared.params,
+        tokens: entry.declared.tokens,
         declared_at_ms: entry.updated_unix_ms,
         recorded_at_ms: entry.updated_unix_ms,
         by: PlanSource::Registry {

@@ -1,10 +1,11 @@
-//! Time for the sampler: real, or virtual so tests and the demo can play weeks of event time in
-//! seconds.
+//! Time sources for the sampler and the shipper: real time, or virtual time so tests and the
+//! demo can play weeks of event time in seconds. ("Clock" in flopmeter means the Art. 52
+//! notification clock, `flopmeter_core::clock`; these are time sources.)
 //!
 //! Why a trait and not `Instant::now()` sprinkled through the sampler: the sampler's output is
 //! a function of event time (interval boundaries, record timestamps, FLOP = rate × Δt), and a
 //! test that had to wait ten real seconds per report interval could not exercise days of
-//! accumulation, spool back-pressure or reconnects. Both clocks give two views of time:
+//! accumulation, spool back-pressure or reconnects. Both sources give two views of time:
 //! a monotonic one for measuring Δt between samples (immune to wall-clock steps) and Unix
 //! milliseconds for the event time written into records.
 
@@ -58,38 +59,38 @@ impl StopSignal {
 }
 
 /// A source of time for the sampler.
-pub trait Clock: Send + Sync + fmt::Debug {
+pub trait TimeSource: Send + Sync + fmt::Debug {
     /// Event time now, as Unix milliseconds.
     fn now_unix_ms(&self) -> i64;
     /// Time since an arbitrary fixed origin; never goes backwards.
     fn monotonic(&self) -> Duration;
-    /// Blocks until [`Clock::monotonic`] reaches `deadline` or `stop` is raised. Returns
+    /// Blocks until [`TimeSource::monotonic`] reaches `deadline` or `stop` is raised. Returns
     /// `false` when stopped.
     fn sleep_until(&self, deadline: Duration, stop: &StopSignal) -> bool;
 }
 
-/// The machine's clocks: `Instant` for Δt, `SystemTime` for event time.
+/// The machine's time: `Instant` for Δt, `SystemTime` for event time.
 #[derive(Debug, Clone, Copy)]
-pub struct RealClock {
+pub struct RealTime {
     origin: Instant,
 }
 
-impl RealClock {
-    /// A real clock whose monotonic origin is now.
+impl RealTime {
+    /// Real time whose monotonic origin is now.
     pub fn new() -> Self {
-        RealClock {
+        RealTime {
             origin: Instant::now(),
         }
     }
 }
 
-impl Default for RealClock {
+impl Default for RealTime {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Clock for RealClock {
+impl TimeSource for RealTime {
     fn now_unix_ms(&self) -> i64 {
         unix_ms(SystemTime::now())
     }
@@ -119,34 +120,34 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
-/// A clock that only moves when someone sleeps on it (or calls [`VirtualClock::advance`]).
+/// Time that only moves when someone sleeps on it (or calls [`VirtualTime::advance`]).
 ///
 /// `sleep_until` returns at once, having moved time to the deadline, so a sampler on a
-/// virtual clock runs as fast as the CPU allows ([`VirtualClock::paced`]: a fixed multiple
+/// virtual time runs as fast as the CPU allows ([`VirtualTime::paced`]: a fixed multiple
 /// of real time). Clones share the same time, so a
 /// [`crate::simulated::SimulatedSource`] and the sampler see one timeline.
 #[derive(Debug, Clone)]
-pub struct VirtualClock {
+pub struct VirtualTime {
     start_unix_ms: i64,
     elapsed_ns: Arc<AtomicU64>,
     speed: Option<f64>,
 }
 
-impl VirtualClock {
-    /// A virtual clock starting at `start_unix_ms` event time.
+impl VirtualTime {
+    /// Virtual time starting at `start_unix_ms` event time.
     pub fn new(start_unix_ms: i64) -> Self {
-        VirtualClock {
+        VirtualTime {
             start_unix_ms,
             elapsed_ns: Arc::new(AtomicU64::new(0)),
             speed: None,
         }
     }
 
-    /// A virtual clock that runs `speed` times faster than real time instead of as fast as
+    /// Virtual time that runs `speed` times faster than real time instead of as fast as
     /// possible: for demos, where event time must not run ahead of what a collector accepts
     /// (it rejects events far in its future) and a human should watch it happen.
     pub fn paced(start_unix_ms: i64, speed: f64) -> Self {
-        VirtualClock {
+        VirtualTime {
             speed: (speed.is_finite() && speed > 0.0).then_some(speed),
             ..Self::new(start_unix_ms)
         }
@@ -158,13 +159,13 @@ impl VirtualClock {
         self.elapsed_ns.fetch_add(ns, Ordering::SeqCst);
     }
 
-    /// The event time the clock started at.
+    /// The event time it started at.
     pub fn start_unix_ms(&self) -> i64 {
         self.start_unix_ms
     }
 }
 
-impl Clock for VirtualClock {
+impl TimeSource for VirtualTime {
     fn now_unix_ms(&self) -> i64 {
         let ms = self.monotonic().as_millis();
         self.start_unix_ms
@@ -200,8 +201,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn virtual_clock_jumps_and_shares_time() {
-        let c = VirtualClock::new(1_000_000);
+    fn virtual_time_jumps_and_is_shared() {
+        let c = VirtualTime::new(1_000_000);
         let c2 = c.clone();
         let stop = StopSignal::new();
         assert!(c.sleep_until(Duration::from_secs(10), &stop));
@@ -214,16 +215,16 @@ mod tests {
     }
 
     #[test]
-    fn paced_clock_moves_virtual_time_by_the_deadline() {
-        let c = VirtualClock::paced(0, 1e6);
+    fn paced_virtual_time_moves_by_the_deadline() {
+        let c = VirtualTime::paced(0, 1e6);
         let stop = StopSignal::new();
         assert!(c.sleep_until(Duration::from_secs(60), &stop));
         assert_eq!(c.now_unix_ms(), 60_000);
     }
 
     #[test]
-    fn real_clock_wakes_on_stop() {
-        let c = RealClock::new();
+    fn real_time_wakes_on_stop() {
+        let c = RealTime::new();
         let stop = StopSignal::new();
         let s2 = stop.clone();
         let t = std::thread::spawn(move || c.sleep_until(Duration::from_secs(3600), &s2));
