@@ -22,16 +22,32 @@
 //! `squeue` (`(null)` for D), after the agent's first queries timed out against the stopped
 //! controller.
 
-mod support;
-
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
 use fake_nvml::harness::FakeNvml;
-use support::{Proc, eventually, flopmeter, free_port, get};
+
+use crate::support::{self, Proc, eventually, flopmeter, http};
+
+fn get(port: u16, path: &str) -> Option<serde_json::Value> {
+    http::get_json(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// A port for a Slurm daemon. Slurm reads its ports from `slurm.conf` (clients as well as
+/// daemons), so it cannot bind port 0 and say what it got, as our servers do: this is the
+/// one place a test still picks a port in advance. A clash shows as a daemon that exits at
+/// start, which [`Slurm::start`] notices and answers with other ports.
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 const CLUSTER: &str = "flopcluster";
 
@@ -139,7 +155,7 @@ impl Slurm {
             std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let host = short_hostname();
-        let (ctld_port, slurmd_port) = (free_port(), free_port());
+        let (ctld_port, slurmd_port) = (unused_port(), unused_port());
         let d = dir.display();
         let conf = dir.join("slurm.conf");
         std::fs::write(
@@ -398,44 +414,18 @@ fn slurm_jobs_are_attributed_by_their_comment_name_and_environment() {
     std::fs::remove_file(comments.join(&d)).unwrap();
 
     // One H100 per job, busy, the job's real PID its only process.
-    let mut scenario = String::from(
-        "driver_version = \"550.90.07\"\n[truth]\nprecision = \"bf16\"\ntensor_flop_per_clk_per_sm = 4096\n",
-    );
+    let mut scenario = ScenarioBuilder::new();
     for (i, p) in pid.iter().enumerate() {
-        scenario.push_str(&format!(
-            r#"
-[[gpu]]
-name = "NVIDIA H100 80GB HBM3"
-uuid = "GPU-51a00000-0000-4000-8000-00000000000{i}"
-pci_device_id = 0x2330
-sm_count = 132
-max_sm_clock_mhz = 1980
-gpm = true
-memory_total_mib = 81559
-[gpu.metrics]
-sm_clock_mhz = 1830
-tensor_util = 40.0
-gpu_util = 99.0
-power_w = 500.0
-[[gpu.processes]]
-pid = {p}
-used_memory_mib = 60000
-sm_share = 1.0
-"#
-        ));
+        scenario = scenario.gpu(
+            GpuBuilder::h100()
+                .uuid(&format!("GPU-51a00000-0000-4000-8000-00000000000{i}"))
+                .training(*p, 40.0, 1830),
+        );
     }
-    let fake = FakeNvml::new(&scenario).unwrap();
+    let fake = FakeNvml::new(&scenario.toml()).unwrap();
 
-    let (grpc, http) = (free_port(), free_port());
-    let _collector = Proc(
-        flopmeter(&["collector", "--data-dir"])
-            .arg(work.path().join("ledger"))
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .spawn()
-            .expect("flopmeter collector starts"),
-    );
-    eventually("collector up", || get(http, "/api/v1/models").is_some());
+    let collector = support::collector(&work.path().join("ledger")).start();
+    let (grpc, http) = (collector.grpc.port(), collector.http.port());
 
     // A controller that does not answer: the agent must neither wait for it nor lose F.
     slurm.controller("-STOP");
