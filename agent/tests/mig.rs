@@ -2,12 +2,12 @@
 //! the scenario's per-instance ground truth, MIG beside whole GPUs on one node, the
 //! fallback without per-instance GPM, and instances destroyed and recreated mid-run.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 
-use common::{Rig, meter, rel, scenario_path};
 use flopmeter_proto::v1::{IntervalRecord, Method};
+use support::{Rig, meter, rel, scenario_path};
 
 const MODEL_A: &[(&str, &str)] = &[
     ("FLOPMETER_MODEL", "model-a"),
