@@ -1115,7 +1115,10 @@ mod tests {
 
         // Interrupted at arbitrary points (a stop mid-interval leaves the partial interval
         // to be redone), and with a spool so small it refuses most of the time: a helper
-        // acknowledges slowly, like a collector, and virtual time waits for it.
+        // acknowledges slowly, like a collector, and virtual time waits for it. The helper
+        // starts acknowledging in each run only once the spool has refused: otherwise, when
+        // fsyncs are slow (a loaded disk), it drained the spool as fast as the sampler
+        // filled it, the spool never refused, and `saw_full` failed about once in five runs.
         let path = dir.path().join("b");
         let mut got = Vec::new();
         let (mut runs, mut saw_full) = (0, false);
@@ -1128,6 +1131,9 @@ mod tests {
                     let (mut acks, mut full) = (0, false);
                     while stop.wait_timeout(Duration::from_millis(5)) {
                         full |= spool.stats().full;
+                        if !full {
+                            continue;
+                        }
                         let mut batch = spool.read_from(0, 3, usize::MAX).unwrap();
                         if let Some(last) = batch.last().map(|r| r.seq) {
                             spool.ack(last).unwrap();
