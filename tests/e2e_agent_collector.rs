@@ -6,7 +6,6 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::{self, CollectorProc, Proc, eventually, flopmeter};
 
@@ -44,15 +43,7 @@ fn spawn_agent(lib: &Path, spool: &Path, collector: &str) -> Proc {
 #[test]
 fn agent_with_fake_nvml_streams_to_a_real_collector_exactly_once() {
     let work = tempfile::tempdir().unwrap();
-    let trainer = Proc(
-        Command::new("sleep")
-            .arg("600")
-            .env("FLOPMETER_MODEL", "demo-7b")
-            .env("FLOPMETER_RUN", "e2e-run")
-            .env("FLOPMETER_PRECISION", "bf16")
-            .spawn()
-            .unwrap(),
-    );
+    let trainer = support::trainer("demo-7b", "e2e-run");
     // Two H100s at 50% tensor activity at the 1830 MHz reference clock; the trainer runs
     // on both (the scenario names its real PID, so it is written after spawning).
     let fake = FakeNvml::new(

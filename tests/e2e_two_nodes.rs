@@ -11,7 +11,6 @@
 //! second of one GPU, is 1.6% of the total) moves the total out of the tolerance.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::{self, Proc, flopmeter};
 use fake_nvml::builder::{GpuBuilder, ScenarioBuilder, steps};
@@ -40,15 +39,7 @@ fn scenario(pid: u32, node: &str) -> ScenarioBuilder {
 }
 
 fn trainer(run: &str) -> Proc {
-    Proc(
-        Command::new("sleep")
-            .arg("600")
-            .env("FLOPMETER_MODEL", "demo-7b")
-            .env("FLOPMETER_RUN", run)
-            .env("FLOPMETER_PRECISION", "bf16")
-            .spawn()
-            .unwrap(),
-    )
+    support::trainer("demo-7b", run)
 }
 
 fn agent(lib: &Path, work: &Path, node: &str, collector: &str) -> Proc {

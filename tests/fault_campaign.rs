@@ -86,15 +86,7 @@ fn model_of(i: usize) -> &'static str {
 }
 
 fn node(i: usize) -> Node {
-    let trainer = support::Proc(
-        Command::new("sleep")
-            .arg("3600")
-            .env("FLOPMETER_MODEL", model_of(i))
-            .env("FLOPMETER_RUN", format!("run-{i}"))
-            .env("FLOPMETER_PRECISION", "bf16")
-            .spawn()
-            .unwrap(),
-    );
+    let trainer = support::trainer(model_of(i), &format!("run-{i}"));
     // Constant activity and clocks; the clock file freezes scenario time (module docs).
     let fake = FakeNvml::new(
         &ScenarioBuilder::new()

@@ -132,7 +132,7 @@ impl Slurm {
                 dir.join("log/munged.log").display()
             ));
         quiet(&mut munged);
-        let mut daemons = vec![Proc(munged.spawn().expect("munged starts"))];
+        let daemons = vec![Proc(munged.spawn().expect("munged starts"))];
         wait_for("munge socket", Duration::from_secs(20), || socket.exists());
 
         // The shipped scripts, told where to record (slurmd gives a Prolog its own
@@ -155,13 +155,22 @@ impl Slurm {
             std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let host = short_hostname();
-        let (ctld_port, slurmd_port) = (unused_port(), unused_port());
-        let d = dir.display();
-        let conf = dir.join("slurm.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "ClusterName={CLUSTER}
+        let mut s = Slurm {
+            dir: dir.to_path_buf(),
+            conf: dir.join("slurm.conf"),
+            ctld_pid: 0,
+            daemons,
+        };
+        // A daemon that exits before it serves most likely found its port taken after
+        // unused_port() let it go: start again on other ports (munged stays).
+        for attempt in 1..=3 {
+            let (ctld_port, slurmd_port) = (unused_port(), unused_port());
+            let conf = &s.conf;
+            let d = dir.display();
+            std::fs::write(
+                &conf,
+                format!(
+                    "ClusterName={CLUSTER}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -193,39 +202,61 @@ Epilog={d}/epilog
 NodeName={host} NodeAddr=127.0.0.1 CPUs=1 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
 ",
-                socket = socket.display()
-            ),
-        )
-        .unwrap();
-        let mut ctld = Command::new("slurmctld");
-        ctld.args(["-D", "-i", "-f"]).arg(&conf);
-        quiet(&mut ctld);
-        let ctld = Proc(ctld.spawn().expect("slurmctld starts"));
-        let ctld_pid = ctld.0.id();
-        daemons.push(ctld);
-        let mut s = Slurm {
-            dir: dir.to_path_buf(),
-            conf,
-            ctld_pid,
-            daemons,
-        };
-        wait_for("slurmctld answers", Duration::from_secs(30), || {
-            s.cmd("scontrol")
-                .arg("ping")
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("is UP"))
-        });
-        let mut slurmd = Command::new("slurmd");
-        slurmd.args(["-D", "-f"]).arg(&s.conf);
-        quiet(&mut slurmd);
-        s.daemons.push(Proc(slurmd.spawn().expect("slurmd starts")));
-        wait_for("the node is idle", Duration::from_secs(30), || {
-            s.cmd("sinfo")
-                .args(["-h", "-o", "%T"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
-        });
-        s
+                    socket = socket.display()
+                ),
+            )
+            .unwrap();
+            let mut ctld = Command::new("slurmctld");
+            ctld.args(["-D", "-i", "-f"]).arg(&s.conf);
+            quiet(&mut ctld);
+            let ctld = Proc(ctld.spawn().expect("slurmctld starts"));
+            s.ctld_pid = ctld.0.id();
+            s.daemons.push(ctld);
+            if s.wait_serving("slurmctld answers", |s| {
+                s.cmd("scontrol")
+                    .arg("ping")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("is UP"))
+            }) {
+                let mut slurmd = Command::new("slurmd");
+                slurmd.args(["-D", "-f"]).arg(&s.conf);
+                quiet(&mut slurmd);
+                s.daemons.push(Proc(slurmd.spawn().expect("slurmd starts")));
+                if s.wait_serving("the node is idle", |s| {
+                    s.cmd("sinfo")
+                        .args(["-h", "-o", "%T"])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+                }) {
+                    return s;
+                }
+            }
+            eprintln!("Slurm attempt {attempt}: a daemon exited at start; other ports");
+            s.daemons.truncate(1);
+        }
+        panic!(
+            "slurmctld or slurmd exited at start three times: see {}",
+            dir.join("log").display()
+        );
+    }
+
+    /// Waits (30 s at most) for `cond`; false as soon as a daemon has exited.
+    fn wait_serving(&mut self, what: &str, cond: impl Fn(&Slurm) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if cond(self) {
+                return true;
+            }
+            if self
+                .daemons
+                .iter_mut()
+                .any(|d| d.0.try_wait().is_ok_and(|st| st.is_some()))
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("never happened within 30 s: {what}");
     }
 
     /// A Slurm command against this cluster.

@@ -29,6 +29,20 @@ pub fn flopmeter(args: &[&str]) -> Command {
     c
 }
 
+/// A `sleep` standing in for a training process on a fake-NVML GPU (the scenario lists its
+/// PID), labelled as a job is: `FLOPMETER_MODEL`, `FLOPMETER_RUN`, BF16 declared.
+pub fn trainer(model: &str, run: &str) -> Proc {
+    Proc(
+        Command::new("sleep")
+            .arg("3600")
+            .env("FLOPMETER_MODEL", model)
+            .env("FLOPMETER_RUN", run)
+            .env("FLOPMETER_PRECISION", "bf16")
+            .spawn()
+            .expect("sleep runs"),
+    )
+}
+
 /// A `flopmeter collector` process to be started: on `--data-dir`, both listeners on port 0
 /// unless [`CollectorCmd::on`] names them, `--ready-file` to learn the ports.
 pub struct CollectorCmd {
