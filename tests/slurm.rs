@@ -168,7 +168,7 @@ impl Slurm {
             let conf = &s.conf;
             let d = dir.display();
             std::fs::write(
-                &conf,
+                conf,
                 format!(
                     "ClusterName={CLUSTER}
 SlurmctldHost={host}(127.0.0.1)
