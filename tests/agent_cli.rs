@@ -2,7 +2,7 @@
 //! config file; usage errors; a missing NVML driver; and `kill -9` mid-run followed by a
 //! restart, after which exactly the unacknowledged records are resent.
 
-#[path = "../agent/tests/collector_fake/mod.rs"]
+#[path = "../agent/tests/collector_fake.rs"]
 mod collector_fake;
 
 use std::path::Path;

@@ -10,31 +10,18 @@
 //! behaves exactly as on the real clock (hold, close spans, spill past the cap) instead of
 //! pausing as replay mode otherwise does.
 
-mod support;
-
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use support::{Proc, flopmeter, free_port};
+use crate::support::{self, flopmeter, http};
 
 /// The sampler's ceiling (`SamplerConfig::max_held_records`) plus one open record per series.
 const CEILING: f64 = 10_000.0 + 32.0;
 /// Peak resident set allowed to the debug-build agent (see the measurement printed).
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
-fn metrics(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    Some(resp.split_once("\r\n\r\n")?.1.to_string())
-}
-
 fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    http::sample(text, name)
 }
 
 /// `VmRSS` / `VmHWM` of a process, KiB.
@@ -72,22 +59,20 @@ fn agent_memory_is_bounded_when_the_collector_stalls_and_the_spool_is_full() {
         }
     });
 
-    let mport = free_port();
-    let mut agent = Proc(
+    let (mut agent, _log, ready, _ready_dir) = support::start_agent(
         flopmeter(&["agent", "--simulate"])
             .arg(&wl)
             .arg("--spool-dir")
             .arg(work.path().join("agent"))
             .args(["--collector", &format!("http://127.0.0.1:{hole_port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{mport}")])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--kube", "off", "--spool-max-bytes", "4KiB"])
             .args(["--sample-interval", "5m", "--report-interval", "30m"])
             .args(["--virtual-clock-start", "1700000000000"])
             .arg("--virtual-hold-when-full")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("flopmeter agent starts"),
+            .env("FLOPMETER_LOG", "error"),
     );
+    let maddr = support::metrics_addr(&ready);
     let pid = agent.0.id();
 
     // Run until the ceiling has been reached and spilled twice.
@@ -99,7 +84,7 @@ fn agent_memory_is_bounded_when_the_collector_stalls_and_the_spool_is_full() {
             "the ceiling was not reached in time: held {max_held}, over cap {over_cap}"
         );
         assert!(agent.0.try_wait().unwrap().is_none(), "the agent died");
-        if let Some(m) = metrics(mport) {
+        if let Some(m) = http::get_text(maddr, "/metrics") {
             max_held =
                 max_held.max(gauge(&m, "flopmeter_agent_sampler_held_series").unwrap_or(0.0));
             over_cap = gauge(&m, "flopmeter_agent_spool_over_cap_records").unwrap_or(0.0);

@@ -6,14 +6,12 @@
 //! `report` and `alerts` must show those characters as `\uXXXX`, never emit them; the JSON
 //! output stays valid JSON and decodes to the stored name.
 
-mod support;
-
 use std::process::Stdio;
 
+use crate::support::{self, eventually, flopmeter};
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch, LedgerStore, ModelEntry};
 use flopmeter_proto::v1::{IntervalRecord, WorkloadIdentity};
-use support::{Proc, eventually, flopmeter, free_port, get};
 
 const EVIL: &str = "evil\u{1b}[2J\u{7}\u{202e}ledom";
 
@@ -93,22 +91,15 @@ fn assert_escaped_as(what: &str, out: &std::process::Output, shown: &str) {
 fn names_and_texts_reach_the_terminal_escaped() {
     let dir = tempfile::tempdir().unwrap();
     ledger(dir.path());
-    let (grpc, http) = (free_port(), free_port());
-    let _c = Proc(
-        flopmeter(&["collector", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--min-free-mb", "0"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let c = support::collector(dir.path())
+        .args(["--min-free-mb", "0"])
+        .start();
     // The plan above 10^25 starts a clock and an alert at the engine's first pass.
     eventually("an alert for the model", || {
-        get(http, "/api/v1/alerts").is_some_and(|a| a.to_string().contains("ledom"))
+        c.get("/api/v1/alerts")
+            .is_some_and(|a| a.to_string().contains("ledom"))
     });
-    let url = format!("http://127.0.0.1:{grpc}");
+    let url = c.url();
     let run = |args: &[&str]| {
         let mut a = args.to_vec();
         a.extend(["--collector", &url]);

@@ -2,30 +2,22 @@
 //! process: `model set`, `models`, `runs`, `report` (text, JSON, CSV, and offline),
 //! `ledger verify` (online, offline, and on a tampered ledger).
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, keys};
 use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
-use flopmeter_sim::loadgen::{channel, http_get};
+use flopmeter_sim::loadgen::channel;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{self, CollectorProc};
 
 fn flopmeter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    support::flopmeter(args)
+        .env_remove("FLOPMETER_LOG")
+        .stdout(Stdio::piped())
         .output()
         .expect("flopmeter runs")
 }
@@ -39,42 +31,17 @@ fn stderr(o: &Output) -> String {
 }
 
 struct Running {
-    child: Child,
+    _collector: CollectorProc,
     url: String,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &Path) -> Running {
-    let (grpc, http) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-        .args(["collector", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    let c = support::collector(dir)
         .env("FLOPMETER_ADMIN_TOKEN", "adm1n")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait (bounded) until it serves.
-    let ready = format!("http://127.0.0.1:{http}/readyz");
-    for _ in 0..200 {
-        if http_get(&ready).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .start();
     Running {
-        child,
-        url: format!("http://127.0.0.1:{grpc}"),
+        url: c.url(),
+        _collector: c,
     }
 }
 

@@ -5,9 +5,7 @@
 //! FLOP, those of the same agents against a collector that never crashed, and the sums of the
 //! records the agents generated.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,36 +15,20 @@ use flopmeter_collector::ledger::{Aggregate, LedgerStore};
 use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
 use flopmeter_sim::loadgen::channel;
 
+use crate::support::{self, CollectorProc};
+
 const AGENTS: u64 = 3;
 const GPUS: u32 = 8;
 const BATCHES: u64 = 60;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn spawn_collector(dir: &Path) -> CollectorProc {
+    support::collector(dir).start()
 }
 
-fn spawn_collector(dir: &Path, grpc: u16, http: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-        .args(["collector", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLOPMETER_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("flopmeter collector starts")
-}
-
-fn kill9(child: &mut Child) {
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
+/// The same collector again after a crash, where its agents reconnect: on the addresses the
+/// first one was given.
+fn respawn_collector(dir: &Path, was: &CollectorProc) -> CollectorProc {
+    support::collector(dir).on(was.grpc, was.http).start()
 }
 
 fn spec(i: u64) -> SimSpec {
@@ -116,11 +98,11 @@ fn kill_9_mid_stream_loses_and_doubles_nothing() {
 
     // With crashes.
     let crashed = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
     let dir = crashed.path().to_path_buf();
-    let mut child = spawn_collector(&dir, grpc, http);
+    let mut child = spawn_collector(&dir);
+    let url = child.url();
     let (tx, rx) = std::sync::mpsc::channel();
-    let stats = stream_all(&format!("http://127.0.0.1:{grpc}"), move |stats| {
+    let stats = stream_all(&url, move |stats| {
         for fraction in [3, 2] {
             // Wait (bounded) until the agents are well into their streams, then crash.
             for _ in 0..6000 {
@@ -129,13 +111,13 @@ fn kill_9_mid_stream_loses_and_doubles_nothing() {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            kill9(&mut child);
-            child = spawn_collector(&dir, grpc, http);
+            child.kill9();
+            child = respawn_collector(&dir, &child);
         }
         tx.send(child).unwrap();
     });
     let mut child = rx.recv().unwrap();
-    kill9(&mut child);
+    child.kill9();
     assert!(
         stats.reconnects.load(Ordering::Relaxed) >= 2,
         "the agents saw the crashes"
@@ -145,10 +127,9 @@ fn kill_9_mid_stream_loses_and_doubles_nothing() {
 
     // Without.
     let calm = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
-    let mut child = spawn_collector(calm.path(), grpc, http);
-    stream_all(&format!("http://127.0.0.1:{grpc}"), |_| {});
-    kill9(&mut child);
+    let mut child = spawn_collector(calm.path());
+    stream_all(&child.url(), |_| {});
+    child.kill9();
     let (without, runs_without) = totals(calm.path());
 
     // Same record count, same u128 sums, per stage and per GPU type, per run. (Event times

@@ -6,19 +6,17 @@
 //! The ledger lives on a small tmpfs the test mounts, so "disk full" is the kernel's ENOSPC,
 //! not an imitation. Mounting needs root: CI runs as root; elsewhere the test says it skipped.
 
-mod support;
-
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::{self, CollectorProc, http};
 use flopmeter_collector::ledger::LedgerStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
 use flopmeter_sim::loadgen::channel;
-use support::{Proc, free_port};
 
 const AGENTS: u64 = 2;
 const GPUS: u32 = 8;
@@ -61,32 +59,21 @@ impl Drop for Tmpfs {
     }
 }
 
-fn spawn_collector(dir: &Path, grpc: u16, http: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-        .args(["collector", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+/// The collector on the tmpfs, warning about nothing but errors; `on`: where a crashed one
+/// listened (its agents reconnect there).
+fn spawn_collector(dir: &Path, on: Option<&CollectorProc>) -> CollectorProc {
+    let mut c = support::collector(dir)
         .args(["--min-free-mb", "4"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLOPMETER_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flopmeter collector starts")
+        .env("FLOPMETER_LOG", "error");
+    if let Some(was) = on {
+        c = c.on(was.grpc, was.http);
+    }
+    c.start()
 }
 
 /// Stops the collector and returns what it logged.
-fn stop(p: &mut Proc) -> String {
-    use std::io::Read;
-    let _ = p.0.kill();
-    let mut log = String::new();
-    if let Some(mut e) = p.0.stderr.take() {
-        let _ = e.read_to_string(&mut log);
-    }
-    let _ = p.0.wait();
-    log
+fn stop(p: &mut CollectorProc) -> String {
+    p.kill9()
 }
 
 fn spec(i: u64) -> SimSpec {
@@ -103,15 +90,8 @@ fn spec(i: u64) -> SimSpec {
 }
 
 /// A counter's value from the collector's /metrics text (`None` while it is down).
-fn metric(http: u16, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+fn metric(c: &CollectorProc, name: &str) -> Option<f64> {
+    http::sample(&http::get_text(c.http, "/metrics")?, name)
 }
 
 #[test]
@@ -125,8 +105,7 @@ fn a_full_disk_stops_acks_and_loses_nothing() {
         return;
     };
     let data = fs.path().join("ledger");
-    let (grpc, http) = (free_port(), free_port());
-    let mut collector = Proc(spawn_collector(&data, grpc, http));
+    let mut collector = spawn_collector(&data, None);
     let total = AGENTS * BATCHES * u64::from(GPUS);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,7 +114,7 @@ fn a_full_disk_stops_acks_and_loses_nothing() {
         .build()
         .unwrap();
     let stats = Arc::new(SimStats::default());
-    let url = format!("http://127.0.0.1:{grpc}");
+    let url = collector.url();
     let (errors_seen, acked_when_full, restarted, first_log) = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..AGENTS {
@@ -154,7 +133,7 @@ fn a_full_disk_stops_acks_and_loses_nothing() {
         // Wait for the disk to fill: the collector counts the failed writes.
         let mut errors = 0.0;
         for _ in 0..2400 {
-            errors = metric(http, "flopmeter_ledger_write_errors_total").unwrap_or(0.0);
+            errors = metric(&collector, "flopmeter_ledger_write_errors_total").unwrap_or(0.0);
             if errors > 0.0 {
                 break;
             }
@@ -180,9 +159,12 @@ fn a_full_disk_stops_acks_and_loses_nothing() {
         // Make room. A storage engine that gave up after the error needs a restart, as a
         // supervisor would do; either way the agents resend what was not acknowledged.
         fs.resize("256m");
-        let restarted = match collector.0.try_wait().unwrap() {
+        let restarted = match collector.proc.0.try_wait().unwrap() {
             Some(status) => {
-                eprintln!("collector exited by itself: {status}");
+                eprintln!(
+                    "collector exited by itself: {status}\n{}",
+                    collector.log.text()
+                );
                 true
             }
             None => {
@@ -201,7 +183,7 @@ fn a_full_disk_stops_acks_and_loses_nothing() {
         let mut first_log = String::new();
         if restarted {
             first_log = stop(&mut collector);
-            collector = Proc(spawn_collector(&data, grpc, http));
+            collector = spawn_collector(&data, Some(&collector));
         }
         for t in tasks {
             let (unacked, through) = tokio::time::timeout(Duration::from_secs(300), t)

@@ -13,18 +13,15 @@
 //! Whatever a Welcome or an Ack said before the kill must still be in the restarted ledger,
 //! and after the agent resends the rest, the totals must be exact.
 
-mod support;
-
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{self, CollectorProc, eventually};
 use flopmeter_proto::v1::ingest_client::IngestClient;
 use flopmeter_proto::v1::{
     AgentMessage, CollectorMessage, GpuInventory, Hello, IntervalRecord, RecordBatch,
     WorkloadIdentity, agent_message, collector_message,
 };
-use support::{Proc, eventually, free_port, get};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -39,26 +36,12 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn spawn(data: &Path, grpc: u16, http: u16, hold: Option<&Path>) -> Proc {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flopmeter"));
-    c.arg("collector")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLOPMETER_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+fn spawn(data: &Path, hold: Option<&Path>) -> CollectorProc {
+    let mut c = support::collector(data);
     if let Some(h) = hold {
-        c.env(flopmeter_collector::failpoint::HOLD_FLUSH_ENV, h);
+        c = c.env(flopmeter_collector::failpoint::HOLD_FLUSH_ENV, h);
     }
-    let p = Proc(c.spawn().expect("flopmeter collector starts"));
-    eventually("the collector serves its API", || {
-        get(http, "/api/v1/models").is_some()
-    });
-    p
+    c.start()
 }
 
 /// Record `seq`: eight GPUs, ten-second intervals from eight hours ago; FLOP vary with `seq` so
@@ -178,11 +161,11 @@ async fn a_welcome_never_names_a_mark_that_is_not_on_disk() {
     let data = work.path().join("ledger");
     let hold = work.path().join("hold-flush");
     let held = flopmeter_collector::failpoint::held_marker(&hold);
-    let (grpc, http) = (free_port(), free_port());
     let t0 = now_ms() - 8 * 3_600_000;
     let records: Vec<IntervalRecord> = (1..=RECORDS).map(|s| record(t0, s)).collect();
 
-    let mut collector = spawn(&data, grpc, http, Some(&hold));
+    let mut collector = spawn(&data, Some(&hold));
+    let grpc = collector.grpc.port();
     std::fs::write(&hold, b"hold\n").unwrap();
 
     // Stream 1: a large batch, applied in memory; its flush is held open.
@@ -208,11 +191,12 @@ async fn a_welcome_never_names_a_mark_that_is_not_on_disk() {
     );
 
     // SIGKILL inside the window, then a restart without the failpoint.
-    collector.0.kill().unwrap();
-    collector.0.wait().unwrap();
+    collector.kill9();
     drop((s1, s2));
     let _ = std::fs::remove_file(&hold);
-    let _collector = spawn(&data, grpc, http, None);
+    // A new process on new ports: the agent's streams are opened afresh below.
+    let collector = spawn(&data, None);
+    let grpc = collector.grpc.port();
 
     let (mut s3, w3) = Stream::open(grpc).await;
     let max_promised = promised.iter().copied().max().unwrap();
@@ -234,7 +218,7 @@ async fn a_welcome_never_names_a_mark_that_is_not_on_disk() {
             other => panic!("expected an Ack, got {other:?}"),
         }
     }
-    let models = get(http, "/api/v1/models").unwrap();
+    let models = collector.get("/api/v1/models").unwrap();
     let m = &models.as_array().unwrap()[0];
     assert_eq!(m["records"], RECORDS);
     let sum = |f: fn(&IntervalRecord) -> u64| -> String {

@@ -16,14 +16,17 @@
 //! Needs chromium, chromium-driver and python3 with selenium (`scripts/install-test-deps`):
 //! skipped with a notice without them, except under CI, where it fails.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Proc, flopmeter, free_port, get};
+use crate::support::{self, Proc, flopmeter, http};
+
+fn get(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    http::get_json(addr, path)
+}
 
 const HOSTILE_MODEL: &str = "<script>alert(1)</script>";
 const HOSTILE_RUN: &str = "\" onmouseover=\"x";
@@ -52,7 +55,7 @@ fn browser_ready() -> bool {
 
 /// Plays an hour of a labelled job on a simulated H100 with a real agent, in replay mode, and
 /// waits until the collector has acknowledged all of it.
-fn hostile_agent(dir: &Path, grpc: u16) {
+fn hostile_agent(dir: &Path, grpc: SocketAddr) {
     let workload = dir.join("hostile.toml");
     std::fs::write(
         &workload,
@@ -71,7 +74,7 @@ fn hostile_agent(dir: &Path, grpc: u16) {
         - 3_600_000;
     let out = flopmeter(&["agent", "--simulate"])
         .arg(&workload)
-        .args(["--collector", &format!("http://127.0.0.1:{grpc}")])
+        .args(["--collector", &format!("http://{grpc}")])
         .arg("--spool-dir")
         .arg(dir.join("spool"))
         .args([
@@ -108,38 +111,49 @@ fn the_console_in_a_real_browser() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (free_port(), free_port());
+    // Port 0: the demo prints where its collector listens.
     let mut demo = Proc(
         flopmeter(&[
             "demo",
             "--fast",
             "--keep-running",
             "--listen",
-            &format!("127.0.0.1:{grpc}"),
+            "127.0.0.1:0",
             "--http-addr",
-            &format!("127.0.0.1:{http}"),
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap(),
     );
     // The demo prints the console's URL and, with --keep-running, says so when the story is
-    // over and the collector stays up.
+    // over and the collector stays up, with its gRPC address.
     let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
-    let (mut console_url, mut running) = (None, false);
+    let (mut console_url, mut grpc_url) = (None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.trim().strip_prefix("console") {
             console_url = rest.split_whitespace().next().map(str::to_string);
         }
         if line.contains("collector still running") {
-            running = true;
+            grpc_url = line
+                .split_once("(gRPC ")
+                .and_then(|(_, r)| r.split([',', ')']).next())
+                .map(str::to_string);
             break;
         }
     }
-    assert!(running, "the demo did not keep its collector running");
+    let grpc_url = grpc_url.expect("the demo kept its collector running and named its gRPC port");
     let console_url = console_url.expect("the demo prints the console's URL");
-    assert_eq!(console_url, format!("http://127.0.0.1:{http}/ui/"));
+    let http: SocketAddr = console_url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/ui/"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("console URL {console_url}"));
+    let grpc: SocketAddr = grpc_url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("gRPC URL {grpc_url}"));
     // Keep draining the demo's output so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     assert!(get(http, "/api/v1/alerts").is_some());
@@ -160,7 +174,7 @@ fn the_console_in_a_real_browser() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console_browser.py");
     let mut child = Command::new("python3")
         .arg(&script)
-        .arg(format!("http://127.0.0.1:{http}"))
+        .arg(format!("http://{http}"))
         .arg(&out_dir)
         .arg(flopmeter_sim::demo::CONSOLE_ADMIN_TOKEN)
         .arg(flopmeter_sim::demo::CONSOLE_ADMIN)
@@ -195,15 +209,10 @@ fn the_console_in_a_real_browser() {
     }
 
     // From outside the browser and the API: the audit log names the logged-in admin.
-    let export = flopmeter(&[
-        "audit",
-        "export",
-        "--collector",
-        &format!("http://127.0.0.1:{grpc}"),
-    ])
-    .stdout(Stdio::piped())
-    .output()
-    .unwrap();
+    let export = flopmeter(&["audit", "export", "--collector", &grpc_url])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
     assert!(export.status.success());
     let acks: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
         .lines()
@@ -216,18 +225,26 @@ fn the_console_in_a_real_browser() {
         .collect();
     assert_eq!(acks.len(), 1, "one acknowledgement of {did}");
     assert_eq!(acks[0]["actor"], flopmeter_sim::demo::CONSOLE_ADMIN);
-    let verify = flopmeter(&[
-        "audit",
-        "verify",
-        "--collector",
-        &format!("http://127.0.0.1:{grpc}"),
-    ])
-    .output()
-    .unwrap();
+    let verify = flopmeter(&["audit", "verify", "--collector", &grpc_url])
+        .output()
+        .unwrap();
     assert!(
         verify.status.success(),
         "audit verify after the console's acknowledgement"
     );
+
+    // Stopped as scripts and supervisors stop it, the demo leaves no ledger behind in the
+    // temporary directory (it used to, under SIGTERM, one per run).
+    let pid = demo.0.id();
+    assert!(demo.terminate().success(), "the demo exits 0 on SIGTERM");
+    // `/tmp`: the demo runs with a cleared environment, so without TMPDIR.
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("flopmeter-demo-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "the demo left {left:?} behind");
 }
 
 /// The collector says at start whether anyone who reaches its HTTP port can read the console
@@ -238,39 +255,20 @@ fn the_collector_warns_when_reading_is_open() {
     let viewers = dir.path().join("viewers.toml");
     std::fs::write(&viewers, "victor = \"victor-token\"\n").unwrap();
     for protected in [false, true] {
-        let http = free_port();
         let data = dir.path().join(format!("ledger-{protected}"));
-        let mut cmd = flopmeter(&["collector", "--listen", "127.0.0.1:0"]);
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .args(["--http-addr", &format!("127.0.0.1:{http}")]);
+        let mut c = support::collector(&data);
         if protected {
-            cmd.arg("--viewer-tokens").arg(&viewers);
+            c = c.arg_path("--viewer-tokens", &viewers);
         }
-        let mut p = Proc(cmd.spawn().unwrap());
-        // Ready is set after the start-up warnings are written.
-        support::eventually("the collector is ready", || ready(http));
+        // Its ready file is written after the start-up warnings.
+        let mut c = c.start();
         // Reads need a token once viewers exist.
-        assert_eq!(get(http, "/api/v1/models").is_some(), !protected);
-        let _ = p.0.kill();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut p.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(c.get("/api/v1/models").is_some(), !protected);
+        let stderr = c.kill9();
         assert_eq!(
             stderr.contains("no --viewer-tokens: the console (/ui/) and /api/v1 are readable"),
             !protected,
             "protected={protected}: {stderr}"
         );
     }
-}
-
-/// Whether `/readyz` answers 200.
-fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let mut resp = String::new();
-    write!(s, "GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n").is_ok()
-        && s.read_to_string(&mut resp).is_ok()
-        && resp.starts_with("HTTP/1.0 200")
 }

@@ -52,37 +52,30 @@ fn ledger(dir: &Path) {
     s.flush().unwrap();
 }
 
+/// The binary with stdout captured as well.
 fn flopmeter(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flopmeter"));
-    c.args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLOPMETER_LOG", "warn");
+    let mut c = crate::support::flopmeter(args);
+    c.stdout(Stdio::piped());
     c
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the collector on `dir` and waits until it either exits (a refusal) or listens on
-/// its HTTP port, which it binds only after opening the ledger (the damage went unnoticed
-/// or sled recovered); a listening collector is killed, and its status is `None`.
+/// Starts the collector on `dir` and waits until it either exits (a refusal) or serves (its
+/// `--ready-file` appears, written once the ledger is open: the damage went unnoticed or sled
+/// recovered); a serving collector is killed, and its status is `None`.
 fn collector_on(dir: &Path) -> Output {
     let d = dir.to_str().unwrap();
-    let (grpc, http) = (free_port(), free_port());
+    let ready = tempfile::tempdir().unwrap();
+    let ready_file = ready.path().join("ready.json");
     let mut child = flopmeter(&[
         "collector",
         "--data-dir",
         d,
         "--listen",
-        &format!("127.0.0.1:{grpc}"),
+        "127.0.0.1:0",
         "--http-addr",
-        &format!("127.0.0.1:{http}"),
+        "127.0.0.1:0",
+        "--ready-file",
+        ready_file.to_str().unwrap(),
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -91,7 +84,7 @@ fn collector_on(dir: &Path) -> Output {
     // Bounded only so that a broken build cannot hang the suite.
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().unwrap().is_none() {
-        if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() || Instant::now() > deadline {
+        if ready_file.exists() || Instant::now() > deadline {
             let _ = child.kill();
             break;
         }

@@ -1,81 +1,61 @@
 //! End to end across two "nodes": a real `flopmeter collector` process and two real
 //! `flopmeter agent` processes, each reading its own fake libnvidia-ml (two H100s each), each
 //! node running one run of the same model. The report's counted total must match the
-//! scenarios' ground truth within ±3%, with both runs and both nodes accounted.
+//! scenarios' ground truth within 1%, with both runs and both nodes accounted.
 //!
-//! The truth comes from the fake's scenario arithmetic (SMs × dense FLOP per clock × clock ×
-//! tensor activity), never from the estimator under test.
-
-mod support;
+//! The truth is the scenarios' own arithmetic (SMs × dense FLOP per clock × clock × tensor
+//! activity, integrated by `Scenario::true_flop`) over all the work they play, never the
+//! estimator under test and nothing read back from the ledger: each GPU is busy for a fixed
+//! window of scenario time and idle before and after it, so the whole window is metered
+//! whatever the agents' timing, and an interval lost or counted twice (one record, a quarter
+//! second of one GPU, is 1.6% of the total) moves the total out of the tolerance.
 
 use std::path::Path;
-use std::process::Command;
 
-use fake_nvml::harness::FakeNvml;
-use fake_nvml::scenario::Scenario;
-use support::{Proc, eventually, flopmeter, free_port, get};
+use crate::support::{self, Proc, flopmeter};
+use fake_nvml::builder::{GpuBuilder, ScenarioBuilder, steps};
 
-fn scenario(pid: u32, node: &str) -> String {
-    format!(
-        r#"
-        driver_version = "550.90.07"
-        [truth]
-        precision = "bf16"
-        tensor_flop_per_clk_per_sm = 4096
-        [[gpu]]
-        count = 2
-        name = "NVIDIA H100 80GB HBM3"
-        uuid = "GPU-{node}0000-0000-4000-8000-00000000000{{index}}"
-        pci_device_id = 0x2330
-        sm_count = 132
-        max_sm_clock_mhz = 1980
-        gpm = true
-        memory_total_mib = 81559
-        [gpu.metrics]
-        sm_clock_mhz = 1755
-        tensor_util = 45.0
-        gpu_util = 99.0
-        power_w = 600.0
-        [[gpu.processes]]
-        pid = {pid}
-        used_memory_mib = 60000
-        sm_share = 1.0
-        "#
+/// Scenario seconds (since the agent's `nvmlInit`) when the GPUs start and stop working.
+/// Before: the agent is up and sampling well before its GPUs do anything; after: idle.
+const BUSY_FROM: f64 = 3.0;
+const BUSY_UNTIL: f64 = 7.0;
+/// GPU time each run must have accounted before the agents are stopped: both GPUs past the
+/// end of the busy window (the agent samples from its start, `nvmlInit` being scenario 0).
+const SETTLED_GPU_MS: u64 = 2 * 9_000;
+
+fn scenario(pid: u32, node: &str) -> ScenarioBuilder {
+    ScenarioBuilder::new().gpu(
+        GpuBuilder::h100()
+            .count(2)
+            .uuid(&format!(
+                "GPU-{node}0000-0000-4000-8000-00000000000{{index}}"
+            ))
+            .training(pid, 45.0, 1755)
+            .metric(
+                "tensor_util",
+                steps(&[(0.0, 0.0), (BUSY_FROM, 45.0), (BUSY_UNTIL, 0.0)]),
+            ),
     )
 }
 
 fn trainer(run: &str) -> Proc {
-    Proc(
-        Command::new("sleep")
-            .arg("600")
-            .env("FLOPMETER_MODEL", "demo-7b")
-            .env("FLOPMETER_RUN", run)
-            .env("FLOPMETER_PRECISION", "bf16")
-            .spawn()
-            .unwrap(),
-    )
+    support::trainer("demo-7b", run)
 }
 
-fn agent(lib: &Path, work: &Path, node: &str, grpc: u16) -> Proc {
+fn agent(lib: &Path, work: &Path, node: &str, collector: &str) -> Proc {
     Proc(
         flopmeter(&["agent", "--nvml-lib"])
             .arg(lib)
             .arg("--spool-dir")
             .arg(work.join(node))
             .args(["--node-name", node, "--agent-id", node])
-            .args(["--collector", &format!("http://127.0.0.1:{grpc}")])
+            .args(["--collector", collector])
             .args(["--metrics-addr", "off", "--kube", "off"])
-            .args(["--sample-interval", "100ms", "--report-interval", "500ms"])
+            .args(["--sample-interval", "100ms", "--report-interval", "250ms"])
             .args(["--drain-grace", "10s"])
             .spawn()
             .expect("flopmeter agent starts"),
     )
-}
-
-fn runs(http: u16) -> Vec<serde_json::Value> {
-    get(http, "/api/v1/runs?model=demo-7b")
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
 }
 
 #[test]
@@ -83,43 +63,36 @@ fn two_agents_two_runs_one_model_match_the_ground_truth() {
     let work = tempfile::tempdir().unwrap();
     let (ta, tb) = (trainer("run-a"), trainer("run-b"));
     let (sa, sb) = (scenario(ta.0.id(), "a"), scenario(tb.0.id(), "b"));
-    let (fa, fb) = (FakeNvml::new(&sa).unwrap(), FakeNvml::new(&sb).unwrap());
+    let fa = fake_nvml::harness::FakeNvml::new(&sa.toml()).unwrap();
+    let fb = fake_nvml::harness::FakeNvml::new(&sb.toml()).unwrap();
 
-    let (grpc, http) = (free_port(), free_port());
-    let _collector = Proc(
-        flopmeter(&["collector", "--data-dir"])
-            .arg(work.path().join("ledger"))
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .spawn()
-            .expect("flopmeter collector starts"),
-    );
-    eventually("collector up", || get(http, "/api/v1/models").is_some());
-
-    let agents = [
-        agent(fa.lib_path(), work.path(), "node-a", grpc),
-        agent(fb.lib_path(), work.path(), "node-b", grpc),
+    let collector = support::collector(&work.path().join("ledger")).start();
+    let mut agents = [
+        agent(fa.lib_path(), work.path(), "node-a", &collector.url()),
+        agent(fb.lib_path(), work.path(), "node-b", &collector.url()),
     ];
-    eventually("both runs have records", || {
-        let r = runs(http);
-        r.len() == 2 && r.iter().all(|r| r["records"].as_u64().unwrap_or(0) >= 8)
+    // Wait until both runs' GPU time covers the busy window. This only says when to stop:
+    // the truth below does not depend on it.
+    support::eventually("both runs metered past the busy window", || {
+        let runs = collector
+            .get("/api/v1/runs?model=demo-7b")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        runs.len() == 2
+            && runs.iter().all(|r| {
+                r["gpu_ms"]
+                    .as_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_some_and(|ms| ms >= SETTLED_GPU_MS)
+            })
     });
-    for a in &agents {
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &a.0.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    for mut a in agents {
-        assert!(a.0.wait().unwrap().success(), "SIGTERM drains and exits 0");
+    for a in &mut agents {
+        assert!(a.terminate().success(), "SIGTERM drains and exits 0");
     }
 
     // The report, as a compliance officer would fetch it.
     let out = flopmeter(&["report", "--model", "demo-7b", "--format", "json"])
-        .args(["--collector", &format!("http://127.0.0.1:{grpc}")])
+        .args(["--collector", &collector.url()])
         .stdout(std::process::Stdio::piped())
         .output()
         .unwrap();
@@ -138,26 +111,28 @@ fn two_agents_two_runs_one_model_match_the_ground_truth() {
     let low = as_f64(&report["computation"]["counted"]["low"]);
     let high = as_f64(&report["computation"]["counted"]["high"]);
     assert_eq!(report["runs"].as_array().unwrap().len(), 2, "{report}");
-
-    // Ground truth: the scenario's true FLOP per GPU-second at a steady moment, times the GPU
-    // time the ledger accounted (both nodes play the same steady workload).
-    let truth_rate = Scenario::parse(&sa, "node-a")
-        .unwrap()
-        .true_flop(0, 10.0, 11.0)
-        .unwrap();
-    let truth_rate_b = Scenario::parse(&sb, "node-b")
-        .unwrap()
-        .true_flop(0, 10.0, 11.0)
-        .unwrap();
-    assert_eq!(truth_rate, truth_rate_b);
-    let summary = &get(http, "/api/v1/models/demo-7b").unwrap()["summary"];
+    let summary = &collector.get("/api/v1/models/demo-7b").unwrap()["summary"];
     assert_eq!(summary["nodes"].as_u64(), Some(2), "{summary}");
     assert_eq!(summary["agents"].as_u64(), Some(2), "{summary}");
-    let gpu_s = as_f64(&summary["gpu_ms"]) / 1000.0;
-    let truth = truth_rate * gpu_s;
+
+    // Ground truth: everything both scenarios' GPUs executed, from their own arithmetic.
+    let mut truth = 0.0;
+    for s in [&sa, &sb] {
+        let s = s.scenario().unwrap();
+        for gpu in 0..s.gpus.len() {
+            truth += s.true_flop(gpu, 0.0, BUSY_UNTIL + 1.0).unwrap();
+        }
+    }
+    // 4 GPUs × 4 s × 0.45 × 132 SMs × 4096 FLOP/clk × 1755 MHz: the scenario is what the
+    // test says it is.
+    let by_hand = 4.0 * (BUSY_UNTIL - BUSY_FROM) * 0.45 * 132.0 * 4096.0 * 1755e6;
     assert!(
-        (central - truth).abs() / truth <= 0.03,
-        "report central {central:.4e} vs ground truth {truth:.4e} over {gpu_s} GPU-s"
+        (truth - by_hand).abs() / by_hand < 1e-9,
+        "{truth} vs {by_hand}"
+    );
+    assert!(
+        (central - truth).abs() / truth <= 0.01,
+        "report central {central:.4e} vs ground truth {truth:.4e}"
     );
     assert!(
         low <= truth && truth <= high,

@@ -28,16 +28,16 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
 use fake_nvml::harness::FakeNvml;
 use flopmeter_agent::spool::{Spool, SpoolOptions};
 use serde::Deserialize;
-use support::{flopmeter, free_port};
+use support::{flopmeter, http};
 
 const AGENTS: usize = 4;
 const DEFAULT_SEED: u64 = 0x5eed_f10b;
@@ -86,43 +86,20 @@ fn model_of(i: usize) -> &'static str {
 }
 
 fn node(i: usize) -> Node {
-    let trainer = support::Proc(
-        Command::new("sleep")
-            .arg("3600")
-            .env("FLOPMETER_MODEL", model_of(i))
-            .env("FLOPMETER_RUN", format!("run-{i}"))
-            .env("FLOPMETER_PRECISION", "bf16")
-            .spawn()
-            .unwrap(),
-    );
+    let trainer = support::trainer(model_of(i), &format!("run-{i}"));
     // Constant activity and clocks; the clock file freezes scenario time (module docs).
-    let fake = FakeNvml::new(&format!(
-        r#"
-        driver_version = "550.90.07"
-        [truth]
-        precision = "bf16"
-        tensor_flop_per_clk_per_sm = 4096
-        [[gpu]]
-        count = 2
-        name = "NVIDIA H100 80GB HBM3"
-        uuid = "GPU-c{i}000000-0000-4000-8000-00000000000{{index}}"
-        pci_device_id = 0x2330
-        sm_count = 132
-        max_sm_clock_mhz = 1980
-        gpm = true
-        memory_total_mib = 81559
-        [gpu.metrics]
-        sm_clock_mhz = 1755
-        tensor_util = 45.0
-        gpu_util = 99.0
-        power_w = 600.0
-        [[gpu.processes]]
-        pid = {pid}
-        used_memory_mib = 60000
-        sm_share = 1.0
-        "#,
-        pid = trainer.0.id()
-    ))
+    let fake = FakeNvml::new(
+        &ScenarioBuilder::new()
+            .gpu(
+                GpuBuilder::h100()
+                    .count(2)
+                    .uuid(&format!(
+                        "GPU-c{i}000000-0000-4000-8000-00000000000{{index}}"
+                    ))
+                    .training(trainer.0.id(), 45.0, 1755),
+            )
+            .toml(),
+    )
     .unwrap();
     fake.set_time(1000.0).unwrap();
     Node {
@@ -211,20 +188,19 @@ impl Totals {
 }
 
 /// `GET path`: the body of a 200 answer, `None` otherwise (down, starting, error).
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.into())
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    http::get_text(addr, path)
 }
 
 /// The value of an unlabelled gauge in a Prometheus text exposition.
 fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    http::sample(text, name)
+}
+
+/// The address named `key` in a `--ready-file` (`None` while it is not written yet).
+fn ready_addr(path: &Path, key: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    v[key].as_str()?.parse().ok()
 }
 
 fn tail(path: &Path) -> String {
@@ -295,9 +271,10 @@ struct AgentState {
 struct Cluster<'a> {
     nodes: &'a [Node],
     dir: PathBuf,
-    grpc: u16,
-    http: u16,
-    metrics: Vec<u16>,
+    /// Where the collector listens: port 0 at its first start, then the ports the kernel
+    /// gave it, for every restart (its agents reconnect there).
+    grpc: SocketAddr,
+    http: SocketAddr,
     speed: Option<f64>,
     start_ms: i64,
     stop_ms: i64,
@@ -331,9 +308,8 @@ impl<'a> Cluster<'a> {
         Cluster {
             nodes,
             dir,
-            grpc: free_port(),
-            http: free_port(),
-            metrics: nodes.iter().map(|_| free_port()).collect(),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
             speed,
             start_ms,
             stop_ms: start_ms + SPAN_MS,
@@ -365,25 +341,54 @@ impl<'a> Cluster<'a> {
     }
 
     fn start_collector(&mut self) {
-        let child = flopmeter(&["collector", "--data-dir"])
+        let ready = self.dir.join("collector.ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let mut child = flopmeter(&["collector", "--data-dir"])
             .arg(self.dir.join("ledger"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.grpc)])
-            .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
+            .args(["--listen", &self.grpc.to_string()])
+            .args(["--http-addr", &self.http.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
             .stderr(Stdio::from(self.log_file("collector")))
             .spawn()
             .expect("flopmeter collector starts");
+        if self.grpc.port() == 0 {
+            // The first start: learn the ports before any agent needs them.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while ready_addr(&ready, "http").is_none() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!(
+                        "the collector exited at start ({status}):\n{}",
+                        tail(&self.log("collector"))
+                    );
+                }
+                assert!(Instant::now() < deadline, "the collector never got ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.grpc = ready_addr(&ready, "grpc").unwrap();
+            self.http = ready_addr(&ready, "http").unwrap();
+        }
         self.collector = Some(child);
+    }
+
+    /// Where agent `i` writes its `--ready-file` (its metrics port, new at each start).
+    fn agent_ready(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.ready.json", self.nodes[i].id))
     }
 
     fn start_agent(&mut self, i: usize) {
         let node = &self.nodes[i];
+        let ready = self.agent_ready(i);
+        let _ = std::fs::remove_file(&ready);
         let mut cmd = flopmeter(&["agent", "--nvml-lib"]);
         cmd.arg(node.fake.lib_path())
             .arg("--spool-dir")
             .arg(self.dir.join(&node.id))
             .args(["--agent-id", &node.id, "--node-name", &node.id])
-            .args(["--collector", &format!("http://127.0.0.1:{}", self.grpc)])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.metrics[i])])
+            .args(["--collector", &format!("http://{}", self.grpc)])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready)
             .args(["--kube", "off", "--drain-grace", "1s"])
             .args(["--sample-interval", "1s", "--report-interval", "10s"])
             .args(["--spool-max-bytes", SPOOL_CAP])
@@ -475,7 +480,9 @@ impl<'a> Cluster<'a> {
                 self.agents[i].finished = true;
                 continue;
             }
-            let full = http_get(self.metrics[i], "/metrics")
+            // Until the restarted agent has written its ready file, its gauge is unknown.
+            let full = ready_addr(&self.agent_ready(i), "metrics")
+                .and_then(|a| http_get(a, "/metrics"))
                 .and_then(|m| gauge(&m, "flopmeter_agent_spool_full"))
                 == Some(1.0);
             if full && !self.agents[i].full {

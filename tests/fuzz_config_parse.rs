@@ -14,8 +14,7 @@
 #[path = "../src/config.rs"]
 mod config;
 
-#[path = "../collector/tests/fuzz_support/mod.rs"]
-mod fuzz_support;
+use crate::fuzz_support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -12,8 +12,7 @@
 //! byte-level mutations of them, as many structured numbers (sign, digits with separators,
 //! fraction, exponent from the extremes) and as many `0e<any i64>` / `9…9e<n>` inputs.
 
-#[path = "../collector/tests/fuzz_support/mod.rs"]
-mod fuzz_support;
+use crate::fuzz_support;
 
 use flopmeter_core::units::FlopAmount;
 use fuzz_support::{corpus, mutate, mutation, no_panic};

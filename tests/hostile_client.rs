@@ -12,17 +12,11 @@
 //! Needs python3 with grpcio-tools (`scripts/install-test-deps`): skipped with a notice
 //! without it, except under CI, where it fails.
 
-mod support;
-
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use support::{Proc, eventually, free_port, get};
+use crate::support::{self, http};
 
 /// Small enough that an oversized batch is cheap to build, large enough for every other case.
 const MAX_MESSAGE_BYTES: usize = 64 << 10;
@@ -89,35 +83,15 @@ fn python_ready() -> bool {
     ok
 }
 
-/// `GET path`, the body as text (for /metrics, which is not JSON).
-fn get_text(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("collector HTTP is up");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.contains(" 200 "), "GET {path}: {head}");
-    body.to_string()
-}
-
 /// The value of one sample of the exposition (`name{labels}` exactly as rendered).
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    http::sample(metrics, series).unwrap_or_else(|| panic!("no sample {series} in /metrics"))
 }
 
 fn verify(args: &[&str]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-        .args(["ledger", "verify"])
+    let o = support::flopmeter(&["ledger", "verify"])
         .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
         .output()
         .unwrap();
     let text = format!(
@@ -126,10 +100,6 @@ fn verify(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&o.stderr)
     );
     (o.status.success(), text)
-}
-
-fn log_of(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 #[test]
@@ -145,46 +115,25 @@ fn an_independent_hostile_client_changes_no_total() {
         format!("{AGENT_A} = \"tok-a-5f0c9e\"\n{AGENT_B} = \"tok-b-81d2aa\"\n"),
     )
     .unwrap();
-    let log = work.path().join("collector.log");
-    let (grpc, http) = (free_port(), free_port());
-    // Through a shell, for its `ulimit`; `exec` keeps the collector's pid the child's.
-    let mut collector = Proc(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {FD_LIMIT} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_flopmeter"))
-            .arg("collector")
-            .args(["--hello-timeout", &format!("{HELLO_TIMEOUT_S}s")])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .arg("--agent-tokens")
-            .arg(&tokens)
-            .args(["--max-message-bytes", &MAX_MESSAGE_BYTES.to_string()])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("FLOPMETER_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("flopmeter collector starts"),
-    );
-    eventually("the collector serves its API", || {
-        get(http, "/api/v1/models").is_some()
-    });
+    let mut collector = support::collector(&data)
+        .args(["--hello-timeout", &format!("{HELLO_TIMEOUT_S}s")])
+        .arg_path("--agent-tokens", &tokens)
+        .args(["--max-message-bytes", &MAX_MESSAGE_BYTES.to_string()])
+        .fd_limit(FD_LIMIT)
+        .start();
+    let (grpc, http) = (collector.grpc, collector.http);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hostile_client.py");
     let out = Command::new("python3")
         .arg(&script)
-        .args(["--grpc", &format!("127.0.0.1:{grpc}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--grpc", &grpc.to_string()])
+        .args(["--http", &http.to_string()])
         .arg("--tokens")
         .arg(&tokens)
         .args(["--agent", AGENT_A, "--agent", AGENT_B])
         .args(["--max-message-bytes", &MAX_MESSAGE_BYTES.to_string()])
         .args(["--hello-timeout", &HELLO_TIMEOUT_S.to_string()])
-        .args(["--collector-pid", &collector.0.id().to_string()])
+        .args(["--collector-pid", &collector.proc.0.id().to_string()])
         .args(["--flood", &(FD_LIMIT + 150).to_string()])
         .stdin(Stdio::null())
         .output()
@@ -195,12 +144,12 @@ fn an_independent_hostile_client_changes_no_total() {
     assert!(
         out.status.success(),
         "hostile client reported failures:\n{stdout}\ncollector log:\n{}",
-        log_of(&log)
+        collector.log.text()
     );
     assert!(
-        collector.0.try_wait().unwrap().is_none(),
+        collector.proc.0.try_wait().unwrap().is_none(),
         "the collector died:\n{}",
-        log_of(&log)
+        collector.log.text()
     );
 
     // The totals: exactly what the accepted records add up to, per the client.
@@ -211,7 +160,7 @@ fn an_independent_hostile_client_changes_no_total() {
             .expect("the client prints TOTALS"),
     )
     .unwrap();
-    let models = get(http, "/api/v1/models").unwrap();
+    let models = collector.get("/api/v1/models").unwrap();
     let models = models.as_array().unwrap();
     assert_eq!(models.len(), 1, "only the client's model: {models:?}");
     let m = &models[0];
@@ -227,7 +176,7 @@ fn an_independent_hostile_client_changes_no_total() {
     }
     // Nothing landed outside the model either (an absurd record counted as unattributed
     // would not show in the model's totals).
-    let metrics = get_text(http, "/metrics");
+    let metrics = http::get_text(http, "/metrics").expect("/metrics answers");
     assert_eq!(
         sample(&metrics, "flopmeter_ingest_records_total").to_string(),
         expected["records"]
@@ -261,25 +210,13 @@ fn an_independent_hostile_client_changes_no_total() {
     assert!(sample(&metrics, "flopmeter_ingest_duplicate_records_total") > 0.0);
 
     // The ledger is consistent with its raw records: online, then offline after a clean stop.
-    let (ok, text) = verify(&["--collector", &format!("http://127.0.0.1:{grpc}")]);
+    let (ok, text) = verify(&["--collector", &collector.url()]);
     assert!(ok, "online verify failed: {text}");
-    let pid = collector.0.id().to_string();
+    let status = collector.proc.terminate();
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut status = None;
-    eventually("the collector stops on SIGTERM", || {
-        status = collector.0.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(
-        status.unwrap().success(),
+        status.success(),
         "collector exit: {status:?}\n{}",
-        log_of(&log)
+        collector.log.text()
     );
     let (ok, text) = verify(&["--data-dir", data.to_str().unwrap()]);
     assert!(ok, "offline verify failed: {text}");
@@ -297,46 +234,22 @@ fn an_independent_client_meets_certificate_roles_in_mutual_tls() {
     }
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("certs");
-    let o = Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-        .args(["certs", "dev", "--out"])
+    let o = support::flopmeter(&["certs", "dev", "--out"])
         .arg(&certs)
         .args(["--agent", AGENT_A])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let tokens = work.path().join("agent-tokens.toml");
     std::fs::write(&tokens, format!("{AGENT_A} = \"unused\"\n")).unwrap();
-    let log = work.path().join("collector.log");
-    let (grpc, http) = (free_port(), free_port());
     let c = |f: &str| certs.join(f);
-    let _collector = Proc(
-        Command::new(env!("CARGO_BIN_EXE_flopmeter"))
-            .arg("collector")
-            .arg("--data-dir")
-            .arg(work.path().join("ledger"))
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--hello-timeout", &format!("{HELLO_TIMEOUT_S}s")])
-            .arg("--tls-cert")
-            .arg(c("collector.pem"))
-            .arg("--tls-key")
-            .arg(c("collector-key.pem"))
-            .arg("--tls-client-ca")
-            .arg(c("ca.pem"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("FLOPMETER_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("flopmeter collector starts"),
-    );
-    // Up when its TLS port answers a handshake attempt at all.
-    eventually("the collector listens", || {
-        TcpStream::connect(("127.0.0.1", http)).is_ok()
-    });
+    let collector = support::collector(&work.path().join("ledger"))
+        .args(["--hello-timeout", &format!("{HELLO_TIMEOUT_S}s")])
+        .arg_path("--tls-cert", &c("collector.pem"))
+        .arg_path("--tls-key", &c("collector-key.pem"))
+        .arg_path("--tls-client-ca", &c("ca.pem"))
+        .start();
+    let (grpc, http) = (collector.grpc.port(), collector.http.port());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hostile_client.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -366,6 +279,6 @@ fn an_independent_client_meets_certificate_roles_in_mutual_tls() {
     assert!(
         out.status.success(),
         "hostile client reported failures:\n{stdout}\ncollector log:\n{}",
-        log_of(&log)
+        collector.log.text()
     );
 }

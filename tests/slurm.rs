@@ -22,16 +22,32 @@
 //! `squeue` (`(null)` for D), after the agent's first queries timed out against the stopped
 //! controller.
 
-mod support;
-
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
 use fake_nvml::harness::FakeNvml;
-use support::{Proc, eventually, flopmeter, free_port, get};
+
+use crate::support::{self, Proc, eventually, flopmeter, http};
+
+fn get(port: u16, path: &str) -> Option<serde_json::Value> {
+    http::get_json(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// A port for a Slurm daemon. Slurm reads its ports from `slurm.conf` (clients as well as
+/// daemons), so it cannot bind port 0 and say what it got, as our servers do: this is the
+/// one place a test still picks a port in advance. A clash shows as a daemon that exits at
+/// start, which [`Slurm::start`] notices and answers with other ports.
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 const CLUSTER: &str = "flopcluster";
 
@@ -116,7 +132,7 @@ impl Slurm {
                 dir.join("log/munged.log").display()
             ));
         quiet(&mut munged);
-        let mut daemons = vec![Proc(munged.spawn().expect("munged starts"))];
+        let daemons = vec![Proc(munged.spawn().expect("munged starts"))];
         wait_for("munge socket", Duration::from_secs(20), || socket.exists());
 
         // The shipped scripts, told where to record (slurmd gives a Prolog its own
@@ -139,13 +155,22 @@ impl Slurm {
             std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let host = short_hostname();
-        let (ctld_port, slurmd_port) = (free_port(), free_port());
-        let d = dir.display();
-        let conf = dir.join("slurm.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "ClusterName={CLUSTER}
+        let mut s = Slurm {
+            dir: dir.to_path_buf(),
+            conf: dir.join("slurm.conf"),
+            ctld_pid: 0,
+            daemons,
+        };
+        // A daemon that exits before it serves most likely found its port taken after
+        // unused_port() let it go: start again on other ports (munged stays).
+        for attempt in 1..=3 {
+            let (ctld_port, slurmd_port) = (unused_port(), unused_port());
+            let conf = &s.conf;
+            let d = dir.display();
+            std::fs::write(
+                conf,
+                format!(
+                    "ClusterName={CLUSTER}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -177,39 +202,61 @@ Epilog={d}/epilog
 NodeName={host} NodeAddr=127.0.0.1 CPUs=1 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
 ",
-                socket = socket.display()
-            ),
-        )
-        .unwrap();
-        let mut ctld = Command::new("slurmctld");
-        ctld.args(["-D", "-i", "-f"]).arg(&conf);
-        quiet(&mut ctld);
-        let ctld = Proc(ctld.spawn().expect("slurmctld starts"));
-        let ctld_pid = ctld.0.id();
-        daemons.push(ctld);
-        let mut s = Slurm {
-            dir: dir.to_path_buf(),
-            conf,
-            ctld_pid,
-            daemons,
-        };
-        wait_for("slurmctld answers", Duration::from_secs(30), || {
-            s.cmd("scontrol")
-                .arg("ping")
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("is UP"))
-        });
-        let mut slurmd = Command::new("slurmd");
-        slurmd.args(["-D", "-f"]).arg(&s.conf);
-        quiet(&mut slurmd);
-        s.daemons.push(Proc(slurmd.spawn().expect("slurmd starts")));
-        wait_for("the node is idle", Duration::from_secs(30), || {
-            s.cmd("sinfo")
-                .args(["-h", "-o", "%T"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
-        });
-        s
+                    socket = socket.display()
+                ),
+            )
+            .unwrap();
+            let mut ctld = Command::new("slurmctld");
+            ctld.args(["-D", "-i", "-f"]).arg(&s.conf);
+            quiet(&mut ctld);
+            let ctld = Proc(ctld.spawn().expect("slurmctld starts"));
+            s.ctld_pid = ctld.0.id();
+            s.daemons.push(ctld);
+            if s.wait_serving("slurmctld answers", |s| {
+                s.cmd("scontrol")
+                    .arg("ping")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("is UP"))
+            }) {
+                let mut slurmd = Command::new("slurmd");
+                slurmd.args(["-D", "-f"]).arg(&s.conf);
+                quiet(&mut slurmd);
+                s.daemons.push(Proc(slurmd.spawn().expect("slurmd starts")));
+                if s.wait_serving("the node is idle", |s| {
+                    s.cmd("sinfo")
+                        .args(["-h", "-o", "%T"])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+                }) {
+                    return s;
+                }
+            }
+            eprintln!("Slurm attempt {attempt}: a daemon exited at start; other ports");
+            s.daemons.truncate(1);
+        }
+        panic!(
+            "slurmctld or slurmd exited at start three times: see {}",
+            dir.join("log").display()
+        );
+    }
+
+    /// Waits (30 s at most) for `cond`; false as soon as a daemon has exited.
+    fn wait_serving(&mut self, what: &str, cond: impl Fn(&Slurm) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if cond(self) {
+                return true;
+            }
+            if self
+                .daemons
+                .iter_mut()
+                .any(|d| d.0.try_wait().is_ok_and(|st| st.is_some()))
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("never happened within 30 s: {what}");
     }
 
     /// A Slurm command against this cluster.
@@ -398,44 +445,18 @@ fn slurm_jobs_are_attributed_by_their_comment_name_and_environment() {
     std::fs::remove_file(comments.join(&d)).unwrap();
 
     // One H100 per job, busy, the job's real PID its only process.
-    let mut scenario = String::from(
-        "driver_version = \"550.90.07\"\n[truth]\nprecision = \"bf16\"\ntensor_flop_per_clk_per_sm = 4096\n",
-    );
+    let mut scenario = ScenarioBuilder::new();
     for (i, p) in pid.iter().enumerate() {
-        scenario.push_str(&format!(
-            r#"
-[[gpu]]
-name = "NVIDIA H100 80GB HBM3"
-uuid = "GPU-51a00000-0000-4000-8000-00000000000{i}"
-pci_device_id = 0x2330
-sm_count = 132
-max_sm_clock_mhz = 1980
-gpm = true
-memory_total_mib = 81559
-[gpu.metrics]
-sm_clock_mhz = 1830
-tensor_util = 40.0
-gpu_util = 99.0
-power_w = 500.0
-[[gpu.processes]]
-pid = {p}
-used_memory_mib = 60000
-sm_share = 1.0
-"#
-        ));
+        scenario = scenario.gpu(
+            GpuBuilder::h100()
+                .uuid(&format!("GPU-51a00000-0000-4000-8000-00000000000{i}"))
+                .training(*p, 40.0, 1830),
+        );
     }
-    let fake = FakeNvml::new(&scenario).unwrap();
+    let fake = FakeNvml::new(&scenario.toml()).unwrap();
 
-    let (grpc, http) = (free_port(), free_port());
-    let _collector = Proc(
-        flopmeter(&["collector", "--data-dir"])
-            .arg(work.path().join("ledger"))
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .spawn()
-            .expect("flopmeter collector starts"),
-    );
-    eventually("collector up", || get(http, "/api/v1/models").is_some());
+    let collector = support::collector(&work.path().join("ledger")).start();
+    let (grpc, http) = (collector.grpc.port(), collector.http.port());
 
     // A controller that does not answer: the agent must neither wait for it nor lose F.
     slurm.controller("-STOP");

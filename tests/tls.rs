@@ -11,18 +11,25 @@
 //! - mutual TLS takes the agent id from the certificate: a Hello under another id is refused
 //!   with PERMISSION_DENIED and the ledger does not change.
 
-mod support;
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flopmeter_tls::dev::{DevCa, LeafSpec};
 use flopmeter_tls::rustls;
-use support::{Proc, eventually, flopmeter, free_port, get};
+
+use crate::support::{self, CollectorProc, Log, Proc, eventually, flopmeter, http};
+
+/// Our listeners are on loopback: the address of one of their ports.
+fn lo(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn get(port: u16, path: &str) -> Option<serde_json::Value> {
+    http::get_json(lo(port), path)
+}
 
 /// `flopmeter certs dev --out DIR --agent node-a`: the files every test starts from.
 fn dev_certs(dir: &Path) -> PathBuf {
@@ -49,24 +56,21 @@ fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
 
-/// A collector process with TLS (`mutual`: and mutual TLS) on both ports.
-fn collector(work: &Path, certs: &Path, mutual: bool) -> (Proc, u16, u16) {
-    let (grpc, http) = (free_port(), free_port());
-    let mut c = flopmeter(&["collector", "--data-dir"]);
-    c.arg(work.join("ledger"))
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--tls-cert", &p(certs, "collector.pem")])
-        .args(["--tls-key", &p(certs, "collector-key.pem")]);
+/// A collector process with TLS (`mutual`: and mutual TLS) on both ports, and its ports.
+fn collector(work: &Path, certs: &Path, mutual: bool) -> (CollectorProc, u16, u16) {
+    let mut c = support::collector(&work.join("ledger"))
+        .arg_path("--tls-cert", &certs.join("collector.pem"))
+        .arg_path("--tls-key", &certs.join("collector-key.pem"));
     if mutual {
-        c.args(["--tls-client-ca", &p(certs, "ca.pem")]);
+        c = c.arg_path("--tls-client-ca", &certs.join("ca.pem"));
     }
-    let proc = Proc(c.spawn().expect("flopmeter collector starts"));
+    let c = c.start();
     let ca = certs.join("ca.pem");
+    let (grpc, http) = (c.grpc.port(), c.http.port());
     eventually("the collector serves HTTPS", || {
         https_get(http, "/api/v1/models", &ca).is_some()
     });
-    (proc, grpc, http)
+    (c, grpc, http)
 }
 
 fn workload(dir: &Path) -> PathBuf {
@@ -88,8 +92,8 @@ FLOPMETER_RUN = "tls-run"
     w
 }
 
-/// An agent process; its stderr is collected into the returned buffer as it comes.
-fn agent(work: &Path, name: &str, args: &[&str]) -> (Proc, Arc<Mutex<String>>) {
+/// An agent process and its log.
+fn agent(work: &Path, name: &str, args: &[&str]) -> (Proc, Log) {
     let mut child = flopmeter(&["agent", "--simulate"])
         .arg(workload(work))
         .arg("--spool-dir")
@@ -100,68 +104,27 @@ fn agent(work: &Path, name: &str, args: &[&str]) -> (Proc, Arc<Mutex<String>>) {
         .args(args)
         .spawn()
         .expect("flopmeter agent starts");
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
+    let log = Log::drain(child.stderr.take().unwrap());
     (Proc(child), log)
 }
 
-fn logged(log: &Arc<Mutex<String>>, needle: &str) -> bool {
-    log.lock().unwrap().contains(needle)
+fn logged(log: &Log, needle: &str) -> bool {
+    log.contains(needle)
 }
 
 /// An HTTPS GET trusting `ca`: the body, or `None` while the server is not up or the
 /// status is not 200.
 fn https_text(port: u16, path: &str, ca: &Path) -> Option<String> {
-    let roots = flopmeter_tls::TrustRoots::load(ca, "CA", flopmeter_tls::unix_now())
-        .ok()?
-        .store()
-        .ok()?;
-    let cfg = rustls::ClientConfig::builder_with_provider(flopmeter_tls::provider())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).ok()?;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    write!(tls, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut resp = Vec::new();
-    // Whatever arrived counts, even if the close is not a clean TLS close.
-    let _ = tls.read_to_end(&mut resp);
-    let resp = String::from_utf8(resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    Some(body.to_string())
+    http::https_text(lo(port), path, ca)
 }
 
 fn https_get(port: u16, path: &str, ca: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&https_text(port, path, ca)?).ok()
 }
 
-/// A sample of `name{labels}` in a Prometheus text exposition.
+/// A sample of `name{labels}` in a Prometheus text exposition (0 when absent).
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    http::sample(text, series).unwrap_or(0.0)
 }
 
 fn collector_metric(http: u16, ca: &Path, series: &str) -> f64 {

@@ -332,6 +332,13 @@ pub struct AgentArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Once the agent runs, write what it bound to this file as JSON (`{"agent_id": ..,
+    /// "node": .., "metrics": "127.0.0.1:41236"}`, `metrics` null when off), replacing it
+    /// atomically. With port 0 in --metrics-addr this is how a script or a test learns the
+    /// port the kernel chose.
+    #[arg(long, env = "FLOPMETER_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
     /// Print the effective configuration as TOML and exit.
     #[arg(long, env = "FLOPMETER_PRINT_CONFIG")]
     #[serde(skip)]

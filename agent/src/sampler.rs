@@ -382,7 +382,10 @@ mod tests {
 
         // Interrupted at arbitrary points (a stop mid-interval leaves the partial interval
         // to be redone), and with a spool so small it refuses most of the time: a helper
-        // acknowledges slowly, like a collector, and virtual time waits for it.
+        // acknowledges slowly, like a collector, and virtual time waits for it. The helper
+        // starts acknowledging in each run only once the spool has refused: otherwise, when
+        // fsyncs are slow (a loaded disk), it drained the spool as fast as the sampler
+        // filled it, the spool never refused, and `saw_full` failed about once in five runs.
         let path = dir.path().join("b");
         let mut got = Vec::new();
         let (mut runs, mut saw_full) = (0, false);

@@ -2,25 +2,19 @@
 //! `sleep` carrying `FLOPMETER_MODEL=demo-7b`), and the agent attributes that GPU's work to
 //! demo-7b end to end, through the spool and the shipper to an in-test collector.
 
-mod collector_fake;
+use crate::collector_fake;
 
-use std::process::{Child, Command};
+use std::process::Command;
 
 use collector_fake::{FakeCollector, Script, eventually};
+use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
 use fake_nvml::harness::FakeNvml;
 use flopmeter_agent::config::{HumanDuration, KubeMode};
 use flopmeter_agent::{AgentArgs, RunOptions, SourceSpec};
 use flopmeter_proto::v1::{AttributionSource, Method, Precision};
 use tokio::sync::oneshot;
 
-struct Sleeper(Child);
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::Proc as Sleeper;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_nvml_process_is_attributed_to_its_model() {
@@ -35,31 +29,15 @@ async fn fake_nvml_process_is_attributed_to_its_model() {
     );
     let pid = sleeper.0.id();
     // The scenario is written after spawning, so it can name the real PID.
-    let fake = FakeNvml::new(&format!(
-        r#"
-        driver_version = "550.90.07"
-        [truth]
-        precision = "bf16"
-        tensor_flop_per_clk_per_sm = 4096
-        [[gpu]]
-        name = "NVIDIA H100 80GB HBM3"
-        uuid = "GPU-0e2e0000-0000-4000-8000-000000000000"
-        pci_device_id = 0x2330
-        sm_count = 132
-        max_sm_clock_mhz = 1980
-        gpm = true
-        memory_total_mib = 81559
-        [gpu.metrics]
-        sm_clock_mhz = 1830
-        tensor_util = 50.0
-        gpu_util = 99.0
-        power_w = 600.0
-        [[gpu.processes]]
-        pid = {pid}
-        used_memory_mib = 60000
-        sm_share = 1.0
-        "#
-    ))
+    let fake = FakeNvml::new(
+        &ScenarioBuilder::new()
+            .gpu(
+                GpuBuilder::h100()
+                    .uuid("GPU-0e2e0000-0000-4000-8000-000000000000")
+                    .training(pid, 50.0, 1830),
+            )
+            .toml(),
+    )
     .unwrap();
 
     let (collector, addr) = FakeCollector::start(Script::default()).await;

@@ -3,9 +3,9 @@
 //! attributed to that model end to end, records reach an in-test collector, the metrics
 //! endpoint reports, and shutdown drains.
 
-mod collector_fake;
+use crate::collector_fake;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 
 use collector_fake::{FakeCollector, Script, eventually};
@@ -17,14 +17,7 @@ use flopmeter_proto::v1::{AttributionSource, Method};
 use tokio::sync::oneshot;
 
 /// A `sleep` that is killed when the test ends, however it ends.
-struct Sleeper(Child);
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::Proc as Sleeper;
 
 fn labelled_sleep() -> Sleeper {
     Sleeper(
@@ -38,15 +31,14 @@ fn labelled_sleep() -> Sleeper {
     )
 }
 
+/// `GET path`: status line and body (off the runtime's threads: the client blocks).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    let path = path.to_string();
+    let r = tokio::task::spawn_blocking(move || crate::support::http::get(addr, &path))
         .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+        .unwrap()
+        .expect("the agent's HTTP endpoint answers");
+    format!("HTTP/1.1 {}\r\n\r\n{}", r.status, r.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

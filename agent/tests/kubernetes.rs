@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::IntoResponse;
@@ -12,6 +11,8 @@ use flopmeter_agent::attribution::{Attributor, Source};
 use flopmeter_agent::simulated::fake_stat;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+use crate::support::proc::eventually_async as eventually;
 
 const NODE: &str = "gpu-node-7";
 const UID_A: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
@@ -105,18 +106,6 @@ async fn pods(State(f): State<Fake>, RawQuery(q): RawQuery) -> axum::response::R
         Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(format!("{v}\n")))
     });
     axum::body::Body::from_stream(stream).into_response()
-}
-
-/// Waits (bounded, generously) until `cond` holds. Not a timing assertion: it only keeps a
-/// broken build from hanging the test suite.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..3000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]

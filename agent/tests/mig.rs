@@ -2,12 +2,13 @@
 //! the scenario's per-instance ground truth, MIG beside whole GPUs on one node, the
 //! fallback without per-instance GPM, and instances destroyed and recreated mid-run.
 
-mod common;
+use crate::support;
+use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
 
 use std::collections::BTreeMap;
 
-use common::{Rig, meter, rel, scenario_path};
 use flopmeter_proto::v1::{IntervalRecord, Method};
+use support::{Rig, meter, rel, scenario_path};
 
 const MODEL_A: &[(&str, &str)] = &[
     ("FLOPMETER_MODEL", "model-a"),
@@ -175,23 +176,14 @@ fn without_per_instance_gpm_the_fallback_bounds_each_instance() {
 /// metered once, under its own UUID, and each model's total matches the sum of its truths.
 #[test]
 fn reconfiguration_mid_run_neither_loses_nor_double_counts() {
-    let gpu = r#"
-driver_version = "550.90.07"
-[truth]
-precision = "bf16"
-tensor_flop_per_clk_per_sm = 4096
-[[gpu]]
-name = "NVIDIA H100 80GB HBM3"
-uuid = "GPU-reconf-0"
-pci_device_id = 0x2330
-sm_count = 132
-max_sm_clock_mhz = 1980
-gpm = true
-memory_total_mib = 81559
-[gpu.metrics]
-sm_clock_mhz = 1755
-power_w = 400
-"#;
+    let gpu = ScenarioBuilder::new()
+        .gpu(
+            GpuBuilder::h100()
+                .uuid("GPU-reconf-0")
+                .metric("sm_clock_mhz", 1755)
+                .metric("power_w", 400),
+        )
+        .toml();
     let instance = |profile: &str,
                     uuid: &str,
                     gi: u32,
@@ -212,7 +204,7 @@ power_w = 400
         )
     };
     let text = [
-        gpu.to_string(),
+        gpu,
         instance(
             "3g.40gb",
             "MIG-old-a",

@@ -2,10 +2,10 @@
 //! estimated is still reported. Each case runs the real sampler on the fake NVML and
 //! compares with the scenario's own ground truth.
 
-mod common;
+use crate::support;
 
-use common::{Rig, meter, rel};
 use flopmeter_proto::v1::{AttributionSource, IntervalRecord, Method};
+use support::{Rig, meter, rel};
 
 const TRAIN: &[(&str, &str)] = &[("FLOPMETER_MODEL", "m")];
 

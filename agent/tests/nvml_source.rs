@@ -1,15 +1,15 @@
 //! The NVML source against the fake library, through nvml-wrapper's real dlopen path: every
 //! shipped scenario, every fault mode, and the estimates against the scenarios' ground truth.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{Rig, eager_retry, rel, seconds, ticks};
 use flopmeter_agent::gpu::nvml::{NvmlLibrary, NvmlSource, NvmlSourceError, RetryPolicy};
 use flopmeter_agent::gpu::{GpuSource, GpuStatus, IntervalSummary, Inventory, Tick, estimate_for};
 use flopmeter_core::catalogue::{Lookup, MatchedBy};
 use flopmeter_core::units::{FlopTotal, Precision};
+use support::{Rig, eager_retry, rel, seconds, ticks};
 
 /// Per GPU: (truth, estimate band) for every interval, and the sums.
 struct Accuracy {
@@ -370,7 +370,7 @@ fn lost_gpus_are_retried_with_backoff() {
 /// A GPU unreachable at start-up is listed by index, then identified once it answers.
 #[test]
 fn gpu_lost_at_startup_joins_the_inventory_later() {
-    let text = std::fs::read_to_string(common::scenario_path("mixed-faults.toml"))
+    let text = std::fs::read_to_string(support::scenario_path("mixed-faults.toml"))
         .unwrap()
         .replace(
             "at = 5.0\nrecovered_at = 12.0",
@@ -402,7 +402,7 @@ fn gpu_lost_at_startup_joins_the_inventory_later() {
 /// the tag says why. GPM supported but its metrics failing: the same, tagged "unavailable".
 #[test]
 fn gpm_unsupported_or_failing_falls_back_to_util_mfu() {
-    let base = std::fs::read_to_string(common::scenario_path("dgx-h100.toml")).unwrap();
+    let base = std::fs::read_to_string(support::scenario_path("dgx-h100.toml")).unwrap();
     for (toml, tag) in [
         (
             base.replace("gpm = true", "gpm = false"),
@@ -431,7 +431,7 @@ fn gpm_unsupported_or_failing_falls_back_to_util_mfu() {
 /// works. Without the GPM symbols the source falls back to util × MFU.
 #[test]
 fn missing_functions_cost_only_their_field() {
-    let base = std::fs::read_to_string(common::scenario_path("dgx-h100.toml")).unwrap();
+    let base = std::fs::read_to_string(support::scenario_path("dgx-h100.toml")).unwrap();
     let rig = Rig::with_hidden(
         &base,
         &[

@@ -5,13 +5,13 @@
 //! of the scenario: every GPM window is then that moment's exact activity, so each
 //! reading's FLOP divided by its (real, reported) interval must match the scenario's rate.
 
-mod common;
+use crate::support;
 
-use common::{Rig, rel};
 use flopmeter_agent::gpu::nvml::NvmlSourceError;
 use flopmeter_agent::probe::{ProbeArgs, ProbeError, run};
 use flopmeter_core::units::Precision;
 use serde_json::Value;
+use support::{Rig, rel};
 
 fn probe(rig: &Rig, json: bool, seconds: u32, precision: Option<Precision>) -> String {
     let args = ProbeArgs {

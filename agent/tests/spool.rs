@@ -99,6 +99,14 @@ fn spool_crash_child() {
     }
 }
 
+/// The child test's full name in this binary (`spool::spool_crash_child` in the merged one).
+fn child_test_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_crate, module)) => format!("{module}::spool_crash_child"),
+        None => "spool_crash_child".into(),
+    }
+}
+
 #[test]
 fn kill_9_at_random_points() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +119,7 @@ fn kill_9_at_random_points() {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
-                "spool_crash_child",
+                &child_test_name(),
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -244,7 +252,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // A new seed each run, printed; FLOPMETER_FUZZ_SEED replays one (fuzz/README.md). The
+    // regression file beside this one is replayed first, as ever.
+    #![proptest_config(crate::support::seed::config(48))]
 
     /// Append / ack / restart against a queue: the spool holds exactly the model's records,
     /// in order, and its counter is the model's.

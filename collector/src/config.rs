@@ -459,6 +459,13 @@ pub struct CollectorArgs {
     /// token guards its writes.
     #[arg(long, env = "FLOPMETER_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Once both listeners serve, write their bound addresses to this file as JSON
+    /// (`{"grpc": "127.0.0.1:41234", "http": "127.0.0.1:41235"}`), replacing it atomically;
+    /// removed again at a clean shutdown. With port 0 in --listen or --http-addr this is how
+    /// a supervisor, a script or a test learns the ports the kernel chose.
+    #[arg(long, env = "FLOPMETER_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 /// The resolved configuration the collector runs with.

@@ -3,19 +3,17 @@
 //! `_other` (the sums stay right), and one agent may start only
 //! `--new-runs-per-agent-per-hour` new runs, further ones quarantined as `too-many-new-runs`.
 
-mod common;
+use crate::support;
 
-use common::{Stream, rec};
 use flopmeter_collector::Collector;
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ingest::validate::RejectReason;
 use flopmeter_core::stage::StagePolicy;
 use flopmeter_proto::v1::collector_message::Kind;
+use support::{Stream, rec};
 
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
+    support::http::sample(text, series)
 }
 
 async fn ack(s: &mut Stream) -> flopmeter_proto::v1::Ack {

@@ -5,7 +5,8 @@
 //! Time: the engine runs in virtual time (an atomic the test moves), so no assertion
 //! depends on wall-clock timing; waits are bounded polls.
 
-mod common;
+use crate::support;
+use support::proc::{Log, Proc};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -232,9 +233,10 @@ async fn outbox_sink_down_then_up_loses_and_duplicates_nothing() {
     c.shutdown().await.unwrap();
 }
 
-/// Starts the Debian Alertmanager on loopback; `None` (after a loud message) when it is not
-/// installed and this is not CI.
-fn start_alertmanager(dir: &std::path::Path) -> Option<(std::process::Child, u16)> {
+/// Starts the Debian Alertmanager on loopback, on a port it picks (port 0), and returns it
+/// with the address from its "Listening on" log line; `None` (after a loud message) when it
+/// is not installed and this is not CI.
+fn start_alertmanager(dir: &std::path::Path) -> Option<(Proc, SocketAddr)> {
     let bin = std::path::Path::new("/usr/bin/prometheus-alertmanager");
     if !bin.exists() {
         if std::env::var_os("CI").is_some() {
@@ -254,50 +256,48 @@ fn start_alertmanager(dir: &std::path::Path) -> Option<(std::process::Child, u16
         "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new(bin)
+    let mut child = std::process::Command::new(bin)
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!("--storage.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .arg("--cluster.listen-address=")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start alertmanager");
-    Some((child, port))
+    let log = Log::drain(child.stderr.take().unwrap());
+    let am = Proc(child);
+    // `... msg="Listening on" address=127.0.0.1:41101`
+    let mut addr = None;
+    support::proc::eventually("alertmanager says where it listens", || {
+        addr = log.text().lines().find_map(|l| {
+            l.contains("msg=\"Listening on\"")
+                .then(|| {
+                    l.split("address=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten()
+        });
+        addr.is_some()
+    });
+    Some((am, addr.unwrap()))
 }
 
-/// A tiny HTTP GET (the test needs no client dependency).
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A tiny HTTP GET: the body of a 200.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    support::http::get_text(addr, path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_alertmanager_receives_the_alert_with_labels_and_annotations() {
     let amdir = tempfile::tempdir().unwrap();
-    let Some((child, port)) = start_alertmanager(amdir.path()) else {
+    let Some((_am, port)) = start_alertmanager(amdir.path()) else {
         return;
     };
-    let _am = Kill(child);
     let mut ready = false;
     for _ in 0..200 {
         if http_get(port, "/-/ready").is_some() {
@@ -314,7 +314,7 @@ async fn a_real_alertmanager_receives_the_alert_with_labels_and_annotations() {
         dir.path(),
         &vnow,
         vec![SinkConfig::Alertmanager {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{port}"),
         }],
     ))
     .await
@@ -634,12 +634,7 @@ async fn admin_writes_are_audited_under_the_credentials_actor() {
 
 /// GET on the collector's HTTP port from a blocking thread.
 fn api(c: &Collector, path: &str) -> serde_json::Value {
-    let url = format!("http://{}{path}", c.http_addr());
-    let body = std::thread::spawn(move || flopmeter_sim::loadgen::http_get(&url))
-        .join()
-        .unwrap()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
+    serde_json::from_str(&support::http_get(c.http_addr(), path).unwrap()).unwrap()
 }
 
 /// A tampered audit chain is loud: found when the collector starts (and by the incremental
@@ -904,13 +899,13 @@ async fn a_plan_declared_in_records_is_dated_when_declared_and_by_whom() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let day0 = now_unix_ms() - 30 * MS_PER_DAY;
     let declared = now_unix_ms() - 60_000;
-    let mut early = common::rec_at(1, "late-plan", "r1", "", 1_000_000_000, day0);
+    let mut early = support::rec_at(1, "late-plan", "r1", "", 1_000_000_000, day0);
     early.declaration = Some(pb::WorkloadDeclaration {
         precision: pb::Precision::Bf16 as i32,
         ..Default::default()
     });
     let with_plan = |seq: u64, end: i64| {
-        let mut r = common::rec_at(seq, "late-plan", "r1", "", 1_000_000_000, end);
+        let mut r = support::rec_at(seq, "late-plan", "r1", "", 1_000_000_000, end);
         r.declaration = Some(pb::WorkloadDeclaration {
             planned_flop: "2.1e25".into(),
             ..Default::default()
@@ -918,7 +913,7 @@ async fn a_plan_declared_in_records_is_dated_when_declared_and_by_whom() {
         r
     };
     let later = vec![with_plan(2, declared), with_plan(3, declared + 10_000)];
-    let mut s = common::Stream::open(c.grpc_addr(), "planner", None).await;
+    let mut s = support::Stream::open(c.grpc_addr(), "planner", None).await;
     let _welcome = s.next().await.unwrap();
     s.send(vec![early]).await;
     s.next().await.unwrap();
@@ -1219,14 +1214,14 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
     let s = SledStore::open(dir.path()).unwrap();
     let t = now_unix_ms() - 3_600_000;
     let rec = |seq: u64, end: i64, planned: &str| {
-        let mut r = common::rec_at(seq, "m", "r", "", 1_000, end);
+        let mut r = support::rec_at(seq, "m", "r", "", 1_000, end);
         r.declaration = Some(pb::WorkloadDeclaration {
             planned_flop: planned.into(),
             ..Default::default()
         });
         r
     };
-    s.apply_batch(&common::incoming(
+    s.apply_batch(&support::incoming(
         "a1",
         "n1",
         vec![
@@ -1238,7 +1233,7 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
     ))
     .unwrap();
     let out = s
-        .apply_batch(&common::incoming(
+        .apply_batch(&support::incoming(
             "a1",
             "n1",
             vec![rec(5, t + 40_000, "5e24")],
@@ -1246,7 +1241,7 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
         .unwrap();
     assert_eq!(out.plans_declared, 1);
     // Node n2's spool arrives late: the same 2e25, from an hour earlier.
-    s.apply_batch(&common::incoming(
+    s.apply_batch(&support::incoming(
         "a2",
         "n2",
         vec![rec(1, t - 3_590_000, "2e25")],

@@ -4,42 +4,34 @@
 //! session, a login never redirects off the collector, and every page carries the security
 //! headers. (The browser side, CSRF included, is `tests/console_browser.rs`.)
 
-mod common;
+use crate::support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
-use common::{incoming, rec_at};
 use flopmeter_collector::Collector;
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ledger::LedgerStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
+use support::http::Reply;
+use support::{incoming, rec_at};
 
 const END: i64 = 1_780_000_000_000;
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// What the tests read off a console page.
+trait Page {
+    /// The session cookie a login set (`name=value`).
+    fn cookie(&self) -> String;
+    /// The first CSRF token in a page's forms.
+    fn csrf(&self) -> String;
 }
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The session cookie a login set (`name=value`).
+impl Page for Reply {
     fn cookie(&self) -> String {
         let c = self.header("set-cookie").expect("a Set-Cookie header");
         c.split(';').next().unwrap().to_string()
     }
 
-    /// The first CSRF token in a page's forms.
     fn csrf(&self) -> String {
         let at = self
             .body
@@ -50,6 +42,7 @@ impl Reply {
     }
 }
 
+/// One request, as a browser would send it (no redirect followed, cookies as given).
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -57,43 +50,8 @@ fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if method == "POST" {
-        req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    support::http::request(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn form(fields: &[(&str, &str)]) -> String {

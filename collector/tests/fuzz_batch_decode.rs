@@ -13,7 +13,7 @@
 //! (default 3000) byte-level mutations of them and as many arbitrary byte strings.
 //! `fuzz/README.md` says how to run long and how to add a crash to the corpus.
 
-mod fuzz_support;
+use crate::fuzz_support;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,18 +29,31 @@ use prost::Message as _;
 const TARGET: &str = "batch_decode";
 
 struct Ledger {
-    _dir: tempfile::TempDir,
     store: SledStore,
     agents: AtomicU64,
 }
 
+/// The ledger both test functions apply to, opened once per process. It lives in a static,
+/// which is never dropped, so not in a `TempDir` (that left one `/tmp/.tmpXXXXXX` ledger
+/// behind per run): under the target directory, one per process, and the directories of
+/// earlier processes that have exited are removed here.
 fn ledger() -> &'static Ledger {
     static L: std::sync::OnceLock<Ledger> = std::sync::OnceLock::new();
     L.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open_with_cache(dir.path(), 16 << 20).unwrap();
+        let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-batch-decode");
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                if !std::path::Path::new("/proc").join(&pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SledStore::open_with_cache(&dir, 16 << 20).unwrap();
         Ledger {
-            _dir: dir,
             store,
             agents: AtomicU64::new(0),
         }

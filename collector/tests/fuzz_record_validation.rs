@@ -9,7 +9,7 @@
 //! Inputs: every file of `fuzz/corpus/record_validation` (an encoded `IntervalRecord`
 //! each), then `FLOPMETER_FUZZ_CASES` (default 600) generated records.
 
-mod fuzz_support;
+use crate::fuzz_support;
 
 use flopmeter_collector::ingest::validate::{self, Limits};
 use flopmeter_proto::v1::{IntervalRecord, MigInstance, WorkloadDeclaration, WorkloadIdentity};

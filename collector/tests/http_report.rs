@@ -1,9 +1,8 @@
 //! The read side on a known ledger: /metrics names and labels, /healthz, /readyz, the
 //! /api/v1 JSON, the admin gRPC API, and the report in text, JSON and CSV.
 
-mod common;
+use crate::support;
 
-use common::{incoming, rec_at};
 use flopmeter_collector::Collector;
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ledger::sled_store::SledStore;
@@ -12,7 +11,7 @@ use flopmeter_collector::report::{self, Format, Report};
 use flopmeter_core::stage::StagePolicy;
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::Method;
-use flopmeter_sim::loadgen::http_get;
+use support::{incoming, rec_at};
 
 const END: i64 = 1_780_000_000_000;
 const DAY: i64 = 86_400_000;
@@ -205,11 +204,7 @@ async fn http_and_admin_api() {
     let mut cfg = CollectorConfig::for_data_dir(dir.path());
     cfg.admin_token = Some("adm1n".into());
     let c = Collector::start(cfg).await.unwrap();
-    let base = format!("http://{}", c.http_addr());
-    let get = |path: &str| {
-        let url = format!("{base}{path}");
-        std::thread::spawn(move || http_get(&url)).join().unwrap()
-    };
+    let get = |path: &str| support::http_get(c.http_addr(), path);
 
     assert_eq!(get("/healthz").unwrap(), "ok\n");
     assert_eq!(get("/readyz").unwrap(), "ready\n");

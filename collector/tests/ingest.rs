@@ -3,14 +3,14 @@
 //! same stream are accounted; refusals end the stream with the documented status; resends
 //! are ignored; gaps are never skipped.
 
-mod common;
+use crate::support;
 
-use common::{Stream, rec, start};
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::ingest::validate::RejectReason;
 use flopmeter_collector::metrics::Refusal;
 use flopmeter_collector::{Collector, now_unix_ms};
 use flopmeter_proto::v1::{CollectorMessage, IntervalRecord, collector_message::Kind};
+use support::{Stream, rec, start};
 
 const GOOD: u64 = 4_000_000_000_000_000;
 

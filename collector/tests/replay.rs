@@ -3,15 +3,15 @@
 //! arrive before their predecessors hit a gap and are refused (Resend); the simulated agents
 //! then resend everything from the mark, as real agents do.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 
-use common::{incoming, rec_at};
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, IncomingBatch, LedgerStore};
 use flopmeter_proto::v1::IntervalRecord;
 use proptest::prelude::*;
+use support::{incoming, rec_at};
 
 const AGENTS: [&str; 2] = ["agent-a", "agent-b"];
 const END: i64 = 1_780_000_000_000;
@@ -103,7 +103,8 @@ fn copies() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    // A new seed each run, printed; FLOPMETER_FUZZ_SEED replays one (fuzz/README.md).
+    #![proptest_config(crate::support::seed::config(24))]
 
     #[test]
     fn replays_in_any_order_across_restarts_give_identical_totals(

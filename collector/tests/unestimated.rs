@@ -5,14 +5,13 @@
 //! (never inside) the estimated figures, in /api/v1, /metrics and the report's text, JSON and
 //! CSV, and lists the largest unattributed sources. `ledger verify` stays exact.
 
-mod common;
+use crate::support;
 
-use common::{Stream, rec_at, start};
 use flopmeter_collector::report::{self, Format, Report};
 use flopmeter_collector::{Collector, now_unix_ms};
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::{AttributionSource, IntervalRecord, Method, collector_message::Kind};
-use flopmeter_sim::loadgen::http_get;
+use support::{Stream, rec_at, start};
 
 const HOUR: i64 = 3_600_000;
 const C: u64 = 4_000_000_000_000_000;
@@ -58,9 +57,8 @@ fn job(mut r: IntervalRecord, job: &str, user: &str) -> IntervalRecord {
     r
 }
 
-fn try_get(c: &Collector, path: &str) -> std::io::Result<String> {
-    let url = format!("http://{}{path}", c.http_addr());
-    std::thread::spawn(move || http_get(&url)).join().unwrap()
+fn try_get(c: &Collector, path: &str) -> Result<String, String> {
+    support::http_get(c.http_addr(), path)
 }
 
 fn get(c: &Collector, path: &str) -> String {
@@ -76,7 +74,7 @@ async fn work_that_could_not_be_estimated_is_counted_reported_and_alertable() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
     // The node's GPUs: the catalogued H100 and the uncatalogued one without a peak.
-    let mut hello = common::hello("a1");
+    let mut hello = support::hello("a1");
     if let Some(pb::agent_message::Kind::Hello(h)) = &mut hello.kind {
         h.gpus.push(pb::GpuInventory {
             index: 1,

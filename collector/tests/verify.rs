@@ -1,11 +1,11 @@
 //! `verify` recomputes every aggregate from raw batches and rollups: it passes on a clean
 //! ledger (before and after rollups) and names every tampered aggregate.
 
-mod common;
+use crate::support;
 
-use common::{incoming, rec_at};
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, LedgerStore, keys};
+use support::{incoming, rec_at};
 
 const END: i64 = 1_780_000_000_000;
 const C: u64 = 2_000_000_000_000_000;

@@ -6,17 +6,17 @@
 //! (`collector/src/failpoint.rs`): while it is held, a second verification is refused, a
 //! batch is acknowledged, and once released the verdict counts that batch and is clean.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{Stream, rec};
 use flopmeter_collector::Collector;
 use flopmeter_collector::config::CollectorConfig;
 use flopmeter_collector::failpoint::{Hold, held_marker};
 use flopmeter_proto::v1 as pb;
 use flopmeter_proto::v1::admin_client::AdminClient;
 use flopmeter_proto::v1::collector_message::Kind;
+use support::{Stream, rec};
 
 const TOKEN: &str = "v3rify";
 const GOOD: u64 = 4_000_000_000_000_000;

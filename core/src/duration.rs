@@ -60,10 +60,11 @@ impl FromStr for HumanDuration {
                 });
             }
         };
-        if !secs.is_finite() || secs < 0.0 || secs > Duration::MAX.as_secs_f64() {
-            return Err(DurationError::OutOfRange(s.to_string()));
-        }
-        Ok(HumanDuration(Duration::from_secs_f64(secs)))
+        // Finite is not enough: 1e308 s is finite and beyond any Duration, and
+        // `Duration::MAX.as_secs_f64()` rounds up, so only the checked conversion decides.
+        Duration::try_from_secs_f64(secs)
+            .map(HumanDuration)
+            .map_err(|_| DurationError::OutOfRange(s.to_string()))
     }
 }
 
@@ -101,6 +102,12 @@ mod tests {
         }
         assert_eq!("1.5s".parse::<HumanDuration>().unwrap().0.as_millis(), 1500);
         assert!("5 weeks".parse::<HumanDuration>().is_err());
+        // Finite but beyond any Duration: an error, not a panic (found by config_parse's
+        // fuzzing with a per-run seed; corpus cli_duration_too_long.toml).
+        let huge = format!("{}", 1e308_f64);
+        let err = huge.parse::<HumanDuration>().unwrap_err();
+        assert!(matches!(err, DurationError::OutOfRange(_)), "{err}");
+        assert!("1e308".parse::<HumanDuration>().is_err());
         assert!("-1s".parse::<HumanDuration>().is_err());
         // Once a panic in Duration::from_secs_f64; now an error that names the text.
         assert_eq!(

@@ -30,6 +30,7 @@
 //!   [`harness::FakeNvml::without_symbols`].
 
 pub mod abi;
+pub mod builder;
 pub mod curve;
 mod ffi;
 pub mod harness;

@@ -29,7 +29,33 @@ pub fn run(args: &AgentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        flopmeter_agent::run(args.clone(), wait_for_signal()).await?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let opts = flopmeter_agent::RunOptions {
+            ready: Some(ready_tx),
+            ..flopmeter_agent::RunOptions::default()
+        };
+        let ready_file = args.ready_file.clone();
+        let announce = async move {
+            // The sender is dropped unused when the agent fails to start: nothing to say.
+            if let (Some(path), Ok(ready)) = (ready_file, ready_rx.await) {
+                let what = serde_json::json!({
+                    "agent_id": ready.agent_id,
+                    "node": ready.node,
+                    "metrics": ready.metrics_addr.map(|a| a.to_string()),
+                });
+                if let Err(e) = super::ready::write(&path, &what) {
+                    tracing::error!(error = %format!("{e:#}"), "--ready-file");
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(
+            flopmeter_agent::run_with(args.clone(), opts, wait_for_signal()),
+            announce
+        );
+        if let Some(path) = &args.ready_file {
+            super::ready::remove(path);
+        }
+        result?;
         anyhow::Ok(())
     })
 }

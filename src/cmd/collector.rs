@@ -23,14 +23,27 @@ pub fn run(args: &CollectorArgs, _out: &mut dyn Write) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let collector = Collector::start(cfg).await?;
+        if let Some(path) = &args.ready_file {
+            super::ready::write(
+                path,
+                &serde_json::json!({
+                    "grpc": collector.grpc_addr().to_string(),
+                    "http": collector.http_addr().to_string(),
+                }),
+            )?;
+        }
         wait_for_signal().await?;
         tracing::info!("shutting down");
+        if let Some(path) = &args.ready_file {
+            super::ready::remove(path);
+        }
         collector.shutdown().await?;
         anyhow::Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves on SIGTERM (what supervisors and `kill` send) or SIGINT (Ctrl-C).
+pub(super) async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {

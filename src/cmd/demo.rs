@@ -19,7 +19,7 @@ pub struct DemoArgs {
     /// Short mode: FLOP figures and levels × 1e-3 (a few thousand records; for tests).
     #[arg(long)]
     pub fast: bool,
-    /// Leave the collector running after the story (Ctrl-C stops it).
+    /// Leave the collector running after the story (Ctrl-C or SIGTERM stops it).
     #[arg(long)]
     pub keep_running: bool,
     /// gRPC address of the embedded collector (port 0: any free port).
@@ -50,15 +50,15 @@ pub fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> 
                 out,
                 "\ncollector still running: console http://{http}/ui/ (log in as {} with token \
                  {}), http://{http}/metrics, http://{http}/api/v1/alerts (gRPC http://{}, \
-                 admin token demo-admin-token); Ctrl-C to stop",
+                 admin token demo-admin-token); Ctrl-C or SIGTERM to stop",
                 demo::CONSOLE_ADMIN,
                 demo::CONSOLE_ADMIN_TOKEN,
                 outcome.collector.grpc_addr()
             )?;
             out.flush()?;
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
+            // SIGTERM too: that is how scripts, tests and supervisors stop it, and the
+            // temporary ledger below must go either way.
+            super::collector::wait_for_signal().await?;
         }
         outcome.collector.shutdown().await?;
         if outcome.temporary {

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod model;
 pub mod models;
+mod ready;
 pub mod report;
 
 /// Logs to stderr, filtered by `FLOPMETER_LOG` (default `info`), as text or JSON lines. Shared

@@ -22,18 +22,12 @@ pub fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// proptest's configuration for a target: the case count, a seed from
-/// `FLOPMETER_FUZZ_SEED` (a long run should vary it), no regression files (the corpus is
-/// the regression file).
+/// proptest's configuration for a target: the case count, this run's seed (new per run and
+/// printed, or `FLOPMETER_FUZZ_SEED` to replay one: `tests/support/seed.rs`), no regression
+/// files (the corpus is the regression file).
 pub fn config(default_cases: u32) -> ProptestConfig {
-    let mut c = ProptestConfig::with_cases(cases(default_cases));
+    let mut c = crate::support::seed::config(cases(default_cases));
     c.failure_persistence = None;
-    c.rng_seed = match std::env::var("FLOPMETER_FUZZ_SEED") {
-        Ok(s) => {
-            proptest::test_runner::RngSeed::Fixed(s.parse().expect("FLOPMETER_FUZZ_SEED: u64"))
-        }
-        Err(_) => proptest::test_runner::RngSeed::Fixed(0x666c_6f70),
-    };
     c.max_shrink_iters = 2_000;
     c
 }

@@ -6,12 +6,11 @@
 //! is answered with `Resend{from: hwm + 1}`. So "applied" below is exactly what a real
 //! collector would have counted.
 
-#![allow(dead_code)] // Each test file uses a different part of the fake.
+#![allow(dead_code)] // Shared with the top-level tests, which use only part of it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use flopmeter_proto::v1::{
     Ack, AgentMessage, CollectorMessage, Hello, IntervalRecord, Rejection, Resend, Welcome,
@@ -30,6 +29,9 @@ pub struct Script {
     pub duplicate_acks: bool,
     /// Stop reading and answering (until `stall = false` and `unstall()`).
     pub stall: bool,
+    /// Answer this many more batches, then stall (as `stall`): where a stall begins is then
+    /// the fake's own doing, not a race with the test thread.
+    pub stall_after_batches: Option<u32>,
     /// Silently lose the first batch that contains this sequence number (once).
     pub lose_batch_with: Option<u64>,
     /// Reject these sequence numbers (applied as quarantined, acked with a rejection).
@@ -262,6 +264,14 @@ impl Ingest for FakeCollector {
                                 return;
                             }
                         }
+                        {
+                            let mut st = me.state.lock().unwrap();
+                            if let Some(n) = st.script.stall_after_batches {
+                                let n = n.saturating_sub(1);
+                                st.script.stall_after_batches = (n > 0).then_some(n);
+                                st.script.stall |= n == 0;
+                            }
+                        }
                     }
                     None => return,
                 }
@@ -274,12 +284,5 @@ impl Ingest for FakeCollector {
 }
 
 /// Waits (bounded, generously) until `cond` holds; only keeps a broken build from hanging.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..6000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
+/// (Included by path from the top-level tests too, whose harness has the same module.)
+pub use crate::support::proc::eventually_async as eventually;

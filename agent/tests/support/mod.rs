@@ -1,4 +1,5 @@
-//! Shared test rig: a private fake NVML per test, driven with virtual time.
+//! The agent tests' harness: a private fake NVML per test, driven with virtual time, plus the
+//! workspace's HTTP client, process helpers and proptest seed (`tests/support/`).
 //!
 //! The fake library is built by `fake_nvml::harness`, which runs `cargo build -p fake-nvml`
 //! once per test process (a no-op when up to date) and copies the result into a temp dir
@@ -7,6 +8,15 @@
 //! tests run in parallel (one dlopen instance per copy).
 
 #![allow(dead_code)] // Each test file uses a different part of the rig.
+
+#[path = "../../../tests/support/http.rs"]
+pub mod http;
+#[path = "../../../tests/support/proc.rs"]
+pub mod proc;
+#[path = "../../../tests/support/seed.rs"]
+pub mod seed;
+
+pub use proc::Proc;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,6 +1,15 @@
-//! Shared test helpers: records, batches, an in-process collector and a raw stream client.
+//! The collector tests' harness: records, batches, an in-process collector and a raw stream
+//! client, plus the workspace's HTTP client, process helpers and proptest seed
+//! (`tests/support/`).
 
 #![allow(dead_code)]
+
+#[path = "../../../tests/support/http.rs"]
+pub mod http;
+#[path = "../../../tests/support/proc.rs"]
+pub mod proc;
+#[path = "../../../tests/support/seed.rs"]
+pub mod seed;
 
 use std::time::Duration;
 
@@ -146,4 +155,18 @@ pub fn hello(agent: &str) -> AgentMessage {
             ..Hello::default()
         })),
     }
+}
+
+/// `GET path` on a collector's HTTP port, from a thread of its own (the client blocks, and
+/// the collector runs on the test's runtime): the body of a 200, else `HTTP <status>:
+/// <body>` (or why nothing answered).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let path = path.to_string();
+    std::thread::spawn(move || match http::request(addr, "GET", &path, &[], "") {
+        Ok(r) if r.status == 200 => Ok(r.body),
+        Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
+        Err(e) => Err(format!("no answer: {e}")),
+    })
+    .join()
+    .unwrap()
 }

@@ -1,0 +1,29 @@
+//! `--ready-file`: a long-running command says what it bound, once it serves.
+//!
+//! With port 0 the kernel picks the ports, so nothing else knows them; a file written after
+//! the listeners are up (and replaced atomically, so a reader never sees half of it) lets a
+//! supervisor, a script or a test wait for readiness and learn the addresses in one step,
+//! without parsing logs or racing another program for a port picked in advance.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Writes `what` as JSON to `path` (temporary file, then rename).
+pub fn write(path: &Path, what: &serde_json::Value) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{what}\n"))
+        .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write the ready file {}", path.display()))
+}
+
+/// Removes the file at a clean stop, so nobody reads addresses nothing listens on.
+pub fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the ready file");
+    }
+}
