@@ -6,6 +6,9 @@
 //! peak RSS for 8 fake GPUs at 1 Hz over 60 s) comes from `scripts/agent-footprint`; both go
 //! into BENCHMARKS.md.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

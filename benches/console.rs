@@ -7,6 +7,9 @@
 //! Run: `cargo bench --bench console`. Figures are recorded in BENCHMARKS.md
 //! (targets: under 200 ms, under 500 KB).
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};

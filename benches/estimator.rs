@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench --bench estimator`.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use flopmeter_core::catalogue::find;
 use flopmeter_core::estimator::{Activity, GpmActivity, Interval, estimate};

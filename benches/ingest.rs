@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench ingest`. Figures are recorded in BENCHMARKS.md.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

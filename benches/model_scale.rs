@@ -13,6 +13,9 @@
 //! collector through (`heaptrack`, for one) in `FLOPMETER_BENCH_COLLECTOR_WRAPPER` (the RSS
 //! figures are then the wrapper's). Figures in BENCHMARKS.md.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -25,7 +25,7 @@ mod term;
     max_term_width = 100
 )]
 struct Cli {
-    /// TOML config file with one table per subcommand ([agent], [collector], ...) keyed by long
+    /// TOML config file with one table per subcommand (a table named agent, collector, ...) keyed by long
     /// flag names. Precedence: command line, then FLOPMETER_* environment, then this file,
     /// then built-in defaults.
     #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "FILE")]

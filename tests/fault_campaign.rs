@@ -24,6 +24,9 @@
 //! `FLOPMETER_CHAOS_SEED` picks the chaos plan (default fixed; printed). The summary is also
 //! written as JSON to `<target dir>/fault-campaign.json`.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -8,6 +8,9 @@
 //! Not here: `fault_campaign.rs`, its own binary, which runs only when
 //! `FLOPMETER_FAULT_CAMPAIGN=1` and then wants the machine to itself.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 // Shared by the `fuzz_*` targets (and by the collector's, which include it the same way).

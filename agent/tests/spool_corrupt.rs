@@ -5,6 +5,9 @@
 //! the collector rejects it visibly); sequence numbers never repeat once the collector's
 //! Welcome has been applied.
 
+// These tests damage the spool behind the agent's back, so they open sled directly.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 
 use flopmeter_agent::spool::{CORRUPT_PLACEHOLDER_UUID, Spool, SpoolError, SpoolOptions};

@@ -7,6 +7,9 @@
 //! Run one file's tests with its module name as the filter, e.g.
 //! `cargo test -p flopmeter-agent --test integration shipper::`.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod collector_fake;
 mod support;
 

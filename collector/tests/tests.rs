@@ -7,6 +7,9 @@
 //! Run one file's tests with its module name as the filter, e.g.
 //! `cargo test -p flopmeter-collector --test integration fuzz_batch_decode::`.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod fuzz_support;
 mod support;
 

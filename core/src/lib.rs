@@ -14,7 +14,7 @@
 //!   changes to them (add, change, disable, deciding bound), versioned.
 //! - [`stage`]: training stages and which count toward the regulatory total.
 //! - [`duration`]: durations as humans write them in flags and config (`10s`, `90d`).
-//! - [`format`]: figures as regulators ask for them (two significant figures, more near a
+//! - [`format`](mod@format): figures as regulators ask for them (two significant figures, more near a
 //!   threshold, plain days and MWh, deadlines); [`exact`]: JSON with `u128` as decimal
 //!   strings, for clients that read numbers as doubles.
 //! - [`utc`]: time as `i64` Unix milliseconds, UTC only: the one hour and day, the one

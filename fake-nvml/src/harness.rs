@@ -205,6 +205,10 @@ impl FakeNvml {
         let clock = self.dir.path().join(CLOCK_FILE_NAME);
         std::fs::write(&tmp, format!("{seconds}"))
             .map_err(io_err(format!("writing {}", tmp.display())))?;
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test clock needs atomicity, not durability (see above)"
+        )]
         std::fs::rename(&tmp, &clock).map_err(io_err(format!("renaming to {}", clock.display())))
     }
 }

@@ -10,6 +10,9 @@
 //! FLOPMETER_REGENERATE_PROTO=1 cargo test -p flopmeter-proto --test bootstrap
 //! ```
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 #[test]

@@ -9,14 +9,14 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Writes `what` as JSON to `path` (temporary file, then rename).
+/// Writes `what` as JSON to `path` ([`flopmeter_durable::write_atomic`]).
 pub fn write(path: &Path, what: &serde_json::Value) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{what}\n"))
-        .with_context(|| format!("cannot write the ready file {}", path.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot write the ready file {}", path.display()))
+    flopmeter_durable::write_atomic(
+        path,
+        format!("{what}\n").as_bytes(),
+        flopmeter_durable::Access::Shared,
+    )
+    .with_context(|| format!("cannot write the ready file {}", path.display()))
 }
 
 /// Removes the file at a clean stop, so nobody reads addresses nothing listens on.

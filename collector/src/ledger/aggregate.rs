@@ -587,10 +587,9 @@ impl Sources {
                 if c.size() > min_size {
                     let evicted = self.named.remove(min);
                     self.other.add(&evicted.counts);
-                    let at = self
-                        .named
-                        .binary_search_by(|e| e.key.cmp(&key))
-                        .unwrap_err();
+                    // The key is not in the set (it was looked up above); either way the
+                    // search names the position that keeps the set sorted.
+                    let (Ok(at) | Err(at)) = self.named.binary_search_by(|e| e.key.cmp(&key));
                     self.named.insert(at, SourceEntry { key, counts: *c });
                 } else {
                     self.other.add(c);

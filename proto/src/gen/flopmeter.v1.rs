@@ -158,7 +158,7 @@ pub struct WorkloadIdentity {
     /// Slurm job user (SLURM_JOB_USER), when known.
     #[prost(string, tag = "8")]
     pub user: ::prost::alloc::string::String,
-    /// Command name (/proc/<pid>/comm) of the process that did the most work, so unattributed
+    /// Command name (`/proc/<pid>/comm`) of the process that did the most work, so unattributed
     /// work can be traced to what ran it.
     #[prost(string, tag = "9")]
     pub process: ::prost::alloc::string::String,
