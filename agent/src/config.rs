@@ -5,10 +5,8 @@
 //! `--print-config` prints the effective options as such an `[agent]` table, so an operator
 //! can see what a node runs with, and paste it into a config file. The agent token is redacted.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -27,87 +25,9 @@ pub enum AgentConfigError {
     Tls(#[from] flopmeter_tls::TlsError),
 }
 
-/// The former name of [`AgentConfigError`] (the collector's and the config file's errors had
-/// the same name); removed once every branch uses the new one.
-pub type ConfigError = AgentConfigError;
-
 pub use flopmeter_core::duration::HumanDuration;
 
-/// A size written as humans do: `256MiB`, `1GiB`, `500MB`, `1048576`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-/// Why a text is not a size.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ByteSizeError {
-    /// No number in front.
-    #[error("invalid size {0:?}: expected e.g. 256MiB, 1GiB")]
-    Syntax(String),
-    /// A unit other than B, KB, MB, GB, KiB, MiB, GiB.
-    #[error("invalid size unit {unit:?} in {text:?}")]
-    Unit {
-        /// The unit as written.
-        unit: String,
-        /// The whole text.
-        text: String,
-    },
-    /// Beyond 64 bits.
-    #[error("invalid size {0:?}")]
-    OutOfRange(String),
-}
-
-impl FromStr for ByteSize {
-    type Err = ByteSizeError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| ByteSizeError::Syntax(s.to_string()))?;
-        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "k" | "kb" => 1e3,
-            "m" | "mb" => 1e6,
-            "g" | "gb" => 1e9,
-            "ki" | "kib" => 1024.0,
-            "mi" | "mib" => 1024.0 * 1024.0,
-            "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-            other => {
-                return Err(ByteSizeError::Unit {
-                    unit: other.to_string(),
-                    text: s.to_string(),
-                });
-            }
-        };
-        let bytes = n * mult;
-        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-            return Err(ByteSizeError::OutOfRange(s.to_string()));
-        }
-        Ok(ByteSize(bytes.round() as u64))
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        for (u, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-            if b >= u && b.is_multiple_of(u) {
-                return write!(f, "{}{name}", b / u);
-            }
-        }
-        write!(f, "{b}")
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+pub use flopmeter_core::size::{ByteSize, ByteSizeError};
 
 /// Whether to watch Kubernetes pods for attribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -93,10 +93,6 @@ pub enum CollectorConfigError {
     Invalid(String),
 }
 
-/// The collector's former name for [`CollectorConfigError`], kept for code written before the
-/// rename (the agent's and the config file's errors had the same name).
-pub type ConfigError = CollectorConfigError;
-
 /// Which tokens file an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokensFile {

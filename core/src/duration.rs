@@ -35,19 +35,24 @@ pub enum DurationError {
     OutOfRange(String),
 }
 
+/// `10s` → `(10.0, "s")`, `1.5 GiB` → `(1.5, "GiB")`: the leading decimal number and the
+/// unit after it (trimmed), the one rule durations and sizes are read by. `None` without a
+/// number in front.
+pub(crate) fn split_number_unit(s: &str) -> Option<(f64, &str)> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
 impl FromStr for HumanDuration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| DurationError::Syntax(s.to_string()))?;
-        let secs = match unit.trim() {
+        let (n, unit) = split_number_unit(s).ok_or_else(|| DurationError::Syntax(s.to_string()))?;
+        let secs = match unit {
             "ms" => n / 1000.0,
             "s" | "" => n,
             "m" | "min" => n * 60.0,

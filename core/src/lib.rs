@@ -14,6 +14,7 @@
 //!   changes to them (add, change, disable, deciding bound), versioned.
 //! - [`stage`]: training stages and which count toward the regulatory total.
 //! - [`duration`]: durations as humans write them in flags and config (`10s`, `90d`).
+//! - [`size`]: sizes as humans write them (`256MiB`, `1GiB`).
 //! - [`format`](mod@format): figures as regulators ask for them (two significant figures, more near a
 //!   threshold, plain days and MWh, deadlines); [`exact`]: JSON with `u128` as decimal
 //!   strings, for clients that read numbers as doubles.
@@ -53,6 +54,7 @@ pub mod exact;
 pub mod format;
 pub mod plan;
 pub mod projection;
+pub mod size;
 pub mod stage;
 pub mod text;
 pub mod threshold;
