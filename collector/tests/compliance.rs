@@ -6,7 +6,7 @@
 //! depends on wall-clock timing; waits are bounded polls.
 //!
 //! Why one file of 1,200 lines: the tests share one fixture (a collector with a virtual
-//! engine clock, a recording webhook and a real Alertmanager started once for the binary)
+//! engine clock and a recording webhook; one test adds a real Alertmanager)
 //! and read as one story of an alert's life; split by topic, every part would import the
 //! whole fixture and the story would be harder to follow. The storage-boundary work moves
 //! its store-level cases into the parametrised store suite, which shrinks it.
