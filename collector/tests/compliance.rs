@@ -1207,10 +1207,14 @@ async fn overdue_ack_and_dismissal_are_said_in_full_everywhere() {
 /// `plan-declared` entry of the chain written with the batch.
 #[test]
 fn record_plans_become_versions_only_when_they_say_something_new() {
-    use flopmeter_collector::ledger::LedgerStore;
+    support::stores::for_each_store(|t| record_plans_become_versions(t.ledger(), t.compliance()));
+}
+
+fn record_plans_become_versions(
+    s: &dyn flopmeter_collector::ledger::LedgerStore,
+    store: &dyn ComplianceStore,
+) {
     use flopmeter_collector::ledger::plans::PlanScope;
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
     let t = now_unix_ms() - 3_600_000;
     let rec = |seq: u64, end: i64, planned: &str| {
         let mut r = support::rec_at(seq, "m", "r", "", 1_000, end);
@@ -1263,7 +1267,6 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
             (t + 30_000, Some(5 * e(24))),
         ]
     );
-    let store = &s;
     let declared: Vec<String> = store
         .audit_entries()
         .unwrap()

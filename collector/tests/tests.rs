@@ -15,6 +15,7 @@ mod support;
 
 mod bounds;
 mod compliance;
+mod compliance_store;
 mod console_access;
 mod fuzz_batch_decode;
 mod fuzz_record_validation;

@@ -29,7 +29,7 @@ pub(crate) mod chain;
 pub(crate) mod engine;
 pub(crate) mod evidence;
 pub(crate) mod http;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod outbox;
 pub mod store;
 
