@@ -22,6 +22,7 @@ mod fuzz_record_validation;
 mod http_report;
 mod ingest;
 mod replay;
+mod store_model;
 mod unestimated;
 mod verify;
 mod verify_online;
