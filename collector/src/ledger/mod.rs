@@ -2,7 +2,8 @@
 //!
 //! [`LedgerStore`] is the boundary between the collector's logic and its storage, so that a
 //! replicated database (PostgreSQL first, DESIGN.md §9) can replace the embedded sled store
-//! ([`sled_store::SledStore`]) without touching ingest, reports or the compliance engine.
+//! ([`sled_store::SledStore`]) without touching ingest, reports or the compliance engine
+//! (which reads its evidence through it too: [`LedgerStore::raw_batch_ids`]).
 //!
 //! What a store keeps, and the invariants every implementation must hold:
 //! - **raw batches**: the applied records of each received batch, as received, keyed by agent
@@ -20,10 +21,16 @@
 //! Totals must be recomputable from raw batches plus rollups alone: [`LedgerStore::verify`]
 //! does that and reports every aggregate that differs.
 //!
-//! Concurrency contract: all mutating methods are called from one writer at a time (the
-//! collector's ledger writer, `crate::writer`); reads may run concurrently with it.
-//! Durability contract: nothing a mutating method wrote is durable until [`LedgerStore::flush`]
-//! returns; the collector acknowledges only after it.
+//! What is atomic, idempotent and durable, for several writers in several processes, is the
+//! contract in [`crate::storage`], which pairs this trait with the compliance store's on one
+//! backend. Inside one collector process, the ledger writer (`crate::writer`) is the only
+//! code that calls the mutating methods; reads may run concurrently with it. Nothing a
+//! mutating method wrote is durable until [`LedgerStore::flush`] returns; the collector
+//! acknowledges only after it.
+//!
+//! Implementations: [`sled_store::SledStore`] and the reference model
+//! [`memory_store::MemoryStore`]; the pure rules both follow are `sequence`, `aggregate`,
+//! `facts` (plan versions and the audit entries of a write) and [`verify`].
 
 pub(crate) mod aggregate;
 pub(crate) mod codec;
