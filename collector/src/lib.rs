@@ -11,7 +11,9 @@
 //! - [`config`]: `flopmeter collector` flags and the resolved configuration;
 //! - [`ingest`]: the agent stream, validation at the door ([`ingest::validate`]), tokens;
 //! - `writer`: the one thread that mutates the ledger (group commit, ack after flush);
-//! - [`ledger`]: the [`ledger::LedgerStore`] trait, its sled implementation, aggregates,
+//! - [`storage`]: the storage boundary: [`ledger::LedgerStore`] and
+//!   [`compliance::store::ComplianceStore`], implemented by one backend, and their contract;
+//! - [`ledger`]: the ledger trait, its sled and in-memory implementations, aggregates,
 //!   rollups and `verify`;
 //! - [`admin`], `http`, [`metrics`], [`report`]: the read and admin sides;
 //! - `console`: the server-rendered web console under `/ui/`.
@@ -34,6 +36,7 @@ pub mod metrics;
 pub(crate) mod newruns;
 pub(crate) mod occupancy;
 pub mod report;
+pub mod storage;
 pub(crate) mod tls;
 pub(crate) mod writer;
 
@@ -52,7 +55,6 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::CollectorConfig;
-use crate::ledger::sled_store::SledStore;
 use crate::ledger::{LedgerStore, StoreError};
 use crate::metrics::Metrics;
 use crate::writer::{Job, Writer};
@@ -141,15 +143,14 @@ impl Collector {
             .as_ref()
             .map(|p| tls::ServerTls::load(p, flopmeter_tls::unix_now()))
             .transpose()?;
-        let data_dir = cfg.data_dir.clone();
-        let cache_bytes = cfg.cache_bytes;
-        let sled_store =
-            tokio::task::spawn_blocking(move || SledStore::open_with_cache(&data_dir, cache_bytes))
-                .await
-                .map_err(ServeError::Task)??;
-        // The compliance engine keeps its trees in the same database (one flush covers both).
-        let compliance_store = Arc::new(compliance::ComplianceStore::open(&sled_store)?);
-        let store: Arc<dyn LedgerStore> = Arc::new(sled_store);
+        let backend = storage::Backend::Embedded {
+            data_dir: cfg.data_dir.clone(),
+            cache_bytes: cfg.cache_bytes,
+        };
+        let stores = tokio::task::spawn_blocking(move || storage::open(&backend))
+            .await
+            .map_err(ServeError::Task)??;
+        let store = stores.ledger.clone();
         store.set_stage_policy(&cfg.policy)?;
         let marks = Arc::new(durable_marks::DurableMarks::load(store.as_ref())?);
         let metrics = Metrics::new();
@@ -176,8 +177,7 @@ impl Collector {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let engine = compliance::Engine::open(
-            store.clone(),
-            compliance_store,
+            stores,
             compliance::ComplianceConfig {
                 metrics_max_models: cfg.metrics_max_models,
                 ..cfg.compliance.clone()

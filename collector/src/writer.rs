@@ -306,7 +306,7 @@ impl Pending {
     /// reply of the group is [`StoreError::Broken`].
     fn take_error(&mut self) -> Option<StoreError> {
         fn never_sent<T>() -> Result<T, StoreError> {
-            Err(StoreError::Invalid("replaced by the write failure".into()))
+            Err(StoreError::Invalid("replaced by the write failure"))
         }
         match self {
             Pending::Apply(_, _, r) => std::mem::replace(r, never_sent()).err(),

@@ -378,7 +378,7 @@ async fn audit_verify_detects_modified_deleted_and_reordered_entries() {
     c.shutdown().await.unwrap();
 
     let ledger = SledStore::open(dir.path()).unwrap();
-    let store = ComplianceStore::open(&ledger).unwrap();
+    let store = &ledger;
     let n = store
         .verify_audit()
         .unwrap()
@@ -523,7 +523,7 @@ async fn the_demo_tells_its_story_in_short_mode() {
     o.collector.shutdown().await.unwrap();
     // Offline verification of the stopped collector's chain.
     let ledger = SledStore::open(&o.data_dir).unwrap();
-    let store = ComplianceStore::open(&ledger).unwrap();
+    let store = &ledger;
     assert_eq!(store.verify_audit().unwrap().unwrap(), o.audit_entries);
 }
 
@@ -669,8 +669,8 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
     let last = store.audit_entries().unwrap().pop().unwrap();
     let mut forged = last.clone();
     forged.actor = "mallory".into();
-    store
-        .audit_tree()
+    let sled = store.as_any().downcast_ref::<SledStore>().unwrap();
+    sled.audit_tree()
         .insert(last.seq.to_be_bytes(), serde_json::to_vec(&forged).unwrap())
         .unwrap();
     c.compliance().evaluate_now().await.unwrap();
@@ -681,8 +681,7 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
         "{}",
         c.metrics().render()
     );
-    store
-        .audit_tree()
+    sled.audit_tree()
         .insert(last.seq.to_be_bytes(), serde_json::to_vec(&last).unwrap())
         .unwrap();
     drop(store);
@@ -691,7 +690,7 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
     // Offline: entry 2 is edited.
     let n = {
         let ledger = SledStore::open(dir.path()).unwrap();
-        let store = ComplianceStore::open(&ledger).unwrap();
+        let store = &ledger;
         let n = store
             .verify_audit()
             .unwrap()
@@ -807,7 +806,7 @@ async fn a_plan_revised_seconds_later_still_started_the_clock_and_is_on_record()
         s.set_model_entry(&entry(2 * 10u128.pow(25), t)).unwrap();
         s.set_model_entry(&entry(5 * 10u128.pow(24), t + 3_000))
             .unwrap();
-        s.flush().unwrap();
+        LedgerStore::flush(&s).unwrap();
         let h = s.plan_histories("rev").unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].1.versions.len(), 2, "both versions are kept");
@@ -1214,10 +1213,14 @@ async fn overdue_ack_and_dismissal_are_said_in_full_everywhere() {
 /// `plan-declared` entry of the chain written with the batch.
 #[test]
 fn record_plans_become_versions_only_when_they_say_something_new() {
-    use flopmeter_collector::ledger::LedgerStore;
+    support::stores::for_each_store(|t| record_plans_become_versions(t.ledger(), t.compliance()));
+}
+
+fn record_plans_become_versions(
+    s: &dyn flopmeter_collector::ledger::LedgerStore,
+    store: &dyn ComplianceStore,
+) {
     use flopmeter_collector::ledger::plans::PlanScope;
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
     let t = now_unix_ms() - 3_600_000;
     let rec = |seq: u64, end: i64, planned: &str| {
         let mut r = support::rec_at(seq, "m", "r", "", 1_000, end);
@@ -1270,7 +1273,6 @@ fn record_plans_become_versions_only_when_they_say_something_new() {
             (t + 30_000, Some(5 * e(24))),
         ]
     );
-    let store = ComplianceStore::open(&s).unwrap();
     let declared: Vec<String> = store
         .audit_entries()
         .unwrap()

@@ -1,13 +1,13 @@
 //! Property: replaying the same batches 1, 2 or 10 times, in any order, across store
 //! restarts, gives exactly the totals of applying each batch once in order. Deliveries that
 //! arrive before their predecessors hit a gap and are refused (Resend); the simulated agents
-//! then resend everything from the mark, as real agents do.
+//! then resend everything from the mark, as real agents do. On every store
+//! (`support::stores`).
 
 use crate::support;
 
 use std::collections::BTreeMap;
 
-use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, IncomingBatch, LedgerStore};
 use flopmeter_proto::v1::IntervalRecord;
 use proptest::prelude::*;
@@ -86,18 +86,6 @@ fn snapshot(s: &dyn LedgerStore) -> Snapshot {
     (models, unatt, hwm)
 }
 
-/// Reopens a ledger after a drop in the same process: sled releases its file lock from a
-/// background thread shortly after the last handle goes, so retry (bounded) while it does.
-fn reopen(dir: &std::path::Path) -> SledStore {
-    for _ in 0..500 {
-        if let Ok(s) = SledStore::open(dir) {
-            return s;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    SledStore::open(dir).unwrap()
-}
-
 fn copies() -> impl Strategy<Value = usize> {
     prop_oneof![Just(1usize), Just(2), Just(10)]
 }
@@ -112,68 +100,81 @@ proptest! {
         times in proptest::collection::vec(copies(), 12),
         seed in any::<u64>(),
     ) {
-        let per_agent = batches(&sizes);
-
-        let ref_dir = tempfile::tempdir().unwrap();
-        let reference = SledStore::open(ref_dir.path()).unwrap();
-        for agent in &per_agent {
-            for b in agent {
-                reference.apply_batch(b).unwrap();
-            }
+        for (_, make) in support::stores::stores() {
+            replay_on(make, &sizes, &times, seed)?;
         }
-        let expected = snapshot(&reference);
-
-        // Every batch delivered 1, 2 or 10 times, in a shuffled order.
-        let mut deliveries: Vec<&IncomingBatch> = Vec::new();
-        for (i, b) in per_agent.iter().flatten().enumerate() {
-            for _ in 0..times[i % times.len()] {
-                deliveries.push(b);
-            }
-        }
-        let mut s = seed | 1;
-        let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            s >> 33
-        };
-        for i in (1..deliveries.len()).rev() {
-            let j = next() as usize % (i + 1);
-            deliveries.swap(i, j);
-        }
-
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SledStore::open(dir.path()).unwrap();
-        // Deliveries go to the store singly or in commit groups of up to 5, as the writer
-        // groups them.
-        let mut i = 0;
-        while i < deliveries.len() {
-            let n = (next() % 5 + 1) as usize;
-            let group = &deliveries[i..(i + n).min(deliveries.len())];
-            i += group.len();
-            if group.len() == 1 {
-                store.apply_batch(group[0]).unwrap();
-            } else {
-                for r in store.apply_group(group) {
-                    r.unwrap();
-                }
-            }
-            if next() % 7 == 0 {
-                // A collector restart: nothing flushed explicitly since the last one.
-                drop(store);
-                store = reopen(dir.path());
-            }
-        }
-        // Each agent resends from its mark, in order, as after a Resend or a Welcome.
-        for agent in &per_agent {
-            for b in agent {
-                let out = store.apply_batch(b).unwrap();
-                prop_assert_eq!(out.resend_from, None);
-            }
-        }
-        store.flush().unwrap();
-        drop(store);
-        let store = reopen(dir.path());
-        prop_assert_eq!(snapshot(&store), expected);
-        let v = store.verify().unwrap();
-        prop_assert!(v.ok(), "{:?}", v.mismatches);
     }
+}
+
+/// One run of the property on the stores `make` builds.
+fn replay_on(
+    make: support::stores::Constructor,
+    sizes: &[Vec<usize>],
+    times: &[usize],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let per_agent = batches(sizes);
+
+    let reference_store = make();
+    let reference = reference_store.ledger();
+    for agent in &per_agent {
+        for b in agent {
+            reference.apply_batch(b).unwrap();
+        }
+    }
+    let expected = snapshot(reference);
+
+    // Every batch delivered 1, 2 or 10 times, in a shuffled order.
+    let mut deliveries: Vec<&IncomingBatch> = Vec::new();
+    for (i, b) in per_agent.iter().flatten().enumerate() {
+        for _ in 0..times[i % times.len()] {
+            deliveries.push(b);
+        }
+    }
+    let mut s = seed | 1;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 33
+    };
+    for i in (1..deliveries.len()).rev() {
+        let j = next() as usize % (i + 1);
+        deliveries.swap(i, j);
+    }
+
+    let mut store = make();
+    println!("--- on the {} store", store.name);
+    // Deliveries go to the store singly or in commit groups of up to 5, as the writer
+    // groups them.
+    let mut i = 0;
+    while i < deliveries.len() {
+        let n = (next() % 5 + 1) as usize;
+        let group = &deliveries[i..(i + n).min(deliveries.len())];
+        i += group.len();
+        if group.len() == 1 {
+            store.ledger().apply_batch(group[0]).unwrap();
+        } else {
+            for r in store.ledger().apply_group(group) {
+                r.unwrap();
+            }
+        }
+        if next() % 7 == 0 {
+            // A collector restart: nothing flushed explicitly since the last one.
+            store.restart();
+        }
+    }
+    // Each agent resends from its mark, in order, as after a Resend or a Welcome.
+    for agent in &per_agent {
+        for b in agent {
+            let out = store.ledger().apply_batch(b).unwrap();
+            prop_assert_eq!(out.resend_from, None);
+        }
+    }
+    store.ledger().flush().unwrap();
+    store.restart();
+    prop_assert_eq!(snapshot(store.ledger()), expected);
+    let v = store.ledger().verify().unwrap();
+    prop_assert!(v.ok(), "{:?}", v.mismatches);
+    Ok(())
 }

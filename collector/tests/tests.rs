@@ -15,12 +15,14 @@ mod support;
 
 mod bounds;
 mod compliance;
+mod compliance_store;
 mod console_access;
 mod fuzz_batch_decode;
 mod fuzz_record_validation;
 mod http_report;
 mod ingest;
 mod replay;
+mod store_model;
 mod unestimated;
 mod verify;
 mod verify_online;

@@ -1,10 +1,12 @@
 //! `verify` recomputes every aggregate from raw batches and rollups: it passes on a clean
-//! ledger (before and after rollups) and names every tampered aggregate.
+//! ledger (before and after rollups) and names every tampered aggregate. The clean-ledger
+//! tests run on every store (`support::stores`); tampering reaches into sled's trees.
 
 use crate::support;
 
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, LedgerStore, keys};
+use support::stores::for_each_store;
 use support::{incoming, rec_at};
 
 const END: i64 = 1_780_000_000_000;
@@ -12,6 +14,13 @@ const C: u64 = 2_000_000_000_000_000;
 
 fn build(dir: &std::path::Path) -> SledStore {
     let s = SledStore::open(dir).unwrap();
+    fill(&s);
+    s
+}
+
+/// Three days of two agents' records: runs, stages, unattributed work, Slurm jobs and work
+/// that could not be estimated.
+fn fill(s: &dyn LedgerStore) {
     let mut seq = 0;
     for day in 0..3i64 {
         for (agent, node) in [("a1", "n1"), ("a2", "n2")] {
@@ -51,7 +60,6 @@ fn build(dir: &std::path::Path) -> SledStore {
         }
     }
     s.flush().unwrap();
-    s
 }
 
 fn tamper(s: &SledStore, tree: &str, key: &[u8], f: impl FnOnce(&mut Aggregate)) {
@@ -63,8 +71,11 @@ fn tamper(s: &SledStore, tree: &str, key: &[u8], f: impl FnOnce(&mut Aggregate))
 
 #[test]
 fn clean_ledger_verifies_before_and_after_rollups() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = build(dir.path());
+    for_each_store(|t| clean_ledger_verifies(t.ledger()));
+}
+
+fn clean_ledger_verifies(s: &dyn LedgerStore) {
+    fill(s);
     let r = s.verify().unwrap();
     assert!(r.ok(), "{:?}", r.mismatches);
     assert_eq!((r.raw_batches, r.raw_records), (6, 36));
@@ -182,11 +193,14 @@ fn tampered_aggregates_are_detected() {
 
 #[test]
 fn a_group_applies_like_its_batches_one_by_one() {
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (one, group) = (
-        SledStore::open(d1.path()).unwrap(),
-        SledStore::open(d2.path()).unwrap(),
-    );
+    for (_, make) in support::stores::stores() {
+        let (one, group) = (make(), make());
+        println!("--- on the {} store", one.name);
+        group_applies_like_singles(one.ledger(), group.ledger());
+    }
+}
+
+fn group_applies_like_singles(one: &dyn LedgerStore, group: &dyn LedgerStore) {
     let b1 = incoming(
         "a",
         "n",
@@ -227,8 +241,10 @@ fn a_group_applies_like_its_batches_one_by_one() {
 
 #[test]
 fn more_unattributed_sources_than_a_bucket_names_still_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    for_each_store(|t| many_unattributed_sources_verify(t.ledger()));
+}
+
+fn many_unattributed_sources_verify(s: &dyn LedgerStore) {
     // Two agents on one node, applied in the opposite order to the one verify reads them in,
     // with 80 distinct jobs of different sizes: the named set can depend on the order, the
     // sums cannot.

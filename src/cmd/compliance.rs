@@ -233,9 +233,8 @@ pub struct AuditExportArgs {
     pub since: Option<String>,
 }
 
-fn open_offline(dir: &std::path::Path) -> anyhow::Result<ComplianceStore> {
-    let ledger = SledStore::open(dir)?;
-    Ok(ComplianceStore::open(&ledger)?)
+fn open_offline(dir: &std::path::Path) -> anyhow::Result<SledStore> {
+    Ok(SledStore::open(dir)?)
 }
 
 /// Parses `--since` by the one rule of [`flopmeter_core::utc::parse_utc`].

@@ -30,6 +30,7 @@ use super::store::{
     meta_value,
 };
 use crate::ledger::{LedgerStore, StoreError};
+use crate::storage::Stores;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +244,7 @@ pub struct PassSummary {
 #[derive(Debug)]
 pub struct Engine {
     ledger: Arc<dyn LedgerStore>,
-    store: Arc<ComplianceStore>,
+    store: Arc<dyn ComplianceStore>,
     cfg: ComplianceConfig,
     thresholds: Vec<Threshold>,
     settings: ComplianceSettings,
@@ -336,15 +337,18 @@ fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
 }
 
 impl Engine {
-    /// Opens the engine: resolves the threshold configuration against the one applied last
-    /// and records any change in the audit log.
+    /// Opens the engine on both halves of one backend: resolves the threshold configuration
+    /// against the one applied last and records any change in the audit log.
     pub fn open(
-        ledger: Arc<dyn LedgerStore>,
-        store: Arc<ComplianceStore>,
+        stores: Stores,
         cfg: ComplianceConfig,
         stage_policy: flopmeter_core::stage::StagePolicy,
         metrics: ComplianceMetrics,
     ) -> Result<Engine, EngineError> {
+        let Stores {
+            ledger,
+            compliance: store,
+        } = stores;
         let previous: Vec<Threshold> = store.meta("thresholds")?.unwrap_or_default();
         let resolved = cfg.thresholds.resolve(&previous)?;
         let now = cfg.time.now();
@@ -392,7 +396,7 @@ impl Engine {
         if !sinks.contains(&SinkConfig::Log) {
             sinks.push(SinkConfig::Log);
         }
-        let verified = check_chain_at_start(&store, &metrics, now)?;
+        let verified = check_chain_at_start(store.as_ref(), &metrics, now)?;
         Ok(Engine {
             verified: Mutex::new(verified),
             ledger,
@@ -424,7 +428,7 @@ impl Engine {
     }
 
     /// The compliance store.
-    pub fn store(&self) -> &Arc<ComplianceStore> {
+    pub fn store(&self) -> &Arc<dyn ComplianceStore> {
         &self.store
     }
 
@@ -511,7 +515,7 @@ impl Engine {
         let now = self.now();
         self.check_chain()?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.refresh(self.store.db())?;
+        cache.refresh(self.ledger.as_ref())?;
         let mut summary = PassSummary::default();
         let mut last = LastPass::default();
         let mut largest = Largest::new(self.cfg.metrics_max_models);
@@ -846,7 +850,7 @@ impl Engine {
             return Ok(None);
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.refresh(self.store.db())?;
+        cache.refresh(self.ledger.as_ref())?;
         Ok(Some(cache.model_evidence(
             self.ledger.as_ref(),
             model.to_string(),
@@ -914,7 +918,7 @@ impl Engine {
 /// the notification clocks (deadlines run on), for a log that can be verified, exported and
 /// restored from a backup meanwhile. Returns the verified head, or `None` when broken.
 fn check_chain_at_start(
-    store: &ComplianceStore,
+    store: &dyn ComplianceStore,
     metrics: &ComplianceMetrics,
     now: i64,
 ) -> Result<Option<ChainHead>, EngineError> {

@@ -9,7 +9,8 @@
 //! core.
 //!
 //! Raw batches are immutable once written, so [`BucketCache`] decodes each one once: a pass
-//! reads only the keys of the `raw` tree and decodes the new ones. When a batch it had seen
+//! reads only the ids of the raw batches ([`LedgerStore::raw_batch_ids`]) and fetches the
+//! new ones ([`LedgerStore::raw_batch`]). When a batch it had seen
 //! is gone (rolled up), it rebuilds from raw batches plus rollups, which hold the same totals.
 
 use std::collections::{BTreeMap, HashSet};
@@ -20,10 +21,9 @@ use flopmeter_core::units::{FlopBand, FlopTotal, Method};
 use flopmeter_proto::v1::IntervalRecord;
 
 use crate::ledger::aggregate::{Attribution, attribution, method_of, stage_of};
-use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto};
-use crate::ledger::keys::{self, HOUR_MS, ROLLUP_RUN};
+use crate::ledger::keys::HOUR_MS;
 use crate::ledger::plans::{PlanHistory, PlanScope};
-use crate::ledger::{LedgerStore, StoreError};
+use crate::ledger::{LedgerStore, RawBatchId, StoreError};
 
 /// (model, run, stage, method, hour).
 type BucketKey = (String, String, String, String, i64);
@@ -52,7 +52,7 @@ impl Acc {
 /// Hourly event-time buckets of every run, kept up to date incrementally.
 #[derive(Debug, Default)]
 pub struct BucketCache {
-    seen: HashSet<Vec<u8>>,
+    seen: HashSet<RawBatchId>,
     buckets: BTreeMap<BucketKey, Acc>,
 }
 
@@ -80,30 +80,24 @@ impl BucketCache {
             .add(t, rec.start_unix_ms, rec.end_unix_ms);
     }
 
-    /// Brings the cache up to date with the `raw` and `rollups` trees of `db`.
-    pub fn refresh(&mut self, db: &sled::Db) -> Result<(), StoreError> {
-        let raw = db.open_tree("raw")?;
+    /// Brings the cache up to date with the ledger's raw batches and rollups: lists the ids
+    /// of the raw batches, decodes only those it has not seen, and starts over from the
+    /// rollups only when a batch it had counted is gone (rolled up).
+    pub fn refresh(&mut self, ledger: &dyn LedgerStore) -> Result<(), StoreError> {
         let mut present = HashSet::with_capacity(self.seen.len());
         let mut fresh = Vec::new();
-        for k in raw.iter().keys() {
-            let k = k?.to_vec();
-            if !self.seen.contains(&k) {
-                fresh.push(k.clone());
+        for id in ledger.raw_batch_ids()? {
+            if !self.seen.contains(&id) {
+                fresh.push(id.clone());
             }
-            present.insert(k);
+            present.insert(id);
         }
         if present.len() < self.seen.len() + fresh.len() {
             // A batch we had counted is gone (rolled up): start over from raw + rollups.
             self.seen.clear();
             self.buckets.clear();
-            let rollups = db.open_tree("rollups")?;
-            for kv in rollups.scan_prefix(keys::prefix(&[ROLLUP_RUN])) {
-                let (k, v) = kv?;
-                let Some((p, hour)) = keys::split_bucket(&k, 3) else {
-                    continue;
-                };
-                let r: Rollup = from_json(&v, "rollup")?;
-                for (stage, st) in &r.aggregate.stages {
+            for r in ledger.run_rollups()? {
+                for (stage, st) in &r.rollup.aggregate.stages {
                     // A rollup keeps the central FLOP per method but one band per stage: the
                     // bucket takes the dominant method.
                     let method = st
@@ -111,24 +105,29 @@ impl BucketCache {
                         .iter()
                         .max_by_key(|(_, f)| **f)
                         .map_or("unspecified".to_string(), |(m, _)| m.clone());
-                    let start = st.first_event_unix_ms.unwrap_or(hour * HOUR_MS);
-                    let end = st.last_event_unix_ms.unwrap_or((hour + 1) * HOUR_MS);
+                    let start = st.first_event_unix_ms.unwrap_or(r.hour * HOUR_MS);
+                    let end = st.last_event_unix_ms.unwrap_or((r.hour + 1) * HOUR_MS);
                     self.buckets
-                        .entry((p[1].clone(), p[2].clone(), stage.clone(), method, hour))
+                        .entry((
+                            r.model.clone(),
+                            r.run.clone(),
+                            stage.clone(),
+                            method,
+                            r.hour,
+                        ))
                         .or_default()
                         .add(st.flop, start, end);
                 }
             }
             fresh = present.iter().cloned().collect();
         }
-        for k in fresh {
-            if let Some(v) = raw.get(&k)? {
-                let batch: StoredBatch = from_proto(&v, "raw batch")?;
+        for id in fresh {
+            if let Some(batch) = ledger.raw_batch(&id)? {
                 for rec in &batch.records {
                     self.add_record(rec);
                 }
             }
-            self.seen.insert(k);
+            self.seen.insert(id);
         }
         Ok(())
     }

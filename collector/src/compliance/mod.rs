@@ -6,9 +6,10 @@
 //! - `evidence`: ledger → `ModelEvidence` (registry, runs, hourly event-time buckets);
 //! - `engine`: one evaluation pass (assess, clock, alert, commit), person actions (ack,
 //!   dismiss), views for the CLI and API, gauges;
-//! - [`store`]: the sled trees (clocks, alerts, audit log and head, outbox, meta) and the
-//!   one-transaction [`store::Change`];
-//! - `chain`: appending to the audit chain inside any transaction (the ledger's too);
+//! - [`store`]: the [`store::ComplianceStore`] trait (clocks, alerts, audit log and head,
+//!   outbox, meta) and the one-transaction [`store::Change`]; its implementations live
+//!   with the ledger's (`crate::ledger::sled_store`, `crate::ledger::memory_store`);
+//! - `chain`: what an audit append carries ([`store::AuditRecord`]) and how it fails;
 //! - [`outbox`]: delivery with retries and backoff to Alertmanager, webhooks, the log;
 //! - `metrics`: the metric families `deploy/prometheus/rules.yml` queries;
 //! - `admin`: the `Compliance` gRPC service (alerts, ack, dismiss, audit);
@@ -28,7 +29,7 @@ pub(crate) mod chain;
 pub(crate) mod engine;
 pub(crate) mod evidence;
 pub(crate) mod http;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod outbox;
 pub mod store;
 

@@ -1,39 +1,30 @@
-//! The compliance engine's durable state, in the collector's sled database.
+//! The compliance engine's durable state, behind the [`ComplianceStore`] trait: clocks,
+//! alerts, the outbox, metadata and the audit chain (head, entries, append, verify).
 //!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `compliance_clocks` | model \0 threshold | [`ClockState`] (JSON) |
-//! | `compliance_alerts` | model \0 threshold | [`Alert`] (JSON) |
-//! | `audit_log` | seq (u64 BE) | [`AuditEntry`] (JSON) |
-//! | `audit_head` | `head` | [`ChainHead`] (JSON) |
-//! | `outbox` | sink \0 idempotency key | [`OutboxItem`] (JSON) |
-//! | `compliance_meta` | name | JSON (applied thresholds, last seen registry entries) |
-//!
-//! Every change the engine or a person makes is one [`Change`], written in **one sled
-//! transaction** over all six trees: the new clock and alert states, the audit entries that
-//! record them (chained onto the head read inside the transaction) and the outbox items that
-//! will announce them. After a crash either all of it is there or none; the engine flushes
-//! before it tells anyone (ack only after durable). The chain head is kept apart from the log
-//! so that cutting entries off the end is detected too ([`audit::verify_with_head`]).
+//! Every change the engine or a person makes is one [`Change`], written atomically by
+//! [`ComplianceStore::commit`]: the new clock and alert states, the audit entries that
+//! record them (chained onto the head read inside the same transaction), the outbox items
+//! that will announce them and metadata. After a crash either all of it is there or none;
+//! the engine flushes before it tells anyone (ack only after durable). The chain head is kept
+//! apart from the log so that cutting entries off the end is detected too
+//! ([`audit::verify_with_head`]).
 //!
 //! A recorded clock start is never moved: [`ComplianceStore::commit`] refuses a clock state
-//! whose start differs from the stored one (the core never produces one; this is the last
-//! line of defence against a bug).
-
-use std::sync::{Arc, Mutex};
-
-use flopmeter_durable::Flusher;
+//! whose start differs from the stored one ([`check_start`]; the core never produces one;
+//! this is the last line of defence against a bug).
+//!
+//! Implementations: the sled store (`crate::ledger::sled_store`, its table of trees there)
+//! and the in-memory model (`crate::ledger::memory_store`). What is atomic, idempotent and
+//! durable, and which writes only the compliance leader may make, is the contract in
+//! [`crate::storage`].
 
 use flopmeter_core::alert::{Alert, AlertContent, AlertEvent};
 use flopmeter_core::audit::{self, AuditEntry, BrokenLink, ChainHead};
 use flopmeter_core::clock::ClockState;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::chain::ChainError;
-use crate::ledger::keys;
-use crate::ledger::{BackendError, sled_store::SledStore};
+use crate::ledger::BackendError;
 
 /// Errors of the compliance store.
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +63,17 @@ pub enum ComplianceStoreError {
         /// The threshold.
         threshold: String,
     },
-}
-
-impl From<sled::Error> for ComplianceStoreError {
-    fn from(e: sled::Error) -> Self {
-        ComplianceStoreError::Storage(Box::new(e))
-    }
-}
-
-impl From<TransactionError<ComplianceStoreError>> for ComplianceStoreError {
-    fn from(e: TransactionError<ComplianceStoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => e.into(),
-        }
-    }
+    /// This replica is not the compliance leader (or no longer is): the store refused a
+    /// write only the leader may make (see [`crate::storage`]). Nothing was written. The
+    /// embedded stores, sled and memory, have a single engine and never return it.
+    #[error(
+        "this collector is not the compliance leader: {what} is left to the leader, nothing \
+         was written"
+    )]
+    NotLeader {
+        /// What was refused (`a clock start`, `an audit append`...).
+        what: &'static str,
+    },
 }
 
 /// Delivery state of one outbox item.
@@ -184,160 +171,68 @@ impl Change {
     }
 }
 
-/// The compliance trees of one sled database.
-#[derive(Debug)]
-pub struct ComplianceStore {
-    db: sled::Db,
-    clocks: sled::Tree,
-    alerts: sled::Tree,
-    audit: sled::Tree,
-    head: sled::Tree,
-    outbox: sled::Tree,
-    meta: sled::Tree,
-    /// The ledger's flusher: the durability rule is per database.
-    flusher: Arc<Flusher>,
-    /// Serializes writers (engine, admin actions, outbox): the audit head is a single chain.
-    write: Mutex<()>,
-}
-
-use super::chain::{self, HEAD_KEY};
-
-fn enc<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, ComplianceStoreError> {
-    serde_json::to_vec(v).map_err(|source| ComplianceStoreError::Encode { what, source })
-}
-
-fn dec<T: DeserializeOwned>(v: &[u8], what: &str) -> Result<T, ComplianceStoreError> {
-    serde_json::from_slice(v).map_err(|source| ComplianceStoreError::Corrupt {
-        what: what.to_string(),
-        source,
-    })
-}
-
-/// The key of a (model, threshold) pair.
-pub fn pair_key(model: &str, threshold: &str) -> Vec<u8> {
-    keys::join(&[model, threshold])
-}
-
-fn outbox_key(sink: &str, key: &str) -> Vec<u8> {
-    keys::join(&[sink, key])
-}
-
-impl ComplianceStore {
-    /// Opens (creates) the compliance trees in the ledger's database: one database, so one
-    /// flush covers both, and one durability rule (a failed flush of either poisons both).
-    pub fn open(ledger: &SledStore) -> Result<ComplianceStore, ComplianceStoreError> {
-        let db = ledger.db();
-        Ok(ComplianceStore {
-            clocks: db.open_tree("compliance_clocks")?,
-            alerts: db.open_tree("compliance_alerts")?,
-            audit: db.open_tree(chain::LOG_TREE)?,
-            head: db.open_tree(chain::HEAD_TREE)?,
-            outbox: db.open_tree("outbox")?,
-            meta: db.open_tree("compliance_meta")?,
-            db: db.clone(),
-            flusher: ledger.flusher(),
-            write: Mutex::new(()),
-        })
-    }
-
-    /// The database (for the evidence builder, which reads the ledger's raw trees).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
-
-    /// Makes everything written durable (with the ledger's writes in the same database).
-    pub fn flush(&self) -> Result<(), ComplianceStoreError> {
-        self.flusher
-            .flush()
-            .map_err(|e| ComplianceStoreError::Storage(Box::new(e)))
-    }
-
+/// The compliance engine's storage. Object-safe: the engine holds an
+/// `Arc<dyn ComplianceStore>`, the same backend as its `Arc<dyn LedgerStore>`
+/// ([`crate::storage::Stores`]).
+pub trait ComplianceStore: Send + Sync + std::fmt::Debug {
     /// The clock of a pair.
-    pub fn clock(
+    fn clock(
         &self,
         model: &str,
         threshold: &str,
-    ) -> Result<Option<ClockState>, ComplianceStoreError> {
-        self.clocks
-            .get(pair_key(model, threshold))?
-            .map(|v| dec(&v, "clock"))
-            .transpose()
-    }
+    ) -> Result<Option<ClockState>, ComplianceStoreError>;
 
-    /// Every clock.
-    pub fn clocks(&self) -> Result<Vec<ClockState>, ComplianceStoreError> {
-        self.clocks
-            .iter()
-            .values()
-            .map(|v| dec(&v?, "clock"))
-            .collect()
-    }
+    /// Every clock, in (model, threshold) order.
+    fn clocks(&self) -> Result<Vec<ClockState>, ComplianceStoreError>;
 
     /// The alert of a pair.
-    pub fn alert(
-        &self,
-        model: &str,
-        threshold: &str,
-    ) -> Result<Option<Alert>, ComplianceStoreError> {
-        self.alerts
-            .get(pair_key(model, threshold))?
-            .map(|v| dec(&v, "alert"))
-            .transpose()
-    }
+    fn alert(&self, model: &str, threshold: &str) -> Result<Option<Alert>, ComplianceStoreError>;
 
-    /// Every alert.
-    pub fn alerts(&self) -> Result<Vec<Alert>, ComplianceStoreError> {
-        self.alerts
-            .iter()
-            .values()
-            .map(|v| dec(&v?, "alert"))
-            .collect()
-    }
+    /// Every alert, in (model, threshold) order.
+    fn alerts(&self) -> Result<Vec<Alert>, ComplianceStoreError>;
 
-    /// A metadata value.
-    pub fn meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ComplianceStoreError> {
-        self.meta.get(name)?.map(|v| dec(&v, name)).transpose()
-    }
+    /// A metadata value as stored (JSON bytes; [`meta`] decodes it).
+    fn meta_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, ComplianceStoreError>;
 
     /// Every outbox item (pending and delivered), in creation order.
-    pub fn outbox(&self) -> Result<Vec<OutboxItem>, ComplianceStoreError> {
-        let mut items: Vec<OutboxItem> = self
-            .outbox
-            .iter()
-            .values()
-            .map(|v| dec(&v?, "outbox item"))
-            .collect::<Result<_, _>>()?;
-        items.sort_by_key(|i| i.seq);
-        Ok(items)
-    }
+    fn outbox(&self) -> Result<Vec<OutboxItem>, ComplianceStoreError>;
 
-    /// The stored chain head.
-    pub fn head(&self) -> Result<ChainHead, ComplianceStoreError> {
-        Ok(self
-            .head
-            .get(HEAD_KEY)?
-            .map(|v| dec(&v, "audit head"))
-            .transpose()?
-            .unwrap_or_default())
-    }
+    /// The stored chain head (the genesis head of an empty chain).
+    fn head(&self) -> Result<ChainHead, ComplianceStoreError>;
 
-    /// Audit entries in key order (which is `seq` order unless the log was tampered with).
-    pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
-        self.audit
-            .iter()
-            .values()
-            .map(|v| dec(&v?, "audit entry"))
-            .collect()
-    }
+    /// Audit entries in storage order (which is `seq` order unless the log was tampered
+    /// with).
+    fn audit_entries(&self) -> Result<Vec<AuditEntry>, ComplianceStoreError>;
 
-    /// The raw audit tree, for tamper tests and repair tools.
-    pub fn audit_tree(&self) -> &sled::Tree {
-        &self.audit
+    /// The audit entries stored under `from..to` (sequence numbers), in order.
+    fn audit_range(&self, from: u64, to: u64) -> Result<Vec<AuditEntry>, ComplianceStoreError>;
+
+    /// Writes a [`Change`] atomically and returns the audit entries it appended. Refuses a
+    /// clock state that would move a recorded start ([`check_start`]), writing nothing.
+    fn commit(&self, change: &Change) -> Result<Vec<AuditEntry>, ComplianceStoreError>;
+
+    /// Makes everything written so far durable (the ledger's writes too, when the backend
+    /// is one database: a failed flush of either is never followed by one the other trusts).
+    fn flush(&self) -> Result<(), ComplianceStoreError>;
+
+    /// The backend itself, so that tamper tests and repair tools reach its own type behind
+    /// a running collector's `dyn ComplianceStore` (the collector never downcasts).
+    fn as_any(&self) -> &dyn std::any::Any;
+
+    /// Appends audit records alone (threshold config changes, a broken chain reported).
+    fn append_audit(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
+        self.commit(&Change {
+            audit: records,
+            ..Change::default()
+        })
     }
 
     /// Verifies the whole chain against the stored head; returns the entry count or the
     /// first broken link.
-    pub fn verify_audit(&self) -> Result<Result<u64, BrokenLink>, ComplianceStoreError> {
+    fn verify_audit(&self) -> Result<Result<u64, BrokenLink>, ComplianceStoreError> {
         let s = self.chain_status()?;
         Ok(match s.broken {
             None => Ok(s.entries),
@@ -347,7 +242,7 @@ impl ComplianceStore {
 
     /// Verifies the whole chain against the stored head and says how many entries there
     /// are, how many the head accounts for, and where it breaks.
-    pub fn chain_status(&self) -> Result<ChainStatus, ComplianceStoreError> {
+    fn chain_status(&self) -> Result<ChainStatus, ComplianceStoreError> {
         // The head first: an entry appended meanwhile then only lengthens the log past it,
         // which verifies, instead of looking like a log cut short.
         let head = self.head()?;
@@ -361,18 +256,13 @@ impl ComplianceStore {
 
     /// Verifies the entries appended after `from` (a head already verified), against the
     /// stored head: the incremental check of a running collector. Returns the new head.
-    pub fn verify_since(
+    fn verify_since(
         &self,
         from: &ChainHead,
     ) -> Result<Result<ChainHead, BrokenLink>, ComplianceStoreError> {
         // The head first, then the entries it accounts for (see `chain_status`).
         let stored = self.head()?;
-        let entries: Vec<AuditEntry> = self
-            .audit
-            .range(from.next_seq.to_be_bytes()..stored.next_seq.max(from.next_seq).to_be_bytes())
-            .values()
-            .map(|v| dec(&v?, "audit entry"))
-            .collect::<Result<_, _>>()?;
+        let entries = self.audit_range(from.next_seq, stored.next_seq.max(from.next_seq))?;
         Ok(match audit::verify_segment(&entries, from) {
             Err(mut b) => {
                 b.index += from.next_seq as usize;
@@ -388,103 +278,57 @@ impl ComplianceStore {
             Ok(h) => Ok(h),
         })
     }
+}
 
-    /// Writes a [`Change`] atomically and returns the audit entries it appended.
-    pub fn commit(&self, change: &Change) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
-        if change.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let clock = change
-            .clock
-            .as_ref()
-            .map(|c| {
-                Ok::<_, ComplianceStoreError>((
-                    pair_key(&c.model, &c.threshold_id),
-                    enc(c, "clock")?,
-                    c,
-                ))
-            })
-            .transpose()?;
-        let alert = change
-            .alert
-            .as_ref()
-            .map(|a| {
-                Ok::<_, ComplianceStoreError>((
-                    pair_key(&a.model, &a.threshold_id),
-                    enc(a, "alert")?,
-                ))
-            })
-            .transpose()?;
-        let outbox: Vec<(Vec<u8>, Vec<u8>)> = change
-            .outbox
-            .iter()
-            .map(|o| {
-                let mut o = o.clone();
-                o.seq = self.db.generate_id()?;
-                Ok((outbox_key(&o.sink, &o.key), enc(&o, "outbox item")?))
-            })
-            .collect::<Result<_, ComplianceStoreError>>()?;
-        let updates: Vec<(Vec<u8>, Vec<u8>)> = change
-            .outbox_update
-            .iter()
-            .map(|o| Ok((outbox_key(&o.sink, &o.key), enc(o, "outbox item")?)))
-            .collect::<Result<_, ComplianceStoreError>>()?;
-        let abort = |e: ComplianceStoreError| ConflictableTransactionError::Abort(e);
-        let written = (
-            &self.clocks,
-            &self.alerts,
-            &self.audit,
-            &self.head,
-            &self.outbox,
-            &self.meta,
-        )
-            .transaction(|(clocks, alerts, log, head, ob, meta)| {
-                if let Some((k, v, c)) = &clock {
-                    if let Some(old) = clocks.get(k)? {
-                        let old: ClockState = dec(&old, "clock").map_err(abort)?;
-                        if old.start != c.start {
-                            return Err(abort(ComplianceStoreError::StartMoved {
-                                model: c.model.clone(),
-                                threshold: c.threshold_id.clone(),
-                            }));
-                        }
-                    }
-                    clocks.insert(k.as_slice(), v.as_slice())?;
-                }
-                if let Some((k, v)) = &alert {
-                    alerts.insert(k.as_slice(), v.as_slice())?;
-                }
-                let out = chain::append(log, head, &change.audit)?;
-                for (k, v) in &outbox {
-                    if ob.get(k)?.is_none() {
-                        ob.insert(k.as_slice(), v.as_slice())?;
-                    }
-                }
-                for (k, v) in &updates {
-                    ob.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (name, v) in &change.meta {
-                    meta.insert(name.as_bytes(), v.as_slice())?;
-                }
-                Ok(out)
-            })?;
-        Ok(written)
+impl dyn ComplianceStore + '_ {
+    /// A metadata value, decoded (see [`meta`]).
+    pub fn meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ComplianceStoreError> {
+        meta(self, name)
     }
+}
 
-    /// Appends audit records alone (threshold config changes, registry changes).
-    pub fn append_audit(
-        &self,
-        records: Vec<AuditRecord>,
-    ) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
-        self.commit(&Change {
-            audit: records,
-            ..Change::default()
-        })
+/// A metadata value of `store`, decoded as `T`: the typed side of
+/// [`ComplianceStore::meta_bytes`] (a generic method would make the trait unusable as
+/// `dyn`).
+pub fn meta<T: DeserializeOwned>(
+    store: &(impl ComplianceStore + ?Sized),
+    name: &str,
+) -> Result<Option<T>, ComplianceStoreError> {
+    store
+        .meta_bytes(name)?
+        .map(|v| decode(&v, name))
+        .transpose()
+}
+
+/// Refuses a clock state whose start differs from the recorded one: every store's
+/// [`ComplianceStore::commit`] calls it before it writes anything.
+pub fn check_start(
+    recorded: Option<&ClockState>,
+    new: &ClockState,
+) -> Result<(), ComplianceStoreError> {
+    match recorded {
+        Some(old) if old.start != new.start => Err(ComplianceStoreError::StartMoved {
+            model: new.model.clone(),
+            threshold: new.threshold_id.clone(),
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Encodes a stored value as JSON; `what` names it in the error.
+pub fn encode<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, ComplianceStoreError> {
+    serde_json::to_vec(v).map_err(|source| ComplianceStoreError::Encode { what, source })
+}
+
+/// Decodes a stored JSON value; `what` names it in the error.
+pub fn decode<T: DeserializeOwned>(v: &[u8], what: &str) -> Result<T, ComplianceStoreError> {
+    serde_json::from_slice(v).map_err(|source| ComplianceStoreError::Corrupt {
+        what: what.to_string(),
+        source,
+    })
 }
 
 /// JSON bytes for [`Change::meta`].
 pub fn meta_value<T: Serialize>(v: &T) -> Result<Vec<u8>, ComplianceStoreError> {
-    enc(v, "metadata")
+    encode(v, "metadata")
 }

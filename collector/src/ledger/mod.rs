@@ -2,7 +2,8 @@
 //!
 //! [`LedgerStore`] is the boundary between the collector's logic and its storage, so that a
 //! replicated database (PostgreSQL first, DESIGN.md §9) can replace the embedded sled store
-//! ([`sled_store::SledStore`]) without touching ingest, reports or the compliance engine.
+//! ([`sled_store::SledStore`]) without touching ingest, reports or the compliance engine
+//! (which reads its evidence through it too: [`LedgerStore::raw_batch_ids`]).
 //!
 //! What a store keeps, and the invariants every implementation must hold:
 //! - **raw batches**: the applied records of each received batch, as received, keyed by agent
@@ -20,14 +21,22 @@
 //! Totals must be recomputable from raw batches plus rollups alone: [`LedgerStore::verify`]
 //! does that and reports every aggregate that differs.
 //!
-//! Concurrency contract: all mutating methods are called from one writer at a time (the
-//! collector's ledger writer, `crate::writer`); reads may run concurrently with it.
-//! Durability contract: nothing a mutating method wrote is durable until [`LedgerStore::flush`]
-//! returns; the collector acknowledges only after it.
+//! What is atomic, idempotent and durable, for several writers in several processes, is the
+//! contract in [`crate::storage`], which pairs this trait with the compliance store's on one
+//! backend. Inside one collector process, the ledger writer (`crate::writer`) is the only
+//! code that calls the mutating methods; reads may run concurrently with it. Nothing a
+//! mutating method wrote is durable until [`LedgerStore::flush`] returns; the collector
+//! acknowledges only after it.
+//!
+//! Implementations: [`sled_store::SledStore`] and the reference model
+//! [`memory_store::MemoryStore`]; the pure rules both follow are `sequence`, `aggregate`,
+//! `facts` (plan versions and the audit entries of a write) and [`verify`].
 
 pub(crate) mod aggregate;
 pub(crate) mod codec;
+pub(crate) mod facts;
 pub mod keys;
+pub mod memory_store;
 pub mod plans;
 pub(crate) mod registry;
 pub mod sequence;
@@ -40,7 +49,7 @@ use flopmeter_proto::v1::IntervalRecord;
 use serde::Serialize;
 
 pub use aggregate::Aggregate;
-pub use codec::{AgentInfo, Declaration};
+pub use codec::{AgentInfo, Declaration, Rollup, StoredBatch};
 pub use registry::{ModelEntry, Role};
 pub use verify::{VerifyCut, VerifyReport, VerifyScan};
 
@@ -75,9 +84,10 @@ pub enum StoreError {
     /// An audit entry's payload cannot be built (a value whose serialization fails).
     #[error("cannot record the audit entry: {0}")]
     AuditPayload(#[source] flopmeter_core::audit::PayloadError),
-    /// The caller asked for something invalid (an empty model name...).
+    /// The caller asked for something invalid (an empty model name...): a fixed sentence
+    /// saying what, never another error's text.
     #[error("invalid ledger request: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
     /// Another process holds the ledger (sled allows one process per database).
     #[error(
         "cannot open the ledger in {dir}: a running collector holds it; stop it, or ask it with \
@@ -310,6 +320,47 @@ pub struct IncomingBatch {
     pub records: Vec<CheckedRecord>,
 }
 
+impl IncomingBatch {
+    /// Its sequence numbers, once checked for what every store's keys need: they start above
+    /// 0 and strictly increase, and the agent id and node are usable names (no NUL, the
+    /// agent id not empty). Checked before any transaction.
+    pub fn checked_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        let seqs: Vec<u64> = self.records.iter().map(|r| r.record.seq).collect();
+        if !sequence::well_formed(&seqs) {
+            return Err(StoreError::Invalid(
+                "sequence numbers must start above 0 and strictly increase",
+            ));
+        }
+        if self.agent_id.is_empty() || self.agent_id.contains('\0') || self.node.contains('\0') {
+            return Err(StoreError::Invalid("bad agent id or node name"));
+        }
+        Ok(seqs)
+    }
+}
+
+/// Which raw batch: its agent and the sequence number of its first applied record (unique:
+/// an agent's sequence numbers never repeat).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RawBatchId {
+    /// The agent.
+    pub agent_id: String,
+    /// Its first record's sequence number.
+    pub first_seq: u64,
+}
+
+/// One hourly rollup of a run (see [`LedgerStore::roll_up`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRollup {
+    /// Model.
+    pub model: String,
+    /// Run.
+    pub run: String,
+    /// Hours since the Unix epoch.
+    pub hour: i64,
+    /// What the hour's raw records added up to.
+    pub rollup: Rollup,
+}
+
 /// A quarantined record as reported back to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RejectionNotice {
@@ -525,4 +576,17 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Every raw batch still held (not rolled up), in (agent, first sequence) order: what
+    /// the compliance engine's evidence reads incrementally (`compliance::evidence`): it
+    /// remembers the ids it decoded and asks [`LedgerStore::raw_batch`] for the new ones
+    /// only. Ids only, so a pass costs one key scan plus what arrived since.
+    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError>;
+
+    /// One raw batch's applied records, if it is still held (not rolled up).
+    fn raw_batch(&self, id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError>;
+
+    /// Every hourly rollup of a run, in (model, run, hour) order: with the raw batches, the
+    /// whole of every run's work over event time.
+    fn run_rollups(&self) -> Result<Vec<RunRollup>, StoreError>;
 }

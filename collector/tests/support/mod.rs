@@ -10,6 +10,7 @@ pub mod http;
 pub mod proc;
 #[path = "../../../tests/support/seed.rs"]
 pub mod seed;
+pub mod stores;
 
 use std::time::Duration;
 

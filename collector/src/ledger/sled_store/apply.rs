@@ -8,21 +8,21 @@ use prost::Message as _;
 use sled::Transactional;
 use sled::transaction::{TransactionError, TransactionalTree};
 
+use super::chain;
 use super::{SledStore, TxResult, abort, decode_u64, tx_error};
-use crate::compliance::chain::{self, AuditRecord};
 use crate::ledger::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
 use crate::ledger::codec::{Declaration, StoredRejection, from_json, from_proto, to_json};
+use crate::ledger::facts::{PlanStatement, Statements, record_statements};
 use crate::ledger::keys::{self, DAY_MS, Seen};
-use crate::ledger::plans::{PlanHistory, PlanScope, PlanSource, PlanVersion, Recorded};
+use crate::ledger::plans::{PlanHistory, PlanScope};
 use crate::ledger::sequence::{self, SeqPlan};
 use crate::ledger::{ApplyOutcome, IncomingBatch, LedgerStore, RejectionNotice, StoreError};
-use flopmeter_core::audit::{AuditKind, to_json as audit_json};
 
 pub(super) fn apply_batch(
     store: &SledStore,
     b: &IncomingBatch,
 ) -> Result<ApplyOutcome, StoreError> {
-    let seqs = check_batch(b)?;
+    let seqs = b.checked_seqs()?;
     let mut outs = store.run_group(&[(b, &seqs)]).map_err(tx_error)?;
     let out = outs.pop().expect("one batch, one outcome");
     store.with_earlier_rejections(b, &seqs, out)
@@ -33,7 +33,7 @@ pub(super) fn apply_group(
     batches: &[&IncomingBatch],
 ) -> Vec<Result<ApplyOutcome, StoreError>> {
     let checked: Vec<Result<Vec<u64>, StoreError>> =
-        batches.iter().map(|b| check_batch(b)).collect();
+        batches.iter().map(|b| b.checked_seqs()).collect();
     let valid: Vec<(&IncomingBatch, &[u64])> = batches
         .iter()
         .zip(&checked)
@@ -326,20 +326,6 @@ impl<'a> BatchTrees<'a> {
     }
 }
 
-/// Checks what the ledger's keys need of a batch before any transaction.
-fn check_batch(b: &IncomingBatch) -> Result<Vec<u64>, StoreError> {
-    let seqs: Vec<u64> = b.records.iter().map(|r| r.record.seq).collect();
-    if !sequence::well_formed(&seqs) {
-        return Err(StoreError::Invalid(
-            "sequence numbers must start above 0 and strictly increase".into(),
-        ));
-    }
-    if b.agent_id.is_empty() || b.agent_id.contains('\0') || b.node.contains('\0') {
-        return Err(StoreError::Invalid("bad agent id or node name".into()));
-    }
-    Ok(seqs)
-}
-
 /// Applies one batch inside a transaction: reads the high-water mark, plans, writes
 /// everything the batch moves and the new mark.
 fn apply_in_tx(
@@ -393,7 +379,7 @@ fn apply_in_tx(
     let mut model_delta: BTreeMap<&str, Aggregate> = BTreeMap::new();
     let mut unatt_delta: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
     let mut decls = BTreeMap::new();
-    let mut statements: BTreeMap<(&str, &str), Vec<PlanStatement<'_>>> = BTreeMap::new();
+    let mut statements = Statements::new();
     let mut good: Vec<&IntervalRecord> = Vec::with_capacity(end - start);
     let mut last_event = 0i64;
     for cr in &b.records[start..end] {
@@ -423,7 +409,7 @@ fn apply_in_tx(
                 model_delta.entry(model).or_default().add_record(rec);
                 if let Some(d) = &cr.declaration {
                     decls.insert((model, run), d);
-                    PlanStatement::push(statements.entry((model, run)).or_default(), d, rec);
+                    PlanStatement::push(&mut statements, model, run, cr);
                 }
             }
             Attribution::Unattributed => {
@@ -481,27 +467,15 @@ fn apply_in_tx(
             Some(v) => abort(from_json(&v, "plan history"))?,
             None => PlanHistory::default(),
         };
-        let mut changed = false;
-        for st in said {
-            let Some(v) = st.version(agent, node, b.received_unix_ms) else {
-                continue;
-            };
-            match history.record(v.clone()) {
-                Recorded::Added => {
-                    changed = true;
-                    out.plans_declared += 1;
-                    facts.push(plan_fact(model, run, &v, b.received_unix_ms)?);
-                }
-                Recorded::Unchanged => {}
-                Recorded::Full => tracing::warn!(
-                    model,
-                    run,
-                    agent,
-                    "run declares more than {} plan versions: further ones are not recorded",
-                    crate::ledger::plans::MAX_VERSIONS
-                ),
-            }
-        }
+        let changed = abort(record_statements(
+            &mut history,
+            &said,
+            (model, run),
+            (agent, node),
+            b.received_unix_ms,
+            &mut out,
+            &mut facts,
+        ))?;
         if changed {
             plans_t.insert(key, abort(to_json(&history, "plan history"))?)?;
         }
@@ -522,76 +496,4 @@ fn apply_in_tx(
     w.hwms.insert(agent.to_string(), last_seq);
     out.acked_through = last_seq;
     Ok(out)
-}
-
-/// A run's records declaring a plan: one per change of the declared figures within a batch,
-/// in record order (a run sends the same declaration with every record, so consecutive
-/// equal ones are one statement). The figures were parsed at the door (`CheckedRecord::new`):
-/// nothing is parsed here, inside the transaction.
-struct PlanStatement<'a> {
-    decl: &'a Declaration,
-    rec: &'a IntervalRecord,
-}
-
-impl<'a> PlanStatement<'a> {
-    fn figures(d: &Declaration) -> (Option<u128>, Option<u128>, Option<u128>) {
-        (d.planned_flop, d.params, d.tokens)
-    }
-
-    fn push(run: &mut Vec<PlanStatement<'a>>, d: &'a Declaration, rec: &'a IntervalRecord) {
-        let figures = Self::figures(d);
-        // Silence is not a withdrawal: a record without plan figures says nothing about one.
-        let states_a_plan = figures != (None, None, None);
-        if states_a_plan && run.last().is_none_or(|p| Self::figures(p.decl) != figures) {
-            run.push(PlanStatement { decl: d, rec });
-        }
-    }
-
-    /// The version it states, dated at the event time of its record (the moment the job
-    /// ran with it), never after the collector received it.
-    fn version(&self, agent: &str, node: &str, received_unix_ms: i64) -> Option<PlanVersion> {
-        let d = self.decl;
-        if Self::figures(d) == (None, None, None) {
-            return None;
-        }
-        Some(PlanVersion {
-            planned_flop: d.planned_flop,
-            params: d.params,
-            tokens: d.tokens,
-            declared_at_ms: self.rec.start_unix_ms.min(received_unix_ms),
-            recorded_at_ms: received_unix_ms,
-            by: PlanSource::Agent {
-                agent_id: agent.to_string(),
-                node: node.to_string(),
-                seq: self.rec.seq,
-            },
-        })
-    }
-}
-
-/// The audit record of a plan version declared in records.
-fn plan_fact(model: &str, run: &str, v: &PlanVersion, received: i64) -> TxResult<AuditRecord> {
-    #[derive(serde::Serialize)]
-    struct PlanDeclared<'a> {
-        model: &'a str,
-        run: &'a str,
-        version: &'a PlanVersion,
-    }
-    let actor = match &v.by {
-        PlanSource::Agent { agent_id, .. } => format!("agent:{agent_id}"),
-        PlanSource::Registry { actor } => actor.clone(),
-    };
-    Ok(AuditRecord {
-        time_ms: received,
-        actor,
-        kind: AuditKind::PlanDeclared,
-        payload: abort(
-            audit_json(&PlanDeclared {
-                model,
-                run,
-                version: v,
-            })
-            .map_err(StoreError::AuditPayload),
-        )?,
-    })
 }

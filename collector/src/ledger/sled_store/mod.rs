@@ -20,21 +20,29 @@
 //! | `agents` | agent | [`AgentInfo`] (JSON) |
 //! | `meta` | name | JSON (format version, stage policy) |
 //!
+//! and the compliance store's trees (`compliance.rs` has their table): the clocks, alerts,
+//! outbox, compliance metadata and the audit chain (`audit_log`, `audit_head`). No sled type
+//! and no tree name leaves this module: the rest of the collector sees [`LedgerStore`] and
+//! [`ComplianceStore`](crate::compliance::store::ComplianceStore), both implemented by
+//! [`SledStore`] on one database.
+//!
 //! A batch is applied in one sled multi-tree transaction over every tree it touches, the
 //! high-water mark included: after a crash either all of a batch is there or none of it.
 //!
 //! Facts for the audit chain are appended in the transaction that makes them true: a
 //! registry change ([`LedgerStore::set_model_entry`]) and a plan version declared in a
 //! batch's records are written with their audit entries to the compliance engine's
-//! `audit_log` and `audit_head` trees (`compliance::chain`), which live in the same
-//! database.
+//! `audit_log` and `audit_head` trees (`chain.rs`), which live in the same database.
 //!
 //! Code map: `open.rs` opens the database and checks the format version, `guard.rs` keeps the
-//! truncation guard, `damage.rs` finds values that do not decode, `apply.rs` applies batches,
+//! truncation guard, `chain.rs` appends to the audit chain inside a transaction,
+//! `compliance.rs` is the compliance store, `damage.rs` finds values that do not decode, `apply.rs` applies batches,
 //! `registry.rs` writes registry changes and plan versions, `rollup.rs` rolls raw batches
 //! into hourly rollups, `verify.rs` recomputes and compares; the reads are below.
 
 mod apply;
+mod chain;
+mod compliance;
 mod damage;
 mod guard;
 mod open;
@@ -59,15 +67,17 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use crate::compliance::chain::ChainError;
 use crate::ledger::Malformed;
 use crate::ledger::aggregate::Aggregate;
+use crate::ledger::codec::Rollup;
 use crate::ledger::codec::{
     AgentInfo, StoredBatch, StoredRejection, from_json, from_proto, to_json,
 };
+use crate::ledger::keys::ROLLUP_RUN;
 use crate::ledger::keys::{self, Seen};
 use crate::ledger::plans::{PlanHistory, PlanScope};
 use crate::ledger::verify::{VerifyCut, VerifyReport, VerifyScan};
 use crate::ledger::{
-    ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RejectedEntry, RollupStats, RunEntry,
-    StoreError, UnattributedBucket,
+    ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry, RollupStats,
+    RunEntry, RunRollup, StoreError, UnattributedBucket,
 };
 
 /// The sled-backed [`LedgerStore`].
@@ -90,6 +100,12 @@ pub struct SledStore {
     plans: sled::Tree,
     audit_log: sled::Tree,
     audit_head: sled::Tree,
+    clocks: sled::Tree,
+    alerts: sled::Tree,
+    outbox: sled::Tree,
+    compliance_meta: sled::Tree,
+    /// Serializes compliance commits (engine, admin actions, outbox): one chain head.
+    compliance_write: Arc<Mutex<()>>,
     cache: Arc<Mutex<Cache>>,
     /// The truncation guard (see [`GUARD_FILE`]); the last clone dropped writes it.
     guard: Arc<GuardState>,
@@ -145,14 +161,10 @@ fn decode_u64(v: &[u8]) -> Result<u64, StoreError> {
 
 impl SledStore {
     /// The underlying sled database, for repair tools and tests (e.g. tampering with an
-    /// aggregate to prove that `verify` notices).
+    /// aggregate to prove that `verify` notices). Nothing in the collector uses it: it reads
+    /// and writes through [`LedgerStore`] and the compliance store trait.
     pub fn db(&self) -> &sled::Db {
         &self.db
-    }
-
-    /// The database's flusher, shared with the compliance store in the same database.
-    pub(crate) fn flusher(&self) -> Arc<flopmeter_durable::Flusher> {
-        self.guard.flusher.clone()
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(
@@ -360,5 +372,47 @@ impl LedgerStore for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError> {
+        self.raw
+            .iter()
+            .keys()
+            .map(|k| {
+                let (agent_id, first_seq) = keys::split_agent_seq(&k?)
+                    .ok_or_else(|| malformed("raw batch key", "not agent/sequence"))?;
+                Ok(RawBatchId {
+                    agent_id,
+                    first_seq,
+                })
+            })
+            .collect()
+    }
+
+    fn raw_batch(&self, id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError> {
+        self.raw
+            .get(keys::agent_seq(&id.agent_id, id.first_seq))?
+            .map(|v| from_proto(&v, "raw batch"))
+            .transpose()
+    }
+
+    fn run_rollups(&self) -> Result<Vec<RunRollup>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.rollups.scan_prefix(keys::prefix(&[ROLLUP_RUN])) {
+            let (k, v) = kv?;
+            let Some((p, hour)) = keys::split_bucket(&k, 3) else {
+                continue;
+            };
+            let rollup: Rollup = from_json(&v, "rollup")?;
+            let [_, model, run] = <[String; 3]>::try_from(p)
+                .map_err(|_| malformed("rollup key", "not scope/model/run/hour"))?;
+            out.push(RunRollup {
+                model,
+                run,
+                hour,
+                rollup,
+            });
+        }
+        Ok(out)
     }
 }

@@ -10,7 +10,7 @@ use flopmeter_durable::{Flusher, GuardFile, OpenError};
 use super::SledStore;
 use super::damage::{DamageScan, guarded};
 use super::guard::{GUARD_FILE, GuardState};
-use crate::compliance::chain::{self};
+use super::{chain, compliance};
 use crate::ledger::codec::{from_json, to_json};
 use crate::ledger::{LedgerDamage, StoreError};
 
@@ -93,6 +93,11 @@ impl SledStore {
             plans: t("plans")?,
             audit_log: t(chain::LOG_TREE)?,
             audit_head: t(chain::HEAD_TREE)?,
+            clocks: t(compliance::CLOCKS_TREE)?,
+            alerts: t(compliance::ALERTS_TREE)?,
+            outbox: t(compliance::OUTBOX_TREE)?,
+            compliance_meta: t(compliance::META_TREE)?,
+            compliance_write: Arc::default(),
             cache: Arc::default(),
             guard: Arc::new(GuardState {
                 file: GuardFile::new(dir, GUARD_FILE, "ledger"),

@@ -1,0 +1,134 @@
+//! Every store the collector can run on, for the parametrised store suite: the ledger and
+//! compliance store tests that go to the store directly loop over [`stores`] (through
+//! [`for_each_store`]), so each runs on every backend from one body. Adding a backend (the
+//! PostgreSQL store, issue 15 §2) is one line in [`stores`].
+
+use std::sync::Arc;
+
+use flopmeter_collector::compliance::ComplianceStore;
+use flopmeter_collector::ledger::LedgerStore;
+use flopmeter_collector::ledger::memory_store::MemoryStore;
+use flopmeter_collector::ledger::sled_store::SledStore;
+use flopmeter_collector::storage::Stores;
+
+/// One backend under test: both halves of one store, and what a restart does to it.
+pub struct TestStore {
+    /// The backend's name, printed before each run (a failure's output names it).
+    pub name: &'static str,
+    stores: Option<Stores>,
+    reopen: Box<dyn Fn() -> Stores>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    /// The ledger.
+    pub fn ledger(&self) -> &dyn LedgerStore {
+        self.stores().ledger.as_ref()
+    }
+
+    /// The compliance store (the same backend).
+    pub fn compliance(&self) -> &dyn ComplianceStore {
+        self.stores().compliance.as_ref()
+    }
+
+    /// Both halves, as the collector holds them.
+    pub fn stores(&self) -> &Stores {
+        self.stores.as_ref().expect("open")
+    }
+
+    /// A collector restart: every handle dropped, the store opened again. The memory store
+    /// has no restart (nothing survives its process); it stands for a store that keeps
+    /// what it was given, so its restart keeps the same store.
+    pub fn restart(&mut self) {
+        self.stores = None;
+        self.stores = Some((self.reopen)());
+    }
+}
+
+/// A store constructor.
+pub type Constructor = fn() -> TestStore;
+
+/// Every backend, by name.
+pub fn stores() -> Vec<(&'static str, Constructor)> {
+    vec![("memory", memory), ("sled", sled)]
+}
+
+/// Runs `f` on a fresh store of every backend in turn, saying which.
+pub fn for_each_store(mut f: impl FnMut(TestStore)) {
+    for (name, make) in stores() {
+        println!("--- on the {name} store");
+        f(make());
+    }
+}
+
+/// The in-memory reference store.
+pub fn memory() -> TestStore {
+    let store = Stores::new(Arc::new(MemoryStore::new()));
+    let kept = store.clone();
+    TestStore {
+        name: "memory",
+        stores: Some(store),
+        reopen: Box::new(move || kept.clone()),
+        _dir: None,
+    }
+}
+
+/// The sled store in a temporary directory.
+pub fn sled() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    TestStore {
+        name: "sled",
+        stores: Some(Stores::new(Arc::new(SledStore::open(&path).unwrap()))),
+        reopen: Box::new(move || Stores::new(Arc::new(reopen_sled(&path)))),
+        _dir: Some(dir),
+    }
+}
+
+/// Reopens a sled ledger after a drop in the same process: sled releases its file lock from
+/// a background thread shortly after the last handle goes, so retry (bounded) while it does.
+pub fn reopen_sled(dir: &std::path::Path) -> SledStore {
+    for _ in 0..500 {
+        if let Ok(s) = SledStore::open(dir) {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    SledStore::open(dir).unwrap()
+}
+
+/// A compliance engine on `stores` whose now is `now` (Unix ms), with the default
+/// thresholds and the log sink, and metrics in a registry of its own.
+pub fn engine(
+    stores: &Stores,
+    now: Arc<std::sync::atomic::AtomicI64>,
+) -> flopmeter_collector::compliance::Engine {
+    use flopmeter_collector::compliance::metrics::ComplianceMetrics;
+    use flopmeter_collector::compliance::{ComplianceConfig, Engine, EngineTime};
+    Engine::open(
+        stores.clone(),
+        ComplianceConfig {
+            time: EngineTime::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst)),
+            ..ComplianceConfig::default()
+        },
+        flopmeter_core::stage::StagePolicy::default(),
+        ComplianceMetrics::register(&prometheus::Registry::new()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A registry entry declaring a plan of `flop` for `model`, by alice at `at`.
+pub fn planned(model: &str, flop: u128, at: i64) -> flopmeter_collector::ledger::ModelEntry {
+    use flopmeter_collector::ledger::{ModelEntry, Role};
+    ModelEntry {
+        model: model.into(),
+        role: Some(Role::Provider),
+        declared: flopmeter_core::declaration::Declaration {
+            planned_flop: Some(flop),
+            ..Default::default()
+        },
+        updated_unix_ms: at,
+        updated_by: Some("alice".into()),
+        ..ModelEntry::default()
+    }
+}
