@@ -16,9 +16,10 @@
 //! - It must not be called from the database's own runtime (inside a future given to `run`):
 //!   that could wait on itself, so it panics at once.
 //! - The whole of the work, waiting for a pooled connection included, has `run_timeout`
-//!   (default 30 s). On timeout the future is dropped and its connection **closed, not
-//!   returned** to the pool, so the server rolls back whatever was open and no later caller
-//!   inherits a connection in an unknown state.
+//!   (default 30 s). On timeout the future is dropped, the statement in flight is cancelled
+//!   on the server, and the connection is **closed, not returned** to the pool: the server
+//!   rolls back whatever was open and no later caller inherits a connection in an unknown
+//!   state.
 //! - A panic in the work is re-raised in the caller, as if the work had run there.
 //!
 //! Connections are checked out per `run` and returned when the future ends (deadpool's fast
@@ -197,6 +198,7 @@ impl Database {
         self.block_on(with_connection(
             self.inner.pool.clone(),
             self.inner.target.clone(),
+            self.inner.manager_parts.1.clone(),
             timeout,
             work,
         ))
@@ -214,6 +216,7 @@ impl Database {
         let handle = self.spawn(with_connection(
             self.inner.pool.clone(),
             self.inner.target.clone(),
+            self.inner.manager_parts.1.clone(),
             self.inner.run_timeout,
             work,
         ));
@@ -317,6 +320,7 @@ fn build_pool(
 async fn with_connection<T, E, F, Fut>(
     pool: Pool,
     target: Target,
+    tls: MakeRustlsConnect,
     timeout: Duration,
     work: F,
 ) -> Result<T, E>
@@ -327,8 +331,11 @@ where
 {
     let discard = Arc::new(AtomicBool::new(false));
     let flag = discard.clone();
+    let cancel = Arc::new(std::sync::Mutex::new(None));
+    let cancel_slot = cancel.clone();
     let mut fut = Box::pin(async move {
         let object = pool.get().await.map_err(|e| pool_error(&target, e))?;
+        *cancel_slot.lock().expect("cancel slot") = Some(object.cancel_token());
         work(Conn {
             object: Some(object),
             discard: flag,
@@ -345,6 +352,17 @@ where
             // Set before the future (and the connection inside it) is dropped.
             discard.store(true, Ordering::SeqCst);
             drop(fut);
+            // Closing the socket alone does not stop the server: a backend notices a gone
+            // client only when it next writes to it, so a long statement would run on (and
+            // keep its locks). Cancel it, as libpq's clients do on Ctrl-C.
+            let token = cancel.lock().expect("cancel slot").take();
+            if let Some(token) = token {
+                tokio::spawn(async move {
+                    if let Err(e) = token.cancel_query(tls).await {
+                        tracing::debug!(error = %e, "cancelling a timed-out statement failed");
+                    }
+                });
+            }
             Err(PgError::Timeout { after: timeout }.into())
         }
     }

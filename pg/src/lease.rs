@@ -336,3 +336,140 @@ async fn lost(client: &tokio_postgres::Client, lease: &Lease) -> LeaseError {
         Err(e) => e,
     }
 }
+
+/// The loop a replica runs to hold the lease when it can: it polls while another replica
+/// holds it, renews while it holds it, gives it up when a renewal finds the epoch moved (or
+/// when `ttl` passed without a successful renewal), and releases it on
+/// [`Contender::shutdown`]. It runs on the database's runtime with a connection of its own, so
+/// renewals never queue behind the store's work.
+#[derive(Debug)]
+pub struct Contender {
+    state: tokio::sync::watch::Receiver<Option<Lease>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    db: crate::Database,
+}
+
+impl Contender {
+    /// Starts contending for `config.name` as `config.holder`.
+    pub fn start(db: &crate::Database, config: LeaseConfig) -> Result<Contender, LeaseError> {
+        config.validate()?;
+        let pool = db.dedicated_pool(1)?;
+        let (tx, state) = tokio::sync::watch::channel(None);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = db.spawn(contend(pool, config, tx, stopped));
+        Ok(Contender {
+            state,
+            stop: Some(stop),
+            task: Some(task),
+            db: db.clone(),
+        })
+    }
+
+    /// The lease, if this replica holds it and may still believe so by its own clock.
+    pub fn lease(&self) -> Option<Lease> {
+        self.state.borrow().clone().filter(Lease::is_valid)
+    }
+
+    /// A receiver that sees every acquisition and loss (the engine waits on it).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<Lease>> {
+        self.state.clone()
+    }
+
+    /// Stops contending and releases the lease if held, so another replica takes it at its
+    /// next poll instead of after `ttl`. Blocks until the release is done (or failed).
+    pub fn shutdown(mut self) {
+        self.stop_and_wait();
+    }
+
+    fn stop_and_wait(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = self.db.block_on(task);
+        }
+    }
+}
+
+impl Drop for Contender {
+    fn drop(&mut self) {
+        // Dropped without shutdown (a panic, an early return): release all the same.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn contend(
+    pool: deadpool_postgres::Pool,
+    config: LeaseConfig,
+    tx: tokio::sync::watch::Sender<Option<Lease>>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    // One query may take at most this long; a stalled connection is dropped and the next
+    // round opens another.
+    let limit = config.renew_every.min(config.poll_every);
+    let mut held: Option<Lease> = None;
+    let mut first_round = true;
+    loop {
+        let pause = if held.is_some() { config.renew_every } else { config.poll_every };
+        if !first_round {
+            tokio::select! {
+                _ = &mut stopped => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        first_round = false;
+        let outcome = tokio::time::timeout(limit, async {
+            let client = pool.get().await.map_err(pool_failure)?;
+            match &held {
+                None => try_acquire(&client, &config).await.map(|l| (l, client)),
+                Some(lease) => renew(&client, lease, config.ttl).await.map(|l| (Some(l), client)),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok((Some(lease), _client))) => {
+                if held.is_none() {
+                    tracing::info!(lease = %lease.name, epoch = lease.epoch, "acquired the lease");
+                }
+                held = Some(lease);
+            }
+            Ok(Ok((None, _client))) => {}
+            Ok(Err(LeaseError::LostLeadership { current, holder, .. })) => {
+                tracing::warn!(current, ?holder, "lost the lease to another replica");
+                held = None;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease round failed; retrying"),
+            Err(_) => tracing::warn!(?limit, "lease round timed out; retrying"),
+        }
+        if held.as_ref().is_some_and(|l| !l.is_valid()) {
+            tracing::warn!("lease expired without a successful renewal; stepping down");
+            held = None;
+        }
+        if *tx.borrow() != held {
+            tx.send_replace(held.clone());
+        }
+    }
+    if let Some(lease) = held.take() {
+        tx.send_replace(None);
+        let released = tokio::time::timeout(limit, async {
+            let client = pool.get().await.map_err(pool_failure)?;
+            release(&client, &lease).await
+        })
+        .await;
+        match released {
+            Ok(Ok(())) => tracing::info!(epoch = lease.epoch, "released the lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not release the lease; it expires"),
+            Err(_) => tracing::warn!("releasing the lease timed out; it expires"),
+        }
+    }
+}
+
+fn pool_failure(e: deadpool_postgres::PoolError) -> LeaseError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => LeaseError::from(e),
+        _ => LeaseError::Pg(PgError::Closed),
+    }
+}
