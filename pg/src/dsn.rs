@@ -178,8 +178,8 @@ impl Dsn {
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        let mut config =
-            tokio_postgres::Config::from_str(&url).map_err(|source| DsnError::Invalid { source })?;
+        let mut config = tokio_postgres::Config::from_str(&url)
+            .map_err(|source| DsnError::Invalid { source })?;
         if config.get_hosts().is_empty() {
             return Err(DsnError::NoHost);
         }

@@ -248,7 +248,7 @@ pub async fn try_acquire(
         .query_opt(
             "INSERT INTO engine_lease AS l \
                  (name, holder, epoch, expires_at, acquired_at, renewed_at) \
-             VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond', now(), now()) \
+             VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond', now(), now()) \
              ON CONFLICT (name) DO UPDATE SET \
                  holder = EXCLUDED.holder, epoch = l.epoch + 1, \
                  expires_at = EXCLUDED.expires_at, acquired_at = now(), renewed_at = now() \
@@ -275,7 +275,7 @@ pub async fn renew(
     let sent = Instant::now();
     let row = client
         .query_opt(
-            "UPDATE engine_lease SET expires_at = now() + $3 * interval '1 millisecond', \
+            "UPDATE engine_lease SET expires_at = now() + $3::bigint * interval '1 millisecond', \
                  renewed_at = now() \
              WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL \
              RETURNING expires_at",
@@ -413,7 +413,11 @@ async fn contend(
     let mut held: Option<Lease> = None;
     let mut first_round = true;
     loop {
-        let pause = if held.is_some() { config.renew_every } else { config.poll_every };
+        let pause = if held.is_some() {
+            config.renew_every
+        } else {
+            config.poll_every
+        };
         if !first_round {
             tokio::select! {
                 _ = &mut stopped => break,
@@ -425,7 +429,9 @@ async fn contend(
             let client = pool.get().await.map_err(pool_failure)?;
             match &held {
                 None => try_acquire(&client, &config).await.map(|l| (l, client)),
-                Some(lease) => renew(&client, lease, config.ttl).await.map(|l| (Some(l), client)),
+                Some(lease) => renew(&client, lease, config.ttl)
+                    .await
+                    .map(|l| (Some(l), client)),
             }
         })
         .await;
@@ -437,7 +443,9 @@ async fn contend(
                 held = Some(lease);
             }
             Ok(Ok((None, _client))) => {}
-            Ok(Err(LeaseError::LostLeadership { current, holder, .. })) => {
+            Ok(Err(LeaseError::LostLeadership {
+                current, holder, ..
+            })) => {
                 tracing::warn!(current, ?holder, "lost the lease to another replica");
                 held = None;
             }

@@ -160,7 +160,13 @@ pub async fn apply_with(
         )
         .await?
         .into_iter()
-        .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+        .map(|r| {
+            (
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+            )
+        })
         .collect()
     } else {
         Vec::new()
@@ -199,14 +205,23 @@ pub async fn apply_with(
         tx.execute(
             "INSERT INTO schema_migrations (version, name, checksum, applied_by) \
              VALUES ($1, $2, $3, $4)",
-            &[&m.version, &m.name, &m.checksum(), &env!("CARGO_PKG_VERSION")],
+            &[
+                &m.version,
+                &m.name,
+                &m.checksum(),
+                &env!("CARGO_PKG_VERSION"),
+            ],
         )
         .await?;
         applied.push(m.version);
     }
     tx.commit().await?;
     if !applied.is_empty() {
-        tracing::info!(?applied, schema_version = known, "applied schema migrations");
+        tracing::info!(
+            ?applied,
+            schema_version = known,
+            "applied schema migrations"
+        );
     }
     Ok(MigrationReport {
         applied,

@@ -9,11 +9,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::dsn::{RootCerts, SslMode};
@@ -83,12 +85,9 @@ fn root_store(mode: SslMode, roots: Option<&RootCerts>) -> Result<RootCertStore,
 }
 
 fn file_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
-    let roots = flopmeter_tls::TrustRoots::load(
-        path,
-        "PostgreSQL CA file",
-        flopmeter_tls::unix_now(),
-    )
-    .map_err(TlsSetupError::CaFile)?;
+    let roots =
+        flopmeter_tls::TrustRoots::load(path, "PostgreSQL CA file", flopmeter_tls::unix_now())
+            .map_err(TlsSetupError::CaFile)?;
     roots.store().map_err(TlsSetupError::CaFile)
 }
 
@@ -120,13 +119,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),

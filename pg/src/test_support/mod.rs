@@ -20,4 +20,4 @@ mod proxy;
 mod server;
 
 pub use proxy::CutProxy;
-pub use server::{Server, TestDatabase, shared, SUPERUSER, SUPERUSER_PASSWORD};
+pub use server::{SUPERUSER, SUPERUSER_PASSWORD, Server, TestDatabase, shared};

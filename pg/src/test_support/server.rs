@@ -132,7 +132,12 @@ impl Server {
             .program("initdb")
             .arg("-D")
             .arg(&self.data)
-            .args(["-U", SUPERUSER, "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
             .args(["-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
@@ -246,7 +251,10 @@ impl Server {
 
     /// Restarts the server: every connection breaks, the data stays.
     pub fn restart(&self) {
-        self.pg_ctl(&["restart", "-w", "-m", "fast"]);
+        // Not `pg_ctl restart`: without `-l` the new postmaster would keep pg_ctl's stdout,
+        // and this process would wait on that pipe forever.
+        self.stop();
+        self.start_again();
     }
 
     /// The loopback TCP port.
@@ -325,7 +333,11 @@ impl Server {
     /// it stops the server at once and deletes the directory.
     fn watchdog(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
-        let runuser = if self.as_postgres.is_some() { "runuser -u postgres -- " } else { "" };
+        let runuser = if self.as_postgres.is_some() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
              if [ -d '{data}' ]; then {runuser}'{pg_ctl}' stop -D '{data}' -m immediate; fi; \
@@ -335,13 +347,20 @@ impl Server {
             pg_ctl = pg_ctl.display(),
             dir = self.dir.display(),
         );
-        Command::new("sh")
-            .args(["-c", &script])
+        // In a session of its own, so that a kill of the test's process group (Ctrl-C, a
+        // timeout killing the tree) leaves it alive to clean up.
+        // `-f` forks, so setsid itself exits at once and leaves no zombie behind.
+        let started = Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("start the PostgreSQL watchdog");
+        assert!(
+            started.success(),
+            "setsid could not start the PostgreSQL watchdog"
+        );
     }
 }
 

@@ -91,21 +91,30 @@ fn a_stalled_query_times_out_and_its_connection_is_closed_not_reused() {
     assert!(matches!(err, PgError::Timeout { .. }), "{err:?}");
     assert!(err.is_transient());
     // The connection left the pool instead of coming back mid-query...
-    assert_eq!(db.pool().status().size, before - 1, "{:?}", db.pool().status());
+    assert_eq!(
+        db.pool().status().size,
+        before - 1,
+        "{:?}",
+        db.pool().status()
+    );
     // ...and the server ends the backend (the socket closed), so no sleeper remains.
-    crate::wait_for("the stalled backend to end", Duration::from_secs(10), || {
-        db.run(|conn| async move {
-            let row = conn
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
-                    &[],
-                )
-                .await?;
-            Ok::<i64, PgError>(row.get(0))
-        })
-        .unwrap()
-            == 0
-    });
+    crate::wait_for(
+        "the stalled backend to end",
+        Duration::from_secs(10),
+        || {
+            db.run(|conn| async move {
+                let row = conn
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+                        &[],
+                    )
+                    .await?;
+                Ok::<i64, PgError>(row.get(0))
+            })
+            .unwrap()
+                == 0
+        },
+    );
     assert_eq!(query(&db, 1), 2);
 }
 

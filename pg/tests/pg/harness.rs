@@ -17,7 +17,9 @@ fn count(db: &Database) -> Result<i64, PgError> {
 }
 
 fn insert(db: &Database) -> Result<u64, PgError> {
-    db.run(|conn| async move { Ok::<u64, PgError>(conn.execute("INSERT INTO t VALUES (1)", &[]).await?) })
+    db.run(|conn| async move {
+        Ok::<u64, PgError>(conn.execute("INSERT INTO t VALUES (1)", &[]).await?)
+    })
 }
 
 /// Retries a transient failure, as a store will.
@@ -42,8 +44,10 @@ fn a_restarted_server_breaks_connections_and_keeps_the_data() {
     let server = Server::start();
     let test_db = server.fresh_database();
     let db = Database::connect(options(&test_db.socket_dsn())).unwrap();
-    db.run(|conn| async move { Ok::<_, PgError>(conn.batch_execute("CREATE TABLE t (x int)").await?) })
-        .unwrap();
+    db.run(
+        |conn| async move { Ok::<_, PgError>(conn.batch_execute("CREATE TABLE t (x int)").await?) },
+    )
+    .unwrap();
     insert(&db).unwrap();
 
     server.restart();
@@ -97,5 +101,7 @@ fn a_cut_proxy_breaks_one_clients_connection_until_restored() {
 
     proxy.restore();
     eventually("insert through the restored proxy", || insert(&cut_off));
-    wait_for("three rows", Duration::from_secs(5), || count(&direct).unwrap() == 3);
+    wait_for("three rows", Duration::from_secs(5), || {
+        count(&direct).unwrap() == 3
+    });
 }

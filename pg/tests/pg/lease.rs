@@ -97,19 +97,33 @@ fn one_holder_at_a_time_and_a_stale_epoch_cannot_write_after_takeover() {
 
     let e = fenced_write(&db, &lease_a, "replica-a").unwrap_err();
     match &e {
-        LeaseError::LostLeadership { epoch: 1, current: 2, holder, .. } => {
+        LeaseError::LostLeadership {
+            epoch: 1,
+            current: 2,
+            holder,
+            ..
+        } => {
             assert_eq!(holder.as_deref(), Some("replica-b"));
         }
         other => panic!("{other:?}"),
     }
     assert!(e.to_string().contains("nothing was written"), "{e}");
     let la = lease_a.clone();
-    let renewed = db.run(move |conn| async move { lease::renew(&conn, &la, Duration::from_secs(1)).await });
-    assert!(matches!(renewed, Err(LeaseError::LostLeadership { .. })), "{renewed:?}");
+    let renewed =
+        db.run(move |conn| async move { lease::renew(&conn, &la, Duration::from_secs(1)).await });
+    assert!(
+        matches!(renewed, Err(LeaseError::LostLeadership { .. })),
+        "{renewed:?}"
+    );
     fenced_write(&db, &lease_b, "replica-b").expect("the new holder writes");
     let rows = db
         .run(|conn| async move {
-            let rows = conn.query("SELECT holder, epoch FROM fenced_writes ORDER BY written_at", &[]).await?;
+            let rows = conn
+                .query(
+                    "SELECT holder, epoch FROM fenced_writes ORDER BY written_at",
+                    &[],
+                )
+                .await?;
             Ok::<Vec<(String, i64)>, PgError>(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
         .unwrap();
@@ -124,9 +138,16 @@ fn a_clean_release_hands_over_at_once() {
     wait_for("A to lead", Duration::from_secs(10), || a.lease().is_some());
     let b = Contender::start(&db, config("replica-b", 60_000, 1_000, 200)).unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    assert!(b.lease().is_none(), "B must not lead while A holds the lease");
+    assert!(
+        b.lease().is_none(),
+        "B must not lead while A holds the lease"
+    );
     a.shutdown();
-    wait_for("B to lead after A released", Duration::from_secs(10), || b.lease().is_some());
+    wait_for(
+        "B to lead after A released",
+        Duration::from_secs(10),
+        || b.lease().is_some(),
+    );
     assert_eq!(b.lease().unwrap().epoch(), 2);
     let row = lease_row(&db).unwrap();
     assert_eq!(row.1.as_deref(), Some("replica-b"));
@@ -201,7 +222,10 @@ fn a_paused_leader_is_replaced_within_the_bound_and_fenced_when_it_wakes() {
     assert_eq!(bound, Duration::from_millis(2_500));
     let b = Contender::start(&db, b_config).unwrap();
     std::thread::sleep(Duration::from_millis(1_000));
-    assert!(b.lease().is_none(), "B must not take a lease A keeps renewing");
+    assert!(
+        b.lease().is_none(),
+        "B must not take a lease A keeps renewing"
+    );
 
     // A stalls (a GC pause, a frozen VM, SIGSTOP). Its last renewal is in the row once any
     // statement it had in flight landed.
@@ -210,7 +234,9 @@ fn a_paused_leader_is_replaced_within_the_bound_and_fenced_when_it_wakes() {
     let (epoch, holder, expires, _, a_renewed) = lease_row(&db).unwrap();
     assert_eq!((epoch, holder.as_deref()), (1, Some("replica-a")));
 
-    wait_for("B to take over", Duration::from_secs(30), || b.lease().is_some());
+    wait_for("B to take over", Duration::from_secs(30), || {
+        b.lease().is_some()
+    });
     let (epoch, holder, _, b_acquired, _) = lease_row(&db).unwrap();
     assert_eq!((epoch, holder.as_deref()), (2, Some("replica-b")));
     // Database times, so the test machine's load cannot blur them: not before A's lease

@@ -12,7 +12,10 @@ use crate::{connect, fresh};
 fn versions(db: &Database) -> Vec<(i32, String)> {
     db.run(|conn| async move {
         let rows = conn
-            .query("SELECT version, name FROM schema_migrations ORDER BY version", &[])
+            .query(
+                "SELECT version, name FROM schema_migrations ORDER BY version",
+                &[],
+            )
             .await?;
         Ok::<_, PgError>(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     })
@@ -21,7 +24,9 @@ fn versions(db: &Database) -> Vec<(i32, String)> {
 
 fn table_exists(db: &Database, table: &'static str) -> bool {
     db.run(move |conn| async move {
-        let row = conn.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await?;
+        let row = conn
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await?;
         Ok::<bool, PgError>(row.get(0))
     })
     .unwrap()
@@ -76,11 +81,21 @@ fn a_schema_newer_than_this_flopmeter_is_refused() {
     .unwrap();
     let e = migrate::apply(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap_err();
     assert!(
-        matches!(e, MigrateError::SchemaNewer { database: 7, known: 1, .. }),
+        matches!(
+            e,
+            MigrateError::SchemaNewer {
+                database: 7,
+                known: 1,
+                ..
+            }
+        ),
         "{e:?}"
     );
     let msg = e.to_string();
-    assert!(msg.starts_with("the database schema is version 7, this flopmeter"), "{msg}");
+    assert!(
+        msg.starts_with("the database schema is version 7, this flopmeter"),
+        "{msg}"
+    );
     assert!(msg.contains("knows up to 1: upgrade flopmeter"), "{msg}");
     assert!(msg.contains("9.9.9"), "{msg}");
     assert_eq!(versions(&db).len(), 7, "nothing changed");
@@ -121,22 +136,39 @@ static V3_BROKEN: &[Migration] = &[
 fn an_edited_migration_is_refused_and_a_failing_one_changes_nothing() {
     let test_db = fresh();
     let db = connect(&test_db);
-    assert_eq!(migrate::apply(&db, V2, DEFAULT_TIMEOUT).unwrap().applied, vec![1, 2]);
+    assert_eq!(
+        migrate::apply(&db, V2, DEFAULT_TIMEOUT).unwrap().applied,
+        vec![1, 2]
+    );
     let e = migrate::apply(&db, V2_EDITED, DEFAULT_TIMEOUT).unwrap_err();
     match &e {
-        MigrateError::ChecksumChanged { version, recorded, expected, .. } => {
+        MigrateError::ChecksumChanged {
+            version,
+            recorded,
+            expected,
+            ..
+        } => {
             assert_eq!(*version, 2);
             assert_eq!(recorded, &V2[1].checksum());
             assert_eq!(expected, &V2_EDITED[1].checksum());
         }
         other => panic!("{other:?}"),
     }
-    assert!(e.to_string().contains("a released migration was edited"), "{e}");
-    assert!(!table_exists(&db, "gadgets"), "migration 3 must not run after the refusal");
+    assert!(
+        e.to_string().contains("a released migration was edited"),
+        "{e}"
+    );
+    assert!(
+        !table_exists(&db, "gadgets"),
+        "migration 3 must not run after the refusal"
+    );
 
     // A migration that fails rolls the whole run back, its record included.
     let e = migrate::apply(&db, V3_BROKEN, DEFAULT_TIMEOUT).unwrap_err();
-    assert!(matches!(e, MigrateError::Pg(PgError::Statement { .. })), "{e:?}");
+    assert!(
+        matches!(e, MigrateError::Pg(PgError::Statement { .. })),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("already exists"), "{e}");
     assert!(!table_exists(&db, "half"));
     assert_eq!(versions(&db).len(), 2);
