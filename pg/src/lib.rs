@@ -12,9 +12,8 @@
 //!   database per test, restarts and a TCP proxy that can be cut.
 //!
 //! It is a crate of its own, not a module of the collector, so that its tests (which start a
-//! real server) build and run without the collector, the later `ledger migrate` tool can use
-//! it without the whole collector, and the collector's build does not grow tokio-postgres'
-//! tree for users of sled alone... once the collector gates it behind a feature, if ever.
+//! real server) build and run without the collector, and the later `ledger migrate` tool can
+//! use it without the whole collector.
 
 pub mod database;
 pub mod dsn;
