@@ -1,6 +1,9 @@
 //! flopmeter-pg against a real PostgreSQL (Debian's `postgresql`, started once for this test
 //! binary by `flopmeter_pg::test_support::shared`; each test has a database of its own).
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod bridge;
 mod connect;
 mod harness;
