@@ -91,6 +91,9 @@ impl LeaseConfig {
     }
 }
 
+/// How long a fenced transaction may sit idle before PostgreSQL ends it (see [`Lease::begin`]).
+const FENCED_IDLE_TIMEOUT_SQL: &str = "SET LOCAL idle_in_transaction_session_timeout = '1s'";
+
 /// A held lease: the fencing token and until when the holder may believe in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -136,6 +139,13 @@ impl Lease {
         client: &'a mut ClientWrapper,
     ) -> Result<FencedTransaction<'a>, LeaseError> {
         let tx = client.transaction().await?;
+        // A leader paused inside this transaction (SIGSTOP, a frozen VM) keeps its connection
+        // open and the lease row share-locked, so the next leader's takeover would wait for it
+        // forever and the failover bound would not hold. PostgreSQL ends a transaction that
+        // sits idle longer than this, releasing the row; the paused leader's COMMIT then fails.
+        // Leader-only writes send their statements back to back, so a healthy leader never
+        // idles this long inside one.
+        tx.batch_execute(FENCED_IDLE_TIMEOUT_SQL).await?;
         let row = tx
             .query_opt(
                 "SELECT epoch, holder FROM engine_lease WHERE name = $1 FOR SHARE",
