@@ -146,8 +146,8 @@ pub fn local_cluster_name() -> Option<String> {
             "/run/slurm/conf/slurm.conf",
             "/var/spool/slurmd/conf-cache/slurm.conf",
         ]
-            .iter()
-            .map(Into::into),
+        .iter()
+        .map(Into::into),
     );
     paths
         .iter()

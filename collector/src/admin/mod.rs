@@ -109,8 +109,7 @@ impl Admin for AdminService {
                 "ListRunsRequest needs a model or a cluster",
             ));
         }
-        let runs =
-            summary::run_summaries_on(self.store.as_ref(), model, cluster, &self.policy)?;
+        let runs = summary::run_summaries_on(self.store.as_ref(), model, cluster, &self.policy)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.iter().map(convert::run_to_pb).collect(),
         }))

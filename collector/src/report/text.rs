@@ -113,7 +113,13 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(
             o,
             "  {:<24} {:>32} {:>6} {:>10} {:>10} {:>10} {:>9}",
-            "cluster", "FLOP central [low – high]", "share", "GPU-days", "MWh", "excluded", "records"
+            "cluster",
+            "FLOP central [low – high]",
+            "share",
+            "GPU-days",
+            "MWh",
+            "excluded",
+            "records"
         );
         for c in &r.clusters {
             let _ = writeln!(

@@ -266,7 +266,10 @@ fn unattributed_share_and_clusters_come_from_the_report() {
         .iter()
         .map(|c| (c.name.as_deref(), c.percent))
         .collect();
-    assert_eq!(shown, [(Some("gpu-a"), Some(67)), (Some("gpu-b"), Some(33))]);
+    assert_eq!(
+        shown,
+        [(Some("gpu-a"), Some(67)), (Some("gpu-b"), Some(33))]
+    );
 }
 
 #[test]

@@ -301,8 +301,16 @@ pub fn shares<'a>(
                 (kind, c.clone(), *v)
             })
             .chain([
-                (ClusterKind::OtherClusters, String::new(), t.by_cluster.other),
-                (ClusterKind::NotSplit, String::new(), t.by_cluster.unsplit(t)),
+                (
+                    ClusterKind::OtherClusters,
+                    String::new(),
+                    t.by_cluster.other,
+                ),
+                (
+                    ClusterKind::NotSplit,
+                    String::new(),
+                    t.by_cluster.unsplit(t),
+                ),
             ]);
         for (kind, cluster, v) in parts {
             if v.is_zero() {
@@ -392,7 +400,9 @@ mod tests {
 
     #[test]
     fn bounded_in_any_order_and_exact() {
-        let recs: Vec<_> = (0..40).map(|i| on(&format!("c{i:02}"), "", 10 + i)).collect();
+        let recs: Vec<_> = (0..40)
+            .map(|i| on(&format!("c{i:02}"), "", 10 + i))
+            .collect();
         let mut forward = Aggregate::default();
         recs.iter().for_each(|r| forward.add_record(r));
         let mut backward = Aggregate::default();
@@ -408,7 +418,10 @@ mod tests {
         assert_eq!(b.sum().flop, forward.all().flop, "nothing lost in the fold");
         let shares = forward.cluster_shares(&StagePolicy::default());
         assert_eq!(shares.len(), MAX_CLUSTERS + 1);
-        assert_eq!(shares.last().map(|s| s.kind), Some(ClusterKind::OtherClusters));
+        assert_eq!(
+            shares.last().map(|s| s.kind),
+            Some(ClusterKind::OtherClusters)
+        );
     }
 
     #[test]
@@ -434,12 +447,23 @@ mod tests {
         let mut full = Aggregate::default();
         full.add_record(&on("gpu-a", "", 100));
         let mut older = on("gpu-a", "", 2);
-        (older.flop_low, older.flop_high, older.gpu_ms, older.energy_mj) = (1, 3, 10, 5);
+        (
+            older.flop_low,
+            older.flop_high,
+            older.gpu_ms,
+            older.energy_mj,
+        ) = (1, 3, 10, 5);
         full.add_record(&older);
         let r = &full.stages["pretrain"];
         assert!(stored.by_cluster.agrees_with(stored, &r.by_cluster, r));
         let mut wrong = stored.clone();
-        wrong.by_cluster.named.get_mut("gpu-a").unwrap().flop.central = 103;
+        wrong
+            .by_cluster
+            .named
+            .get_mut("gpu-a")
+            .unwrap()
+            .flop
+            .central = 103;
         assert!(!wrong.by_cluster.agrees_with(&wrong, &r.by_cluster, r));
         // Fully split stages compare exactly.
         assert!(r.by_cluster.agrees_with(r, &r.by_cluster, r));
