@@ -354,7 +354,9 @@ mod tests {
 
     fn on(cluster: &str, stage: &str, central: u64) -> IntervalRecord {
         let mut r = rec(stage, central);
-        r.identity.as_mut().map(|i| i.cluster = cluster.into());
+        if let Some(i) = r.identity.as_mut() {
+            i.cluster = cluster.into();
+        }
         r
     }
 
