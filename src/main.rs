@@ -46,7 +46,7 @@ enum Command {
     Collector(flopmeter_collector::config::CollectorArgs),
     /// List the models in the ledger with their counted and excluded FLOP.
     Models(cmd::models::ModelsArgs),
-    /// List the runs of one model.
+    /// List the runs of one model, or of every model on one cluster.
     Runs(cmd::models::RunsArgs),
     /// The model registry: base model and inherited compute, role, declared plan.
     Model(cmd::model::ModelArgs),

@@ -9,6 +9,11 @@
 //! window of scenario time and idle before and after it, so the whole window is metered
 //! whatever the agents' timing, and an interval lost or counted twice (one record, a quarter
 //! second of one GPU, is 1.6% of the total) moves the total out of the tolerance.
+//!
+//! The two nodes are on two clusters (`--cluster gpu-a`, `--cluster gpu-b`): one model
+//! trained on two clusters. Each cluster's figures must be its run's exactly, and together
+//! the model's total exactly, in the API, the report and the CLI; `--cluster` filters must
+//! pick the right rows.
 
 use std::path::Path;
 
@@ -42,13 +47,20 @@ fn trainer(run: &str) -> Proc {
     support::trainer("demo-7b", run)
 }
 
-fn agent(lib: &Path, work: &Path, node: &str, collector: &str) -> Proc {
+fn agent(lib: &Path, work: &Path, node: &str, cluster: &str, collector: &str) -> Proc {
     Proc(
         flopmeter(&["agent", "--nvml-lib"])
             .arg(lib)
             .arg("--spool-dir")
             .arg(work.join(node))
-            .args(["--node-name", node, "--agent-id", node])
+            .args([
+                "--node-name",
+                node,
+                "--agent-id",
+                node,
+                "--cluster",
+                cluster,
+            ])
             .args(["--collector", collector])
             .args(["--metrics-addr", "off", "--kube", "off"])
             .args(["--sample-interval", "100ms", "--report-interval", "250ms"])
@@ -68,8 +80,20 @@ fn two_agents_two_runs_one_model_match_the_ground_truth() {
 
     let collector = support::collector(&work.path().join("ledger")).start();
     let mut agents = [
-        agent(fa.lib_path(), work.path(), "node-a", &collector.url()),
-        agent(fb.lib_path(), work.path(), "node-b", &collector.url()),
+        agent(
+            fa.lib_path(),
+            work.path(),
+            "node-a",
+            "gpu-a",
+            &collector.url(),
+        ),
+        agent(
+            fb.lib_path(),
+            work.path(),
+            "node-b",
+            "gpu-b",
+            &collector.url(),
+        ),
     ];
     // Wait until both runs' GPU time covers the busy window. This only says when to stop:
     // the truth below does not depend on it.
@@ -138,5 +162,129 @@ fn two_agents_two_runs_one_model_match_the_ground_truth() {
         low <= truth && truth <= high,
         "truth {truth:.4e} outside [{low:.4e}, {high:.4e}]"
     );
+    clusters_add_up_exactly(&collector, &report);
     drop((ta, tb));
+}
+
+fn u(v: &serde_json::Value) -> u128 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an exact integer: {v}"))
+}
+
+fn band(v: &serde_json::Value) -> [u128; 3] {
+    [u(&v["low"]), u(&v["central"]), u(&v["high"])]
+}
+
+fn add(a: [u128; 3], b: [u128; 3]) -> [u128; 3] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+}
+
+/// One model on two clusters: each cluster's figures are its run's, and their sum is the
+/// model's total, exactly, everywhere they are shown; the filters pick the right rows.
+fn clusters_add_up_exactly(collector: &support::CollectorProc, report: &serde_json::Value) {
+    let summary = &collector.get("/api/v1/models/demo-7b").unwrap()["summary"];
+    assert_eq!(summary["clusters"], serde_json::json!(["gpu-a", "gpu-b"]));
+    let rows = summary["by_cluster"].as_array().unwrap();
+    let names: Vec<_> = rows.iter().map(|r| (&r["kind"], &r["cluster"])).collect();
+    assert_eq!(names.len(), 2, "{summary}");
+    assert!(rows.iter().all(|r| r["kind"] == "cluster"), "{summary}");
+    let runs = collector.get("/api/v1/runs?model=demo-7b").unwrap();
+    let run = |id: &str| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run"] == id)
+            .unwrap()
+            .clone()
+    };
+    let mut sum = [0; 3];
+    let (mut gpu_ms, mut energy, mut records) = (0, 0, 0);
+    for (cluster, run_id) in [("gpu-a", "run-a"), ("gpu-b", "run-b")] {
+        let row = rows.iter().find(|r| r["cluster"] == cluster).unwrap();
+        let r = run(run_id);
+        assert_eq!(
+            band(&row["counted"]["flop"]),
+            band(&r["counted"]),
+            "{cluster} ran exactly {run_id}"
+        );
+        assert_eq!(u(&row["counted"]["gpu_ms"]), u(&r["gpu_ms"]), "{cluster}");
+        assert_eq!(r["clusters"], serde_json::json!([cluster]));
+        sum = add(sum, band(&row["counted"]["flop"]));
+        gpu_ms += u(&row["counted"]["gpu_ms"]);
+        energy += u(&row["counted"]["energy_mj"]);
+        records += row["counted"]["records"].as_u64().unwrap();
+    }
+    assert_eq!(
+        sum,
+        band(&summary["counted"]),
+        "the clusters sum to the total"
+    );
+    assert!(sum[1] > 0);
+    assert_eq!(gpu_ms, u(&summary["gpu_ms"]));
+    assert_eq!(energy, u(&summary["energy_mj"]));
+    assert_eq!(
+        u128::from(records),
+        u128::from(summary["records"].as_u64().unwrap())
+    );
+
+    // The report (JSON, as the CLI fetched it): its per-cluster rows sum to its computation.
+    let rows = report["clusters"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{report}");
+    let sum = rows.iter().fold([0; 3], |s, r| add(s, band(&r["counted"])));
+    assert_eq!(sum, band(&report["computation"]["counted"]));
+    let energy: u128 = rows.iter().map(|r| u(&r["energy_mj"])).sum();
+    assert_eq!(energy, u(&report["energy"]["counted_mj"]));
+    for run in report["runs"].as_array().unwrap() {
+        let by = run["by_cluster"].as_array().unwrap();
+        assert_eq!(by.len(), 1, "{run}");
+        assert_eq!(band(&by[0]["counted"]), band(&run["counted"]));
+    }
+
+    // The CLI's filters, filtered by the collector.
+    let cli = |args: &[&str]| {
+        let out = flopmeter(args)
+            .args(["--collector", &collector.url()])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&cli(args)).unwrap() };
+    let models = json(&["models", "--cluster", "gpu-b", "--json"]);
+    assert_eq!(models.as_array().unwrap().len(), 1, "{models}");
+    assert_eq!(
+        band(&models[0]["counted"]),
+        band(&summary["counted"]),
+        "a filter picks rows, never narrows a model's total"
+    );
+    assert_eq!(
+        json(&["models", "--cluster", "gpu-c", "--json"]),
+        serde_json::json!([])
+    );
+    for (cluster, run_id) in [("gpu-a", "run-a"), ("gpu-b", "run-b")] {
+        let runs = json(&["runs", "--cluster", cluster, "--json"]);
+        let ids: Vec<_> = runs.as_array().unwrap().iter().map(|r| &r["run"]).collect();
+        assert_eq!(ids, [run_id], "{runs}");
+    }
+    let runs = json(&["runs", "--model", "demo-7b", "--cluster", "gpu-c", "--json"]);
+    assert_eq!(runs, serde_json::json!([]));
+    let text = cli(&["models", "--cluster", "gpu-a"]);
+    assert!(
+        text.contains("on gpu-a") && text.contains("gpu-a,gpu-b"),
+        "{text}"
+    );
+    let text = cli(&["report", "--model", "demo-7b"]);
+    assert!(text.contains("Per cluster"), "{text}");
+    let csv = cli(&["report", "--model", "demo-7b", "--format", "csv"]);
+    assert_eq!(
+        csv.lines().filter(|l| l.starts_with("cluster,")).count(),
+        2,
+        "{csv}"
+    );
 }

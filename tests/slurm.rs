@@ -553,6 +553,11 @@ fn slurm_jobs_are_attributed_by_their_comment_name_and_environment() {
             r["counted"]["central"].as_str().is_some_and(|s| s != "0"),
             "{model}: {r}"
         );
+        // All of it booked on the job's cluster: the one per-cluster row is the run.
+        let by = r["by_cluster"].as_array().unwrap();
+        assert_eq!(by.len(), 1, "{model}: {r}");
+        assert_eq!(by[0]["cluster"], CLUSTER, "{model}");
+        assert_eq!(by[0]["counted"]["flop"], r["counted"], "{model}");
     }
     // The plain `train` job: unattributed, and traceable to its job, user, account and
     // cluster, and to the command that ran.

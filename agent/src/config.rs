@@ -173,9 +173,11 @@ pub struct AgentArgs {
     )]
     pub kube: KubeMode,
 
-    /// The cluster this node belongs to, sent to the collector when the agent connects.
-    /// Default on a Slurm node: the ClusterName in slurm.conf ($SLURM_CONF, else
-    /// /etc/slurm/slurm.conf).
+    /// The cluster this node belongs to: stamped on every record (reports give each
+    /// cluster's share of a model) and sent when the agent connects. It wins over a Slurm
+    /// job's SLURM_CLUSTER_NAME. Unset on a Slurm node: each job's SLURM_CLUSTER_NAME, and
+    /// for other work the ClusterName in slurm.conf ($SLURM_CONF, /etc/slurm, or slurmd's
+    /// configless cache).
     #[arg(long, env = "FLOPMETER_CLUSTER", value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,

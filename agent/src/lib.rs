@@ -19,6 +19,7 @@
 
 pub mod agent_id;
 pub mod attribution;
+pub mod cluster;
 pub mod config;
 pub mod gpu;
 pub mod metrics;

@@ -20,6 +20,7 @@ use crate::attribution::Attributor;
 use crate::attribution::kubernetes::{self, PodStore};
 use crate::attribution::slurm;
 use crate::attribution::slurm_comments::SlurmComments;
+use crate::cluster::ClusterName;
 use crate::config::{AgentArgs, AgentConfigError, KubeMode};
 use crate::gpu::nvml::{NvmlLibrary, NvmlSource, NvmlSourceError, RetryPolicy};
 use crate::gpu::{GpuSource, Inventory};
@@ -254,6 +255,16 @@ pub async fn run_with(
         _ => None,
     };
 
+    // The node's Slurm name is looked up only when the operator named no cluster.
+    let cluster_name = ClusterName::new(
+        config.cluster.clone(),
+        config
+            .cluster
+            .is_none()
+            .then(slurm::local_cluster_name)
+            .flatten(),
+    );
+
     // Sampler thread.
     let sampler = Sampler::new(
         SamplerConfig {
@@ -261,6 +272,7 @@ pub async fn run_with(
             report_interval: config.report_interval.0,
             unknown_gpu_peak_tflops: config.unknown_gpu_peak_tflops,
             replay,
+            cluster: cluster_name.clone(),
             ..SamplerConfig::default()
         },
         Attributor::new(proc_root, pods)
@@ -325,11 +337,7 @@ pub async fn run_with(
     ship_cfg.agent_token = config.agent_token.clone();
     ship_cfg.tls = client_tls;
     ship_cfg.operator_peak_tflops = config.unknown_gpu_peak_tflops;
-    ship_cfg.cluster = config
-        .cluster
-        .clone()
-        .or_else(slurm::local_cluster_name)
-        .unwrap_or_default();
+    ship_cfg.cluster = cluster_name.of_node().to_string();
     if replay.is_some() {
         // Replay runs against test and demo collectors that restart in seconds; a 30 s
         // backoff would only add idle time to every restart.

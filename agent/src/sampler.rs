@@ -41,6 +41,7 @@ use flopmeter_core::units::{Method, Precision};
 use flopmeter_proto::v1;
 
 use crate::attribution::{Attribution, Attributor};
+use crate::cluster::ClusterName;
 use crate::gpu::{GpuSource, Inventory};
 use crate::metrics::AgentMetrics;
 use crate::spool::Spool;
@@ -63,6 +64,8 @@ pub struct SamplerConfig {
     pub unknown_gpu_peak_tflops: Option<f64>,
     /// Replay mode; `None` in real time.
     pub replay: Option<Replay>,
+    /// The cluster each record is stamped with.
+    pub cluster: ClusterName,
 }
 
 /// Replay mode (see the module docs): for a sampler on [`crate::time_source::VirtualTime`]
@@ -101,6 +104,7 @@ impl Default for SamplerConfig {
             max_record_span: Duration::from_secs(30 * 60),
             unknown_gpu_peak_tflops: None,
             replay: None,
+            cluster: ClusterName::default(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - hardware-days per GPU type: [`HardwareDays`];
 //! - energy in MWh (GPU energy as measured; facility overhead is not included): [`EnergyFigure`];
 //! - what counts and what was excluded, per stage and per run: [`StageRow`], [`RunRow`];
+//! - per cluster, beside the model total, what ran where: [`ClusterRow`] (the rows add up to
+//!   the computation, GPU-days and energy exactly; also per run);
 //! - unattributed compute on the same nodes in the same period, so a reader sees what may be
 //!   missing, with its largest sources (Slurm job, pod, process): [`UnattributedView`];
 //! - GPU time that could not be estimated (an uncatalogued GPU without a peak, no activity
@@ -33,7 +35,7 @@ use flopmeter_core::threshold::default_levels;
 use flopmeter_core::units::FlopTotal;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::aggregate::{SourceCounts, Unestimated};
+use crate::ledger::aggregate::{ClusterKind, ClusterShare, SourceCounts, Unestimated};
 use crate::ledger::keys::DAY_MS;
 use crate::ledger::summary::{SourceRow, summarise_unattributed};
 use crate::ledger::{Declaration, LedgerStore, ModelEntry, StoreError};
@@ -77,6 +79,10 @@ pub struct Report {
     /// GPU time of the counted stages that could not be estimated (not in the computation).
     #[serde(default)]
     pub unestimated: UnestimatedView,
+    /// Per cluster, beside the totals above (which sum over every cluster). Absent in
+    /// reports made before per-cluster figures: empty.
+    #[serde(default)]
+    pub clusters: Vec<ClusterRow>,
     /// Per stage, counted and excluded.
     pub stages: Vec<StageRow>,
     /// Per run.
@@ -214,12 +220,75 @@ pub struct RunRow {
     pub six_n_d: Option<u128>,
     /// Measured central FLOP / 6·N·D.
     pub hardware_to_architecture_ratio: Option<f64>,
-    /// Slurm clusters it ran on.
+    /// Clusters it ran on.
     #[serde(default)]
     pub clusters: Vec<String>,
+    /// Its figures per cluster.
+    #[serde(default)]
+    pub by_cluster: Vec<ClusterRow>,
     /// GPU-hours that could not be estimated.
     #[serde(default)]
     pub unestimated_gpu_hours: f64,
+}
+
+/// One cluster's share of a model's (or a run's) figures: the counted stages, as the totals
+/// beside it, and what the stage policy excluded there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRow {
+    /// The cluster's name; empty unless `kind` is `cluster`.
+    pub cluster: String,
+    /// `cluster`, `no-cluster`, `other-clusters` or `not-split` (see the ledger's docs).
+    pub kind: ClusterKind,
+    /// The row's name as the text shows it (`gpu-a`, `(no cluster named)`, ...).
+    pub name: String,
+    /// FLOP that count, exact.
+    pub counted: FlopTotal,
+    /// `counted` as `2.3e25 [1.9e25 – 4.6e25]`.
+    pub counted_text: String,
+    /// Share of the counted central total, percent.
+    pub percent: f64,
+    /// FLOP excluded by the stage policy.
+    pub excluded: FlopTotal,
+    /// GPU time of the counted stages, ms (exact).
+    pub gpu_ms: u128,
+    /// The same in GPU-days.
+    pub gpu_days: f64,
+    /// Energy of the counted stages, mJ (exact).
+    pub energy_mj: u128,
+    /// The same in MWh.
+    pub energy_mwh: f64,
+    /// GPU-hours of the counted stages that could not be estimated.
+    pub unestimated_gpu_hours: f64,
+    /// Records, all stages.
+    pub records: u64,
+}
+
+impl ClusterRow {
+    /// The rows of an aggregate's shares; `total_central` is what `percent` is a share of.
+    pub fn of(shares: &[ClusterShare], total_central: u128) -> Vec<ClusterRow> {
+        shares
+            .iter()
+            .map(|s| ClusterRow {
+                cluster: s.cluster.clone(),
+                kind: s.kind,
+                name: s.label().to_string(),
+                counted: s.counted.flop,
+                counted_text: band_near(s.counted.flop, &default_levels()),
+                percent: if total_central == 0 {
+                    0.0
+                } else {
+                    s.counted.flop.central as f64 * 100.0 / total_central as f64
+                },
+                excluded: s.excluded.flop,
+                gpu_ms: s.counted.gpu_ms,
+                gpu_days: days(s.counted.gpu_ms),
+                energy_mj: s.counted.energy_mj,
+                energy_mwh: mwh(s.counted.energy_mj),
+                unestimated_gpu_hours: hours(s.counted.unestimated_gpu_ms),
+                records: s.all().records,
+            })
+            .collect()
+    }
 }
 
 /// GPU time that could not be estimated: the hardware ran, its FLOP are unknown.
@@ -441,6 +510,10 @@ pub fn build(
                     .map(|x| a.flop.central as f64 / x as f64),
                 six_n_d,
                 clusters: r.aggregate.clusters.iter().cloned().collect(),
+                by_cluster: ClusterRow::of(
+                    &r.aggregate.cluster_shares(policy),
+                    r.aggregate.counted(policy).central,
+                ),
                 unestimated_gpu_hours: hours(r.aggregate.unestimated().total.gpu_ms),
                 declaration: r.declaration,
                 run: r.run,
@@ -543,6 +616,7 @@ pub fn build(
             excluded_mwh: mwh(excluded.energy_mj),
         },
         unestimated: UnestimatedView::of(&counted.unestimated),
+        clusters: ClusterRow::of(&agg.cluster_shares(policy), counted.flop.central),
         stages,
         runs,
         unattributed,

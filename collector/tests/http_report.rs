@@ -274,7 +274,7 @@ async fn http_and_admin_api() {
         .await
         .unwrap();
     let list = admin
-        .list_models(pb::ListModelsRequest {})
+        .list_models(pb::ListModelsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -286,6 +286,7 @@ async fn http_and_admin_api() {
     let runs = admin
         .list_runs(pb::ListRunsRequest {
             model: "acme".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -125,16 +125,29 @@ pub fn cluster_name(slurm_conf: &str) -> Option<String> {
 }
 
 /// This node's Slurm cluster name, from the slurm.conf its Slurm commands read (`SLURM_CONF`,
-/// else the usual places). `None` on a node without Slurm.
+/// else the usual places, then the copy slurmd caches in configless mode). `None` on a node
+/// without Slurm.
+///
+/// Why a file and not `scontrol show config`: the file is what every Slurm command on the
+/// node reads, it answers when the controller is down, and it costs slurmctld nothing (an
+/// RPC from every agent of a large cluster restarting at once is load an admin would not
+/// accept for a name that never changes). A node whose slurm.conf is elsewhere sets
+/// `--cluster` or `SLURM_CONF` in the agent's unit.
 pub fn local_cluster_name() -> Option<String> {
     let mut paths: Vec<std::path::PathBuf> = std::env::var_os("SLURM_CONF")
         .map(Into::into)
         .into_iter()
         .collect();
     paths.extend(
-        ["/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf"]
-            .iter()
-            .map(Into::into),
+        [
+            "/etc/slurm/slurm.conf",
+            "/etc/slurm-llnl/slurm.conf",
+            // Configless mode (Slurm 22.05 and later, then earlier releases' default).
+            "/run/slurm/conf/slurm.conf",
+            "/var/spool/slurmd/conf-cache/slurm.conf",
+        ]
+        .iter()
+        .map(Into::into),
     );
     paths
         .iter()

@@ -148,11 +148,14 @@ impl Sampler {
                     b.no_estimate,
                 ))
         });
-        entries.into_iter().map(|(k, a)| to_record(k, a)).collect()
+        entries
+            .into_iter()
+            .map(|(k, a)| to_record(k, a, &self.cfg.cluster))
+            .collect()
     }
 }
 
-fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
+fn to_record(k: &Key, a: &Acc, cluster: &ClusterName) -> v1::IntervalRecord {
     let id = &k.who.identity;
     let d = &k.who.declaration;
     let source = match id.source {
@@ -193,7 +196,7 @@ fn to_record(k: &Key, a: &Acc) -> v1::IntervalRecord {
             source: source as i32,
             namespace: id.namespace.clone(),
             job: id.job.clone(),
-            cluster: id.cluster.clone(),
+            cluster: cluster.of_record(&id.cluster),
             user: id.user.clone(),
             process: id.process.clone(),
         }),

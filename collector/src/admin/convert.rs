@@ -6,6 +6,7 @@ use flopmeter_core::declaration::Declaration;
 use flopmeter_core::units::{FlopAmount, FlopAmountError, FlopTotal};
 use flopmeter_proto::v1 as pb;
 
+use crate::ledger::aggregate::{ClusterKind, ClusterShare};
 use crate::ledger::summary::{ModelSummary, RunSummary};
 use crate::ledger::{ModelEntry, Role};
 
@@ -135,6 +136,28 @@ pub fn model_to_pb(s: &ModelSummary) -> pb::ModelSummary {
         agents: s.agents,
         nodes: s.nodes,
         entry: s.entry.as_ref().map(entry_to_pb),
+        clusters: s.clusters.clone(),
+        by_cluster: s.by_cluster.iter().map(cluster_to_pb).collect(),
+    }
+}
+
+/// One cluster's share → message.
+pub fn cluster_to_pb(c: &ClusterShare) -> pb::ClusterFigures {
+    pb::ClusterFigures {
+        cluster: c.cluster.clone(),
+        kind: match c.kind {
+            ClusterKind::Cluster => "cluster",
+            ClusterKind::NoCluster => "no-cluster",
+            ClusterKind::OtherClusters => "other-clusters",
+            ClusterKind::NotSplit => "not-split",
+        }
+        .to_string(),
+        counted: Some(band_to_pb(c.counted.flop)),
+        excluded: Some(band_to_pb(c.excluded.flop)),
+        gpu_ms: c.all().gpu_ms.to_string(),
+        energy_mj: c.all().energy_mj.to_string(),
+        records: c.all().records,
+        unestimated_gpu_ms: c.all().unestimated_gpu_ms.to_string(),
     }
 }
 
@@ -154,6 +177,8 @@ pub fn run_to_pb(s: &RunSummary) -> pb::RunSummary {
         approximate_records: s.approximate_records,
         agents: s.agents,
         nodes: s.nodes,
+        clusters: s.clusters.clone(),
+        by_cluster: s.by_cluster.iter().map(cluster_to_pb).collect(),
     }
 }
 

@@ -72,9 +72,14 @@ fn not_found(model: &str) -> Status {
 impl Admin for AdminService {
     async fn list_models(
         &self,
-        _req: Request<pb::ListModelsRequest>,
+        req: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = summary::model_summaries(self.store.as_ref(), &self.policy)?;
+        let cluster = req.into_inner().cluster;
+        let models = summary::model_summaries_on(
+            self.store.as_ref(),
+            &self.policy,
+            Some(cluster.as_str()).filter(|c| !c.is_empty()),
+        )?;
         Ok(Response::new(pb::ListModelsResponse {
             models: models.iter().map(convert::model_to_pb).collect(),
         }))
@@ -96,8 +101,15 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let model = req.into_inner().model;
-        let runs = summary::run_summaries(self.store.as_ref(), &model, &self.policy)?;
+        let r = req.into_inner();
+        let model = Some(r.model.as_str()).filter(|m| !m.is_empty());
+        let cluster = Some(r.cluster.as_str()).filter(|c| !c.is_empty());
+        if model.is_none() && cluster.is_none() {
+            return Err(Status::invalid_argument(
+                "ListRunsRequest needs a model or a cluster",
+            ));
+        }
+        let runs = summary::run_summaries_on(self.store.as_ref(), model, cluster, &self.policy)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.iter().map(convert::run_to_pb).collect(),
         }))

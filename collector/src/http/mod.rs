@@ -119,12 +119,21 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// Query of `/api/v1/models`.
+#[derive(Debug, Deserialize)]
+pub struct ModelsQuery {
+    /// Only models that ran on this cluster (their totals still cover every cluster).
+    pub cluster: Option<String>,
+}
+
 async fn models(
     State(s): State<HttpState>,
+    Query(q): Query<ModelsQuery>,
 ) -> Result<ExactJson<Vec<summary::ModelSummary>>, HttpError> {
-    Ok(ExactJson(summary::model_summaries(
+    Ok(ExactJson(summary::model_summaries_on(
         s.store.as_ref(),
         &s.policy,
+        q.cluster.as_deref().filter(|c| !c.is_empty()),
     )?))
 }
 
@@ -161,19 +170,25 @@ async fn model_report(
 pub struct RunsQuery {
     /// The model whose runs to list.
     pub model: Option<String>,
+    /// Only runs on this cluster (then `model` may be left out: every model's).
+    pub cluster: Option<String>,
 }
 
 async fn runs(
     State(s): State<HttpState>,
     Query(q): Query<RunsQuery>,
 ) -> Result<ExactJson<Vec<summary::RunSummary>>, HttpError> {
-    let model = q
-        .model
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| HttpError::BadRequest("the query parameter model= is required".into()))?;
-    Ok(ExactJson(summary::run_summaries(
+    let model = q.model.filter(|m| !m.is_empty());
+    let cluster = q.cluster.filter(|c| !c.is_empty());
+    if model.is_none() && cluster.is_none() {
+        return Err(HttpError::BadRequest(
+            "the query parameter model= or cluster= is required".into(),
+        ));
+    }
+    Ok(ExactJson(summary::run_summaries_on(
         s.store.as_ref(),
-        &model,
+        model.as_deref(),
+        cluster.as_deref(),
         &s.policy,
     )?))
 }

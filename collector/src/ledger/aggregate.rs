@@ -23,7 +23,11 @@
 //! lexicographically first kept and the rest folded into [`OTHER_REASONS`] or dropped. The
 //! one exception is [`Sources`], the largest unattributed sources of a bucket: see there.
 
+mod by_cluster;
+
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use by_cluster::{ByCluster, ClusterKind, ClusterShare};
 
 use flopmeter_core::stage::{Stage, StagePolicy};
 use flopmeter_core::units::{FlopBand, FlopTotal};
@@ -107,7 +111,8 @@ pub fn method_of(rec: &IntervalRecord) -> &'static str {
 pub const MAX_REASONS: usize = 16;
 /// Where reasons beyond [`MAX_REASONS`] are summed (not kebab-case, so no agent can send it).
 pub const OTHER_REASONS: &str = "(other reasons)";
-/// Clusters kept per aggregate (a run spans one, an organisation's model a few).
+/// Clusters kept by name per aggregate and per stage's figures (a run spans one, an
+/// organisation's model a few).
 pub const MAX_CLUSTERS: usize = 16;
 /// Sources named per unattributed bucket; the rest are summed in [`Sources::other`].
 pub const MAX_SOURCES: usize = 32;
@@ -238,6 +243,10 @@ pub struct StageTotals {
     /// `records` and the period). Absent in ledgers written before it existed: empty.
     #[serde(default, skip_serializing_if = "Unestimated::is_empty")]
     pub unestimated: Unestimated,
+    /// The figures above per cluster (see [`ByCluster`]). Absent in ledgers written before
+    /// it existed: empty, and the whole stage reads as not split by cluster.
+    #[serde(default, skip_serializing_if = "ByCluster::is_empty")]
+    pub by_cluster: ByCluster,
 }
 
 impl StageTotals {
@@ -245,6 +254,7 @@ impl StageTotals {
     pub fn add_record(&mut self, rec: &IntervalRecord) {
         self.records += 1;
         self.widen_period(Some(rec.start_unix_ms), Some(rec.end_unix_ms));
+        self.by_cluster.add_record(rec);
         if let Some(reason) = no_estimate_reason(rec) {
             let c = UnestimatedCounts {
                 gpu_ms: u128::from(rec.gpu_ms),
@@ -295,6 +305,7 @@ impl StageTotals {
         self.unknown_peak_records += other.unknown_peak_records;
         self.widen_period(other.first_event_unix_ms, other.last_event_unix_ms);
         self.unestimated.merge(&other.unestimated);
+        self.by_cluster.merge(&other.by_cluster);
     }
 
     fn widen_period(&mut self, first: Option<i64>, last: Option<i64>) {
@@ -389,6 +400,14 @@ impl Aggregate {
     /// FLOP measured but excluded under `policy`.
     pub fn excluded(&self, policy: &StagePolicy) -> FlopTotal {
         self.excluded_totals(policy).flop
+    }
+
+    /// Each cluster's share under `policy`, adding up to the totals exactly (see
+    /// [`ClusterShare`]).
+    pub fn cluster_shares(&self, policy: &StagePolicy) -> Vec<ClusterShare> {
+        by_cluster::shares(self.stages.iter().map(|(s, t)| (s.as_str(), t)), |s| {
+            policy.counts(&Stage::parse(s))
+        })
     }
 
     /// Records summed over all stages.

@@ -7,7 +7,7 @@ use flopmeter_core::stage::StagePolicy;
 use flopmeter_core::units::FlopTotal;
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::{SourceCounts, SourceKey, Unestimated};
+use super::aggregate::{ClusterKind, ClusterShare, SourceCounts, SourceKey, Unestimated};
 use super::{
     Aggregate, Declaration, LedgerStore, ModelEntry, RunEntry, StoreError, UnattributedBucket,
 };
@@ -37,8 +37,10 @@ pub struct ModelSummary {
     pub agents: u64,
     /// Distinct nodes.
     pub nodes: u64,
-    /// Slurm clusters its jobs ran on.
+    /// Clusters it ran on.
     pub clusters: Vec<String>,
+    /// Its figures per cluster, adding up to the totals above exactly.
+    pub by_cluster: Vec<ClusterShare>,
     /// GPU time and energy that could not be estimated (per reason), all stages: hardware
     /// the FLOP figures above do not cover.
     pub unestimated: Unestimated,
@@ -75,8 +77,10 @@ pub struct RunSummary {
     pub agents: u64,
     /// Distinct nodes.
     pub nodes: u64,
-    /// Slurm clusters its jobs ran on.
+    /// Clusters it ran on.
     pub clusters: Vec<String>,
+    /// Its figures per cluster, adding up to the totals above exactly.
+    pub by_cluster: Vec<ClusterShare>,
     /// GPU time and energy that could not be estimated (per reason).
     pub unestimated: Unestimated,
     /// What the run declared.
@@ -105,6 +109,7 @@ pub fn summarise_model(
         agents: agg.agents,
         nodes: agg.nodes,
         clusters: agg.clusters.iter().cloned().collect(),
+        by_cluster: agg.cluster_shares(policy),
         unestimated: agg.unestimated(),
         entry,
     }
@@ -128,8 +133,32 @@ pub fn summarise_run(r: &RunEntry, policy: &StagePolicy) -> RunSummary {
         agents: r.aggregate.agents,
         nodes: r.aggregate.nodes,
         clusters: r.aggregate.clusters.iter().cloned().collect(),
+        by_cluster: r.aggregate.cluster_shares(policy),
         unestimated: r.aggregate.unestimated(),
         declaration: r.declaration.clone(),
+    }
+}
+
+/// Whether work of these figures ran on `cluster` (by name; the set of names also covers
+/// aggregates written before per-cluster figures).
+pub fn ran_on(clusters: &[String], by_cluster: &[ClusterShare], cluster: &str) -> bool {
+    clusters.iter().any(|c| c == cluster)
+        || by_cluster
+            .iter()
+            .any(|s| s.kind == ClusterKind::Cluster && s.cluster == cluster)
+}
+
+impl ModelSummary {
+    /// Whether the model ran on `cluster`.
+    pub fn ran_on(&self, cluster: &str) -> bool {
+        ran_on(&self.clusters, &self.by_cluster, cluster)
+    }
+}
+
+impl RunSummary {
+    /// Whether the run ran on `cluster`.
+    pub fn ran_on(&self, cluster: &str) -> bool {
+        ran_on(&self.clusters, &self.by_cluster, cluster)
     }
 }
 
@@ -179,6 +208,44 @@ pub fn run_summaries(
         .iter()
         .map(|r| summarise_run(r, policy))
         .collect())
+}
+
+/// The models that ran on `cluster` (all of them when `None`), with their totals over every
+/// cluster: the filter picks rows, it never narrows a model's total, which the Act counts
+/// over all of them (each row's `by_cluster` has the cluster's own share).
+pub fn model_summaries_on(
+    store: &dyn LedgerStore,
+    policy: &StagePolicy,
+    cluster: Option<&str>,
+) -> Result<Vec<ModelSummary>, StoreError> {
+    let mut all = model_summaries(store, policy)?;
+    if let Some(c) = cluster {
+        all.retain(|m| m.ran_on(c));
+    }
+    Ok(all)
+}
+
+/// The runs of `model` (of every model when `None`) that ran on `cluster` (all when
+/// `None`), sorted by model, then as the store lists them.
+pub fn run_summaries_on(
+    store: &dyn LedgerStore,
+    model: Option<&str>,
+    cluster: Option<&str>,
+    policy: &StagePolicy,
+) -> Result<Vec<RunSummary>, StoreError> {
+    let models = match model {
+        Some(m) => vec![m.to_string()],
+        None => store.model_names()?,
+    };
+    let mut out = Vec::new();
+    for m in &models {
+        let mut runs = run_summaries(store, m, policy)?;
+        if let Some(c) = cluster {
+            runs.retain(|r| r.ran_on(c));
+        }
+        out.extend(runs);
+    }
+    Ok(out)
 }
 
 /// The most nodes listed for one unattributed source (a job spanning more says "+N").

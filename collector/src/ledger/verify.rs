@@ -263,16 +263,32 @@ pub fn compare<K: Ord + Clone>(
 
 /// Whether a stored aggregate agrees with its recomputation: exactly, except that which
 /// unattributed sources are *named* may differ once a bucket had more sources than it names
-/// (see [`super::aggregate::Sources`]); their sums must still agree.
+/// (see [`super::aggregate::Sources`]), their sums must still agree; and that a stage stored
+/// before the ledger kept per-cluster figures is checked as far as its figures go (see
+/// [`super::aggregate::ByCluster::agrees_with`]).
 fn same(stored: &Aggregate, recomputed: &Aggregate) -> bool {
-    if recomputed.sources.other.is_zero() {
-        return stored == recomputed;
-    }
-    let strip = |a: &Aggregate| Aggregate {
-        sources: Default::default(),
-        ..a.clone()
+    let clusters_agree = stored.stages.len() == recomputed.stages.len()
+        && stored.stages.iter().all(|(stage, s)| {
+            recomputed
+                .stages
+                .get(stage)
+                .is_some_and(|r| s.by_cluster.agrees_with(s, &r.by_cluster, r))
+        });
+    let strip = |a: &Aggregate, sources: bool| {
+        let mut a = a.clone();
+        for t in a.stages.values_mut() {
+            t.by_cluster = Default::default();
+        }
+        if sources {
+            a.sources = Default::default();
+        }
+        a
     };
-    strip(stored) == strip(recomputed)
+    if recomputed.sources.other.is_zero() {
+        return clusters_agree && strip(stored, false) == strip(recomputed, false);
+    }
+    clusters_agree
+        && strip(stored, true) == strip(recomputed, true)
         && stored.sources.total() == recomputed.sources.total()
         && stored.sources.named.len() <= super::aggregate::MAX_SOURCES
 }
@@ -301,7 +317,7 @@ fn difference(stored: &Aggregate, recomputed: &Aggregate) -> String {
             return format!("stored {what} {a} != recomputed {b}");
         }
     }
-    "per-stage, per-GPU-type, per-reason, cluster or source detail differs from the \
-     recomputation"
+    "per-stage, per-GPU-type, per-reason, per-cluster, cluster or source detail differs \
+     from the recomputation"
         .to_string()
 }

@@ -120,6 +120,19 @@ pub fn render_csv(r: &Report) -> String {
             None,
         );
     }
+    for c in &r.clusters {
+        row(
+            "cluster",
+            &c.name,
+            "yes",
+            cells(c.counted),
+            Some(c.gpu_days),
+            Some(c.energy_mwh),
+            None,
+            None,
+            Some(c.records),
+        );
+    }
     for s in &r.stages {
         row(
             "stage",
@@ -153,6 +166,19 @@ pub fn render_csv(r: &Report) -> String {
             run.last_event_unix_ms,
             Some(run.records),
         );
+        for c in &run.by_cluster {
+            row(
+                "run-cluster",
+                &format!("{} on {}", run.run, c.name),
+                "yes",
+                cells(c.counted),
+                Some(c.gpu_days),
+                Some(c.energy_mwh),
+                None,
+                None,
+                Some(c.records),
+            );
+        }
     }
     for x in &r.unestimated.reasons {
         row(

@@ -104,6 +104,37 @@ pub fn render_text(r: &Report) -> String {
                 .map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0))
         );
     }
+    if !r.clusters.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "Per cluster (counted stages; the figures above are their sum over every cluster):"
+        );
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>32} {:>6} {:>10} {:>10} {:>10} {:>9}",
+            "cluster",
+            "FLOP central [low – high]",
+            "share",
+            "GPU-days",
+            "MWh",
+            "excluded",
+            "records"
+        );
+        for c in &r.clusters {
+            let _ = writeln!(
+                o,
+                "  {:<24} {:>32} {:>6} {:>10} {:>10} {:>10} {:>9}",
+                c.name,
+                band(&c.counted),
+                percent(c.percent),
+                quantity(c.gpu_days),
+                quantity(c.energy_mwh),
+                flop_near(c.excluded.central, &levels),
+                c.records
+            );
+        }
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "Per stage:");
     let _ = writeln!(
@@ -127,13 +158,13 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "Per run:");
     let _ = writeln!(
         o,
-        "  {:<20} {:<18} {:>32} {:>10} {:>10} {:>6} {:>6}  period",
-        "run", "stages", "counted FLOP", "excluded", "GPU-days", "agents", "nodes"
+        "  {:<20} {:<18} {:>32} {:>10} {:>10} {:>6} {:>6} {:<16}  period",
+        "run", "stages", "counted FLOP", "excluded", "GPU-days", "agents", "nodes", "clusters"
     );
     for run in &r.runs {
         let _ = writeln!(
             o,
-            "  {:<20} {:<18} {:>32} {:>10} {:>10} {:>6} {:>6}  {} to {}",
+            "  {:<20} {:<18} {:>32} {:>10} {:>10} {:>6} {:>6} {:<16}  {} to {}",
             if run.run.is_empty() {
                 "(none)"
             } else {
@@ -145,9 +176,22 @@ pub fn render_text(r: &Report) -> String {
             quantity(run.gpu_days),
             run.agents,
             run.nodes,
+            run_clusters(run),
             date_time(run.first_event_unix_ms),
             date_time(run.last_event_unix_ms)
         );
+        if run.by_cluster.len() > 1 {
+            for c in &run.by_cluster {
+                let _ = writeln!(
+                    o,
+                    "  {:<20} on {}: {} FLOP counted, {} GPU-days",
+                    "",
+                    c.name,
+                    band(&c.counted),
+                    quantity(c.gpu_days)
+                );
+            }
+        }
         if let (Some(x), Some(ratio)) = (run.six_n_d, run.hardware_to_architecture_ratio) {
             let _ = writeln!(
                 o,
@@ -242,6 +286,20 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(o, "  - {m}");
     }
     o
+}
+
+/// The clusters of a run's row: their names, `-` when none is known.
+fn run_clusters(run: &RunRow) -> String {
+    let names: Vec<&str> = if run.by_cluster.is_empty() {
+        run.clusters.iter().map(String::as_str).collect()
+    } else {
+        run.by_cluster.iter().map(|c| c.name.as_str()).collect()
+    };
+    if names.is_empty() {
+        "-".to_string()
+    } else {
+        names.join(",")
+    }
 }
 
 fn date_of_day(day: Option<i64>) -> String {

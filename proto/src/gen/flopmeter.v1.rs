@@ -768,7 +768,7 @@ pub struct ModelEntry {
     pub base_systemic_risk: ::core::option::Option<bool>,
 }
 /// Per-model totals as the ledger holds them.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ModelSummary {
     #[prost(string, tag = "1")]
     pub model: ::prost::alloc::string::String,
@@ -799,8 +799,40 @@ pub struct ModelSummary {
     /// Present when the model is registered.
     #[prost(message, optional, tag = "12")]
     pub entry: ::core::option::Option<ModelEntry>,
+    /// Clusters it ran on, by name.
+    #[prost(string, repeated, tag = "100")]
+    pub clusters: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Its figures per cluster; they add up to the totals above exactly.
+    #[prost(message, repeated, tag = "101")]
+    pub by_cluster: ::prost::alloc::vec::Vec<ClusterFigures>,
 }
+/// One cluster's share of a model's or run's figures (all stages).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterFigures {
+    /// The cluster's name; empty unless kind is "cluster".
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+    /// "cluster", "no-cluster" (records that named none), "other-clusters" (beyond the names
+    /// the ledger keeps per aggregate, summed) or "not-split" (aggregated before the ledger
+    /// kept per-cluster figures).
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub counted: ::core::option::Option<FlopBand128>,
+    #[prost(message, optional, tag = "4")]
+    pub excluded: ::core::option::Option<FlopBand128>,
+    /// GPU time (ms) and energy (mJ) of its estimated work, decimal u128.
+    #[prost(string, tag = "5")]
+    pub gpu_ms: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub energy_mj: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub records: u64,
+    /// GPU time (ms) that could not be estimated, decimal u128.
+    #[prost(string, tag = "8")]
+    pub unestimated_gpu_ms: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RunSummary {
     #[prost(string, tag = "1")]
     pub model: ::prost::alloc::string::String,
@@ -829,9 +861,19 @@ pub struct RunSummary {
     pub agents: u64,
     #[prost(uint64, tag = "13")]
     pub nodes: u64,
+    /// Clusters it ran on, by name.
+    #[prost(string, repeated, tag = "100")]
+    pub clusters: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Its figures per cluster; they add up to the totals above exactly.
+    #[prost(message, repeated, tag = "101")]
+    pub by_cluster: ::prost::alloc::vec::Vec<ClusterFigures>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListModelsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListModelsRequest {
+    /// Only models that ran on this cluster ("" = all). Their totals still cover every cluster.
+    #[prost(string, tag = "100")]
+    pub cluster: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListModelsResponse {
     #[prost(message, repeated, tag = "1")]
@@ -842,15 +884,19 @@ pub struct GetModelRequest {
     #[prost(string, tag = "1")]
     pub model: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetModelResponse {
     #[prost(message, optional, tag = "1")]
     pub summary: ::core::option::Option<ModelSummary>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListRunsRequest {
+    /// The model whose runs to list; may be "" when `cluster` is set (every model's runs).
     #[prost(string, tag = "1")]
     pub model: ::prost::alloc::string::String,
+    /// Only runs on this cluster ("" = all).
+    #[prost(string, tag = "100")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListRunsResponse {

@@ -31,8 +31,11 @@ fn clusters(c: &[ClusterCell]) -> Markup {
     html! {
         @for (i, cell) in c.iter().enumerate() {
             @if i > 0 { ", " }
-            (cell.name.as_deref().unwrap_or("local")) " · " (cell.nodes)
-            @if cell.nodes == 1 { " node" } @else { " nodes" }
+            (cell.name.as_deref().unwrap_or("local"))
+            @if let Some(n) = cell.nodes {
+                " · " (n) @if n == 1 { " node" } @else { " nodes" }
+            }
+            @if let Some(p) = cell.percent { " · " (p) "%" }
         }
     }
 }

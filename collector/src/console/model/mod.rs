@@ -223,13 +223,15 @@ pub struct ClockCell {
     pub others: usize,
 }
 
-/// One cluster the model ran on. The ledger does not record clusters yet: today there is one
-/// unnamed cluster (this collector's), with the model's node count; once records carry their
-/// cluster, [`super::gather`] fills one cell per cluster and nothing here changes.
+/// One cluster the model ran on: a row of the report's per-cluster figures with its share of
+/// the counted FLOP or, for a model whose report has none (nothing measured yet), this
+/// collector's own unnamed cluster with the model's node count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterCell {
-    /// The cluster's name; `None` for this collector's own, unnamed.
+    /// The cluster's name (or what the row stands for); `None` for this collector's own.
     pub name: Option<String>,
-    /// Nodes of the model on it.
-    pub nodes: usize,
+    /// Nodes of the model on it, when that is what the cell shows.
+    pub nodes: Option<usize>,
+    /// Its share of the model's counted central FLOP, percent, rounded.
+    pub percent: Option<u32>,
 }

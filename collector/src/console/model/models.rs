@@ -201,10 +201,7 @@ pub fn models_page(input: &ModelsInput, sort: Sort) -> ModelsPage {
                 bars,
                 crossing,
                 clock,
-                clusters: vec![ClusterCell {
-                    name: None,
-                    nodes: r.unattributed.nodes.len(),
-                }],
+                clusters: cluster_cells(r),
                 unattributed_share: share(unattributed, counted.central + unattributed),
                 urgency,
             }
@@ -285,4 +282,23 @@ pub fn sort_rows(rows: &mut [ModelRow], sort: Sort) {
                 .then(a.model.cmp(&b.model))
         }),
     }
+}
+
+/// The cluster cells of a model's row (see [`ClusterCell`]).
+fn cluster_cells(r: &Report) -> Vec<ClusterCell> {
+    if r.clusters.is_empty() {
+        return vec![ClusterCell {
+            name: None,
+            nodes: Some(r.unattributed.nodes.len()),
+            percent: None,
+        }];
+    }
+    r.clusters
+        .iter()
+        .map(|c| ClusterCell {
+            name: Some(c.name.clone()),
+            nodes: None,
+            percent: Some(c.percent.round() as u32),
+        })
+        .collect()
 }

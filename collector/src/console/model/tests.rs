@@ -46,6 +46,7 @@ fn report(model: &str, central: u128, unattributed: u128, nodes: usize) -> Repor
             counted_mwh: 0.0,
             excluded_mwh: 0.0,
         },
+        clusters: vec![],
         stages: vec![],
         runs: vec![],
         unattributed: UnattributedView {
@@ -234,8 +235,40 @@ fn unattributed_share_and_clusters_come_from_the_report() {
         row.clusters,
         vec![ClusterCell {
             name: None,
-            nodes: 3
+            nodes: Some(3),
+            percent: None
         }]
+    );
+    // With per-cluster figures, one cell per cluster with its share.
+    let mut r = report("m", 300, 100, 3);
+    let row_of = |name: &str, central: u128| crate::report::ClusterRow {
+        cluster: name.into(),
+        kind: crate::ledger::aggregate::ClusterKind::Cluster,
+        name: name.into(),
+        counted: FlopTotal::exact(central),
+        counted_text: String::new(),
+        percent: central as f64 * 100.0 / 300.0,
+        excluded: FlopTotal::ZERO,
+        gpu_ms: 0,
+        gpu_days: 0.0,
+        energy_mj: 0,
+        energy_mwh: 0.0,
+        unestimated_gpu_hours: 0.0,
+        records: 1,
+    };
+    r.clusters = vec![row_of("gpu-a", 200), row_of("gpu-b", 100)];
+    let input = ModelsInput {
+        reports: vec![r],
+        ..input
+    };
+    let cells = &models_page(&input, Sort::Urgency).rows[0].clusters;
+    let shown: Vec<_> = cells
+        .iter()
+        .map(|c| (c.name.as_deref(), c.percent))
+        .collect();
+    assert_eq!(
+        shown,
+        [(Some("gpu-a"), Some(67)), (Some("gpu-b"), Some(33))]
     );
 }
 
