@@ -403,7 +403,7 @@ impl Aggregate {
     }
 
     /// Each cluster's share under `policy`, adding up to the totals exactly (see
-    /// [`ClusterShare`]).
+    /// `ClusterShare`).
     pub fn cluster_shares(&self, policy: &StagePolicy) -> Vec<ClusterShare> {
         by_cluster::shares(self.stages.iter().map(|(s, t)| (s.as_str(), t)), |s| {
             policy.counts(&Stage::parse(s))
