@@ -113,7 +113,7 @@ fn on_cluster(by_cluster: &[pb::ClusterFigures], cluster: &str) -> anyhow::Resul
 
 /// The clusters of a row: their names (or what a row stands for), `-` when none.
 fn cluster_names(by_cluster: &[pb::ClusterFigures], clusters: &[String]) -> String {
-    let names: Vec<&str> = if by_cluster.is_empty() {
+    let mut names: Vec<&str> = if by_cluster.is_empty() {
         clusters.iter().map(String::as_str).collect()
     } else {
         by_cluster
@@ -126,6 +126,9 @@ fn cluster_names(by_cluster: &[pb::ClusterFigures], clusters: &[String]) -> Stri
             })
             .collect()
     };
+    // Names in one order whatever each cluster's share (the rows come largest first), so a
+    // table reads the same from one scrape to the next; the bracketed rows sort last.
+    names.sort_by_key(|n| (n.starts_with('('), *n));
     if names.is_empty() {
         "-".to_string()
     } else {
