@@ -30,7 +30,7 @@ use super::codec::{AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection}
 use super::facts::{PlanStatement, RegistryChange, Statements, record_statements};
 use super::keys::{DAY_MS, HOUR_MS, Seen};
 use super::plans::{PlanHistory, PlanScope};
-use super::sequence::{self, SeqPlan};
+use super::sequence::{self, Admission};
 use super::verify::{Recomputed, VerifyCut, VerifyReport, VerifyScan, compare};
 use super::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry,
@@ -144,28 +144,13 @@ impl State {
     fn apply(&mut self, b: &IncomingBatch, seqs: &[u64]) -> Result<ApplyOutcome, StoreError> {
         let (agent, node) = (b.agent_id.as_str(), b.node.as_str());
         let hwm = self.hwm.get(agent).copied().unwrap_or(0);
-        let (start, end, gap_at) = match sequence::plan(hwm, seqs) {
-            SeqPlan::Duplicate => {
-                return Ok(ApplyOutcome {
-                    acked_through: hwm,
-                    duplicates: seqs.len(),
-                    ..ApplyOutcome::default()
-                });
-            }
-            SeqPlan::Gap { expected } => {
-                return Ok(ApplyOutcome {
-                    acked_through: hwm,
-                    duplicates: seqs.iter().filter(|&&s| s <= hwm).count(),
-                    resend_from: Some(expected),
-                    ..ApplyOutcome::default()
-                });
-            }
-            SeqPlan::Apply { start, end, gap_at } => (start, end, gap_at),
-        };
-        let mut out = ApplyOutcome {
-            duplicates: start,
-            resend_from: gap_at,
-            ..ApplyOutcome::default()
+        let (start, end, mut out) = match sequence::admit(hwm, seqs) {
+            Admission::Answered(outcome) => return Ok(outcome),
+            Admission::Apply {
+                start,
+                end,
+                outcome,
+            } => (start, end, outcome),
         };
         // A batch adds its own aggregate to each stored one, as every store does.
         let mut run_delta: BTreeMap<(&str, &str), Aggregate> = BTreeMap::new();

@@ -32,6 +32,51 @@ pub enum SeqPlan {
     },
 }
 
+/// What a store does with a batch at high-water mark `hwm`: answer at once (nothing to
+/// apply), or apply `records[start..end]` and complete the outcome it starts from. The one
+/// mapping from a [`SeqPlan`] to what the agent is told, shared by every store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Nothing to apply: the outcome as it stands.
+    Answered(super::ApplyOutcome),
+    /// Apply `records[start..end]`; `outcome` already counts the duplicates in front and
+    /// names the resend point after a gap.
+    Apply {
+        /// Index of the first record to apply.
+        start: usize,
+        /// One past the last record to apply.
+        end: usize,
+        /// The outcome so far.
+        outcome: super::ApplyOutcome,
+    },
+}
+
+/// Admits a batch ([`plan`], then the outcome every store answers with).
+pub fn admit(hwm: u64, seqs: &[u64]) -> Admission {
+    match plan(hwm, seqs) {
+        SeqPlan::Duplicate => Admission::Answered(super::ApplyOutcome {
+            acked_through: hwm,
+            duplicates: seqs.len(),
+            ..super::ApplyOutcome::default()
+        }),
+        SeqPlan::Gap { expected } => Admission::Answered(super::ApplyOutcome {
+            acked_through: hwm,
+            duplicates: seqs.iter().filter(|&&s| s <= hwm).count(),
+            resend_from: Some(expected),
+            ..super::ApplyOutcome::default()
+        }),
+        SeqPlan::Apply { start, end, gap_at } => Admission::Apply {
+            start,
+            end,
+            outcome: super::ApplyOutcome {
+                duplicates: start,
+                resend_from: gap_at,
+                ..super::ApplyOutcome::default()
+            },
+        },
+    }
+}
+
 /// Plans a batch. `seqs` must be strictly increasing (the ingest rejects other batches
 /// whole before they reach the ledger).
 pub fn plan(hwm: u64, seqs: &[u64]) -> SeqPlan {

@@ -15,7 +15,7 @@ use crate::ledger::codec::{Declaration, StoredRejection, from_json, from_proto, 
 use crate::ledger::facts::{PlanStatement, Statements, record_statements};
 use crate::ledger::keys::{self, DAY_MS, Seen};
 use crate::ledger::plans::{PlanHistory, PlanScope};
-use crate::ledger::sequence::{self, SeqPlan};
+use crate::ledger::sequence::{self, Admission};
 use crate::ledger::{ApplyOutcome, IncomingBatch, LedgerStore, RejectionNotice, StoreError};
 
 pub(super) fn apply_batch(
@@ -352,28 +352,13 @@ fn apply_in_tx(
     let agent = b.agent_id.as_str();
     let node = b.node.as_str();
     let hwm = w.hwm(hwm_t, cache, agent)?;
-    let (start, end, gap_at) = match sequence::plan(hwm, seqs) {
-        SeqPlan::Duplicate => {
-            return Ok(ApplyOutcome {
-                acked_through: hwm,
-                duplicates: seqs.len(),
-                ..ApplyOutcome::default()
-            });
-        }
-        SeqPlan::Gap { expected } => {
-            return Ok(ApplyOutcome {
-                acked_through: hwm,
-                duplicates: seqs.iter().filter(|&&s| s <= hwm).count(),
-                resend_from: Some(expected),
-                ..ApplyOutcome::default()
-            });
-        }
-        SeqPlan::Apply { start, end, gap_at } => (start, end, gap_at),
-    };
-    let mut out = ApplyOutcome {
-        duplicates: start,
-        resend_from: gap_at,
-        ..ApplyOutcome::default()
+    let (start, end, mut out) = match sequence::admit(hwm, seqs) {
+        Admission::Answered(outcome) => return Ok(outcome),
+        Admission::Apply {
+            start,
+            end,
+            outcome,
+        } => (start, end, outcome),
     };
     let mut run_delta: BTreeMap<(&str, &str), Aggregate> = BTreeMap::new();
     let mut model_delta: BTreeMap<&str, Aggregate> = BTreeMap::new();
