@@ -104,6 +104,20 @@ impl Seen {
         k
     }
 
+    /// Reads an entry's key: its kind and parts (model, [run,] agent or node).
+    pub fn parse(k: &[u8]) -> Option<(Seen, Vec<String>)> {
+        let (tag, rest) = k.split_first()?;
+        let kind = [Seen::RunAgent, Seen::RunNode, Seen::ModelAgent, Seen::ModelNode]
+            .into_iter()
+            .find(|s| s.tag() == *tag)?;
+        let parts = split(rest);
+        let want = match kind {
+            Seen::RunAgent | Seen::RunNode => 3,
+            Seen::ModelAgent | Seen::ModelNode => 2,
+        };
+        (parts.len() == want).then_some((kind, parts))
+    }
+
     /// The prefix listing entries under `parts`.
     pub fn prefix(self, parts: &[&str]) -> Vec<u8> {
         let mut k = vec![self.tag()];
@@ -138,5 +152,11 @@ mod tests {
         );
         assert!(join(&["m", "r"]).starts_with(&prefix(&["m"])));
         assert!(!join(&["mm", "r"]).starts_with(&prefix(&["m"])));
+        let k = Seen::RunNode.key(&["m", "r", "n"]);
+        assert_eq!(
+            Seen::parse(&k),
+            Some((Seen::RunNode, vec!["m".into(), "r".into(), "n".into()]))
+        );
+        assert_eq!(Seen::parse(&Seen::ModelAgent.key(&["m", "r", "a"])), None);
     }
 }

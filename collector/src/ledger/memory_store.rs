@@ -40,6 +40,7 @@ use crate::compliance::chain::AuditRecord;
 use crate::compliance::store::{
     Change, ComplianceStore, ComplianceStoreError, OutboxItem, check_start,
 };
+use crate::storage::transfer::{Counts, Export, Import, Item, SeenEntry, TransferError};
 
 /// (model, run).
 type RunKey = (String, String);
@@ -745,5 +746,277 @@ impl ComplianceStore for MemoryStore {
 
     fn flush(&self) -> Result<(), ComplianceStoreError> {
         Ok(())
+    }
+}
+
+impl Export for MemoryStore {
+    fn counts(&self) -> Result<Counts, TransferError> {
+        let mut c = Counts::default();
+        for item in self.state().items() {
+            c.add(item.kind(), 1);
+        }
+        Ok(c)
+    }
+
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(Item) -> Result<(), TransferError>,
+    ) -> Result<Counts, TransferError> {
+        // A copy, so the sink never runs under the lock (it may write to another store).
+        let items = self.state().items();
+        let mut c = Counts::default();
+        for item in items {
+            c.add(item.kind(), 1);
+            sink(item)?;
+        }
+        Ok(c)
+    }
+}
+
+impl Import for MemoryStore {
+    fn is_empty(&self) -> Result<bool, TransferError> {
+        Ok(self.state().items().is_empty())
+    }
+
+    fn import(&self, items: Vec<Item>) -> Result<(), TransferError> {
+        self.write(|s| {
+            for item in items {
+                s.put(item);
+            }
+            Ok(())
+        })
+    }
+
+    fn finish(&self) -> Result<(), TransferError> {
+        Ok(())
+    }
+}
+
+impl State {
+    /// Everything held, as transfer items.
+    fn items(&self) -> Vec<Item> {
+        let mut out = Vec::new();
+        for (id, batch) in &self.raw {
+            out.push(Item::RawBatch {
+                id: id.clone(),
+                batch: batch.clone(),
+            });
+        }
+        for (agent, seq) in &self.hwm {
+            out.push(Item::HighWaterMark {
+                agent: agent.clone(),
+                seq: *seq,
+            });
+        }
+        for ((model, run), a) in &self.runs {
+            out.push(Item::RunAggregate {
+                model: model.clone(),
+                run: run.clone(),
+                aggregate: a.clone(),
+            });
+        }
+        for (model, a) in &self.models {
+            out.push(Item::ModelAggregate {
+                model: model.clone(),
+                aggregate: a.clone(),
+            });
+        }
+        for ((node, gpu_type, day), a) in &self.unattributed {
+            out.push(Item::Unattributed {
+                node: node.clone(),
+                gpu_type: gpu_type.clone(),
+                day: *day,
+                aggregate: a.clone(),
+            });
+        }
+        for (model, run, agent) in &self.run_agents {
+            out.push(Item::Seen(SeenEntry::RunAgent {
+                model: model.clone(),
+                run: run.clone(),
+                agent: agent.clone(),
+            }));
+        }
+        for (model, run, node) in &self.run_nodes {
+            out.push(Item::Seen(SeenEntry::RunNode {
+                model: model.clone(),
+                run: run.clone(),
+                node: node.clone(),
+            }));
+        }
+        for (model, agent) in &self.model_agents {
+            out.push(Item::Seen(SeenEntry::ModelAgent {
+                model: model.clone(),
+                agent: agent.clone(),
+            }));
+        }
+        for (model, node) in &self.model_nodes {
+            out.push(Item::Seen(SeenEntry::ModelNode {
+                model: model.clone(),
+                node: node.clone(),
+            }));
+        }
+        for ((model, run), d) in &self.declarations {
+            out.push(Item::Declaration {
+                model: model.clone(),
+                run: run.clone(),
+                declaration: d.clone(),
+            });
+        }
+        for ((agent, seq), r) in &self.rejected {
+            out.push(Item::Rejected {
+                agent: agent.clone(),
+                seq: *seq,
+                rejection: r.clone(),
+            });
+        }
+        for ((model, run, hour), r) in &self.run_rollups {
+            out.push(Item::RunRollup {
+                model: model.clone(),
+                run: run.clone(),
+                hour: *hour,
+                rollup: r.clone(),
+            });
+        }
+        for ((node, gpu_type, hour), r) in &self.unattributed_rollups {
+            out.push(Item::UnattributedRollup {
+                node: node.clone(),
+                gpu_type: gpu_type.clone(),
+                hour: *hour,
+                rollup: r.clone(),
+            });
+        }
+        out.extend(self.registry.values().cloned().map(Item::ModelEntry));
+        for ((model, scope), h) in &self.plans {
+            out.push(Item::PlanHistory {
+                model: model.clone(),
+                scope: scope.clone(),
+                history: h.clone(),
+            });
+        }
+        out.extend(self.agents.values().cloned().map(Item::Agent));
+        out.extend(self.stage_policy.clone().map(Item::StagePolicy));
+        out.extend(self.clocks.values().cloned().map(Item::Clock));
+        out.extend(self.alerts.values().cloned().map(Item::Alert));
+        out.extend(self.outbox.values().cloned().map(Item::Outbox));
+        for (name, value) in &self.compliance_meta {
+            out.push(Item::ComplianceMeta {
+                name: name.clone(),
+                value: value.clone(),
+            });
+        }
+        out.extend(self.audit.iter().cloned().map(Item::AuditEntry));
+        out.extend(self.head.clone().map(Item::AuditHead));
+        out
+    }
+
+    /// Stores one transfer item under its key, over what is there.
+    fn put(&mut self, item: Item) {
+        match item {
+            Item::RawBatch { id, batch } => {
+                self.raw.insert(id, batch);
+            }
+            Item::HighWaterMark { agent, seq } => {
+                self.hwm.insert(agent, seq);
+            }
+            Item::RunAggregate {
+                model,
+                run,
+                aggregate,
+            } => {
+                self.runs.insert((model, run), aggregate);
+            }
+            Item::ModelAggregate { model, aggregate } => {
+                self.models.insert(model, aggregate);
+            }
+            Item::Unattributed {
+                node,
+                gpu_type,
+                day,
+                aggregate,
+            } => {
+                self.unattributed.insert((node, gpu_type, day), aggregate);
+            }
+            Item::Seen(SeenEntry::RunAgent { model, run, agent }) => {
+                self.run_agents.insert((model, run, agent));
+            }
+            Item::Seen(SeenEntry::RunNode { model, run, node }) => {
+                self.run_nodes.insert((model, run, node));
+            }
+            Item::Seen(SeenEntry::ModelAgent { model, agent }) => {
+                self.model_agents.insert((model, agent));
+            }
+            Item::Seen(SeenEntry::ModelNode { model, node }) => {
+                self.model_nodes.insert((model, node));
+            }
+            Item::Declaration {
+                model,
+                run,
+                declaration,
+            } => {
+                self.declarations.insert((model, run), declaration);
+            }
+            Item::Rejected {
+                agent,
+                seq,
+                rejection,
+            } => {
+                self.rejected.insert((agent, seq), rejection);
+            }
+            Item::RunRollup {
+                model,
+                run,
+                hour,
+                rollup,
+            } => {
+                self.run_rollups.insert((model, run, hour), rollup);
+            }
+            Item::UnattributedRollup {
+                node,
+                gpu_type,
+                hour,
+                rollup,
+            } => {
+                self.unattributed_rollups
+                    .insert((node, gpu_type, hour), rollup);
+            }
+            Item::ModelEntry(e) => {
+                self.registry.insert(e.model.clone(), e);
+            }
+            Item::PlanHistory {
+                model,
+                scope,
+                history,
+            } => {
+                self.plans.insert((model, scope), history);
+            }
+            Item::Agent(a) => {
+                self.agents.insert(a.agent_id.clone(), a);
+            }
+            Item::StagePolicy(p) => self.stage_policy = Some(p),
+            Item::Clock(c) => {
+                self.clocks
+                    .insert((c.model.clone(), c.threshold_id.clone()), c);
+            }
+            Item::Alert(a) => {
+                self.alerts
+                    .insert((a.model.clone(), a.threshold_id.clone()), a);
+            }
+            Item::Outbox(o) => {
+                // Items enqueued later on this store come after every imported one.
+                self.next_outbox_seq = self.next_outbox_seq.max(o.seq.saturating_add(1));
+                self.outbox.insert((o.sink.clone(), o.key.clone()), o);
+            }
+            Item::ComplianceMeta { name, value } => {
+                self.compliance_meta.insert(name, value);
+            }
+            Item::AuditEntry(e) => {
+                // Kept in sequence order, an entry already there replaced.
+                match self.audit.binary_search_by_key(&e.seq, |x| x.seq) {
+                    Ok(i) => self.audit[i] = e,
+                    Err(i) => self.audit.insert(i, e),
+                }
+            }
+            Item::AuditHead(h) => self.head = Some(h),
+        }
     }
 }

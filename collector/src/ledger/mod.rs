@@ -49,7 +49,7 @@ use flopmeter_proto::v1::IntervalRecord;
 use serde::Serialize;
 
 pub use aggregate::Aggregate;
-pub use codec::{AgentInfo, Declaration, Rollup, StoredBatch};
+pub use codec::{AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection};
 pub use registry::{ModelEntry, Role};
 pub use verify::{VerifyCut, VerifyReport, VerifyScan};
 

@@ -36,7 +36,8 @@
 //!
 //! Code map: `open.rs` opens the database and checks the format version, `guard.rs` keeps the
 //! truncation guard, `chain.rs` appends to the audit chain inside a transaction,
-//! `compliance.rs` is the compliance store, `damage.rs` finds values that do not decode, `apply.rs` applies batches,
+//! `compliance.rs` is the compliance store, `damage.rs` finds values that do not decode,
+//! `export.rs` lists everything for `ledger migrate`, `apply.rs` applies batches,
 //! `registry.rs` writes registry changes and plan versions, `rollup.rs` rolls raw batches
 //! into hourly rollups, `verify.rs` recomputes and compares; the reads are below.
 
@@ -44,6 +45,7 @@ mod apply;
 mod chain;
 mod compliance;
 mod damage;
+mod export;
 mod guard;
 mod open;
 mod registry;

@@ -80,6 +80,8 @@
 //! An online `verify` cuts at every agent's mark and compares what was applied since
 //! ([`LedgerStore::verify_cut`]).
 
+pub mod transfer;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
