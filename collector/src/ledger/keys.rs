@@ -107,9 +107,14 @@ impl Seen {
     /// Reads an entry's key: its kind and parts (model, [run,] agent or node).
     pub fn parse(k: &[u8]) -> Option<(Seen, Vec<String>)> {
         let (tag, rest) = k.split_first()?;
-        let kind = [Seen::RunAgent, Seen::RunNode, Seen::ModelAgent, Seen::ModelNode]
-            .into_iter()
-            .find(|s| s.tag() == *tag)?;
+        let kind = [
+            Seen::RunAgent,
+            Seen::RunNode,
+            Seen::ModelAgent,
+            Seen::ModelNode,
+        ]
+        .into_iter()
+        .find(|s| s.tag() == *tag)?;
         let parts = split(rest);
         let want = match kind {
             Seen::RunAgent | Seen::RunNode => 3,

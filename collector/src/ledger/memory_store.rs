@@ -795,7 +795,8 @@ impl Import for MemoryStore {
 impl State {
     /// Everything held, as transfer items.
     fn items(&self) -> Vec<Item> {
-        let mut out = Vec::new();
+        // The head first and the entries last: the order `Export::export` promises.
+        let mut out: Vec<Item> = self.head.clone().map(Item::AuditHead).into_iter().collect();
         for (id, batch) in &self.raw {
             out.push(Item::RawBatch {
                 id: id.clone(),
@@ -905,7 +906,6 @@ impl State {
             });
         }
         out.extend(self.audit.iter().cloned().map(Item::AuditEntry));
-        out.extend(self.head.clone().map(Item::AuditHead));
         out
     }
 

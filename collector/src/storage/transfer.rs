@@ -9,12 +9,20 @@
 //! stores each exactly ([`Import`]).
 //!
 //! [`migrate`] streams: the source calls a sink per item, and the target receives chunks of
-//! [`CHUNK_ITEMS`], so memory stays bounded whatever the ledger's size. The audit chain's
-//! head is held back and imported last, after every other item: a migration that stops
-//! half-way leaves a target whose entries the head does not account for, so `audit verify`
-//! fails on it. Importing is an upsert by each item's key: a re-run onto that target
+//! [`CHUNK_ITEMS`], so memory stays bounded whatever the ledger's size.
+//!
+//! **Order, and a migration that stops half-way.** A source exports the audit chain's head
+//! first and the audit entries last ([`Export::export`]; [`migrate`] refuses another
+//! order). `audit verify` accepts a log *longer* than its head (entries appended since the
+//! head was read) but reports a log *shorter* than its head as truncated. So from the first
+//! chunk on, a target that has not received every item holds a head that accounts for
+//! entries it lacks, and `audit verify` fails on it until the copy is complete; if even the
+//! head did not land, nothing did. (A source with no audit entry at all has no such marker:
+//! any collector that ran its engine has at least the entry recording its thresholds.)
+//! Importing is an upsert by each item's key: a re-run onto that target
 //! (`--allow-non-empty`) restarts from the beginning, overwriting what the interrupted run
-//! wrote with the same values, and completes it.
+//! wrote with the same values, and completes it. Nothing is resumed from a position: a
+//! restart costs a second copy, and cannot skip an item.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -187,9 +195,9 @@ pub enum Item {
         /// JSON.
         value: Vec<u8>,
     },
-    /// An audit entry.
+    /// An audit entry: exported after every other kind (see the module docs).
     AuditEntry(AuditEntry),
-    /// The audit chain's head: [`migrate`] imports it after everything else.
+    /// The audit chain's head: exported first (see the module docs).
     AuditHead(ChainHead),
 }
 
@@ -298,9 +306,11 @@ impl Item {
 pub struct Counts(pub BTreeMap<ItemKind, u64>);
 
 impl Counts {
-    /// Counts one item of `kind`.
+    /// Counts `n` items of `kind`.
     pub fn add(&mut self, kind: ItemKind, n: u64) {
-        *self.0.entry(kind).or_default() += n;
+        if n > 0 {
+            *self.0.entry(kind).or_default() += n;
+        }
     }
 
     /// Every item.
@@ -348,6 +358,16 @@ pub enum TransferError {
     /// The target could not be written or read (its compliance state).
     #[error("writing the target's compliance state: {0}")]
     WriteCompliance(#[source] ComplianceStoreError),
+    /// The source exported its items out of the order [`Export::export`] promises: a bug
+    /// of the source's exporter, caught before the order could hide a half-finished copy.
+    #[error(
+        "the source exported {kind} out of order (the audit head first, the audit entries \
+         last): a bug in flopmeter; the target is incomplete and `audit verify` may not say so"
+    )]
+    OutOfOrder {
+        /// The item out of place.
+        kind: ItemKind,
+    },
     /// The target holds something already, and the caller did not allow that.
     #[error(
         "the target is not empty: it holds a ledger or compliance state already, and nothing \
@@ -364,8 +384,9 @@ pub trait Export {
     /// written meanwhile may produce a few more or fewer).
     fn counts(&self) -> Result<Counts, TransferError>;
 
-    /// Hands every stored fact to `sink`, one [`Item`] at a time; stops at the sink's
-    /// first error. Returns what it exported.
+    /// Hands every stored fact to `sink`, one [`Item`] at a time: the audit head (if any)
+    /// first, the audit entries after every other item, in sequence order. Stops at the
+    /// sink's first error. Returns what it exported.
     fn export(
         &self,
         sink: &mut dyn FnMut(Item) -> Result<(), TransferError>,
@@ -394,10 +415,10 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Copies everything `from` holds into `to`, in chunks of [`CHUNK_ITEMS`], the audit head
-/// last, then makes it durable. Refuses a target that is not empty unless
-/// `allow_non_empty`, writing nothing. Calls `progress` after each chunk. Returns the
-/// items copied, per kind.
+/// Copies everything `from` holds into `to`, in chunks of [`CHUNK_ITEMS`] (the audit head
+/// alone in the first, so that it lands before anything it accounts for is missing), then
+/// makes it durable. Refuses a target that is not empty unless `allow_non_empty`, writing
+/// nothing. Calls `progress` after each chunk. Returns the items copied, per kind.
 pub fn migrate(
     from: &dyn Export,
     to: &dyn Import,
@@ -410,31 +431,34 @@ pub fn migrate(
     let total = from.counts()?.total();
     let mut done = 0u64;
     let mut chunk = Vec::with_capacity(CHUNK_ITEMS);
-    let mut heads = Vec::new();
-    let mut send = |chunk: &mut Vec<Item>, done: &mut u64| -> Result<(), TransferError> {
+    let mut send = |chunk: &mut Vec<Item>| -> Result<(), TransferError> {
         let n = chunk.len() as u64;
         to.import(std::mem::take(chunk))?;
-        *done += n;
-        progress(Progress { done: *done, total });
+        done += n;
+        progress(Progress { done, total });
         Ok(())
     };
+    let (mut first, mut in_entries) = (true, false);
     let counts = from.export(&mut |item| {
-        if let Item::AuditHead(_) = item {
-            heads.push(item);
-            return Ok(());
+        let kind = item.kind();
+        let in_order = match kind {
+            ItemKind::AuditHead => first,
+            ItemKind::AuditEntry => true,
+            _ => !in_entries,
+        };
+        if !in_order {
+            return Err(TransferError::OutOfOrder { kind });
         }
+        first = false;
+        in_entries |= kind == ItemKind::AuditEntry;
         chunk.push(item);
-        if chunk.len() >= CHUNK_ITEMS {
-            send(&mut chunk, &mut done)?;
+        if chunk.len() >= CHUNK_ITEMS || kind == ItemKind::AuditHead {
+            send(&mut chunk)?;
         }
         Ok(())
     })?;
     if !chunk.is_empty() {
-        send(&mut chunk, &mut done)?;
-    }
-    // Everything the head accounts for is in before the head: see the module docs.
-    if !heads.is_empty() {
-        send(&mut heads, &mut done)?;
+        send(&mut chunk)?;
     }
     to.finish()?;
     Ok(counts)

@@ -89,8 +89,8 @@ impl SledStore {
             let (k, v) = kv.map_err(read)?;
             let (parts, day) =
                 keys::split_bucket(&k, 2).ok_or_else(|| bad_key("unattributed bucket", &k))?;
-            let [node, gpu_type] = <[String; 2]>::try_from(parts)
-                .map_err(|_| bad_key("unattributed bucket", &k))?;
+            let [node, gpu_type] =
+                <[String; 2]>::try_from(parts).map_err(|_| bad_key("unattributed bucket", &k))?;
             sink(Item::Unattributed {
                 node,
                 gpu_type,
@@ -138,8 +138,7 @@ impl SledStore {
             let (k, v) = kv.map_err(read)?;
             let (agent, seq) =
                 keys::split_agent_seq(&k).ok_or_else(|| bad_key("quarantined record", &k))?;
-            let rejection: StoredRejection =
-                from_proto(&v, "rejected record").map_err(ledger)?;
+            let rejection: StoredRejection = from_proto(&v, "rejected record").map_err(ledger)?;
             sink(Item::Rejected {
                 agent,
                 seq,
@@ -223,9 +222,6 @@ impl SledStore {
                 decode(&v.map_err(rd_sled)?, "audit entry").map_err(rd)?,
             ))?;
         }
-        if let Some(v) = self.audit_head.get(HEAD_KEY).map_err(rd_sled)? {
-            sink(Item::AuditHead(decode(&v, "audit head").map_err(rd)?))?;
-        }
         Ok(())
     }
 }
@@ -273,6 +269,12 @@ impl Export for SledStore {
             counts.add(item.kind(), 1);
             sink(item)
         };
+        // The head first, the entries last (`export_compliance` ends with them): see
+        // `storage::transfer`.
+        if let Some(v) = self.audit_head.get(HEAD_KEY).map_err(read)? {
+            let head = decode(&v, "audit head").map_err(TransferError::ReadCompliance)?;
+            counting(Item::AuditHead(head))?;
+        }
         self.export_ledger(&mut counting)?;
         self.export_compliance(&mut counting)?;
         Ok(counts)
