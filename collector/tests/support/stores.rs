@@ -36,6 +36,17 @@ impl TestStore {
         self.stores.as_ref().expect("open")
     }
 
+    /// A store built elsewhere (a migration's target), whose restart keeps it.
+    pub fn wrap(name: &'static str, stores: Stores) -> TestStore {
+        let kept = stores.clone();
+        TestStore {
+            name,
+            stores: Some(stores),
+            reopen: Box::new(move || kept.clone()),
+            _dir: None,
+        }
+    }
+
     /// A collector restart: every handle dropped, the store opened again. The memory store
     /// has no restart (nothing survives its process); it stands for a store that keeps
     /// what it was given, so its restart keeps the same store.
