@@ -52,7 +52,8 @@ enum Command {
     Model(cmd::model::ModelArgs),
     /// The Annex XI / Model Documentation Form figures of one model (text, JSON, CSV).
     Report(cmd::report::ReportArgs),
-    /// Ledger maintenance: `ledger verify` recomputes every total from the raw records.
+    /// Ledger maintenance: `ledger verify` recomputes every total from the raw records;
+    /// `ledger migrate` copies a sled ledger into PostgreSQL.
     Ledger(cmd::ledger::LedgerArgs),
     /// Load generator: simulated agents against a collector over the real protocol.
     Loadgen(flopmeter_sim::loadgen::LoadgenArgs),

@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// HTTP address of the embedded collector (the console at /ui/, /metrics, /api/v1).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub http_addr: SocketAddr,
+    /// Keep the demo's ledger in DIR (created if missing) instead of a temporary directory
+    /// removed at the end: to inspect it, or to try `flopmeter ledger migrate --from DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs `flopmeter demo`.
@@ -41,6 +45,7 @@ pub fn run(args: &DemoArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> 
             fast: args.fast,
             listen: args.listen,
             http_addr: args.http_addr,
+            data_dir: args.data_dir.clone(),
             ..DemoOptions::default()
         };
         let outcome = demo::run(opts, out).await?;

@@ -26,6 +26,9 @@ pub enum LedgerAction {
     /// rollups, and report each one that differs from what is stored. Exit code 1 on any
     /// mismatch.
     Verify(VerifyArgs),
+    /// Copy a stopped collector's sled ledger and compliance state into PostgreSQL,
+    /// verbatim, then verify the copy and compare its totals with the source's.
+    Migrate(super::migrate::MigrateArgs),
 }
 
 /// Options of `flopmeter ledger verify`.
@@ -127,7 +130,10 @@ fn verify_offline(dir: &Path, out: &mut dyn Write) -> anyhow::Result<VerifyRepor
 
 /// Runs `flopmeter ledger ...`.
 pub fn run(args: &LedgerArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let LedgerAction::Verify(a) = &args.action;
+    let a = match &args.action {
+        LedgerAction::Verify(a) => a,
+        LedgerAction::Migrate(m) => return super::migrate::run(m, out),
+    };
     let (summary, mismatches) = match &a.data_dir {
         Some(dir) => {
             let r = verify_offline(dir, out)?;

@@ -13,6 +13,7 @@ pub mod estimate;
 pub mod gpus;
 pub mod ledger;
 pub mod loadgen;
+pub mod migrate;
 pub mod model;
 pub mod models;
 mod ready;
