@@ -13,7 +13,8 @@
 //!
 //! Backends: [`crate::ledger::sled_store::SledStore`] (embedded, one process per data
 //! directory, the default) and [`crate::ledger::memory_store::MemoryStore`] (the reference
-//! model for tests; no flag selects it). [`open`] is where the collector chooses one.
+//! model for tests; no flag selects it). [`open`] is where the collector chooses one;
+//! [`transfer`] moves a whole store from one backend to another (`flopmeter ledger migrate`).
 //!
 //! # The contract
 //!

@@ -335,15 +335,16 @@ impl fmt::Display for Counts {
     }
 }
 
-/// Errors of a transfer.
+/// Errors of a transfer. The stores' errors are boxed: they are large, and a transfer
+/// passes its result through a closure per item.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// The source's ledger could not be read.
     #[error("reading the source ledger: {0}")]
-    ReadLedger(#[source] StoreError),
+    ReadLedger(#[source] Box<StoreError>),
     /// The source's compliance state could not be read.
     #[error("reading the source's compliance state: {0}")]
-    ReadCompliance(#[source] ComplianceStoreError),
+    ReadCompliance(#[source] Box<ComplianceStoreError>),
     /// The source holds a key this version cannot read.
     #[error("the source holds a {what} whose key has the wrong shape: {key}")]
     SourceKey {
@@ -354,10 +355,10 @@ pub enum TransferError {
     },
     /// The target could not be written or read.
     #[error("writing the target: {0}")]
-    Write(#[source] StoreError),
+    Write(#[source] Box<StoreError>),
     /// The target could not be written or read (its compliance state).
     #[error("writing the target's compliance state: {0}")]
-    WriteCompliance(#[source] ComplianceStoreError),
+    WriteCompliance(#[source] Box<ComplianceStoreError>),
     /// The source exported its items out of the order [`Export::export`] promises: a bug
     /// of the source's exporter, caught before the order could hide a half-finished copy.
     #[error(

@@ -9,7 +9,7 @@
 
 use super::SledStore;
 use super::chain::HEAD_KEY;
-use crate::compliance::store::decode;
+use crate::compliance::store::{ComplianceStoreError, decode};
 use crate::ledger::StoreError;
 use crate::ledger::codec::{StoredRejection, from_json, from_proto};
 use crate::ledger::keys::{self, ROLLUP_RUN, ROLLUP_UNATTRIBUTED, Seen};
@@ -20,11 +20,15 @@ use crate::storage::transfer::{Counts, Export, Item, ItemKind, SeenEntry, Transf
 type Sink<'a> = &'a mut dyn FnMut(Item) -> Result<(), TransferError>;
 
 fn read(e: sled::Error) -> TransferError {
-    TransferError::ReadLedger(e.into())
+    ledger(e.into())
 }
 
 fn ledger(e: StoreError) -> TransferError {
-    TransferError::ReadLedger(e)
+    TransferError::ReadLedger(Box::new(e))
+}
+
+fn compliance(e: ComplianceStoreError) -> TransferError {
+    TransferError::ReadCompliance(Box::new(e))
 }
 
 fn bad_key(what: &'static str, k: &[u8]) -> TransferError {
@@ -193,8 +197,8 @@ impl SledStore {
     }
 
     fn export_compliance(&self, sink: Sink<'_>) -> Result<(), TransferError> {
-        let rd = TransferError::ReadCompliance;
-        let rd_sled = |e: sled::Error| TransferError::ReadCompliance(e.into());
+        let rd = compliance;
+        let rd_sled = |e: sled::Error| compliance(e.into());
         for v in self.clocks.iter().values() {
             sink(Item::Clock(
                 decode(&v.map_err(rd_sled)?, "clock").map_err(rd)?,
@@ -272,7 +276,7 @@ impl Export for SledStore {
         // The head first, the entries last (`export_compliance` ends with them): see
         // `storage::transfer`.
         if let Some(v) = self.audit_head.get(HEAD_KEY).map_err(read)? {
-            let head = decode(&v, "audit head").map_err(TransferError::ReadCompliance)?;
+            let head = decode(&v, "audit head").map_err(compliance)?;
             counting(Item::AuditHead(head))?;
         }
         self.export_ledger(&mut counting)?;
