@@ -104,7 +104,7 @@ impl Seen {
         k
     }
 
-    /// Reads an entry's key: its kind and parts (model, [run,] agent or node).
+    /// Reads an entry's key: its kind and parts (model, then run if any, then agent or node).
     pub fn parse(k: &[u8]) -> Option<(Seen, Vec<String>)> {
         let (tag, rest) = k.split_first()?;
         let kind = [
