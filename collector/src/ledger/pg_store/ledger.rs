@@ -84,7 +84,7 @@ impl LedgerStore for PgStore {
     ) -> Result<(Vec<IntervalRecord>, bool), StoreError> {
         let limit = i64::try_from(max_batches).unwrap_or(i64::MAX - 1);
         let rows = self.rows::<StoreError>(
-            "SELECT batch FROM ledger_raw WHERE agent = $1 ORDER BY first_seq DESC LIMIT $2 + 1",
+            "SELECT batch FROM ledger_raw WHERE agent = $1 ORDER BY first_seq DESC LIMIT $2::bigint + 1",
             vec![Box::new(agent_id.to_string()), Box::new(limit)],
         )?;
         let truncated = rows.len() > max_batches;

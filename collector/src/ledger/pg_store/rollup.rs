@@ -45,7 +45,7 @@ async fn roll_up_in_tx(tx: &Transaction<'_>, cutoff: i64, limit: i64) -> R<Rollu
     let due = tx
         .query(
             "SELECT agent, first_seq::text FROM ledger_raw WHERE last_event_ms < $1 \
-             ORDER BY last_event_ms, agent, first_seq LIMIT $2 + 1",
+             ORDER BY last_event_ms, agent, first_seq LIMIT $2::bigint + 1",
             &[&cutoff, &limit],
         )
         .await?;
