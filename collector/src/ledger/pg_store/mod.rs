@@ -55,6 +55,7 @@
 mod apply;
 mod chain;
 mod compliance;
+mod import;
 mod ledger;
 mod registry;
 mod rollup;
