@@ -1,10 +1,17 @@
 //! `flopmeter ledger migrate` as an operator runs it: the demo's sled ledger (`flopmeter demo
-//! --data-dir`) copied by the real binary, the checks it prints on the target, and its
-//! refusals (no ledger at --from, a collector still running on it).
+//! --data-dir`) copied by the real binary into a fresh database of the test binary's real
+//! PostgreSQL (and into memory, `--dry-run`), the checks it prints on the target, the copy
+//! read back, and its refusals (no ledger at --from, a collector still running on it, a
+//! database that holds anything).
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
+
+use flopmeter_collector::compliance::ComplianceStore;
+use flopmeter_collector::ledger::LedgerStore;
+use flopmeter_collector::ledger::pg_store::PgStore;
+use flopmeter_collector::ledger::sled_store::SledStore;
 
 use crate::support::{collector, flopmeter, scratch};
 
@@ -108,4 +115,106 @@ fn a_directory_without_a_ledger_or_with_a_running_collector_is_refused() {
         stderr.contains("a collector is running on it. Stop it first"),
         "{stderr}"
     );
+}
+
+/// A fresh database on the test binary's PostgreSQL, and its DSN.
+fn fresh_dsn() -> String {
+    flopmeter_pg::test_support::shared()
+        .fresh_database()
+        .socket_dsn()
+}
+
+fn open_pg(dsn: &str) -> PgStore {
+    let db = flopmeter_pg::Database::connect(flopmeter_pg::Options::new(
+        flopmeter_pg::Dsn::parse(dsn).unwrap(),
+    ))
+    .unwrap();
+    PgStore::open(db).unwrap()
+}
+
+#[test]
+fn the_demo_ledger_migrates_into_postgres_with_equal_totals_and_a_verified_chain() {
+    let dir = demo_copy("ledger-migrate-postgres");
+    let dsn = fresh_dsn();
+    let (out, stdout, stderr) = migrate(&["--from", dir.to_str().unwrap(), "--to", &dsn]);
+    assert_migrated(&out, &stdout, &stderr);
+
+    // A re-run onto the migrated database completes only when told to, and changes
+    // nothing: every item is written again with the same value.
+    let (out, _, stderr) = migrate(&["--from", dir.to_str().unwrap(), "--to", &dsn]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the target is not empty"), "{stderr}");
+    let (out, stdout, stderr) = migrate(&[
+        "--from",
+        dir.to_str().unwrap(),
+        "--to",
+        &dsn,
+        "--allow-non-empty",
+    ]);
+    assert_migrated(&out, &stdout, &stderr);
+
+    // Read back independently of the command's own checks.
+    let source = SledStore::open(&dir).unwrap();
+    let target = open_pg(&dsn);
+    let models = source.model_names().unwrap();
+    assert_eq!(target.model_names().unwrap(), models);
+    for m in &models {
+        assert_eq!(
+            target.model_aggregate(m).unwrap(),
+            source.model_aggregate(m).unwrap(),
+            "{m}"
+        );
+        assert_eq!(target.runs(m).unwrap(), source.runs(m).unwrap(), "{m}");
+    }
+    assert_eq!(
+        target.high_water_marks().unwrap(),
+        source.high_water_marks().unwrap()
+    );
+    assert_eq!(target.alerts().unwrap(), source.alerts().unwrap());
+    assert_eq!(target.clocks().unwrap(), source.clocks().unwrap());
+    assert_eq!(target.outbox().unwrap(), source.outbox().unwrap());
+    assert_eq!(
+        target.audit_entries().unwrap(),
+        source.audit_entries().unwrap()
+    );
+    assert_eq!(
+        ComplianceStore::head(&target).unwrap(),
+        ComplianceStore::head(&source).unwrap()
+    );
+    assert!(target.chain_status().unwrap().ok());
+    assert!(target.verify().unwrap().ok());
+}
+
+#[test]
+fn a_database_that_holds_anything_is_refused_and_nothing_is_written() {
+    let dir = demo_copy("ledger-migrate-non-empty");
+    let dsn = fresh_dsn();
+    let target = open_pg(&dsn);
+    let mut entry = flopmeter_collector::ledger::ModelEntry {
+        model: "already-here".into(),
+        updated_unix_ms: 1_800_000_000_000,
+        ..Default::default()
+    };
+    entry.updated_by = Some("alice".into());
+    target.set_model_entry(&entry).unwrap();
+    let before = (
+        target.model_names().unwrap(),
+        target.audit_entries().unwrap(),
+        ComplianceStore::head(&target).unwrap(),
+    );
+
+    let (out, stdout, stderr) = migrate(&["--from", dir.to_str().unwrap(), "--to", &dsn]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the target is not empty"), "{stderr}");
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert!(stderr.contains("new, empty database"), "{stderr}");
+    assert!(stderr.contains("--allow-non-empty"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let after = (
+        target.model_names().unwrap(),
+        target.audit_entries().unwrap(),
+        ComplianceStore::head(&target).unwrap(),
+    );
+    assert_eq!(after, before);
+    assert_eq!(after.0, vec!["already-here".to_string()]);
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use flopmeter_collector::compliance::ComplianceStore;
 use flopmeter_collector::ledger::memory_store::MemoryStore;
+use flopmeter_collector::ledger::pg_store::PgStore;
 use flopmeter_collector::ledger::sled_store::{DEFAULT_CACHE_BYTES, SledStore};
 use flopmeter_collector::ledger::{LedgerStore, StoreError};
 use flopmeter_collector::storage::transfer::{self, Import, Progress};
@@ -115,12 +116,11 @@ fn open_source(dir: &Path) -> anyhow::Result<SledStore> {
     }
 }
 
-/// Opens the PostgreSQL target.
+/// Opens the PostgreSQL target (applying the schema's migrations, as a collector would).
 fn open_postgres(dsn: &str) -> anyhow::Result<Box<dyn Target>> {
-    let _ = dsn;
-    anyhow::bail!(
-        "this build of flopmeter has no PostgreSQL store yet: use --dry-run to check the copy"
-    )
+    let dsn = flopmeter_pg::Dsn::parse(dsn).map_err(|e| super::InvalidInput::flag("to", e))?;
+    let db = flopmeter_pg::Database::connect(flopmeter_pg::Options::new(dsn))?;
+    Ok(Box::new(PgStore::open(db)?))
 }
 
 /// Progress on stderr, throttled: every second on a terminal, every 10 s otherwise.
