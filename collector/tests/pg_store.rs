@@ -240,7 +240,7 @@ fn a_schema_newer_than_this_collector_is_refused() {
     assert!(
         matches!(
             e,
-            StoreError::Schema(MigrateError::SchemaNewer { database: 99, .. })
+            StoreError::Schema(ref m) if matches!(**m, MigrateError::SchemaNewer { database: 99, .. })
         ),
         "{e:?}"
     );

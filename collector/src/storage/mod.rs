@@ -12,9 +12,11 @@
 //! consumer depend on both halves.
 //!
 //! Backends: [`crate::ledger::sled_store::SledStore`] (embedded, one process per data
-//! directory, the default) and [`crate::ledger::memory_store::MemoryStore`] (the reference
-//! model for tests; no flag selects it). [`open`] is where the collector chooses one;
-//! [`transfer`] moves a whole store from one backend to another (`flopmeter ledger migrate`).
+//! directory, the default), [`crate::ledger::pg_store::PgStore`] (PostgreSQL, shared by
+//! several collectors; it keeps the contract below across processes with row locks and the
+//! engine lease) and [`crate::ledger::memory_store::MemoryStore`] (the reference model for
+//! tests; no flag selects it). [`open`] is where the collector chooses one; [`transfer`]
+//! moves a whole store from one backend to another (`flopmeter ledger migrate`).
 //!
 //! # The contract
 //!
