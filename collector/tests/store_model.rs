@@ -10,8 +10,8 @@
 //! aggregates of every model and run (u128 totals included), the quarantine, the
 //! high-water marks, the clocks, the alerts, the outbox and the audit chains must be equal,
 //! and `ledger verify` and `audit verify` clean on each. Last, the sled store is migrated
-//! (`storage::transfer::migrate`, behind `ledger migrate`) into an empty memory store, which
-//! must equal the model as well.
+//! (`storage::transfer::migrate`, behind `ledger migrate`) into an empty memory store and an
+//! empty PostgreSQL store, which must equal the model as well.
 //!
 //! 32 cases per run with a new seed each run, printed; `FLOPMETER_FUZZ_SEED` replays one
 //! (`tests/support/seed.rs`).
@@ -22,16 +22,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use flopmeter_collector::compliance::Engine;
 use flopmeter_collector::ingest::validate::{Inventory, Limits, verdict};
 use flopmeter_collector::ledger::memory_store::MemoryStore;
+use flopmeter_collector::ledger::pg_store::PgStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{CheckedRecord, IncomingBatch};
 use flopmeter_collector::now_unix_ms;
 use flopmeter_collector::storage::Stores;
-use flopmeter_collector::storage::transfer::migrate;
+use flopmeter_collector::storage::transfer::{Import, migrate};
 use flopmeter_proto::v1::{GpuInventory, IntervalRecord, WorkloadDeclaration};
 use proptest::prelude::*;
 
 use crate::support::rec_at;
-use crate::support::stores::{TestStore, engine, planned, stores};
+use crate::support::stores::{TestStore, engine, planned, postgres, stores};
 
 const AGENTS: usize = 3;
 const MODELS: [&str; 2] = ["m1", "m2"];
@@ -355,19 +356,30 @@ proptest! {
             let Some(sled) = s.store.compliance().as_any().downcast_ref::<SledStore>() else {
                 continue;
             };
-            let copy = Arc::new(MemoryStore::new());
-            migrate(sled, copy.as_ref(), false, |_| {}).unwrap();
-            let store = TestStore::wrap("sled migrated to memory", Stores::new(copy));
-            let engine = engine(store.stores(), w.now.clone());
-            let side = Side { store, engine };
-            // Without the alert views: they show the last pass a long-lived engine ran,
-            // which a fresh one has not.
-            let stored = |s: &str| s.split("\nviews ").next().unwrap_or_default().to_string();
-            prop_assert_eq!(
-                stored(&snapshot(&side)),
-                stored(&model),
-                "the migrated sled store differs"
-            );
+            let memory = TestStore::wrap("memory", Stores::new(Arc::new(MemoryStore::new())));
+            for store in [memory, postgres()] {
+                let c = store.compliance().as_any();
+                let target: &dyn Import = match (
+                    c.downcast_ref::<MemoryStore>(),
+                    c.downcast_ref::<PgStore>(),
+                ) {
+                    (Some(m), _) => m,
+                    (_, Some(p)) => p,
+                    _ => unreachable!("memory or postgres"),
+                };
+                migrate(sled, target, false, |_| {}).unwrap();
+                let engine = engine(store.stores(), w.now.clone());
+                let side = Side { store, engine };
+                // Without the alert views: they show the last pass a long-lived engine
+                // ran, which a fresh one has not.
+                let stored = |s: &str| s.split("\nviews ").next().unwrap_or_default().to_string();
+                prop_assert_eq!(
+                    stored(&snapshot(&side)),
+                    stored(&model),
+                    "the sled store migrated to {} differs",
+                    side.store.name
+                );
+            }
         }
     }
 }

@@ -46,6 +46,7 @@ impl TestStore {
             stores: Some(stores),
             reopen: Box::new(move || kept.clone()),
             _dir: None,
+            _spare: None,
         }
     }
 
