@@ -64,17 +64,20 @@ fn p<T: ToSql + Send + Sync + 'static>(v: T) -> Param {
     Box::new(v)
 }
 
+/// Raw batches' columns: agent, first seq, last event ms, node, record count, batch.
+type RawRows = (
+    Vec<String>,
+    Vec<String>,
+    Vec<i64>,
+    Vec<String>,
+    Vec<i32>,
+    Vec<Vec<u8>>,
+);
+
 /// The rows of one chunk, column by column, per table.
 #[derive(Default)]
 struct Columns {
-    raw: (
-        Vec<String>,
-        Vec<String>,
-        Vec<i64>,
-        Vec<String>,
-        Vec<i32>,
-        Vec<Vec<u8>>,
-    ),
+    raw: RawRows,
     hwm: (Vec<String>, Vec<String>),
     runs: (Vec<String>, Vec<String>, Vec<Aggregate>),
     models: (Vec<String>, Vec<Aggregate>),
