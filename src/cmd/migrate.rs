@@ -105,15 +105,20 @@ fn open_source(dir: &Path) -> anyhow::Result<SledStore> {
             dir.display()
         );
     }
-    match SledStore::open_with_cache(dir, DEFAULT_CACHE_BYTES) {
-        Ok(s) => Ok(s),
+    // Unchecked: a collector's start moves the truncation guard, and the source is only
+    // read. Its checks are made here instead: the guard below, and every value decoded by
+    // the export (one that does not is an error naming it).
+    let store = match SledStore::open_unchecked(dir, DEFAULT_CACHE_BYTES) {
+        Ok(s) => s,
         Err(StoreError::Locked { .. }) => anyhow::bail!(
             "the ledger in {} is in use: a collector is running on it. Stop it first: a \
              migration copies a ledger no one writes",
             dir.display()
         ),
-        Err(e) => Err(e.into()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    store.check_guard(dir)?;
+    Ok(store)
 }
 
 /// Opens the PostgreSQL target (applying the schema's migrations, as a collector would).
