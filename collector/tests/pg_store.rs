@@ -247,3 +247,69 @@ fn a_schema_newer_than_this_collector_is_refused() {
     assert!(e.to_string().contains("upgrade flopmeter"), "{e}");
     assert!(!e.is_write_failure());
 }
+
+#[test]
+fn a_connection_lost_mid_batch_costs_a_resend_not_a_restart() {
+    let dsn = fresh_dsn();
+    let store = open_pg(&dsn);
+    let batch = |first: u64| {
+        incoming(
+            "a",
+            "n",
+            (first..first + 2)
+                .map(|s| rec(s, "m", "r", "pretrain", 10))
+                .collect(),
+        )
+    };
+    store.apply_batch(&batch(1)).unwrap();
+    // Another session holds the agent's mark, so the next batch waits inside its
+    // transaction; its connection is then cut (as by a server restart or a network failure).
+    let locker = connect_pg(&dsn);
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        locker
+            .run(move |mut conn| async move {
+                let tx = conn.transaction().await?;
+                tx.execute("SELECT 1 FROM ledger_hwm WHERE agent = 'a' FOR UPDATE", &[])
+                    .await?;
+                locked.send(()).unwrap();
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                tx.rollback().await?;
+                Ok::<(), PgError>(())
+            })
+            .unwrap()
+    });
+    is_locked.recv().unwrap();
+    let second = batch(3);
+    let applying = {
+        let (store, second) = (store.clone(), second.clone());
+        std::thread::spawn(move || store.apply_batch(&second))
+    };
+    while sql(
+        &store,
+        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        vec![],
+    )
+    .is_empty()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let e = applying.join().unwrap().unwrap_err();
+    // Rolled back before its COMMIT: not a write failure (after which the writer refuses
+    // everything until restart). Nothing of it was stored, and the agent's resend applies it.
+    assert!(matches!(e, StoreError::Database(_)), "{e:?}");
+    assert!(!e.is_write_failure(), "{e}");
+    assert!(
+        e.to_string().contains("nothing of this request was stored"),
+        "{e}"
+    );
+    holder.join().unwrap();
+    assert_eq!(store.high_water_mark("a").unwrap(), 2);
+    let out = store.apply_batch(&second).unwrap();
+    assert_eq!((out.applied, out.acked_through), (2, 4));
+    assert_eq!(
+        store.model_aggregate("m").unwrap().unwrap().all().records,
+        4
+    );
+}
