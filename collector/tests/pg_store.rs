@@ -313,3 +313,60 @@ fn a_connection_lost_mid_batch_costs_a_resend_not_a_restart() {
         4
     );
 }
+
+#[test]
+fn two_stores_sharing_runs_and_models_sum_exactly() {
+    // Four agents on two stores at once, all on two runs of one model and an unattributed
+    // bucket: every aggregate row is contended (first inserted by whichever store gets
+    // there), and the distinct agent counts must rise exactly once per agent.
+    let dsn = fresh_dsn();
+    let stores = [Arc::new(open_pg(&dsn)), Arc::new(open_pg(&dsn))];
+    let (agents, batches, per) = (4u64, 15u64, 3u64);
+    let handles: Vec<_> = (0..agents)
+        .map(|a| {
+            let store = stores[(a % 2) as usize].clone();
+            std::thread::spawn(move || {
+                for b in 0..batches {
+                    let records = (1..=per)
+                        .map(|i| {
+                            let seq = b * per + i;
+                            let (model, run) = match seq % 3 {
+                                0 => ("m", "r1"),
+                                1 => ("m", "r2"),
+                                _ => ("", ""),
+                            };
+                            rec(seq, model, run, "pretrain", 1_000 + a)
+                        })
+                        .collect();
+                    let batch = incoming(&format!("agent-{a}"), &format!("node-{a}"), records);
+                    // Sent to both stores, as an agent that reconnects elsewhere would.
+                    store
+                        .apply_group(&[&batch, &batch])
+                        .into_iter()
+                        .for_each(|r| {
+                            r.unwrap();
+                        });
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = &stores[0];
+    let model = s.model_aggregate("m").unwrap().unwrap();
+    let records: u64 = (0..agents)
+        .map(|_| (1..=batches * per).filter(|q| q % 3 != 2).count() as u64)
+        .sum();
+    assert_eq!(model.all().records, records);
+    let flop: u128 = (0..agents)
+        .map(|a| (1..=batches * per).filter(|q| q % 3 != 2).count() as u128 * u128::from(1_000 + a))
+        .sum();
+    assert_eq!(model.all().flop.central, flop);
+    assert_eq!((model.agents, model.nodes), (agents, agents));
+    for run in ["r1", "r2"] {
+        assert_eq!(s.run_aggregate("m", run).unwrap().unwrap().agents, agents);
+    }
+    let report = stores[1].verify().unwrap();
+    assert!(report.ok(), "{:?}", report.mismatches);
+}
