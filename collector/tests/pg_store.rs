@@ -103,6 +103,10 @@ fn u128_sums_round_trip_exactly_through_numeric() {
             .iter()
             .any(|m| m.contains("run m/r"))
     );
+    assert!(
+        store.size_on_disk().unwrap() > 100_000,
+        "the tables take room"
+    );
 }
 
 #[test]
