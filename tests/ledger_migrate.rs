@@ -138,6 +138,7 @@ fn the_demo_ledger_migrates_into_postgres_with_equal_totals_and_a_verified_chain
     let dsn = fresh_dsn();
     let (out, stdout, stderr) = migrate(&["--from", dir.to_str().unwrap(), "--to", &dsn]);
     assert_migrated(&out, &stdout, &stderr);
+    println!("{stderr}{stdout}");
 
     // A re-run onto the migrated database completes only when told to, and changes
     // nothing: every item is written again with the same value.
