@@ -12,8 +12,10 @@
 //! consumer depend on both halves.
 //!
 //! Backends: [`crate::ledger::sled_store::SledStore`] (embedded, one process per data
-//! directory, the default) and [`crate::ledger::memory_store::MemoryStore`] (the reference
-//! model for tests; no flag selects it). [`open`] is where the collector chooses one.
+//! directory, the default), [`crate::ledger::pg_store::PgStore`] (PostgreSQL, shared by
+//! several collectors; it keeps the contract below across processes with row locks and the
+//! engine lease) and [`crate::ledger::memory_store::MemoryStore`] (the reference model for
+//! tests; no flag selects it). [`open`] is where the collector chooses one.
 //!
 //! # The contract
 //!

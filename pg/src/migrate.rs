@@ -45,11 +45,18 @@ impl Migration {
 
 /// The migrations this flopmeter knows, oldest first. The ledger's tables are migration 2
 /// onward.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "schema_migrations_and_engine_lease",
-    sql: include_str!("../migrations/0001_schema_migrations_and_engine_lease.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "schema_migrations_and_engine_lease",
+        sql: include_str!("../migrations/0001_schema_migrations_and_engine_lease.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "ledger_and_compliance",
+        sql: include_str!("../migrations/0002_ledger_and_compliance.sql"),
+    },
+];
 
 /// The advisory lock key migrations run under ("flopmigr" in ASCII).
 pub const MIGRATION_LOCK_KEY: i64 = 0x666c_6f70_6d69_6772;

@@ -13,8 +13,9 @@
 //! whose start differs from the stored one ([`check_start`]; the core never produces one;
 //! this is the last line of defence against a bug).
 //!
-//! Implementations: the sled store (`crate::ledger::sled_store`, its table of trees there)
-//! and the in-memory model (`crate::ledger::memory_store`). What is atomic, idempotent and
+//! Implementations: the sled store (`crate::ledger::sled_store`, its table of trees there),
+//! the PostgreSQL store (`crate::ledger::pg_store`, its table of tables there) and the
+//! in-memory model (`crate::ledger::memory_store`). What is atomic, idempotent and
 //! durable, and which writes only the compliance leader may make, is the contract in
 //! [`crate::storage`].
 
@@ -33,6 +34,15 @@ pub enum ComplianceStoreError {
     /// durable (after a failed flush none is trusted until restart, as for the ledger).
     #[error("compliance storage error: {0}")]
     Storage(#[source] BackendError),
+    /// PostgreSQL failed (connection lost, timeout, a statement refused) before the work
+    /// committed: its transaction rolled back and nothing of it was stored; the engine
+    /// retries at its next pass. A commit whose outcome is unknown is
+    /// [`ComplianceStoreError::Storage`] instead.
+    #[error(
+        "the compliance store's PostgreSQL failed, and nothing of this change was stored (its \
+         transaction rolled back): {0}"
+    )]
+    Database(#[source] Box<flopmeter_pg::PgError>),
     /// A stored value does not decode as its type.
     #[error("the compliance store holds a corrupt {what}: {source}")]
     Corrupt {

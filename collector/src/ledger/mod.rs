@@ -28,7 +28,7 @@
 //! mutating method wrote is durable until [`LedgerStore::flush`] returns; the collector
 //! acknowledges only after it.
 //!
-//! Implementations: [`sled_store::SledStore`] and the reference model
+//! Implementations: [`sled_store::SledStore`], [`pg_store::PgStore`] and the reference model
 //! [`memory_store::MemoryStore`]; the pure rules both follow are `sequence`, `aggregate`,
 //! `facts` (plan versions and the audit entries of a write) and [`verify`].
 
@@ -37,6 +37,7 @@ pub(crate) mod codec;
 pub(crate) mod facts;
 pub mod keys;
 pub mod memory_store;
+pub mod pg_store;
 pub mod plans;
 pub(crate) mod registry;
 pub mod sequence;
@@ -164,6 +165,21 @@ pub enum StoreError {
         /// The configured minimum, MiB.
         min_mib: u64,
     },
+    /// The PostgreSQL ledger's schema cannot be used: newer than this collector knows, a
+    /// released migration edited, a version missing, or the migration failed (nothing was
+    /// changed).
+    #[error("cannot use the PostgreSQL ledger's schema: {0}")]
+    Schema(#[source] Box<flopmeter_pg::MigrateError>),
+    /// PostgreSQL failed (connection lost, timeout, a statement refused) before the work
+    /// committed: its transaction rolled back, so nothing of it was stored. Not a write
+    /// failure: the agent is not acknowledged and resends, and the next batch may succeed
+    /// (a commit whose outcome is unknown is [`StoreError::Storage`] instead). Shared: when a
+    /// group of batches fails as one (the connection broke), each batch's error is it.
+    #[error(
+        "the ledger's PostgreSQL failed, and nothing of this request was stored (its \
+         transaction rolled back): {0}"
+    )]
+    Database(#[source] std::sync::Arc<flopmeter_pg::PgError>),
     /// A write or flush failed earlier: the writer acknowledges nothing until the collector
     /// restarts, since a later flush that succeeds does not make the failed writes durable.
     #[error(
