@@ -30,7 +30,7 @@ pub struct DemoArgs {
     pub http_addr: SocketAddr,
     /// Keep the demo's ledger in DIR (created if missing) instead of a temporary directory
     /// removed at the end: to inspect it, or to try `flopmeter ledger migrate --from DIR`.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "FLOPMETER_DEMO_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
 }
 

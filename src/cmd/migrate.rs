@@ -49,23 +49,29 @@ again with --allow-non-empty: it copies everything again over what is there, and
 Examples:
   flopmeter ledger migrate --from /var/lib/flopmeter/collector \\
       --to 'postgres://flopmeter@db.example/flopmeter?sslmode=verify-full'
+  FLOPMETER_STORE='postgres://flopmeter:secret@db.example/flopmeter' \\
+      flopmeter ledger migrate --from /var/lib/flopmeter/collector   # the password off argv
   flopmeter ledger migrate --from /var/lib/flopmeter/collector --dry-run
       # copy into memory, verify and compare; nothing is kept")]
 pub struct MigrateArgs {
     /// The sled ledger directory to copy (the collector's --data-dir; stop the collector
     /// first). It is only read.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "FLOPMETER_LEDGER_DIR", value_name = "DIR")]
     pub from: PathBuf,
 
     /// The PostgreSQL database to copy into, as a libpq URL
     /// (`postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=FILE`;
-    /// a password containing ?, @, / or # percent-encoded). It must be empty.
+    /// a password containing ?, @, / or # percent-encoded). It must be empty. With a
+    /// password, prefer the environment variable: a command line is visible to every user
+    /// of the machine.
     #[arg(
         long,
+        env = "FLOPMETER_STORE",
+        hide_env_values = true,
         value_name = "postgres://...",
-        required_unless_present = "dry_run",
-        conflicts_with = "dry_run"
+        required_unless_present = "dry_run"
     )]
+    #[serde(skip_serializing)]
     pub to: Option<String>,
 
     /// Copy into a target that already holds something: to complete a migration that
@@ -74,9 +80,9 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub allow_non_empty: bool,
 
-    /// Copy into memory instead of a database, run the checks and keep nothing: whether
-    /// --from will migrate cleanly, before a database exists. Needs memory for the whole
-    /// ledger.
+    /// Copy into memory instead of a database (--to is not used), run the checks and keep
+    /// nothing: whether --from will migrate cleanly, before a database exists. Needs memory
+    /// for the whole ledger.
     #[arg(long)]
     pub dry_run: bool,
 }
