@@ -663,10 +663,18 @@ async fn a_tampered_audit_chain_is_loud_and_counted() {
     plan(&c, "t1", "2e25").await;
     vnow.store(now_unix_ms() + 1_000, Ordering::SeqCst);
     c.compliance().evaluate_now().await.unwrap();
-    // The incremental check: an entry appended by the last pass, altered while running, is
-    // caught by the next pass.
+    // The incremental check: an entry appended since the last pass, altered while running, is
+    // caught by the next pass. The registry change above kicked the background loop, whose
+    // pass may run at any moment after ours and verify what ours appended; so let it finish,
+    // then append an entry no pass has seen (a registry change written to the store
+    // directly kicks nothing) and alter that one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut entry = c.store().model_entry("t1").unwrap().unwrap();
+    entry.updated_by = Some("bob".into());
+    c.store().set_model_entry(&entry).unwrap();
     let store = c.compliance().engine().store().clone();
     let last = store.audit_entries().unwrap().pop().unwrap();
+    assert_eq!(last.actor, "bob", "the registry change is the newest entry");
     let mut forged = last.clone();
     forged.actor = "mallory".into();
     let sled = store.as_any().downcast_ref::<SledStore>().unwrap();
