@@ -70,14 +70,16 @@ pub struct LoadgenArgs {
     #[arg(long, env = "FLOPMETER_LOADGEN_WARMUP", value_name = "DURATION")]
     pub warmup: Option<HumanDuration>,
 
-    /// The collector's gRPC endpoint.
+    /// The collector's gRPC endpoint; several, comma-separated, for replicas sharing one
+    /// PostgreSQL ledger: connections go to them in turn, so the agents split evenly.
     #[arg(
         long,
         env = "FLOPMETER_COLLECTOR",
-        value_name = "URL",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:7443"
     )]
-    pub collector: String,
+    pub collector: Vec<String>,
 
     /// Send each agent's next batch as soon as the previous one is acknowledged.
     #[arg(long, env = "FLOPMETER_LOADGEN_MAX")]
@@ -120,14 +122,25 @@ pub struct LoadgenArgs {
     #[serde(skip_serializing)]
     pub agent_token: Option<String>,
 
-    /// PID of the collector, to read its RSS from /proc.
-    #[arg(long, env = "FLOPMETER_LOADGEN_COLLECTOR_PID", value_name = "PID")]
-    pub collector_pid: Option<u32>,
+    /// PID of the collector, to read its RSS from /proc; several, comma-separated, and the
+    /// report gives their sum.
+    #[arg(
+        long,
+        env = "FLOPMETER_LOADGEN_COLLECTOR_PID",
+        value_name = "PID[,PID...]",
+        value_delimiter = ','
+    )]
+    pub collector_pid: Vec<u32>,
 
-    /// The collector's /metrics URL, to read its RSS when no PID is given (default: the
-    /// collector's host, port 9464).
-    #[arg(long, env = "FLOPMETER_LOADGEN_COLLECTOR_METRICS", value_name = "URL")]
-    pub collector_metrics: Option<String>,
+    /// The collector's /metrics URL, to read its RSS when no PID is given (default: each
+    /// collector's host, port 9464); several, comma-separated, and the report gives their sum.
+    #[arg(
+        long,
+        env = "FLOPMETER_LOADGEN_COLLECTOR_METRICS",
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
+    pub collector_metrics: Vec<String>,
 }
 
 /// Errors of the load generator.
@@ -226,6 +239,11 @@ pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
             "--agents, --gpus-per-agent and --agents-per-connection must be above 0".into(),
         ));
     }
+    if args.collector.is_empty() {
+        return Err(LoadgenError::Invalid(
+            "--collector needs at least one URL".into(),
+        ));
+    }
     let interval = args.report_interval.0;
     if interval.is_zero() {
         return Err(LoadgenError::Invalid(
@@ -251,7 +269,8 @@ pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
     let mut tasks = Vec::new();
     for i in 0..args.agents {
         if i % args.agents_per_connection == 0 {
-            channels.push(channel(&args.collector)?);
+            let url = &args.collector[channels.len() % args.collector.len()];
+            channels.push(channel(url)?);
         }
         let ch = channels.last().expect("pushed above").clone();
         let spec = SimSpec {
@@ -284,15 +303,18 @@ pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
     lat.sort_unstable();
     let acked = stats.acked.load(Ordering::Relaxed);
     let acked_measured = stats.acked_measured.load(Ordering::Relaxed);
-    let rss = match args.collector_pid {
-        Some(pid) => rss_from_proc(pid),
-        None => {
-            let url = args
-                .collector_metrics
-                .clone()
-                .unwrap_or_else(|| default_metrics_url(&args.collector));
-            rss_from_metrics(&url)
-        }
+    let rss: Option<u64> = if !args.collector_pid.is_empty() {
+        args.collector_pid.iter().map(|p| rss_from_proc(*p)).sum()
+    } else if !args.collector_metrics.is_empty() {
+        args.collector_metrics
+            .iter()
+            .map(|u| rss_from_metrics(u))
+            .sum()
+    } else {
+        args.collector
+            .iter()
+            .map(|c| rss_from_metrics(&default_metrics_url(c)))
+            .sum()
     };
     Ok(LoadgenReport {
         agents: args.agents,
