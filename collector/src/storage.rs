@@ -116,6 +116,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// PostgreSQL at `url` (a `postgres://` or `postgresql://` URL), as `--store` gives it.
+    pub fn postgres(url: &str, pool_size: usize) -> Result<Backend, flopmeter_pg::DsnError> {
+        Ok(Backend::Postgres {
+            dsn: Dsn::parse(url.trim())?,
+            pool_size,
+        })
+    }
+
     /// Whether a committed write is durable and visible to other collectors at once (a
     /// shared database), rather than durable only after this process's flush (sled).
     pub fn is_shared(&self) -> bool {
