@@ -134,9 +134,14 @@ fn two_replicas_share_one_ledger_and_one_engine_with_a_bounded_failover() {
     assert_eq!(a, b, "both replicas read one ledger");
     assert_eq!(a["records"], 48, "{a}");
     assert_eq!(a["runs"], 2, "{a}");
-    // An agent that moves to the other replica carries on from its mark there.
+    // An agent that moves to the other replica carries on from its mark there: the Welcome
+    // names the 20 records replica a applied, and every new batch is acknowledged (a gap
+    // would be refused). 7 or 8 new batches: a batch the simulated agent generated before
+    // the Welcome is dropped as covered by the mark, and counts toward its 8.
     feed(&replicas[1].url(), "agent-0", "shared-model", "run-a", 8);
-    assert_eq!(model_json(&replicas[0], "shared-model")["records"], 60);
+    let records = model_json(&replicas[0], "shared-model")["records"].clone();
+    assert!(records == 76 || records == 80, "{records}");
+    assert_eq!(model_json(&replicas[1], "shared-model")["records"], records);
 
     // Model-level series come from the leader only, so a sum over replicas counts once.
     let series = "flopmeter_model_flop{bound=\"high\",model=\"shared-model\"}";
