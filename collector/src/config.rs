@@ -163,7 +163,8 @@ flopmeter_compliance_leader (1 on the leader).
   FLOPMETER_STORE='postgres://flopmeter:PASSWORD@db.example:5432/flopmeter?sslmode=verify-full&sslrootcert=/etc/flopmeter/pg-ca/ca.crt' \\
       flopmeter collector --replica-name \"$(hostname)\"")]
 pub struct CollectorArgs {
-    /// Directory of the ledger (a sled database). One collector process per directory.
+    /// Directory of the ledger (a sled database). One collector process per directory. Not
+    /// used with --store.
     #[arg(
         long,
         env = "FLOPMETER_DATA_DIR",
@@ -1129,6 +1130,49 @@ mod tests {
             e.source().is_some_and(|s| s.is::<ThresholdConfigError>()),
             "{e}"
         );
+    }
+
+    fn resolve_flags(flags: &[&str]) -> Result<CollectorConfig, CollectorConfigError> {
+        use clap::Parser as _;
+        let argv = std::iter::once("collector").chain(flags.iter().copied());
+        CollectorConfig::from_args(&Cli::try_parse_from(argv).unwrap().args)
+    }
+
+    /// `--store` selects PostgreSQL with the lease flags, checked at start with what to fix;
+    /// without it, sled in --data-dir.
+    #[test]
+    fn store_and_lease_flags() {
+        let c = resolve_flags(&[]).unwrap();
+        assert!(c.store.is_none());
+        assert!(!c.backend().is_shared());
+        let url = "postgres://flopmeter:s3cret@db.example:5432/ledger?sslmode=verify-full";
+        let c = resolve_flags(&["--store", url, "--replica-name", "pod-0"]).unwrap();
+        let s = c.store.as_ref().unwrap();
+        assert_eq!(s.lease.holder, "pod-0");
+        assert_eq!(s.lease.ttl, Duration::from_secs(15));
+        assert_eq!(s.lease.failover_bound(), Duration::from_secs(20));
+        assert_eq!(s.pool_size, 8);
+        assert!(c.backend().is_shared());
+        // Neither the backend's description nor the configuration's debug shows the password.
+        assert!(!c.backend().describe().contains("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        // Without --replica-name: host name and process id.
+        let c = resolve_flags(&["--store", url]).unwrap();
+        let holder = &c.store.unwrap().lease.holder;
+        assert!(holder.ends_with(&format!("-{}", std::process::id())), "{holder}");
+
+        let e = resolve_flags(&["--store", url, "--lease-ttl", "3s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("renew_every") && e.contains("--lease-ttl 3s"), "{e}");
+        let e = resolve_flags(&["--store", "host=db user=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--store: ") && e.contains("must be a URL"), "{e}");
+        let e = resolve_flags(&["--store", url, "--store-pool-size", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--store-pool-size"), "{e}");
     }
 
     #[test]
