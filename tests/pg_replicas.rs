@@ -51,7 +51,10 @@ fn replica(dsn: &str, name: &str) -> CollectorProc {
 
 /// `flopmeter_compliance_leader` of a replica (`None`: no answer).
 fn leader_gauge(c: &CollectorProc) -> Option<f64> {
-    http::sample(&http::get_text(c.http, "/metrics")?, "flopmeter_compliance_leader")
+    http::sample(
+        &http::get_text(c.http, "/metrics")?,
+        "flopmeter_compliance_leader",
+    )
 }
 
 fn metrics(c: &CollectorProc) -> String {
@@ -229,7 +232,11 @@ fn two_replicas_share_one_ledger_and_one_engine_with_a_bounded_failover() {
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     let o = flopmeter(&["audit", "verify", "--store", &dsn]);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
-    assert!(text(&o.stdout).contains("audit chain OK"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("audit chain OK"),
+        "{}",
+        text(&o.stdout)
+    );
     let o = flopmeter(&["audit", "export", "--store", &dsn]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let starts = text(&o.stdout)
@@ -239,5 +246,9 @@ fn two_replicas_share_one_ledger_and_one_engine_with_a_bounded_failover() {
         .count();
     assert_eq!(starts, 1, "{}", text(&o.stdout));
     // The password never reaches a log (the socket DSN has none; the DSN's user does).
-    assert!(!replicas[follower].log.contains(flopmeter_pg::test_support::SUPERUSER_PASSWORD));
+    assert!(
+        !replicas[follower]
+            .log
+            .contains(flopmeter_pg::test_support::SUPERUSER_PASSWORD)
+    );
 }

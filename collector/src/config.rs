@@ -650,7 +650,11 @@ pub fn default_replica_name() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned();
-    let host = if host.is_empty() { "collector".into() } else { host };
+    let host = if host.is_empty() {
+        "collector".into()
+    } else {
+        host
+    };
     format!("{host}-{}", std::process::id())
 }
 
@@ -1159,16 +1163,25 @@ mod tests {
         // Without --replica-name: host name and process id.
         let c = resolve_flags(&["--store", url]).unwrap();
         let holder = &c.store.unwrap().lease.holder;
-        assert!(holder.ends_with(&format!("-{}", std::process::id())), "{holder}");
+        assert!(
+            holder.ends_with(&format!("-{}", std::process::id())),
+            "{holder}"
+        );
 
         let e = resolve_flags(&["--store", url, "--lease-ttl", "3s"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("renew_every") && e.contains("--lease-ttl 3s"), "{e}");
+        assert!(
+            e.contains("renew_every") && e.contains("--lease-ttl 3s"),
+            "{e}"
+        );
         let e = resolve_flags(&["--store", "host=db user=x"])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("--store: ") && e.contains("must be a URL"), "{e}");
+        assert!(
+            e.starts_with("--store: ") && e.contains("must be a URL"),
+            "{e}"
+        );
         let e = resolve_flags(&["--store", url, "--store-pool-size", "0"])
             .unwrap_err()
             .to_string();

@@ -89,8 +89,8 @@ use flopmeter_pg::lease::{Contender, LeaseConfig, LeaseError};
 use flopmeter_pg::{Database, Dsn};
 
 pub use crate::compliance::store::ComplianceStore;
-pub use crate::ledger::LedgerStore;
 use crate::leadership::Leadership;
+pub use crate::ledger::LedgerStore;
 use crate::ledger::StoreError;
 use crate::ledger::pg_store::PgStore;
 use crate::ledger::sled_store::SledStore;
@@ -152,9 +152,9 @@ pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
             data_dir,
             *cache_bytes,
         )?))),
-        Backend::Postgres { dsn, pool_size } => Ok(Stores::new(Arc::new(PgStore::open(
-            connect(dsn, *pool_size)?,
-        )?))),
+        Backend::Postgres { dsn, pool_size } => Ok(Stores::new(Arc::new(PgStore::open(connect(
+            dsn, *pool_size,
+        )?)?))),
     }
 }
 

@@ -49,7 +49,8 @@ fn internal(e: EngineError) -> Status {
         EngineError::NoAlert { .. } => Status::not_found(e.to_string()),
         EngineError::Refused(_) => Status::failed_precondition(e.to_string()),
         // Leadership moved between the check and the commit: the same answer.
-        EngineError::NotLeader { .. } | EngineError::Store(ComplianceStoreError::NotLeader { .. }) => {
+        EngineError::NotLeader { .. }
+        | EngineError::Store(ComplianceStoreError::NotLeader { .. }) => {
             Status::unavailable(e.to_string())
         }
         other => Status::internal(other.to_string()),
