@@ -34,6 +34,7 @@ mod fuzz_config_parse;
 mod fuzz_flop_amount;
 mod hostile_client;
 mod ledger_migrate;
+mod pg_replicas;
 mod probe_cli;
 mod slurm;
 mod tls;

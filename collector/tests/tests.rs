@@ -22,6 +22,7 @@ mod fuzz_record_validation;
 mod http_report;
 mod ingest;
 mod migrate;
+mod pg_rollup_race;
 mod pg_store;
 mod replay;
 mod store_model;
