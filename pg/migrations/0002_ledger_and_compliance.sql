@@ -14,23 +14,26 @@
 --   as JSON; raw batches and rejected records as protobuf (the agent's records as sent).
 --   bytea rather than jsonb: jsonb re-encodes numbers and key order, and the u128 sums and
 --   the audit entries' bytes must round-trip exactly.
+-- - Text keys are COLLATE "C": rows then sort by bytes, as the other stores' keys do, so
+--   every listing has one order whatever the database's locale, and lock order (sorted keys)
+--   is the same in every replica.
 -- - The store reads and writes the document; the typed columns beside it are written from
 --   it in the same statement, for SQL, dashboards and indices, and are never read back as
 --   the truth.
 
 -- The per-agent high-water mark: the row a batch locks (FOR UPDATE) to be applied once.
 CREATE TABLE ledger_hwm (
-    agent text          PRIMARY KEY,
+    agent text COLLATE "C"          PRIMARY KEY,
     seq   numeric(20,0) NOT NULL CHECK (seq >= 0)
 );
 
 -- Raw batches: the applied records of each received batch, until rolled up.
 CREATE TABLE ledger_raw (
-    agent          text          NOT NULL,
+    agent          text COLLATE "C"          NOT NULL,
     first_seq      numeric(20,0) NOT NULL,
     -- The latest event the batch holds: rollups take the batches that ended before a cutoff.
     last_event_ms  bigint        NOT NULL,
-    node           text          NOT NULL,
+    node           text COLLATE "C"          NOT NULL,
     records        integer       NOT NULL,
     batch          bytea         NOT NULL,
     PRIMARY KEY (agent, first_seq)
@@ -39,9 +42,9 @@ CREATE INDEX ledger_raw_last_event ON ledger_raw (last_event_ms, agent, first_se
 
 -- Quarantined records, never part of a total.
 CREATE TABLE ledger_rejected (
-    agent     text          NOT NULL,
+    agent     text COLLATE "C"          NOT NULL,
     seq       numeric(20,0) NOT NULL,
-    reason    text          NOT NULL,
+    reason    text COLLATE "C"          NOT NULL,
     rejection bytea         NOT NULL,
     PRIMARY KEY (agent, seq)
 );
@@ -50,8 +53,8 @@ CREATE TABLE ledger_rejected (
 -- stages count is the stage policy's, which can change without rewriting the rows, so the
 -- counted figure is the document's, read through the collector.
 CREATE TABLE ledger_run_agg (
-    model       text          NOT NULL,
-    run         text          NOT NULL,
+    model       text COLLATE "C"          NOT NULL,
+    run         text COLLATE "C"          NOT NULL,
     doc         bytea         NOT NULL,
     flop_low    numeric(39,0) NOT NULL,
     flop_central numeric(39,0) NOT NULL,
@@ -63,7 +66,7 @@ CREATE TABLE ledger_run_agg (
 );
 
 CREATE TABLE ledger_model_agg (
-    model       text          PRIMARY KEY,
+    model       text COLLATE "C"          PRIMARY KEY,
     doc         bytea         NOT NULL,
     flop_low    numeric(39,0) NOT NULL,
     flop_central numeric(39,0) NOT NULL,
@@ -75,8 +78,8 @@ CREATE TABLE ledger_model_agg (
 
 -- Work no run claimed, per (node, GPU type, UTC day since the epoch).
 CREATE TABLE ledger_unattributed (
-    node        text          NOT NULL,
-    gpu_type    text          NOT NULL,
+    node        text COLLATE "C"          NOT NULL,
+    gpu_type    text COLLATE "C"          NOT NULL,
     day         bigint        NOT NULL,
     doc         bytea         NOT NULL,
     flop_low    numeric(39,0) NOT NULL,
@@ -90,30 +93,30 @@ CREATE TABLE ledger_unattributed (
 
 -- Distinct agents and nodes per run and per model: an insert that finds its row already
 -- there does not raise the aggregate's count (ON CONFLICT DO NOTHING RETURNING).
-CREATE TABLE ledger_run_agents  (model text, run text, agent text, PRIMARY KEY (model, run, agent));
-CREATE TABLE ledger_run_nodes   (model text, run text, node text,  PRIMARY KEY (model, run, node));
-CREATE TABLE ledger_model_agents (model text, agent text, PRIMARY KEY (model, agent));
-CREATE TABLE ledger_model_nodes  (model text, node text,  PRIMARY KEY (model, node));
+CREATE TABLE ledger_run_agents  (model text COLLATE "C", run text COLLATE "C", agent text COLLATE "C", PRIMARY KEY (model, run, agent));
+CREATE TABLE ledger_run_nodes   (model text COLLATE "C", run text COLLATE "C", node text COLLATE "C",  PRIMARY KEY (model, run, node));
+CREATE TABLE ledger_model_agents (model text COLLATE "C", agent text COLLATE "C", PRIMARY KEY (model, agent));
+CREATE TABLE ledger_model_nodes  (model text COLLATE "C", node text COLLATE "C",  PRIMARY KEY (model, node));
 
 -- What each run declared, latest wins.
 CREATE TABLE ledger_declarations (
-    model text  NOT NULL,
-    run   text  NOT NULL,
+    model text COLLATE "C"  NOT NULL,
+    run   text COLLATE "C"  NOT NULL,
     doc   bytea NOT NULL,
     PRIMARY KEY (model, run)
 );
 
 -- Hourly rollups (hours since the epoch), kept for ever.
 CREATE TABLE ledger_run_rollups (
-    model text   NOT NULL,
-    run   text   NOT NULL,
+    model text COLLATE "C"   NOT NULL,
+    run   text COLLATE "C"   NOT NULL,
     hour  bigint NOT NULL,
     doc   bytea  NOT NULL,
     PRIMARY KEY (model, run, hour)
 );
 CREATE TABLE ledger_unattributed_rollups (
-    node     text   NOT NULL,
-    gpu_type text   NOT NULL,
+    node     text COLLATE "C"   NOT NULL,
+    gpu_type text COLLATE "C"   NOT NULL,
     hour     bigint NOT NULL,
     doc      bytea  NOT NULL,
     PRIMARY KEY (node, gpu_type, hour)
@@ -122,51 +125,51 @@ CREATE TABLE ledger_unattributed_rollups (
 -- The model registry and plan histories. A plan's scope is the registry's ('' run) or a
 -- run's: `scope` 0 sorts the registry's first, as the store's PlanScope does.
 CREATE TABLE ledger_registry (
-    model text  PRIMARY KEY,
+    model text COLLATE "C"  PRIMARY KEY,
     doc   bytea NOT NULL
 );
 CREATE TABLE ledger_plans (
-    model text     NOT NULL,
+    model text COLLATE "C"     NOT NULL,
     scope smallint NOT NULL CHECK (scope IN (0, 1)),
-    run   text     NOT NULL,
+    run   text COLLATE "C"     NOT NULL,
     doc   bytea    NOT NULL,
     PRIMARY KEY (model, scope, run)
 );
 
 -- Agents' last Hello; the ledger's own settings (the stage policy).
 CREATE TABLE ledger_agents (
-    agent text  PRIMARY KEY,
+    agent text COLLATE "C"  PRIMARY KEY,
     doc   bytea NOT NULL
 );
 CREATE TABLE ledger_meta (
-    name text  PRIMARY KEY,
+    name text COLLATE "C"  PRIMARY KEY,
     doc  bytea NOT NULL
 );
 
 -- The compliance engine's state: written by the leader only (fenced by engine_lease).
 CREATE TABLE compliance_clocks (
-    model     text  NOT NULL,
-    threshold text  NOT NULL,
+    model     text COLLATE "C"  NOT NULL,
+    threshold text COLLATE "C"  NOT NULL,
     doc       bytea NOT NULL,
     PRIMARY KEY (model, threshold)
 );
 CREATE TABLE compliance_alerts (
-    model     text  NOT NULL,
-    threshold text  NOT NULL,
+    model     text COLLATE "C"  NOT NULL,
+    threshold text COLLATE "C"  NOT NULL,
     doc       bytea NOT NULL,
     PRIMARY KEY (model, threshold)
 );
 -- One row per (sink, idempotency key): an enqueue finding its key leaves the row alone.
 CREATE TABLE compliance_outbox (
-    sink text   NOT NULL,
-    key  text   NOT NULL,
+    sink text COLLATE "C"   NOT NULL,
+    key  text COLLATE "C"   NOT NULL,
     seq  bigint NOT NULL,
     doc  bytea  NOT NULL,
     PRIMARY KEY (sink, key)
 );
 CREATE INDEX compliance_outbox_seq ON compliance_outbox (seq);
 CREATE TABLE compliance_meta (
-    name  text  PRIMARY KEY,
+    name  text COLLATE "C"  PRIMARY KEY,
     value bytea NOT NULL
 );
 

@@ -188,6 +188,10 @@ pub struct VerifyScan {
     pub unmarked: BTreeMap<String, u64>,
     /// Problems found while scanning (a rollup key of no known scope).
     pub mismatches: Vec<String>,
+    /// The whole report, when the scan could compute it at once: a store whose reads see one
+    /// consistent snapshot of everything (PostgreSQL's `REPEATABLE READ`) has nothing to add
+    /// in step 3, which returns it.
+    pub finished: Option<VerifyReport>,
 }
 
 /// The outcome of `ledger verify`.

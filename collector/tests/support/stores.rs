@@ -8,6 +8,7 @@ use std::sync::Arc;
 use flopmeter_collector::compliance::ComplianceStore;
 use flopmeter_collector::ledger::LedgerStore;
 use flopmeter_collector::ledger::memory_store::MemoryStore;
+use flopmeter_collector::ledger::pg_store::PgStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::storage::Stores;
 
@@ -50,7 +51,7 @@ pub type Constructor = fn() -> TestStore;
 
 /// Every backend, by name.
 pub fn stores() -> Vec<(&'static str, Constructor)> {
-    vec![("memory", memory), ("sled", sled)]
+    vec![("memory", memory), ("sled", sled), ("postgres", postgres)]
 }
 
 /// Runs `f` on a fresh store of every backend in turn, saying which.
@@ -83,6 +84,33 @@ pub fn sled() -> TestStore {
         reopen: Box::new(move || Stores::new(Arc::new(reopen_sled(&path)))),
         _dir: Some(dir),
     }
+}
+
+/// The PostgreSQL store on a fresh database of the test binary's one server; a restart
+/// drops every handle (the pool closes) and opens the store again on the same database.
+pub fn postgres() -> TestStore {
+    let db = flopmeter_pg::test_support::shared().fresh_database();
+    let dsn = db.socket_dsn();
+    let open = move || Stores::new(Arc::new(open_pg(&dsn)));
+    TestStore {
+        name: "postgres",
+        stores: Some(open()),
+        reopen: Box::new(open),
+        _dir: None,
+    }
+}
+
+/// A [`PgStore`] on `dsn`, migrated.
+pub fn open_pg(dsn: &str) -> PgStore {
+    PgStore::open(connect_pg(dsn)).unwrap()
+}
+
+/// A connection pool to `dsn`, with short limits so a stuck test fails rather than hangs.
+pub fn connect_pg(dsn: &str) -> flopmeter_pg::Database {
+    let mut o = flopmeter_pg::Options::new(flopmeter_pg::Dsn::parse(dsn).unwrap());
+    o.connect_timeout = std::time::Duration::from_secs(10);
+    o.run_timeout = std::time::Duration::from_secs(30);
+    flopmeter_pg::Database::connect(o).unwrap()
 }
 
 /// Reopens a sled ledger after a drop in the same process: sled releases its file lock from

@@ -1,27 +1,80 @@
-//! The ledger and compliance store on PostgreSQL (issue 15 §2): several collectors share
-//! one database.
+//! The ledger and the compliance engine's state on PostgreSQL (issue 15 §2): several
+//! collectors share one database, and the contract of [`crate::storage`] holds across them.
 //!
-//! Work in progress: the API below is final, the methods are being filled in.
+//! Tables (migration 2, `pg/migrations/0002_ledger_and_compliance.sql`, which says why each
+//! is shaped as it is); documents are the sled store's bytes, JSON or protobuf:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `ledger_hwm` | agent | mark, NUMERIC(20,0) |
+//! | `ledger_raw` | agent, first seq | `StoredBatch` (protobuf); last event ms (indexed), node, record count |
+//! | `ledger_rejected` | agent, seq | `StoredRejection` (protobuf); reason |
+//! | `ledger_run_agg` | model, run | [`Aggregate`](crate::ledger::Aggregate) (JSON) + headline NUMERIC(39,0) columns |
+//! | `ledger_model_agg` | model | the same |
+//! | `ledger_unattributed` | node, GPU type, day | the same |
+//! | `ledger_run_agents`, `ledger_run_nodes` | model, run, agent or node | (presence) |
+//! | `ledger_model_agents`, `ledger_model_nodes` | model, agent or node | (presence) |
+//! | `ledger_declarations` | model, run | `Declaration` (JSON) |
+//! | `ledger_run_rollups` | model, run, hour | `Rollup` (JSON) |
+//! | `ledger_unattributed_rollups` | node, GPU type, hour | `Rollup` (JSON) |
+//! | `ledger_registry` | model | [`ModelEntry`](crate::ledger::ModelEntry) (JSON) |
+//! | `ledger_plans` | model, scope (0 registry, 1 run), run | `PlanHistory` (JSON) |
+//! | `ledger_agents` | agent | `AgentInfo` (JSON) |
+//! | `ledger_meta` | name | JSON (the stage policy) |
+//! | `compliance_clocks`, `compliance_alerts` | model, threshold | `ClockState`, `Alert` (JSON) |
+//! | `compliance_outbox` | sink, idempotency key | `OutboxItem` (JSON); seq (indexed) |
+//! | `compliance_meta` | name | JSON bytes |
+//! | `audit_log` | index | `AuditEntry` (JSON) |
+//! | `audit_head` | the one row | `ChainHead` (JSON), locked by every append |
+//!
+//! How the contract is kept:
+//! - **Atomic**: every write is one transaction; a group of batches is one transaction
+//!   (`apply.rs`), and one batch's failure stays its own (the group is retried a batch at a
+//!   time).
+//! - **Exactly once**: the agent's mark row is locked `FOR UPDATE` by the transaction that
+//!   applies its batch, so a replica receiving the same batch waits and then finds
+//!   duplicates. Locks are taken in one order: marks, aggregates (runs, models,
+//!   unattributed, in key order), plans, then the audit head.
+//! - **One linear audit chain**: the head row is locked `FOR UPDATE` by every append, the
+//!   ledger's (unfenced: ledger writes are every replica's) and the engine's
+//!   (`chain.rs`).
+//! - **Durable**: a write returns after its COMMIT, and PostgreSQL's commits are durable,
+//!   so `flush` has nothing to do. What a failure means for the writer (rolled back, or
+//!   unknown) is in `work.rs`.
+//! - **Leader-only writes**: [`ComplianceStore::commit`] runs in a transaction fenced by
+//!   the engine's lease once [`PgStore::fence_with`] gave one (`compliance.rs`).
+//! - **Exact sums**: aggregates keep their u128 sums in the JSON document the code reads,
+//!   and the headline columns carry them as NUMERIC(39,0) for SQL; neither goes through a
+//!   float.
+//!
+//! Code map: `work.rs` runs units of work and classifies failures, `apply.rs` applies
+//! batches, `registry.rs` writes registry changes, `rollup.rs` rolls raw batches up,
+//! `verify.rs` recomputes and compares in one snapshot, `chain.rs` appends to the audit
+//! chain, `ledger.rs` and `compliance.rs` implement the two traits (the reads there).
 
-use flopmeter_core::alert::Alert;
-use flopmeter_core::audit::{AuditEntry, ChainHead};
-use flopmeter_core::clock::ClockState;
-use flopmeter_core::stage::StagePolicy;
+mod apply;
+mod chain;
+mod compliance;
+mod ledger;
+mod registry;
+mod rollup;
+mod verify;
+mod work;
+
+use std::sync::Arc;
+
 use flopmeter_pg::{Database, Lease};
-use flopmeter_proto::v1::IntervalRecord;
 use tokio::sync::watch;
+use tokio_postgres::types::ToSql;
 
-use crate::compliance::store::{Change, ComplianceStore, ComplianceStoreError, OutboxItem};
-use crate::ledger::aggregate::Aggregate;
-use crate::ledger::codec::{AgentInfo, StoredBatch};
-use crate::ledger::plans::{PlanHistory, PlanScope};
-use crate::ledger::verify::{VerifyCut, VerifyReport, VerifyScan};
-use crate::ledger::{
-    ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry, RollupStats,
-    RunEntry, RunRollup, StoreError, UnattributedBucket,
-};
+use crate::ledger::StoreError;
+use work::{CommitSent, TxError};
 
-/// The PostgreSQL store: [`LedgerStore`] and [`ComplianceStore`] on one database.
+/// One statement parameter, owned so that the work can be retried.
+type Param = Box<dyn ToSql + Send + Sync>;
+
+/// The PostgreSQL store: [`LedgerStore`](crate::ledger::LedgerStore) and
+/// [`ComplianceStore`](crate::compliance::store::ComplianceStore) on one database.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     db: Database,
@@ -37,13 +90,23 @@ impl PgStore {
             flopmeter_pg::migrate::DEFAULT_TIMEOUT,
         )
         .map_err(StoreError::Schema)?;
-        Ok(PgStore { db, fence: None })
+        let store = PgStore { db, fence: None };
+        // The head row exists from the start, so that every append has a row to lock (two
+        // first appends could not both lock a row neither can see).
+        let genesis = chain::genesis()?;
+        store.rows::<StoreError>(
+            "INSERT INTO audit_head (only_row, head) VALUES (true, $1) \
+             ON CONFLICT (only_row) DO NOTHING",
+            vec![Box::new(genesis)],
+        )?;
+        Ok(store)
     }
 
-    /// From now on every [`ComplianceStore::commit`] runs in `lease.begin(..)` of the lease
-    /// the receiver currently holds (none, or an invalid lease: `NotLeader`, nothing
-    /// written; a lost lease: `NotLeader`). Without it, commits are unfenced (one collector,
-    /// tests).
+    /// From now on every [`ComplianceStore::commit`](crate::compliance::store::ComplianceStore::commit)
+    /// runs in `lease.begin(..)` of the lease the receiver currently holds (none, or an
+    /// invalid lease: [`NotLeader`](crate::compliance::store::ComplianceStoreError::NotLeader),
+    /// nothing written; a lost lease: `NotLeader`). Without it, commits are unfenced (one
+    /// collector, tests).
     pub fn fence_with(self, lease: watch::Receiver<Option<Lease>>) -> PgStore {
         PgStore {
             fence: Some(lease),
@@ -55,153 +118,28 @@ impl PgStore {
     pub fn database(&self) -> &Database {
         &self.db
     }
-}
 
-fn unfinished() -> StoreError {
-    StoreError::Invalid("the PostgreSQL store does not implement this yet")
-}
-
-fn unfinished_c() -> ComplianceStoreError {
-    ComplianceStoreError::NotLeader {
-        what: "this PostgreSQL store method (not implemented yet)",
-    }
-}
-
-impl LedgerStore for PgStore {
-    fn high_water_mark(&self, _agent_id: &str) -> Result<u64, StoreError> {
-        Err(unfinished())
-    }
-    fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        Err(unfinished())
-    }
-    fn apply_batch(&self, _batch: &IncomingBatch) -> Result<ApplyOutcome, StoreError> {
-        Err(unfinished())
-    }
-    fn recent_records(
+    /// Runs one statement outside any explicit transaction and returns its rows.
+    fn rows<E: Send + 'static>(
         &self,
-        _agent_id: &str,
-        _max_batches: usize,
-    ) -> Result<(Vec<IntervalRecord>, bool), StoreError> {
-        Err(unfinished())
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn record_agent(&self, _info: &AgentInfo) -> Result<(), StoreError> {
-        Err(unfinished())
-    }
-    fn agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
-        Err(unfinished())
-    }
-    fn model_names(&self) -> Result<Vec<String>, StoreError> {
-        Err(unfinished())
-    }
-    fn model_aggregate(&self, _model: &str) -> Result<Option<Aggregate>, StoreError> {
-        Err(unfinished())
-    }
-    fn run_exists(&self, _model: &str, _run: &str) -> Result<bool, StoreError> {
-        Err(unfinished())
-    }
-    fn run_aggregate(&self, _model: &str, _run: &str) -> Result<Option<Aggregate>, StoreError> {
-        Err(unfinished())
-    }
-    fn runs(&self, _model: &str) -> Result<Vec<RunEntry>, StoreError> {
-        Err(unfinished())
-    }
-    fn model_nodes(&self, _model: &str) -> Result<Vec<String>, StoreError> {
-        Err(unfinished())
-    }
-    fn unattributed(
-        &self,
-        _first_day: i64,
-        _last_day: i64,
-    ) -> Result<Vec<UnattributedBucket>, StoreError> {
-        Err(unfinished())
-    }
-    fn model_entry(&self, _model: &str) -> Result<Option<ModelEntry>, StoreError> {
-        Err(unfinished())
-    }
-    fn set_model_entry(&self, _entry: &ModelEntry) -> Result<(), StoreError> {
-        Err(unfinished())
-    }
-    fn plan_histories(&self, _model: &str) -> Result<Vec<(PlanScope, PlanHistory)>, StoreError> {
-        Err(unfinished())
-    }
-    fn rejections(
-        &self,
-        _agent_id: Option<&str>,
-        _limit: usize,
-    ) -> Result<Vec<RejectedEntry>, StoreError> {
-        Err(unfinished())
-    }
-    fn roll_up(&self, _cutoff: i64, _max_batches: usize) -> Result<RollupStats, StoreError> {
-        Err(unfinished())
-    }
-    fn verify_scan(&self, _cut: VerifyCut) -> Result<VerifyScan, StoreError> {
-        Err(unfinished())
-    }
-    fn verify_finish(&self, _scan: VerifyScan) -> Result<VerifyReport, StoreError> {
-        Err(unfinished())
-    }
-    fn stage_policy(&self) -> Result<Option<StagePolicy>, StoreError> {
-        Err(unfinished())
-    }
-    fn set_stage_policy(&self, _policy: &StagePolicy) -> Result<(), StoreError> {
-        Err(unfinished())
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Err(unfinished())
-    }
-    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError> {
-        Err(unfinished())
-    }
-    fn raw_batch(&self, _id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError> {
-        Err(unfinished())
-    }
-    fn run_rollups(&self) -> Result<Vec<RunRollup>, StoreError> {
-        Err(unfinished())
-    }
-}
-
-impl ComplianceStore for PgStore {
-    fn clock(
-        &self,
-        _model: &str,
-        _threshold: &str,
-    ) -> Result<Option<ClockState>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn clocks(&self) -> Result<Vec<ClockState>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn alert(&self, _model: &str, _threshold: &str) -> Result<Option<Alert>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn alerts(&self) -> Result<Vec<Alert>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn meta_bytes(&self, _name: &str) -> Result<Option<Vec<u8>>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn outbox(&self) -> Result<Vec<OutboxItem>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn head(&self) -> Result<ChainHead, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn audit_entries(&self) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn audit_range(&self, _from: u64, _to: u64) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn commit(&self, _change: &Change) -> Result<Vec<AuditEntry>, ComplianceStoreError> {
-        Err(unfinished_c())
-    }
-    fn flush(&self) -> Result<(), ComplianceStoreError> {
-        Ok(())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<Vec<tokio_postgres::Row>, E>
+    where
+        E: From<TxError<E>>,
+    {
+        let params = Arc::new(params);
+        work::run(&self.db, move |conn, _: CommitSent| {
+            let params = params.clone();
+            async move {
+                let st = conn.prepare_cached(sql).await?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                Ok(conn.query(&st, &refs).await?)
+            }
+        })
+        .map_err(E::from)
     }
 }
