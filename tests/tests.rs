@@ -36,3 +36,4 @@ mod hostile_client;
 mod probe_cli;
 mod slurm;
 mod tls;
+mod two_collectors;
