@@ -460,9 +460,9 @@ fn reference(nodes: &[Node], work: &Path) -> Reference {
 /// Writes `part` into the JSON summary (`<target dir>/fault-campaign.json`) under `key`, or
 /// at its top level for `None` (the first campaign's fields, where they always were).
 fn write_summary(key: Option<&str>, part: serde_json::Value) {
-    static SUMMARY: Mutex<serde_json::Map<String, serde_json::Value>> =
-        Mutex::new(serde_json::Map::new());
-    let mut summary = SUMMARY.lock().unwrap_or_else(|p| p.into_inner());
+    static SUMMARY: Mutex<Option<serde_json::Map<String, serde_json::Value>>> = Mutex::new(None);
+    let mut guard = SUMMARY.lock().unwrap_or_else(|p| p.into_inner());
+    let summary = guard.get_or_insert_with(serde_json::Map::new);
     match (key, part) {
         (Some(k), v) => {
             summary.insert(k.to_string(), v);

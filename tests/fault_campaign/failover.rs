@@ -123,7 +123,8 @@ struct Failover<'a> {
     proxy: &'a CutProxy,
     replicas: [Replica; 2],
     agents: Vec<AgentSlot>,
-    restarts: Vec<(Instant, Restart)>,
+    /// Killed replicas and when they come back.
+    restarts: Vec<(Instant, usize)>,
     cut_until: Option<Instant>,
     leader: Option<usize>,
     leader_changes: usize,
@@ -134,12 +135,6 @@ struct Failover<'a> {
     triggered_kills: usize,
     keys_seen: usize,
     last_kill: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Restart {
-    Replica(usize),
-    Agent(usize),
 }
 
 impl Drop for Failover<'_> {
@@ -262,19 +257,16 @@ impl<'a> Failover<'a> {
         let cut = self.cut_active();
         // B restarts only once it can reach PostgreSQL: a replica that cannot reach its
         // store at start may refuse to start, which is not what this campaign tests.
-        let due: Vec<Restart> = self
+        let due = |(at, r): &(Instant, usize)| *at <= now && !(cut && *r == 1);
+        let starting: Vec<usize> = self
             .restarts
             .iter()
-            .filter(|(at, t)| *at <= now && !(cut && *t == Restart::Replica(1)))
-            .map(|(_, t)| *t)
+            .filter(|x| due(x))
+            .map(|(_, r)| *r)
             .collect();
-        self.restarts
-            .retain(|(at, t)| !(*at <= now && !(cut && *t == Restart::Replica(1))));
-        for t in due {
-            match t {
-                Restart::Replica(r) => self.start_replica(r),
-                Restart::Agent(i) => self.start_agent(i),
-            }
+        self.restarts.retain(|x| !due(x));
+        for r in starting {
+            self.start_replica(r);
         }
         for r in 0..2 {
             if let Some(c) = self.replicas[r].child.as_mut()
@@ -370,7 +362,7 @@ impl<'a> Failover<'a> {
             old: l,
             cause,
         });
-        self.restarts.push((now + down, Restart::Replica(l)));
+        self.restarts.push((now + down, l));
         println!(
             "failover: killed leader {} ({cause}), down {:.1} s",
             self.replicas[l].name,
@@ -402,12 +394,7 @@ impl<'a> Failover<'a> {
 
     fn wait_finished(&mut self) {
         let deadline = Instant::now() + FINISH_BOUND;
-        while !self.agents.iter().all(|a| a.finished)
-            || self
-                .restarts
-                .iter()
-                .any(|(_, t)| matches!(t, Restart::Agent(_)))
-        {
+        while !self.agents.iter().all(|a| a.finished) {
             assert!(
                 Instant::now() < deadline,
                 "agents not finished after {FINISH_BOUND:?}: {:?}\n{}",
@@ -685,6 +672,16 @@ fn failover_campaign_loses_and_duplicates_nothing() {
     let leader_kills = f.replicas[0].kills + f.replicas[1].kills;
     let bound = LEASE_TTL + LEASE_POLL + TAKEOVER_SLACK;
     let max_takeover = f.takeovers.iter().map(|t| t.1).max().unwrap_or_default();
+    // How long an alert event waited between its first (refused) attempt and its delivery,
+    // failovers included.
+    let mut first: BTreeMap<&str, Instant> = BTreeMap::new();
+    let mut pending_max = Duration::ZERO;
+    for p in &posts {
+        let at = *first.entry(p.key.as_str()).or_insert(p.at);
+        if p.status == 200 {
+            pending_max = pending_max.max(p.at - at);
+        }
+    }
     let duplicates: BTreeMap<&String, &usize> = accepted.iter().filter(|(_, n)| **n > 1).collect();
     let undelivered: Vec<&String> = outbox
         .keys()
@@ -702,7 +699,7 @@ fn failover_campaign_loses_and_duplicates_nothing() {
          while a delivery was pending {}; A {}, B {}); leader changes {}; both leading seen {} \
          times; takeovers (s): [{}] (max {:.2}, bound {:.2}); agent switches {}; PostgreSQL \
          restart {}; B cut {} s; clocks {clocks}; webhook: {} outbox items, {} POSTs, {} \
-         accepted, duplicates {}, undelivered {}; records {} (reference {}); FLOP central {} \
+         accepted, duplicates {}, undelivered {}, longest pending {:.1} s; records {} (reference {}); FLOP central {} \
          (reference {}); GPU-ms {} (equal: {}); wall time {wall:.0} s (reference {:.0} s, \
          chaos {:.0} s, settle {:.0} s, checks {:.0} s)\n",
         f.triggered_kills,
@@ -729,6 +726,7 @@ fn failover_campaign_loses_and_duplicates_nothing() {
         accepted.values().sum::<usize>(),
         duplicates.len(),
         undelivered.len(),
+        pending_max.as_secs_f64(),
         totals.records(),
         reference.records(),
         flop.central,
@@ -778,6 +776,7 @@ fn failover_campaign_loses_and_duplicates_nothing() {
                 "accepted": accepted.values().sum::<usize>(),
                 "duplicate_keys": duplicates.len(),
                 "undelivered_keys": undelivered.len(),
+                "longest_pending_seconds": pending_max.as_secs_f64(),
             },
             "records": totals.records(),
             "reference_records": reference.records(),
