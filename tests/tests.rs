@@ -33,6 +33,7 @@ mod e2e_two_nodes;
 mod fuzz_config_parse;
 mod fuzz_flop_amount;
 mod hostile_client;
+mod pg_replicas;
 mod probe_cli;
 mod slurm;
 mod tls;

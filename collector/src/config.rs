@@ -126,6 +126,9 @@ impl std::fmt::Display for TokensFile {
 
 pub use flopmeter_core::duration::HumanDuration;
 
+/// The `--help` heading of the PostgreSQL flags.
+const PG_HEADING: &str = "PostgreSQL (one ledger for several collectors)";
+
 /// Log output format: the one type the agent and the collector share.
 pub use flopmeter_args::LogFormat;
 
@@ -150,9 +153,18 @@ Examples:
   flopmeter collector --data-dir ./ledger --tls-cert certs/collector.pem \\
       --tls-key certs/collector-key.pem --tls-client-ca certs/ca.pem
   flopmeter collector --data-dir ./ledger --listen 127.0.0.1:7443 --http-addr 127.0.0.1:9464 \\
-      --agent-tokens tokens.toml --exclude-stages research,eval")]
+      --agent-tokens tokens.toml --exclude-stages research,eval
+
+PostgreSQL (docs/deploy.md §7): with --store, every replica serves ingest, the API, the console
+and /metrics, and the one holding the engine lease runs the compliance engine. Person actions
+(ack, dismiss) on another replica are refused with UNAVAILABLE (HTTP 503) naming the leader;
+the CLI retries them. Model-level metrics come from the leader only; every replica exports
+flopmeter_compliance_leader (1 on the leader).
+  FLOPMETER_STORE='postgres://flopmeter:PASSWORD@db.example:5432/flopmeter?sslmode=verify-full&sslrootcert=/etc/flopmeter/pg-ca/ca.crt' \\
+      flopmeter collector --replica-name \"$(hostname)\"")]
 pub struct CollectorArgs {
-    /// Directory of the ledger (a sled database). One collector process per directory.
+    /// Directory of the ledger (a sled database). One collector process per directory. Not
+    /// used with --store.
     #[arg(
         long,
         env = "FLOPMETER_DATA_DIR",
@@ -456,6 +468,82 @@ pub struct CollectorArgs {
     #[arg(long, env = "FLOPMETER_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Keep the ledger and the compliance state in PostgreSQL instead of --data-dir, so that
+    /// several collectors (replicas, or one per cluster) share one ledger. A URL:
+    /// postgres://USER:PASSWORD@HOST:5432/DATABASE?sslmode=verify-full&sslrootcert=CA.pem
+    /// (postgresql:// too; the key=value form is not read). Percent-encode special characters
+    /// of the password (? is %3F), and a Unix socket directory as the host
+    /// (postgres://USER@%2Frun%2Fpostgresql/DATABASE). The user must own the database: the
+    /// collector applies its schema migrations at start. Logs never show the password.
+    /// Without --store: sled in --data-dir, one collector per directory.
+    #[arg(
+        long,
+        env = "FLOPMETER_STORE",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = PG_HEADING
+    )]
+    #[serde(skip_serializing)]
+    pub store: Option<String>,
+
+    /// This collector's name among the replicas sharing --store: the holder the engine
+    /// lease, the logs and a refused acknowledgement name. Unique per replica (the pod's name
+    /// in Kubernetes). Default: host name, "-", process id.
+    #[arg(
+        long,
+        env = "FLOPMETER_REPLICA_NAME",
+        value_name = "NAME",
+        help_heading = PG_HEADING
+    )]
+    pub replica_name: Option<String>,
+
+    /// With --store, one replica at a time runs the compliance engine (clock starts, alerts,
+    /// deliveries, the audit chain): the holder of a lease in the database, which it holds
+    /// for this long after each renewal. A leader that dies is replaced at most
+    /// --lease-ttl + --lease-poll-every after its last renewal (20 s by default).
+    #[arg(
+        long,
+        env = "FLOPMETER_LEASE_TTL",
+        value_name = "DURATION",
+        default_value = "15s",
+        help_heading = PG_HEADING
+    )]
+    pub lease_ttl: HumanDuration,
+
+    /// How often the leader renews the lease: at most a third of --lease-ttl, so that two
+    /// failed renewals in a row do not lose it.
+    #[arg(
+        long,
+        env = "FLOPMETER_LEASE_RENEW_EVERY",
+        value_name = "DURATION",
+        default_value = "5s",
+        help_heading = PG_HEADING
+    )]
+    pub lease_renew_every: HumanDuration,
+
+    /// How often a replica that does not lead tries to take the lease (at most --lease-ttl).
+    /// A leader stopped cleanly releases it, and another replica takes it at its next try.
+    #[arg(
+        long,
+        env = "FLOPMETER_LEASE_POLL_EVERY",
+        value_name = "DURATION",
+        default_value = "5s",
+        help_heading = PG_HEADING
+    )]
+    pub lease_poll_every: HumanDuration,
+
+    /// PostgreSQL connections this collector opens at most (the lease uses one more of its
+    /// own). Count this per replica, over every cluster's collectors, against the server's
+    /// max_connections.
+    #[arg(
+        long,
+        env = "FLOPMETER_STORE_POOL_SIZE",
+        value_name = "N",
+        default_value_t = 8,
+        help_heading = PG_HEADING
+    )]
+    pub store_pool_size: usize,
+
     /// Once both listeners serve, write their bound addresses to this file as JSON
     /// (`{"grpc": "127.0.0.1:41234", "http": "127.0.0.1:41235"}`), replacing it atomically;
     /// removed again at a clean shutdown. With port 0 in --listen or --http-addr this is how
@@ -515,6 +603,97 @@ pub struct CollectorConfig {
     pub tls: Option<crate::tls::TlsPaths>,
     /// Test-only hooks (`crate::failpoint`); all off unless a test arms them.
     pub failpoints: crate::failpoint::Failpoints,
+    /// PostgreSQL (`--store`) and this replica's part in the engine lease; `None`: sled in
+    /// `data_dir`.
+    pub store: Option<SharedStore>,
+}
+
+/// A collector on PostgreSQL: where, and how it contends for the compliance engine.
+#[derive(Debug, Clone)]
+pub struct SharedStore {
+    /// The DSN (`Display` hides the password).
+    pub dsn: flopmeter_pg::Dsn,
+    /// Pool size.
+    pub pool_size: usize,
+    /// The engine lease: this replica's name and the timing, validated.
+    pub lease: flopmeter_pg::LeaseConfig,
+}
+
+impl CollectorConfig {
+    /// The storage backend this configuration names.
+    pub fn backend(&self) -> crate::storage::Backend {
+        match &self.store {
+            Some(s) => crate::storage::Backend::Postgres {
+                dsn: s.dsn.clone(),
+                pool_size: s.pool_size,
+            },
+            None => crate::storage::Backend::Embedded {
+                data_dir: self.data_dir.clone(),
+                cache_bytes: self.cache_bytes,
+            },
+        }
+    }
+
+    /// The engine lease's settings (a sole collector on sled ignores them).
+    pub fn lease(&self) -> flopmeter_pg::LeaseConfig {
+        match &self.store {
+            Some(s) => s.lease.clone(),
+            None => flopmeter_pg::LeaseConfig::engine(default_replica_name()),
+        }
+    }
+}
+
+/// Host name, "-", process id: unique among replicas on different hosts, and among processes
+/// on one host.
+pub fn default_replica_name() -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let host = if host.is_empty() {
+        "collector".into()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}
+
+/// `--store` and the lease flags, checked: a DSN that cannot be used or timing the lease
+/// cannot keep is refused at start with what to change.
+fn shared_store(a: &CollectorArgs) -> Result<Option<SharedStore>, CollectorConfigError> {
+    let Some(url) = a.store.as_deref().filter(|s| !s.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let dsn = flopmeter_pg::Dsn::parse(url.trim())
+        .map_err(|e| CollectorConfigError::Invalid(format!("--store: {e}")))?;
+    if a.store_pool_size == 0 {
+        return Err(CollectorConfigError::Invalid(
+            "--store-pool-size must be at least 1".into(),
+        ));
+    }
+    let holder = match a.replica_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => default_replica_name(),
+    };
+    let lease = flopmeter_pg::LeaseConfig {
+        ttl: a.lease_ttl.0,
+        renew_every: a.lease_renew_every.0,
+        poll_every: a.lease_poll_every.0,
+        ..flopmeter_pg::LeaseConfig::engine(holder)
+    };
+    lease.validate().map_err(|e| {
+        CollectorConfigError::Invalid(format!(
+            "{e} (--replica-name {:?}, --lease-ttl {}, --lease-renew-every {}, \
+             --lease-poll-every {}): the ttl between 100ms and 1h, renewals at most a third of \
+             it, polls at most the ttl",
+            lease.holder, a.lease_ttl, a.lease_renew_every, a.lease_poll_every
+        ))
+    })?;
+    Ok(Some(SharedStore {
+        dsn,
+        pool_size: a.store_pool_size,
+        lease,
+    }))
 }
 
 impl fmt::Debug for CollectorConfig {
@@ -531,6 +710,7 @@ impl fmt::Debug for CollectorConfig {
             .field("policy", &self.policy)
             .field("limits", &self.limits)
             .field("tls", &self.tls)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -569,6 +749,7 @@ impl CollectorConfig {
             compliance: crate::compliance::ComplianceConfig::default(),
             tls: None,
             failpoints: Default::default(),
+            store: None,
         }
     }
 
@@ -676,6 +857,7 @@ impl CollectorConfig {
                     client_ca: a.tls_client_ca.clone(),
                 }),
             failpoints: crate::failpoint::Failpoints::from_env(),
+            store: shared_store(a)?,
         })
     }
 }
@@ -952,6 +1134,58 @@ mod tests {
             e.source().is_some_and(|s| s.is::<ThresholdConfigError>()),
             "{e}"
         );
+    }
+
+    fn resolve_flags(flags: &[&str]) -> Result<CollectorConfig, CollectorConfigError> {
+        use clap::Parser as _;
+        let argv = std::iter::once("collector").chain(flags.iter().copied());
+        CollectorConfig::from_args(&Cli::try_parse_from(argv).unwrap().args)
+    }
+
+    /// `--store` selects PostgreSQL with the lease flags, checked at start with what to fix;
+    /// without it, sled in --data-dir.
+    #[test]
+    fn store_and_lease_flags() {
+        let c = resolve_flags(&[]).unwrap();
+        assert!(c.store.is_none());
+        assert!(!c.backend().is_shared());
+        let url = "postgres://flopmeter:s3cret@db.example:5432/ledger?sslmode=verify-full";
+        let c = resolve_flags(&["--store", url, "--replica-name", "pod-0"]).unwrap();
+        let s = c.store.as_ref().unwrap();
+        assert_eq!(s.lease.holder, "pod-0");
+        assert_eq!(s.lease.ttl, Duration::from_secs(15));
+        assert_eq!(s.lease.failover_bound(), Duration::from_secs(20));
+        assert_eq!(s.pool_size, 8);
+        assert!(c.backend().is_shared());
+        // Neither the backend's description nor the configuration's debug shows the password.
+        assert!(!c.backend().describe().contains("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        // Without --replica-name: host name and process id.
+        let c = resolve_flags(&["--store", url]).unwrap();
+        let holder = &c.store.unwrap().lease.holder;
+        assert!(
+            holder.ends_with(&format!("-{}", std::process::id())),
+            "{holder}"
+        );
+
+        let e = resolve_flags(&["--store", url, "--lease-ttl", "3s"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("renew_every") && e.contains("--lease-ttl 3s"),
+            "{e}"
+        );
+        let e = resolve_flags(&["--store", "host=db user=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--store: ") && e.contains("must be a URL"),
+            "{e}"
+        );
+        let e = resolve_flags(&["--store", url, "--store-pool-size", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--store-pool-size"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,15 @@
 //! them durable returned; every message that lets an agent delete (Welcome, Ack) reads them
 //! here. A mark can lag the store's (the agent then resends records the collector already
 //! has, which are acknowledged and ignored as duplicates), never lead it.
+//!
+//! **A shared ledger** (PostgreSQL, several collectors): an agent may have sent batches to
+//! another replica since this one last saw it, so the mark cached here may be far behind.
+//! There a committed write is durable, so the store's mark is a durable mark, and a Hello
+//! reads it afresh ([`DurableMarks::at_hello`]); a Welcome never names a mark older than the
+//! ledger's, which would make the agent resend what it need not.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::ledger::{LedgerStore, StoreError};
 
@@ -21,6 +27,8 @@ use crate::ledger::{LedgerStore, StoreError};
 #[derive(Debug, Default)]
 pub struct DurableMarks {
     marks: RwLock<HashMap<String, u64>>,
+    /// On a shared ledger, the store, whose committed marks are durable.
+    shared: Option<Arc<dyn LedgerStore>>,
 }
 
 impl DurableMarks {
@@ -31,7 +39,30 @@ impl DurableMarks {
         let marks = store.high_water_marks()?.into_iter().collect();
         Ok(DurableMarks {
             marks: RwLock::new(marks),
+            shared: None,
         })
+    }
+
+    /// [`DurableMarks::load`] for a ledger other collectors write too, where every committed
+    /// write is durable: Hellos read the agent's mark from `store` afresh.
+    pub fn load_shared(store: Arc<dyn LedgerStore>) -> Result<DurableMarks, StoreError> {
+        Ok(DurableMarks {
+            shared: Some(store.clone()),
+            ..DurableMarks::load(store.as_ref())?
+        })
+    }
+
+    /// The mark a Welcome names: the durable mark; on a shared ledger the store's, read now
+    /// (off the async runtime), which also moves the cached one.
+    pub async fn at_hello(&self, agent: &str) -> Result<u64, StoreError> {
+        if let Some(store) = &self.shared {
+            let (store, name) = (store.clone(), agent.to_string());
+            let mark = tokio::task::spawn_blocking(move || store.high_water_mark(&name))
+                .await
+                .map_err(|e| StoreError::Storage(Box::new(e)))??;
+            self.advance(agent, mark);
+        }
+        Ok(self.get(agent))
     }
 
     /// The agent's durable mark (0 = nothing of it is on disk).

@@ -31,6 +31,7 @@ pub(crate) mod durable_marks;
 pub mod failpoint;
 pub(crate) mod http;
 pub mod ingest;
+pub mod leadership;
 pub mod ledger;
 pub mod metrics;
 pub(crate) mod newruns;
@@ -73,6 +74,9 @@ pub enum ServeError {
     /// The ledger could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The storage could not be opened for this replica (the store, or the engine lease).
+    #[error(transparent)]
+    Open(#[from] storage::OpenError),
     /// An address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -125,6 +129,8 @@ pub struct Collector {
     rollups: JoinHandle<()>,
     writer: Writer,
     compliance: compliance::Compliance,
+    /// The engine lease's contender (PostgreSQL): released at shutdown.
+    contender: Option<flopmeter_pg::lease::Contender>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -143,17 +149,25 @@ impl Collector {
             .as_ref()
             .map(|p| tls::ServerTls::load(p, flopmeter_tls::unix_now()))
             .transpose()?;
-        let backend = storage::Backend::Embedded {
-            data_dir: cfg.data_dir.clone(),
-            cache_bytes: cfg.cache_bytes,
-        };
-        let stores = tokio::task::spawn_blocking(move || storage::open(&backend))
+        let backend = cfg.backend();
+        let shared = backend.is_shared();
+        let (lease, opening) = (cfg.lease(), backend.clone());
+        let storage::Replica {
+            stores,
+            leadership,
+            contender,
+        } = tokio::task::spawn_blocking(move || storage::open_replica(&opening, lease))
             .await
             .map_err(ServeError::Task)??;
         let store = stores.ledger.clone();
         store.set_stage_policy(&cfg.policy)?;
-        let marks = Arc::new(durable_marks::DurableMarks::load(store.as_ref())?);
+        let marks = Arc::new(if shared {
+            durable_marks::DurableMarks::load_shared(store.clone())?
+        } else {
+            durable_marks::DurableMarks::load(store.as_ref())?
+        });
         let metrics = Metrics::new();
+        metrics.set_shared_ledger(shared);
         metrics.set_series_bounds(cfg.metrics_max_models, cfg.metrics_max_runs);
         metrics.start_time.set(now_unix_ms() as f64 / 1000.0);
         // Registry changes and new plans wake the compliance engine as soon as they are durable.
@@ -167,7 +181,8 @@ impl Collector {
                 max_group: cfg.commit_group,
                 headroom: writer::Headroom {
                     dir: cfg.data_dir.clone(),
-                    min_free_bytes: cfg.min_free_bytes,
+                    // The data directory's free space says nothing about a database's.
+                    min_free_bytes: if shared { 0 } else { cfg.min_free_bytes },
                 },
                 hold_flush: cfg.failpoints.hold_flush.clone(),
                 new_runs_per_hour: cfg.new_runs_per_agent_per_hour,
@@ -176,7 +191,7 @@ impl Collector {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
-        let engine = compliance::Engine::open(
+        let engine = compliance::Engine::open_as(
             stores,
             compliance::ComplianceConfig {
                 metrics_max_models: cfg.metrics_max_models,
@@ -184,6 +199,7 @@ impl Collector {
             },
             cfg.policy.clone(),
             compliance::metrics::ComplianceMetrics::register(metrics.registry())?,
+            leadership,
         )?;
         let compliance = compliance::Compliance::start(
             engine,
@@ -281,6 +297,7 @@ impl Collector {
             metrics: metrics.clone(),
             policy: cfg.policy.clone(),
             ready: ready.clone(),
+            engine: compliance.engine().clone(),
         })
         .merge(compliance::http::router(compliance.engine().clone()))
         .layer(axum::middleware::from_fn_with_state(
@@ -350,7 +367,7 @@ impl Collector {
                 "TLS on for gRPC and HTTP"
             );
         }
-        tracing::info!(%grpc_addr, %http_addr, tls = tls_mode, data_dir = %cfg.data_dir.display(), "collector serving");
+        tracing::info!(%grpc_addr, %http_addr, tls = tls_mode, store = %backend.describe(), "collector serving");
         Ok(Collector {
             grpc_addr,
             http_addr,
@@ -363,6 +380,7 @@ impl Collector {
             rollups,
             writer,
             compliance,
+            contender,
         })
     }
 
@@ -399,6 +417,11 @@ impl Collector {
         let _ = self.shutdown.send(true);
         self.rollups.abort();
         self.compliance.stop().await;
+        if let Some(contender) = self.contender {
+            // The engine has stopped: release the lease, so another replica takes it at its
+            // next poll rather than after the ttl.
+            let _ = tokio::task::spawn_blocking(move || contender.shutdown()).await;
+        }
         let grpc = tokio::time::timeout(SHUTDOWN_GRACE, self.grpc).await;
         let http = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
         self.writer.stop().await;

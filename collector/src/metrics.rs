@@ -16,6 +16,19 @@
 //! changed since ([`Metrics::mark_models_dirty`]): at 10,000 one-record models the previous
 //! exposition had 190,000 series, 17.6 MB, and re-read every aggregate on every scrape.
 //!
+//! **Several replicas, one ledger** (`--store`, PostgreSQL): every replica exports
+//! `flopmeter_compliance_leader` (1 on the replica running the compliance engine, 0 on the
+//! others; always 1 on a sled collector, its own engine's leader) and its own per-replica
+//! series: ingest counters, refusals, connected agents and their last-seen times. The
+//! model-level series describe the shared ledger, and **only the leader exports them**
+//! (`flopmeter_model_*`, `flopmeter_run_flop`, `flopmeter_unattributed_*`,
+//! `flopmeter_unestimated_gpu_seconds`, and the compliance gauges: projections, levels,
+//! crossings, deadlines, `flopmeter_alert_open`, `flopmeter_outbox_pending`); a replica that
+//! loses the lease removes them. So a `sum` over replicas counts each model once. On a shared
+//! ledger the leader reads every model's figures at each scrape (other replicas' writers do
+//! not mark them changed here), and the runs with series of their own are those this
+//! replica's writer touched (the rest is in `_other`, so totals stay right).
+//!
 //! **Gauges, not counters, for ledger totals.** `flopmeter_model_flop` and
 //! `flopmeter_run_flop` are the ledger's cumulative totals, read from the durable store at
 //! scrape time. Prometheus counters are process-lifetime counts that restart at zero with
@@ -181,6 +194,10 @@ pub struct Metrics {
     agent_connected: IntGaugeVec,
     agent_last_seen: GaugeVec,
     ledger_size: IntGauge,
+    compliance_leader: IntGauge,
+    /// Other processes write the ledger too (PostgreSQL): no figure can be kept between
+    /// scrapes.
+    shared_ledger: Arc<std::sync::atomic::AtomicBool>,
     model_flop: GaugeVec,
     model_excluded_flop: GaugeVec,
     run_flop: GaugeVec,
@@ -346,6 +363,17 @@ impl Metrics {
                 IntGauge::new("flopmeter_ledger_size_bytes", "Ledger size on disk.")
                     .expect("valid"),
             ),
+            compliance_leader: reg(
+                &r,
+                IntGauge::new(
+                    "flopmeter_compliance_leader",
+                    "1 on the collector replica that runs the compliance engine (holds the \
+                     engine lease; a sled collector always does), 0 on the others. Only the \
+                     leader exports model-level series.",
+                )
+                .expect("valid"),
+            ),
+            shared_ledger: Arc::default(),
             model_flop: gauge_vec(
                 "flopmeter_model_flop",
                 "Cumulative FLOP of the model that counts toward the regulatory total under \
@@ -550,17 +578,57 @@ impl Metrics {
         }
     }
 
+    /// Notes that other collectors write the same ledger (PostgreSQL): every scrape then
+    /// reads every model's figures afresh.
+    pub fn set_shared_ledger(&self, shared: bool) {
+        self.shared_ledger
+            .store(shared, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The ledger's model-level gauges, which only the compliance leader exports.
+    fn model_level(&self) -> [&GaugeVec; 9] {
+        [
+            &self.model_flop,
+            &self.model_excluded_flop,
+            &self.run_flop,
+            &self.model_gpu_seconds,
+            &self.model_energy,
+            &self.unattributed_flop,
+            &self.unattributed_gpu_seconds,
+            &self.unestimated_gpu_seconds,
+            &self.model_unestimated_gpu_seconds,
+        ]
+    }
+
     /// Sets the ledger gauges (called at scrape time). Figures are read from the store for
-    /// the models changed since the previous scrape (all of them the first time), so each
-    /// value is the durable total as of the last flush the writer reported.
+    /// the models changed since the previous scrape (all of them the first time, and every
+    /// time on a shared ledger), so each value is the durable total as of the last flush the
+    /// writer reported. `leader`: whether this replica runs the compliance engine; one that
+    /// does not exports no model-level series (see the module's documentation).
     pub fn refresh_ledger(
         &self,
         store: &dyn LedgerStore,
         policy: &StagePolicy,
+        leader: bool,
     ) -> Result<(), StoreError> {
+        self.compliance_leader.set(i64::from(leader));
         self.ledger_size.set(store.size_on_disk()? as i64);
         let bounds = *self.bounds.lock().unwrap_or_else(|e| e.into_inner());
         let mut f = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        if !leader {
+            for g in self.model_level() {
+                g.reset();
+            }
+            // When it leads again, everything is read afresh.
+            f.all_dirty = true;
+            return Ok(());
+        }
+        if self
+            .shared_ledger
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            f.all_dirty = true;
+        }
         let stale: Vec<String> = if f.all_dirty {
             f.models.clear();
             store.model_names()?
@@ -584,17 +652,7 @@ impl Metrics {
                 }
             }
         }
-        for g in [
-            &self.model_flop,
-            &self.model_excluded_flop,
-            &self.run_flop,
-            &self.model_gpu_seconds,
-            &self.model_energy,
-            &self.unattributed_flop,
-            &self.unattributed_gpu_seconds,
-            &self.unestimated_gpu_seconds,
-            &self.model_unestimated_gpu_seconds,
-        ] {
+        for g in self.model_level() {
             g.reset();
         }
         // One fleet-wide total per reason, folded like a stage's reasons so the label stays

@@ -12,8 +12,10 @@
 //! consumer depend on both halves.
 //!
 //! Backends: [`crate::ledger::sled_store::SledStore`] (embedded, one process per data
-//! directory, the default) and [`crate::ledger::memory_store::MemoryStore`] (the reference
-//! model for tests; no flag selects it). [`open`] is where the collector chooses one.
+//! directory, the default), [`crate::ledger::pg_store::PgStore`] (PostgreSQL, `--store`:
+//! several collectors share one database) and [`crate::ledger::memory_store::MemoryStore`]
+//! (the reference model for tests; no flag selects it). [`open`] is where a tool chooses
+//! one, [`open_replica`] where the collector does (with the engine lease on PostgreSQL).
 //!
 //! # The contract
 //!
@@ -83,13 +85,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use flopmeter_pg::lease::{Contender, LeaseConfig, LeaseError};
+use flopmeter_pg::{Database, Dsn};
+
 pub use crate::compliance::store::ComplianceStore;
+use crate::leadership::Leadership;
 pub use crate::ledger::LedgerStore;
 use crate::ledger::StoreError;
+use crate::ledger::pg_store::PgStore;
 use crate::ledger::sled_store::SledStore;
 
 /// Where the collector keeps its ledger and compliance state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Backend {
     /// The embedded database in a data directory (sled): one collector process per
     /// directory.
@@ -99,10 +106,43 @@ pub enum Backend {
         /// Page cache, bytes (`--ledger-cache-mb`).
         cache_bytes: u64,
     },
+    /// PostgreSQL (`--store`): any number of collectors on one database.
+    Postgres {
+        /// The DSN (its `Display` hides the password).
+        dsn: Dsn,
+        /// Connections in the pool at most (`--store-pool-size`).
+        pool_size: usize,
+    },
+}
+
+impl Backend {
+    /// PostgreSQL at `url` (a `postgres://` or `postgresql://` URL), as `--store` gives it.
+    pub fn postgres(url: &str, pool_size: usize) -> Result<Backend, flopmeter_pg::DsnError> {
+        Ok(Backend::Postgres {
+            dsn: Dsn::parse(url.trim())?,
+            pool_size,
+        })
+    }
+
+    /// Whether a committed write is durable and visible to other collectors at once (a
+    /// shared database), rather than durable only after this process's flush (sled).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Backend::Postgres { .. })
+    }
+
+    /// Where it is, for logs and messages: the directory, or the DSN without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Embedded { data_dir, .. } => data_dir.display().to_string(),
+            Backend::Postgres { dsn, .. } => dsn.to_string(),
+        }
+    }
 }
 
 /// Opens `backend` (blocking: run it off the async runtime), with the checks a start relies
-/// on (format version, damage, truncation guard).
+/// on (format version, damage, truncation guard; on PostgreSQL the schema's migrations).
+/// On PostgreSQL the compliance store's writes are not fenced by a lease: for offline tools
+/// (`ledger verify`, `audit verify`) and tests, never for a collector beside others.
 pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
     match backend {
         Backend::Embedded {
@@ -112,6 +152,64 @@ pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
             data_dir,
             *cache_bytes,
         )?))),
+        Backend::Postgres { dsn, pool_size } => Ok(Stores::new(Arc::new(PgStore::open(connect(
+            dsn, *pool_size,
+        )?)?))),
+    }
+}
+
+/// Connects to PostgreSQL: a wrong host, password or certificate is reported now.
+fn connect(dsn: &Dsn, pool_size: usize) -> Result<Database, StoreError> {
+    let mut options = flopmeter_pg::Options::new(dsn.clone());
+    options.pool_size = pool_size.max(1);
+    Database::connect(options).map_err(StoreError::Database)
+}
+
+/// A collector's storage: the two halves, whether it leads the compliance engine, and on
+/// PostgreSQL the contender that holds the lease when it can.
+#[derive(Debug)]
+pub struct Replica {
+    /// The stores (on PostgreSQL the compliance half fenced by the lease).
+    pub stores: Stores,
+    /// Whether this collector runs the engine now.
+    pub leadership: Leadership,
+    /// The lease's contender (PostgreSQL only); [`Contender::shutdown`] releases the lease.
+    pub contender: Option<Contender>,
+}
+
+/// Why a collector's storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The lease's settings are unusable, or its contender could not start.
+    #[error("the compliance engine's lease: {0}")]
+    Lease(#[from] LeaseError),
+}
+
+/// Opens `backend` for a collector (blocking). Embedded: always the engine's leader. On
+/// PostgreSQL, starts contending for the engine lease as `lease.holder` and fences every
+/// compliance write with it: only the replica holding it may commit one.
+pub fn open_replica(backend: &Backend, lease: LeaseConfig) -> Result<Replica, OpenError> {
+    match backend {
+        Backend::Embedded { .. } => Ok(Replica {
+            stores: open(backend)?,
+            leadership: Leadership::sole(),
+            contender: None,
+        }),
+        Backend::Postgres { dsn, pool_size } => {
+            lease.validate()?;
+            let store = PgStore::open(connect(dsn, *pool_size)?)?;
+            let db = store.database().clone();
+            let contender = Contender::start(&db, lease.clone())?;
+            let leadership = Leadership::lease(contender.watch(), db, lease.name);
+            Ok(Replica {
+                stores: Stores::new(Arc::new(store.fence_with(contender.watch()))),
+                leadership,
+                contender: Some(contender),
+            })
+        }
     }
 }
 

@@ -40,7 +40,7 @@ async fn series_beyond_the_bounds_are_summed_under_other() {
     s.send(recs.clone()).await;
     assert_eq!(ack(&mut s).await.acked_through, 5);
     let m = c.metrics();
-    m.refresh_ledger(c.store().as_ref(), &StagePolicy::default())
+    m.refresh_ledger(c.store().as_ref(), &StagePolicy::default(), true)
         .unwrap();
     let text = m.render();
     let central = |model: &str| {
@@ -62,7 +62,7 @@ async fn series_beyond_the_bounds_are_summed_under_other() {
     // A change reaches the next scrape (the writer marks the model to read again).
     s.send(vec![rec(6, "model-1", "r", "", 10 * unit)]).await;
     assert_eq!(ack(&mut s).await.acked_through, 6);
-    m.refresh_ledger(c.store().as_ref(), &StagePolicy::default())
+    m.refresh_ledger(c.store().as_ref(), &StagePolicy::default(), true)
         .unwrap();
     let text = m.render();
     assert_eq!(

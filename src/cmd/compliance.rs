@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use flopmeter_collector::compliance::ComplianceStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
@@ -154,19 +155,49 @@ pub struct DismissArgs {
     pub by: String,
 }
 
+/// Attempts at a person's action that a collector replica refuses as not the compliance
+/// leader.
+const LEADER_ATTEMPTS: u32 = 5;
+
+/// Sends a person's action, retrying UNAVAILABLE over a new connection each time: with
+/// several collector replicas only the compliance leader records acks and dismissals, and
+/// behind a Kubernetes Service a new connection may land on it. Each retry is said on
+/// stderr. (A single replica that is down answers UNAVAILABLE too; five tries a second apart
+/// cost it five seconds.)
+async fn to_leader<T, F, Fut>(client: &ClientArgs, what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut(ComplianceClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Result<T, tonic::Status>>>,
+{
+    let mut attempt = 1;
+    loop {
+        let c = connect(client).await?;
+        match call(c).await? {
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < LEADER_ATTEMPTS => {
+                eprintln!(
+                    "{what}: the collector answered UNAVAILABLE: {} (attempt {attempt} of \
+                     {LEADER_ATTEMPTS}); retrying over a new connection in 1 s",
+                    s.message()
+                );
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            r => return r.map_err(status_error),
+        }
+    }
+}
+
 /// Runs `flopmeter ack`.
 pub fn run_ack(args: &AckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let resp = runtime()?.block_on(async {
-        let mut c = connect(&args.client).await?;
-        c.acknowledge(args.client.request(pb::AcknowledgeRequest {
+    let resp = runtime()?.block_on(to_leader(&args.client, "ack", |mut c| async move {
+        let req = args.client.request(pb::AcknowledgeRequest {
             model: args.model.clone(),
             threshold: args.threshold.clone(),
             by: args.by.clone(),
             reference: args.reference.clone(),
-        })?)
-        .await
-        .map_err(status_error)
-    })?;
+        })?;
+        Ok(c.acknowledge(req).await)
+    }))?;
     print_alerts(
         out,
         &resp.into_inner().alert.into_iter().collect::<Vec<_>>(),
@@ -175,17 +206,15 @@ pub fn run_ack(args: &AckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 
 /// Runs `flopmeter dismiss`.
 pub fn run_dismiss(args: &DismissArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let resp = runtime()?.block_on(async {
-        let mut c = connect(&args.client).await?;
-        c.dismiss(args.client.request(pb::DismissRequest {
+    let resp = runtime()?.block_on(to_leader(&args.client, "dismiss", |mut c| async move {
+        let req = args.client.request(pb::DismissRequest {
             model: args.model.clone(),
             threshold: args.threshold.clone(),
             by: args.by.clone(),
             reason: args.reason.clone(),
-        })?)
-        .await
-        .map_err(status_error)
-    })?;
+        })?;
+        Ok(c.dismiss(req).await)
+    }))?;
     print_alerts(
         out,
         &resp.into_inner().alert.into_iter().collect::<Vec<_>>(),
@@ -215,6 +244,11 @@ pub struct AuditSource {
     /// Read the ledger directory directly (the collector must be stopped).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Read the PostgreSQL ledger at this URL (the collectors' --store) directly; the
+    /// collectors may keep running.
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    #[serde(skip_serializing)]
+    pub store: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub client: ClientArgs,
@@ -233,8 +267,15 @@ pub struct AuditExportArgs {
     pub since: Option<String>,
 }
 
-fn open_offline(dir: &std::path::Path) -> anyhow::Result<SledStore> {
-    Ok(SledStore::open(dir)?)
+/// The compliance store of a stopped collector's directory, or of a PostgreSQL ledger.
+fn open_offline(src: &AuditSource) -> anyhow::Result<Option<Arc<dyn ComplianceStore>>> {
+    if let Some(dir) = &src.data_dir {
+        return Ok(Some(Arc::new(SledStore::open(dir)?)));
+    }
+    match &src.store {
+        Some(url) => Ok(Some(super::open_store(url)?.compliance)),
+        None => Ok(None),
+    }
 }
 
 /// Parses `--since` by the one rule of [`flopmeter_core::utc::parse_utc`].
@@ -246,9 +287,9 @@ pub fn parse_since(s: &str) -> anyhow::Result<i64> {
 pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &args.action {
         AuditAction::Verify(src) => {
-            let (ok, entries, verified, head, broken) = match &src.data_dir {
-                Some(dir) => {
-                    let s = open_offline(dir)?.chain_status()?;
+            let (ok, entries, verified, head, broken) = match open_offline(src)? {
+                Some(store) => {
+                    let s = store.chain_status()?;
                     (
                         s.ok(),
                         s.entries,
@@ -300,9 +341,9 @@ pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 .map(parse_since)
                 .transpose()?
                 .unwrap_or(i64::MIN);
-            match &a.source.data_dir {
-                Some(dir) => {
-                    for e in open_offline(dir)?.audit_entries()? {
+            match open_offline(&a.source)? {
+                Some(store) => {
+                    for e in store.audit_entries()? {
                         if e.time_ms >= since {
                             writeln!(out, "{}", serde_json::to_string(&e)?)?;
                         }

@@ -35,12 +35,19 @@ pub enum LedgerAction {
 Examples:
   flopmeter ledger verify --collector http://collector:7443 --admin-token $TOKEN
       # needs the admin credential; ingest goes on, one verification at a time
-  flopmeter ledger verify --data-dir /var/lib/flopmeter/collector   # collector stopped")]
+  flopmeter ledger verify --data-dir /var/lib/flopmeter/collector   # collector stopped
+  flopmeter ledger verify --store \"$DSN\"   # a PostgreSQL ledger, collectors running or not")]
 pub struct VerifyArgs {
     /// Verify this ledger directory directly instead of asking a collector (the collector
     /// must be stopped: one process per ledger).
     #[arg(long, env = "FLOPMETER_LEDGER_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Verify the PostgreSQL ledger at this URL (the collectors' --store) directly. The
+    /// collectors may keep running: the check cuts at every agent's high-water mark.
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    #[serde(skip_serializing)]
+    pub store: Option<String>,
 
     #[command(flatten)]
     #[serde(flatten)]
@@ -128,12 +135,16 @@ fn verify_offline(dir: &Path, out: &mut dyn Write) -> anyhow::Result<VerifyRepor
 /// Runs `flopmeter ledger ...`.
 pub fn run(args: &LedgerArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let LedgerAction::Verify(a) = &args.action;
-    let (summary, mismatches) = match &a.data_dir {
-        Some(dir) => {
+    let (summary, mismatches) = match (&a.data_dir, &a.store) {
+        (Some(dir), _) => {
             let r = verify_offline(dir, out)?;
             (r.summary(), r.mismatches)
         }
-        None => runtime()?.block_on(async {
+        (None, Some(url)) => {
+            let r = super::open_store(url)?.ledger.verify()?;
+            (r.summary(), r.mismatches)
+        }
+        (None, None) => runtime()?.block_on(async {
             let mut c = a.client.connect().await?;
             let r = c
                 .verify_ledger(a.client.request(pb::VerifyLedgerRequest {})?)

@@ -58,6 +58,14 @@ pub enum InvalidInput {
     },
 }
 
+/// Opens the PostgreSQL ledger at `url` (`--store`, the collectors' DSN) for an offline
+/// tool. Unlike a sled directory it may be read while collectors write it.
+pub fn open_store(url: &str) -> anyhow::Result<flopmeter_collector::storage::Stores> {
+    let backend = flopmeter_collector::storage::Backend::postgres(url, 2)
+        .map_err(|e| InvalidInput::flag("store", e))?;
+    Ok(flopmeter_collector::storage::open(&backend)?)
+}
+
 impl InvalidInput {
     /// Wraps `e`, which names what to fix.
     pub fn new<E: std::error::Error + Send + Sync + 'static>(e: E) -> InvalidInput {

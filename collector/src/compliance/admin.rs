@@ -1,6 +1,9 @@
 //! The `Compliance` gRPC service (`proto/flopmeter/v1/compliance.proto`): alerts, ack,
 //! dismiss, audit verify and export. Ack and dismiss need an admin credential, checked exactly
 //! as `Admin.SetModel` checks it ([`AdminCredentials`]), and are audited under its actor.
+//! On a replica that does not lead the compliance engine (several collectors on one
+//! PostgreSQL) they answer UNAVAILABLE, naming the leader: the CLI retries over a new
+//! connection, which behind a Service may reach the leader.
 
 use std::sync::Arc;
 
@@ -10,6 +13,7 @@ use flopmeter_proto::v1::compliance_server::Compliance as ComplianceRpc;
 use tonic::{Request, Response, Status};
 
 use super::engine::{AlertView, Engine, EngineError};
+use super::store::ComplianceStoreError;
 use crate::admin::credentials::AdminCredentials;
 
 /// The service.
@@ -44,6 +48,11 @@ fn internal(e: EngineError) -> Status {
     match e {
         EngineError::NoAlert { .. } => Status::not_found(e.to_string()),
         EngineError::Refused(_) => Status::failed_precondition(e.to_string()),
+        // Leadership moved between the check and the commit: the same answer.
+        EngineError::NotLeader { .. }
+        | EngineError::Store(ComplianceStoreError::NotLeader { .. }) => {
+            Status::unavailable(e.to_string())
+        }
         other => Status::internal(other.to_string()),
     }
 }

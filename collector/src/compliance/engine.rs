@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use super::store::{
     AuditRecord, Change, ComplianceStore, ComplianceStoreError, DeliveryState, OutboxItem,
     meta_value,
 };
+use crate::leadership::Leadership;
 use crate::ledger::{LedgerStore, StoreError};
 use crate::storage::Stores;
 
@@ -61,6 +63,25 @@ pub enum EngineError {
     /// An evaluation pass panicked on its blocking thread (a bug); the next pass retries.
     #[error("evaluation pass failed: {0}")]
     Pass(#[source] tokio::task::JoinError),
+    /// A person's action on a replica that does not run the engine: the leader records it.
+    /// Nothing was written.
+    #[error("{}", crate::leadership::not_leader_message(holder.as_deref()))]
+    NotLeader {
+        /// Who holds the engine lease now, if anyone does.
+        holder: Option<String>,
+    },
+}
+
+impl EngineError {
+    /// Whether the store refused a leader-only write because this replica does not (or no
+    /// longer) hold the lease: leadership lost, not a failure.
+    pub fn is_not_leader(&self) -> bool {
+        matches!(
+            self,
+            EngineError::NotLeader { .. }
+                | EngineError::Store(ComplianceStoreError::NotLeader { .. })
+        )
+    }
 }
 
 /// The engine's time source: its notion of "now" (Unix ms UTC). Injectable so that the demo
@@ -246,8 +267,15 @@ pub struct Engine {
     ledger: Arc<dyn LedgerStore>,
     store: Arc<dyn ComplianceStore>,
     cfg: ComplianceConfig,
-    thresholds: Vec<Threshold>,
-    settings: ComplianceSettings,
+    /// The thresholds and settings in force: resolved at open, and again against what the
+    /// store holds when this replica becomes the leader (another may have recorded a
+    /// configuration since).
+    rules: Mutex<Arc<Rules>>,
+    stage_policy: flopmeter_core::stage::StagePolicy,
+    leadership: Leadership,
+    /// Whether this replica took office: it holds the lease and reloaded its state from the
+    /// store ([`Engine::take_office`]). Passes and deliveries run only then.
+    in_office: AtomicBool,
     cache: Mutex<BucketCache>,
     /// What the last pass kept, swapped whole at the end of each pass (readers clone the
     /// `Arc`, not the maps).
@@ -258,6 +286,13 @@ pub struct Engine {
     deliver_lock: tokio::sync::Mutex<()>,
     /// The audit chain's head as far as it was verified; `None` once it was found broken.
     verified: Mutex<Option<ChainHead>>,
+}
+
+/// The thresholds in force and the settings the rules run with.
+#[derive(Debug)]
+struct Rules {
+    thresholds: Vec<Threshold>,
+    settings: ComplianceSettings,
 }
 
 /// What a pass keeps. Why not every assessment: a model's assessment against one threshold
@@ -338,71 +373,44 @@ fn payload<T: Serialize>(v: &T) -> Result<Json, EngineError> {
 
 impl Engine {
     /// Opens the engine on both halves of one backend: resolves the threshold configuration
-    /// against the one applied last and records any change in the audit log.
+    /// against the one applied last and records any change in the audit log. On a replica
+    /// that does not lead (it shares its store with others) nothing is recorded: the
+    /// configuration is recorded when it takes office ([`Engine::take_office`]).
     pub fn open(
         stores: Stores,
         cfg: ComplianceConfig,
         stage_policy: flopmeter_core::stage::StagePolicy,
         metrics: ComplianceMetrics,
     ) -> Result<Engine, EngineError> {
+        Engine::open_as(stores, cfg, stage_policy, metrics, Leadership::sole())
+    }
+
+    /// [`Engine::open`] for a replica whose leadership is `leadership`.
+    pub fn open_as(
+        stores: Stores,
+        cfg: ComplianceConfig,
+        stage_policy: flopmeter_core::stage::StagePolicy,
+        metrics: ComplianceMetrics,
+        leadership: Leadership,
+    ) -> Result<Engine, EngineError> {
         let Stores {
             ledger,
             compliance: store,
         } = stores;
-        let previous: Vec<Threshold> = store.meta("thresholds")?.unwrap_or_default();
-        let resolved = cfg.thresholds.resolve(&previous)?;
-        let now = cfg.time.now();
-        let prev_bound: Option<Bound> = store.meta("decision_bound")?;
-        if !resolved.changes.is_empty() || prev_bound != Some(resolved.decision_bound) {
-            #[derive(Serialize)]
-            struct ConfigChange<'a> {
-                changes: &'a [flopmeter_core::threshold_config::ThresholdChange],
-                decision_bound: Bound,
-                previous_decision_bound: Option<Bound>,
-                disabled: &'a [String],
-                thresholds: &'a [Threshold],
-            }
-            store.commit(&Change {
-                audit: vec![AuditRecord {
-                    time_ms: now,
-                    actor: cfg.config_actor.clone(),
-                    kind: AuditKind::ThresholdConfigChange,
-                    payload: payload(&ConfigChange {
-                        changes: &resolved.changes,
-                        decision_bound: resolved.decision_bound,
-                        previous_decision_bound: prev_bound,
-                        disabled: &resolved.disabled,
-                        thresholds: &resolved.thresholds,
-                    })?,
-                }],
-                meta: vec![
-                    ("thresholds".into(), meta_value(&resolved.thresholds)?),
-                    (
-                        "decision_bound".into(),
-                        meta_value(&resolved.decision_bound)?,
-                    ),
-                ],
-                ..Change::default()
-            })?;
-            store.flush()?;
-        }
-        let settings = ComplianceSettings {
-            decision_bound: resolved.decision_bound,
-            stage_policy,
-            forecast_starts_clock: cfg.forecast_starts_clock,
-            ..ComplianceSettings::default()
-        };
+        let rules = resolve_rules(store.as_ref(), &cfg, &stage_policy, leadership.leads())?;
         let mut sinks = cfg.sinks.clone();
         if !sinks.contains(&SinkConfig::Log) {
             sinks.push(SinkConfig::Log);
         }
-        let verified = check_chain_at_start(store.as_ref(), &metrics, now)?;
+        let verified = check_chain_at_start(store.as_ref(), &metrics, cfg.time.now())?;
         Ok(Engine {
             verified: Mutex::new(verified),
             ledger,
             store,
-            thresholds: resolved.thresholds,
-            settings,
+            in_office: AtomicBool::new(leadership.is_sole()),
+            leadership,
+            rules: Mutex::new(Arc::new(rules)),
+            stage_policy,
             cache: Mutex::default(),
             last: Mutex::default(),
             metrics,
@@ -412,14 +420,76 @@ impl Engine {
         })
     }
 
+    /// Whether this replica runs the engine now: it holds the lease (always, on an embedded
+    /// store) and has taken office.
+    pub fn in_office(&self) -> bool {
+        self.in_office.load(Ordering::SeqCst) && self.leadership.leads()
+    }
+
+    /// This replica's leadership.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Takes office after gaining the lease (blocking): forgets everything cached, reads the
+    /// store as it is now (the thresholds another leader may have recorded, the audit
+    /// chain's head), records this replica's threshold configuration if it differs, and only
+    /// then lets passes and deliveries run. Clocks, alerts and the outbox are read from the
+    /// store at every step, never cached, so the first pass starts from what the former
+    /// leader committed.
+    pub fn take_office(&self) -> Result<(), EngineError> {
+        self.leave_office();
+        let rules = resolve_rules(self.store.as_ref(), &self.cfg, &self.stage_policy, true)?;
+        *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        let verified = check_chain_at_start(self.store.as_ref(), &self.metrics, self.now())?;
+        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = verified;
+        self.in_office.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Leaves office (the lease was lost, or a write was refused for it): drops what the
+    /// passes cached and the model-level gauges, which only the leader exports, so that a sum
+    /// over replicas counts each model once.
+    pub fn leave_office(&self) {
+        self.in_office.store(false, Ordering::SeqCst);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = BucketCache::default();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+        let m = &self.metrics;
+        for g in [
+            &m.projected,
+            &m.level,
+            &m.crossing,
+            &m.deadline,
+            &m.alert_open,
+            &m.outbox_pending,
+        ] {
+            g.reset();
+        }
+    }
+
+    /// Refuses a person's action on a replica out of office, naming the leader (blocking:
+    /// it may read the lease).
+    fn require_office(&self) -> Result<(), EngineError> {
+        if self.in_office() {
+            return Ok(());
+        }
+        Err(EngineError::NotLeader {
+            holder: self.leadership.holder(),
+        })
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The engine's configuration.
     pub fn config(&self) -> &ComplianceConfig {
         &self.cfg
     }
 
     /// The thresholds in force.
-    pub fn thresholds(&self) -> &[Threshold] {
-        &self.thresholds
+    pub fn thresholds(&self) -> Vec<Threshold> {
+        self.rules().thresholds.clone()
     }
 
     /// The sinks (the log included).
@@ -519,7 +589,8 @@ impl Engine {
         let mut summary = PassSummary::default();
         let mut last = LastPass::default();
         let mut largest = Largest::new(self.cfg.metrics_max_models);
-        let bound = self.settings.decision_bound;
+        let rules = self.rules();
+        let bound = rules.settings.decision_bound;
         let idle = self.cfg.idle.as_millis() as i64;
         cache.for_each_evidence(self.ledger.as_ref(), now, idle, |ev| {
             summary.models += 1;
@@ -529,8 +600,8 @@ impl Engine {
                 pairs: Vec::new(),
             };
             let mut keep = false;
-            for t in &self.thresholds {
-                let Some(a) = clock::assess(&ev, t, &self.settings, now) else {
+            for t in &rules.thresholds {
+                let Some(a) = clock::assess(&ev, t, &rules.settings, now) else {
                     continue;
                 };
                 let mut alerted = false;
@@ -642,6 +713,7 @@ impl Engine {
         kind: AuditKind,
         act: impl FnOnce(Alert, i64) -> Result<(Alert, AlertEvent), alert::AlertError>,
     ) -> Result<Alert, EngineError> {
+        self.require_office()?;
         let now = self.now();
         let Some(prev) = self.store.alert(model, threshold)? else {
             return Err(EngineError::NoAlert {
@@ -688,7 +760,15 @@ impl Engine {
             let content = alert::content(&al, &a, clock.as_ref(), now);
             change.outbox = self.outbox_items(&ev, &content, false);
         }
-        self.store.commit(&change)?;
+        match self.store.commit(&change) {
+            Err(ComplianceStoreError::NotLeader { .. }) => {
+                // The lease was lost between the check and the commit.
+                return Err(EngineError::NotLeader {
+                    holder: self.leadership.holder(),
+                });
+            }
+            r => r?,
+        };
         self.store.flush()?;
         self.refresh_metrics()?;
         Ok(al)
@@ -803,7 +883,7 @@ impl Engine {
 
     /// The bound threshold decisions use (`decision_bound`).
     pub fn decision_bound(&self) -> Bound {
-        self.settings.decision_bound
+        self.rules().settings.decision_bound
     }
 
     fn last_pass(&self) -> Arc<LastPass> {
@@ -833,10 +913,11 @@ impl Engine {
             return Ok(Vec::new());
         };
         let now = self.now();
-        Ok(self
+        let rules = self.rules();
+        Ok(rules
             .thresholds
             .iter()
-            .filter_map(|t| clock::assess(&ev, t, &self.settings, now))
+            .filter_map(|t| clock::assess(&ev, t, &rules.settings, now))
             .collect())
     }
 
@@ -864,6 +945,10 @@ impl Engine {
     /// `metrics_max_models` largest by projection (deciding bound), as the pass kept them,
     /// so `/metrics` stays bounded whatever the number of models.
     pub fn refresh_metrics(&self) -> Result<(), EngineError> {
+        if !self.in_office() {
+            // Only the leader exports model-level gauges (`leave_office` removed them).
+            return Ok(());
+        }
         let last = self.last_pass();
         let clocks = self.store.clocks()?;
         let alerts = self.store.alerts()?;
@@ -908,6 +993,69 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Resolves the threshold configuration against the one the store recorded last and, when
+/// `record` (this replica leads), records a change in the audit log. A store that refuses the
+/// write (the lease was lost meanwhile) leaves it to the next leader.
+fn resolve_rules(
+    store: &dyn ComplianceStore,
+    cfg: &ComplianceConfig,
+    stage_policy: &flopmeter_core::stage::StagePolicy,
+    record: bool,
+) -> Result<Rules, EngineError> {
+    let previous: Vec<Threshold> = store.meta("thresholds")?.unwrap_or_default();
+    let resolved = cfg.thresholds.resolve(&previous)?;
+    let now = cfg.time.now();
+    let prev_bound: Option<Bound> = store.meta("decision_bound")?;
+    if record && (!resolved.changes.is_empty() || prev_bound != Some(resolved.decision_bound)) {
+        #[derive(Serialize)]
+        struct ConfigChange<'a> {
+            changes: &'a [flopmeter_core::threshold_config::ThresholdChange],
+            decision_bound: Bound,
+            previous_decision_bound: Option<Bound>,
+            disabled: &'a [String],
+            thresholds: &'a [Threshold],
+        }
+        let recorded = store.commit(&Change {
+            audit: vec![AuditRecord {
+                time_ms: now,
+                actor: cfg.config_actor.clone(),
+                kind: AuditKind::ThresholdConfigChange,
+                payload: payload(&ConfigChange {
+                    changes: &resolved.changes,
+                    decision_bound: resolved.decision_bound,
+                    previous_decision_bound: prev_bound,
+                    disabled: &resolved.disabled,
+                    thresholds: &resolved.thresholds,
+                })?,
+            }],
+            meta: vec![
+                ("thresholds".into(), meta_value(&resolved.thresholds)?),
+                (
+                    "decision_bound".into(),
+                    meta_value(&resolved.decision_bound)?,
+                ),
+            ],
+            ..Change::default()
+        });
+        match recorded {
+            Err(ComplianceStoreError::NotLeader { .. }) => {}
+            r => {
+                r?;
+                store.flush()?;
+            }
+        }
+    }
+    Ok(Rules {
+        thresholds: resolved.thresholds,
+        settings: ComplianceSettings {
+            decision_bound: resolved.decision_bound,
+            stage_policy: stage_policy.clone(),
+            forecast_starts_clock: cfg.forecast_starts_clock,
+            ..ComplianceSettings::default()
+        },
+    })
 }
 
 /// Verifies the whole audit chain when the engine opens. A broken chain is logged at error
@@ -958,7 +1106,7 @@ fn check_chain_at_start(
     if reported.as_ref().map(|r| (r.broken_index, &r.reason))
         != Some((found.broken_index, &found.reason))
     {
-        store.commit(&Change {
+        let recorded = store.commit(&Change {
             audit: vec![AuditRecord {
                 time_ms: now,
                 actor: "collector".into(),
@@ -967,8 +1115,15 @@ fn check_chain_at_start(
             }],
             meta: vec![("audit_break_reported".into(), meta_value(&found)?)],
             ..Change::default()
-        })?;
-        store.flush()?;
+        });
+        match recorded {
+            // Not the leader: the leader records the break when it takes office.
+            Err(ComplianceStoreError::NotLeader { .. }) => {}
+            r => {
+                r?;
+                store.flush()?;
+            }
+        }
     }
     Ok(None)
 }

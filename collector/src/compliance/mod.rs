@@ -134,6 +134,9 @@ async fn evaluate_blocking(engine: Arc<Engine>) -> Result<engine::PassSummary, E
         .unwrap_or_else(|e| Err(EngineError::Pass(e)))
 }
 
+/// Waits until this replica holds the lease and takes office, then evaluates as the module
+/// says, until the lease is lost (or a write is refused for it, mid-pass): then leaves office
+/// and waits for the lease again. On an embedded store the engine is always in office.
 async fn engine_loop(
     engine: Arc<Engine>,
     applied: IntCounter,
@@ -142,14 +145,67 @@ async fn engine_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = engine.config().clone();
+    let mut leadership = engine.leadership().clone();
     let mut last_seen = u64::MAX;
     let mut last_full = tokio::time::Instant::now() - cfg.interval;
     loop {
+        if !engine.in_office() {
+            if engine.leadership().leads() {
+                let e = engine.clone();
+                match tokio::task::spawn_blocking(move || e.take_office()).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(
+                            epoch = engine.leadership().epoch(),
+                            "this replica leads the compliance engine now"
+                        );
+                        // The first pass at once: the former leader may have left work.
+                        last_seen = u64::MAX;
+                        last_full = tokio::time::Instant::now() - cfg.interval;
+                        deliver.notify_one();
+                    }
+                    Ok(Err(e)) if e.is_not_leader() => {
+                        tracing::info!("lost the engine lease while taking office");
+                        engine.leave_office();
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot take office as the compliance leader; retrying");
+                        engine.leave_office();
+                        tokio::select! {
+                            _ = tokio::time::sleep(cfg.debounce.max(Duration::from_secs(1))) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                        continue;
+                    }
+                    Err(e) => tracing::error!(error = %e, "taking office panicked; retrying"),
+                }
+            }
+            if !engine.in_office() {
+                tokio::select! {
+                    () = leadership.changed() => {}
+                    // The lease may also lapse by this replica's own clock, unannounced.
+                    _ = tokio::time::sleep(cfg.debounce.max(Duration::from_secs(1))) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+        }
         let kicked = tokio::select! {
             _ = tokio::time::sleep(cfg.debounce) => false,
             _ = kick.notified() => true,
+            () = leadership.changed() => {
+                if !engine.leadership().leads() {
+                    tracing::info!("lost the engine lease: this replica stops the compliance engine");
+                    engine.leave_office();
+                }
+                continue;
+            }
             _ = stop.wait_for(|s| *s) => return,
         };
+        if !engine.in_office() {
+            tracing::info!("the engine lease lapsed: this replica stops the compliance engine");
+            engine.leave_office();
+            continue;
+        }
         let n = applied.get();
         if !kicked && n == last_seen && last_full.elapsed() < cfg.interval {
             continue;
@@ -166,6 +222,15 @@ async fn engine_loop(
                 deliver.notify_one();
             }
             Ok(_) => {}
+            Err(e) if e.is_not_leader() => {
+                // Not a failure: another replica took the lease during the pass. What this
+                // pass committed before stays; the rest is the new leader's.
+                tracing::info!(
+                    "lost the engine lease during an evaluation pass: this replica stops the \
+                     compliance engine and waits for the lease"
+                );
+                engine.leave_office();
+            }
             Err(e) => tracing::error!(error = %e, "compliance evaluation failed"),
         }
     }
@@ -180,8 +245,13 @@ async fn outbox_loop(engine: Arc<Engine>, deliver: Arc<Notify>, mut stop: watch:
             _ = deliver.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if let Err(e) = outbox::deliver_due(&engine).await {
-            tracing::error!(error = %e, "outbox delivery pass failed");
+        match outbox::deliver_due(&engine).await {
+            Ok(_) => {}
+            // The engine loop notices the loss too and leaves office.
+            Err(e) if e.is_not_leader() => {
+                tracing::info!("lost the engine lease during a delivery pass; deliveries stop");
+            }
+            Err(e) => tracing::error!(error = %e, "outbox delivery pass failed"),
         }
         if last_repost.elapsed() >= resend {
             last_repost = tokio::time::Instant::now();

@@ -311,8 +311,17 @@ pub async fn post_am(base: &str, alerts: &[AmAlert], timeout: Duration) -> Resul
 }
 
 /// Delivers every due pending item once. Returns (delivered, failed).
+///
+/// Only in office (the leader): a replica that is not, or stops being, the leader sends
+/// nothing more, so an item is sent by one replica at a time. Checked before each send as
+/// well as by the store, which refuses the delivery record of a replica that lost the lease:
+/// an item sent just before the loss is then sent again by the new leader, with the same
+/// idempotency key for the receiver to drop.
 pub async fn deliver_due(engine: &Engine) -> Result<(usize, usize), EngineError> {
     let _one_pass = engine.deliver_lock().lock().await;
+    if !engine.in_office() {
+        return Ok((0, 0));
+    }
     let store = engine.store();
     let now_wall = crate::now_unix_ms();
     let items = store.outbox()?;
@@ -337,6 +346,9 @@ pub async fn deliver_due(engine: &Engine) -> Result<(usize, usize), EngineError>
         let Some(sink) = engine.sinks().iter().find(|s| s.name() == item.sink) else {
             continue; // a sink removed from the config keeps its items until it returns
         };
+        if !engine.in_office() {
+            break; // leadership lost during this pass: the new leader delivers the rest
+        }
         item.attempts += 1;
         let result = send(sink, &item, engine.config().resend).await;
         let mut change = Change::default();
@@ -393,6 +405,9 @@ pub async fn deliver_due(engine: &Engine) -> Result<(usize, usize), EngineError>
 
 /// Sets `flopmeter_outbox_pending{sink}`.
 pub fn refresh_pending(engine: &Engine) -> Result<(), EngineError> {
+    if !engine.in_office() {
+        return Ok(()); // the leader exports it
+    }
     let mut counts: std::collections::BTreeMap<String, u64> =
         engine.sinks().iter().map(|s| (s.name(), 0)).collect();
     for i in engine.store().outbox()? {
@@ -429,6 +444,9 @@ fn serde_json_delivery<'a>(item: &'a OutboxItem, result: &'a str) -> impl Serial
 /// Re-posts every active alert to each Alertmanager, as Prometheus re-sends firing alerts,
 /// so an Alertmanager that restarted or lost its state learns of them again.
 pub async fn repost_active(engine: &Engine) -> Result<(), EngineError> {
+    if !engine.in_office() {
+        return Ok(());
+    }
     let active: Vec<(Alert, AlertContent)> = engine.active_contents()?;
     if active.is_empty() {
         return Ok(());

@@ -551,6 +551,22 @@ async fn act(
             };
             alerts_page(&st, Some(&s), code, Some(Notice::Refused(e.to_string()))).await
         }
+        // Another replica leads the compliance engine: a retry may reach it (behind a
+        // Service or a load balancer, a new connection may land on the leader).
+        Err(e) if e.is_not_leader() => {
+            let mut page = alerts_page(
+                &st,
+                Some(&s),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(Notice::Refused(e.to_string())),
+            )
+            .await?;
+            page.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            Ok(page)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -34,6 +34,9 @@ pub struct HttpState {
     pub policy: StagePolicy,
     /// True once the collector serves agents, false again while it shuts down.
     pub ready: Arc<AtomicBool>,
+    /// The compliance engine: whether this replica leads it decides which series `/metrics`
+    /// exports.
+    pub engine: Arc<crate::compliance::Engine>,
 }
 
 /// An API error, as JSON `{"error": "..."}`.
@@ -100,7 +103,8 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Result<Response, HttpError> {
-    s.metrics.refresh_ledger(s.store.as_ref(), &s.policy)?;
+    s.metrics
+        .refresh_ledger(s.store.as_ref(), &s.policy, s.engine.in_office())?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -111,6 +115,8 @@ async fn metrics(State(s): State<HttpState>) -> Result<Response, HttpError> {
         .into_response())
 }
 
+/// Ready once the store is open and both listeners serve, whether or not this replica leads
+/// the compliance engine: every replica serves ingest and the API.
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     if s.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n")

@@ -301,8 +301,22 @@ async fn session(
     let agent = hello.agent_id.clone();
     let node = hello.node.clone();
     // The durable mark, never the store's: the agent deletes what the Welcome names, and
-    // the store's mark includes commits whose flush may still be under way.
-    let hwm = shared.marks.get(&agent);
+    // the store's mark includes commits whose flush may still be under way. (On a shared
+    // ledger, where a commit is durable, the store's mark read now: the agent may have sent
+    // batches to another collector since this one saw it.)
+    let hwm = match shared.marks.at_hello(&agent).await {
+        Ok(hwm) => hwm,
+        Err(e) => {
+            tracing::warn!(%agent, error = %e, "cannot read the agent's high-water mark");
+            let _ = out
+                .send(Err(Status::unavailable(format!(
+                    "the collector cannot read this agent's high-water mark from its ledger \
+                     now ({e}); retry later"
+                ))))
+                .await;
+            return;
+        }
+    };
     let now = now_unix_ms();
     let _ = shared
         .writer

@@ -349,7 +349,7 @@ async fn lock_marks<'a>(tx: &Tx<'_>, agents: &[&'a str]) -> R<BTreeMap<&'a str, 
     tx.execute(&insert, &[&agents]).await?;
     let lock = tx
         .prepare_cached(
-            "SELECT agent, seq::text FROM ledger_hwm WHERE agent = ANY($1::text[]) \
+            "SELECT agent, seq::text AS seq_text FROM ledger_hwm WHERE agent = ANY($1::text[]) \
              ORDER BY agent FOR UPDATE",
         )
         .await?;
@@ -867,7 +867,7 @@ async fn rejections_between(
 ) -> R<Vec<RejectionNotice>> {
     let st = tx
         .prepare_cached(
-            "SELECT seq::text, rejection FROM ledger_rejected \
+            "SELECT seq::text AS seq_text, rejection FROM ledger_rejected \
              WHERE agent = $1 AND seq BETWEEN $2::text::numeric AND $3::text::numeric \
              ORDER BY seq",
         )

@@ -47,7 +47,7 @@ const TABLES: &[&str] = &[
 impl LedgerStore for PgStore {
     fn high_water_mark(&self, agent_id: &str) -> Result<u64, StoreError> {
         let rows = self.rows::<StoreError>(
-            "SELECT seq::text FROM ledger_hwm WHERE agent = $1",
+            "SELECT seq::text AS seq_text FROM ledger_hwm WHERE agent = $1",
             vec![Box::new(agent_id.to_string())],
         )?;
         match rows.first() {
@@ -59,7 +59,7 @@ impl LedgerStore for PgStore {
     fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
         // A mark of 0 is a row a refused batch (a gap) locked: no mark, as for the others.
         self.rows::<StoreError>(
-            "SELECT agent, seq::text FROM ledger_hwm WHERE seq > 0 ORDER BY agent",
+            "SELECT agent, seq::text AS seq_text FROM ledger_hwm WHERE seq > 0 ORDER BY agent",
             vec![],
         )?
         .iter()
@@ -84,7 +84,7 @@ impl LedgerStore for PgStore {
     ) -> Result<(Vec<IntervalRecord>, bool), StoreError> {
         let limit = i64::try_from(max_batches).unwrap_or(i64::MAX - 1);
         let rows = self.rows::<StoreError>(
-            "SELECT batch FROM ledger_raw WHERE agent = $1 ORDER BY first_seq DESC LIMIT $2 + 1",
+            "SELECT batch FROM ledger_raw WHERE agent = $1 ORDER BY first_seq DESC LIMIT $2::bigint + 1",
             vec![Box::new(agent_id.to_string()), Box::new(limit)],
         )?;
         let truncated = rows.len() > max_batches;
@@ -259,7 +259,7 @@ impl LedgerStore for PgStore {
     ) -> Result<Vec<RejectedEntry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.rows::<StoreError>(
-            "SELECT agent, seq::text, rejection FROM ledger_rejected \
+            "SELECT agent, seq::text AS seq_text, rejection FROM ledger_rejected \
              WHERE $1::text IS NULL OR agent = $1 ORDER BY agent, seq LIMIT $2",
             vec![Box::new(agent_id.map(str::to_string)), Box::new(limit)],
         )?
@@ -333,7 +333,7 @@ impl LedgerStore for PgStore {
 
     fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError> {
         self.rows::<StoreError>(
-            "SELECT agent, first_seq::text FROM ledger_raw ORDER BY agent, first_seq",
+            "SELECT agent, first_seq::text AS first_text FROM ledger_raw ORDER BY agent, first_seq",
             vec![],
         )?
         .iter()

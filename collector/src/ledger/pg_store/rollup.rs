@@ -44,8 +44,8 @@ async fn roll_up_in_tx(tx: &Transaction<'_>, cutoff: i64, limit: i64) -> R<Rollu
     // One more than the limit says whether more remain.
     let due = tx
         .query(
-            "SELECT agent, first_seq::text FROM ledger_raw WHERE last_event_ms < $1 \
-             ORDER BY last_event_ms, agent, first_seq LIMIT $2 + 1",
+            "SELECT agent, first_seq::text AS first_text FROM ledger_raw WHERE last_event_ms < $1 \
+             ORDER BY last_event_ms, agent, first_seq LIMIT $2::bigint + 1",
             &[&cutoff, &limit],
         )
         .await?;

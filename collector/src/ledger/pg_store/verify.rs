@@ -231,7 +231,7 @@ async fn verify_in(tx: &Transaction<'_>) -> R<VerifyReport> {
 
     let mut marks: BTreeMap<String, u64> = BTreeMap::new();
     for row in tx
-        .query("SELECT agent, seq::text FROM ledger_hwm", &[])
+        .query("SELECT agent, seq::text AS seq_text FROM ledger_hwm", &[])
         .await?
     {
         marks.insert(row.get(0), parse_u64(row.get(1), "high-water mark")?);
