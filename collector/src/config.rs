@@ -624,7 +624,7 @@ impl CollectorConfig {
     pub fn backend(&self) -> crate::storage::Backend {
         match &self.store {
             Some(s) => crate::storage::Backend::Postgres {
-                dsn: s.dsn.clone(),
+                dsn: Box::new(s.dsn.clone()),
                 pool_size: s.pool_size,
             },
             None => crate::storage::Backend::Embedded {

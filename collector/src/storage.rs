@@ -12,10 +12,11 @@
 //! consumer depend on both halves.
 //!
 //! Backends: [`crate::ledger::sled_store::SledStore`] (embedded, one process per data
-//! directory, the default), [`crate::ledger::pg_store::PgStore`] (PostgreSQL, `--store`:
-//! several collectors share one database) and [`crate::ledger::memory_store::MemoryStore`]
-//! (the reference model for tests; no flag selects it). [`open`] is where a tool chooses
-//! one, [`open_replica`] where the collector does (with the engine lease on PostgreSQL).
+//! directory, the default), [`crate::ledger::pg_store::PgStore`] (PostgreSQL, `--store`,
+//! shared by several collectors; it keeps the contract below across processes with row
+//! locks and the engine lease) and [`crate::ledger::memory_store::MemoryStore`] (the
+//! reference model for tests; no flag selects it). [`open`] is where a tool chooses one,
+//! [`open_replica`] where the collector does (with the engine lease on PostgreSQL).
 //!
 //! # The contract
 //!
@@ -108,8 +109,9 @@ pub enum Backend {
     },
     /// PostgreSQL (`--store`): any number of collectors on one database.
     Postgres {
-        /// The DSN (its `Display` hides the password).
-        dsn: Dsn,
+        /// The DSN (its `Display` hides the password). Boxed: it is large beside the other
+        /// variant.
+        dsn: Box<Dsn>,
         /// Connections in the pool at most (`--store-pool-size`).
         pool_size: usize,
     },
@@ -119,7 +121,7 @@ impl Backend {
     /// PostgreSQL at `url` (a `postgres://` or `postgresql://` URL), as `--store` gives it.
     pub fn postgres(url: &str, pool_size: usize) -> Result<Backend, flopmeter_pg::DsnError> {
         Ok(Backend::Postgres {
-            dsn: Dsn::parse(url.trim())?,
+            dsn: Box::new(Dsn::parse(url.trim())?),
             pool_size,
         })
     }
@@ -162,7 +164,7 @@ pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
 fn connect(dsn: &Dsn, pool_size: usize) -> Result<Database, StoreError> {
     let mut options = flopmeter_pg::Options::new(dsn.clone());
     options.pool_size = pool_size.max(1);
-    Database::connect(options).map_err(StoreError::Database)
+    Database::connect(options).map_err(|e| StoreError::Database(Box::new(e)))
 }
 
 /// A collector's storage: the two halves, whether it leads the compliance engine, and on

@@ -21,6 +21,8 @@ mod fuzz_batch_decode;
 mod fuzz_record_validation;
 mod http_report;
 mod ingest;
+mod pg_rollup_race;
+mod pg_store;
 mod replay;
 mod store_model;
 mod unestimated;

@@ -1,5 +1,12 @@
 //! The compliance metrics. Names are fixed: `deploy/prometheus/rules.yml` and the Grafana
 //! dashboards query them.
+//!
+//! With several collector replicas on one ledger, the per-model gauges (projections,
+//! levels, crossings, deadlines, `flopmeter_alert_open`) and `flopmeter_outbox_pending` are
+//! exported by the compliance leader only (`Engine::leave_office` removes them), so a sum
+//! over replicas counts once. `flopmeter_audit_chain_intact` and `_entries` are every
+//! replica's own verdict (each verifies the chain when it opens; the leader again at each
+//! pass), and `flopmeter_outbox_deliveries_total` counts what the replica sent.
 
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 

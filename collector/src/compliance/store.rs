@@ -42,7 +42,7 @@ pub enum ComplianceStoreError {
         "the compliance store's PostgreSQL failed, and nothing of this change was stored (its \
          transaction rolled back): {0}"
     )]
-    Database(#[source] flopmeter_pg::PgError),
+    Database(#[source] Box<flopmeter_pg::PgError>),
     /// A stored value does not decode as its type.
     #[error("the compliance store holds a corrupt {what}: {source}")]
     Corrupt {

@@ -169,7 +169,7 @@ pub enum StoreError {
     /// released migration edited, a version missing, or the migration failed (nothing was
     /// changed).
     #[error("cannot use the PostgreSQL ledger's schema: {0}")]
-    Schema(#[source] flopmeter_pg::MigrateError),
+    Schema(#[source] Box<flopmeter_pg::MigrateError>),
     /// PostgreSQL failed (connection lost, timeout, a statement refused) before the work
     /// committed: its transaction rolled back, so nothing of it was stored. Not a write
     /// failure: the agent is not acknowledged and resends, and the next batch may succeed
@@ -178,7 +178,7 @@ pub enum StoreError {
         "the ledger's PostgreSQL failed, and nothing of this request was stored (its \
          transaction rolled back): {0}"
     )]
-    Database(#[source] flopmeter_pg::PgError),
+    Database(#[source] Box<flopmeter_pg::PgError>),
     /// A write or flush failed earlier: the writer acknowledges nothing until the collector
     /// restarts, since a later flush that succeeds does not make the failed writes durable.
     #[error(

@@ -19,6 +19,7 @@ pub struct TestStore {
     stores: Option<Stores>,
     reopen: Box<dyn Fn() -> Stores>,
     _dir: Option<tempfile::TempDir>,
+    _spare: Option<Spare>,
 }
 
 impl TestStore {
@@ -71,6 +72,7 @@ pub fn memory() -> TestStore {
         stores: Some(store),
         reopen: Box::new(move || kept.clone()),
         _dir: None,
+        _spare: None,
     }
 }
 
@@ -83,21 +85,76 @@ pub fn sled() -> TestStore {
         stores: Some(Stores::new(Arc::new(SledStore::open(&path).unwrap()))),
         reopen: Box::new(move || Stores::new(Arc::new(reopen_sled(&path)))),
         _dir: Some(dir),
+        _spare: None,
     }
 }
 
-/// The PostgreSQL store on a fresh database of the test binary's one server; a restart
+/// The PostgreSQL store on an empty database of the test binary's one server; a restart
 /// drops every handle (the pool closes) and opens the store again on the same database.
+///
+/// Databases are reused: creating one costs a few hundred milliseconds (a copy of the
+/// template, then the migrations), and the model tests build a store per case. A database
+/// goes back to [`SPARE`] when its `TestStore` is dropped and is emptied (every row deleted,
+/// the schema kept) when taken again.
 pub fn postgres() -> TestStore {
-    let db = flopmeter_pg::test_support::shared().fresh_database();
-    let dsn = db.socket_dsn();
-    let open = move || Stores::new(Arc::new(open_pg(&dsn)));
+    let (dsn, reused) = match SPARE.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+        Some(dsn) => (dsn, true),
+        None => (
+            flopmeter_pg::test_support::shared()
+                .fresh_database()
+                .socket_dsn(),
+            false,
+        ),
+    };
+    let db = connect_pg(&dsn);
+    if reused {
+        empty(&db);
+    }
+    let first = Stores::new(Arc::new(PgStore::open(db).unwrap()));
+    let again = dsn.clone();
     TestStore {
         name: "postgres",
-        stores: Some(open()),
-        reopen: Box::new(open),
+        stores: Some(first),
+        reopen: Box::new(move || Stores::new(Arc::new(open_pg(&again)))),
         _dir: None,
+        _spare: Some(Spare(dsn)),
     }
+}
+
+/// Databases a dropped `TestStore` left, migrated, to be emptied and used again.
+static SPARE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Gives its database back to [`SPARE`] when dropped (after the store's own handles).
+struct Spare(String);
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        SPARE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::mem::take(&mut self.0));
+    }
+}
+
+/// Deletes every row of the store's tables (not `schema_migrations`): the database is then
+/// as a fresh migrated one, and `PgStore::open` writes the chain's genesis head again.
+fn empty(db: &flopmeter_pg::Database) {
+    db.run(|conn| async move {
+        let tables: Vec<String> = conn
+            .query(
+                "SELECT tablename::text FROM pg_tables \
+                 WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let sql: String = tables.iter().map(|t| format!("DELETE FROM {t};")).collect();
+        conn.batch_execute(&sql).await?;
+        Ok::<(), flopmeter_pg::PgError>(())
+    })
+    .unwrap();
 }
 
 /// A [`PgStore`] on `dsn`, migrated.

@@ -89,7 +89,7 @@ impl PgStore {
             flopmeter_pg::MIGRATIONS,
             flopmeter_pg::migrate::DEFAULT_TIMEOUT,
         )
-        .map_err(StoreError::Schema)?;
+        .map_err(|e| StoreError::Schema(Box::new(e)))?;
         let store = PgStore { db, fence: None };
         // The head row exists from the start, so that every append has a row to lock (two
         // first appends could not both lock a row neither can see).
@@ -120,13 +120,9 @@ impl PgStore {
     }
 
     /// Runs one statement outside any explicit transaction and returns its rows.
-    fn rows<E: Send + 'static>(
-        &self,
-        sql: &'static str,
-        params: Vec<Param>,
-    ) -> Result<Vec<tokio_postgres::Row>, E>
+    fn rows<E>(&self, sql: &'static str, params: Vec<Param>) -> Result<Vec<tokio_postgres::Row>, E>
     where
-        E: From<TxError<E>>,
+        E: From<TxError<E>> + Send + 'static,
     {
         let params = Arc::new(params);
         work::run(&self.db, move |conn, _: CommitSent| {

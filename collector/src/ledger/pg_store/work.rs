@@ -90,7 +90,7 @@ impl<E> TxError<E> {
 impl From<TxError<StoreError>> for StoreError {
     fn from(e: TxError<StoreError>) -> Self {
         match e {
-            TxError::RolledBack(pg) => StoreError::Database(pg),
+            TxError::RolledBack(pg) => StoreError::Database(Box::new(pg)),
             TxError::Unknown(pg) => StoreError::Storage(Box::new(pg)),
             TxError::Store(e) => e,
         }
@@ -100,7 +100,7 @@ impl From<TxError<StoreError>> for StoreError {
 impl From<TxError<ComplianceStoreError>> for ComplianceStoreError {
     fn from(e: TxError<ComplianceStoreError>) -> Self {
         match e {
-            TxError::RolledBack(pg) => ComplianceStoreError::Database(pg),
+            TxError::RolledBack(pg) => ComplianceStoreError::Database(Box::new(pg)),
             TxError::Unknown(pg) => ComplianceStoreError::Storage(Box::new(pg)),
             TxError::Store(e) => e,
         }
