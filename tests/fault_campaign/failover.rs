@@ -233,8 +233,9 @@ impl<'a> Failover<'a> {
         self.agents[i].child = Some(cmd.spawn().expect("flopmeter agent starts"));
     }
 
+    /// Whether B is cut from PostgreSQL (until [`Failover::poll`] restores it).
     fn cut_active(&self) -> bool {
-        self.cut_until.is_some_and(|end| Instant::now() < end)
+        self.cut_until.is_some()
     }
 
     /// Whether replica `r` reports itself the leader now.
@@ -584,12 +585,14 @@ fn failover_campaign_loses_and_duplicates_nothing() {
         match event {
             Event::Switch(i) => f.switch(i),
             Event::KillLeader { down } => {
-                // Wait (bounded) for a leader and a standby that can take over.
-                let deadline = Instant::now() + Duration::from_secs(30);
+                // Wait (bounded) for a leader and a standby that can take over: during the
+                // cut, B cannot take over, so a kill due then waits for its end.
+                let wait = CUT + Duration::from_secs(15);
+                let deadline = Instant::now() + wait;
                 while !f.kill_leader(down, "a scheduled kill") {
                     assert!(
                         Instant::now() < deadline,
-                        "no leader with a standby for 30 s:\nA:\n{}\nB:\n{}",
+                        "no leader with a standby for {wait:?}:\nA:\n{}\nB:\n{}",
                         tail(&f.log("a")),
                         tail(&f.log("b"))
                     );
