@@ -805,6 +805,10 @@ fn failover_campaign_loses_and_duplicates_nothing() {
         leader_kills >= MIN_LEADER_KILLS,
         "only {leader_kills} leader kills"
     );
+    assert!(
+        f.triggered_kills >= 1,
+        "no leader was killed while a delivery was pending"
+    );
     assert!(pg_restart.is_some(), "PostgreSQL was restarted");
     assert!(f.switches >= AGENTS, "only {} agent switches", f.switches);
     assert!(
