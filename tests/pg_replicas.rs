@@ -106,6 +106,20 @@ fn model_json(c: &CollectorProc, model: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{model} not in {models}"))
 }
 
+/// The engine lease's row: (epoch, holder).
+fn lease_row(dsn: &str) -> (i64, Option<String>) {
+    let db = flopmeter_pg::Database::connect(flopmeter_pg::Options::new(
+        flopmeter_pg::Dsn::parse(dsn).unwrap(),
+    ))
+    .unwrap();
+    db.run(|conn| async move {
+        flopmeter_pg::lease::current(&conn, flopmeter_pg::lease::ENGINE).await
+    })
+    .unwrap()
+    .map(|(epoch, holder, _)| (epoch, holder))
+    .unwrap()
+}
+
 #[test]
 fn two_replicas_share_one_ledger_and_one_engine_with_a_bounded_failover() {
     let db = flopmeter_pg::test_support::shared().fresh_database();
@@ -226,6 +240,14 @@ fn two_replicas_share_one_ledger_and_one_engine_with_a_bounded_failover() {
     });
     let status = replicas[follower].proc.terminate();
     assert!(status.success(), "{}", replicas[follower].log.text());
+    // A clean stop released the lease: the next replica takes it at its next poll, not
+    // after the ttl.
+    let (epoch, holder) = lease_row(&dsn);
+    assert_eq!(holder, None, "the lease is still held after a clean stop");
+    assert!(
+        epoch >= 2,
+        "the first leader's acquisition and the survivor's: {epoch}"
+    );
 
     // The shared ledger verifies offline, and its chain holds one clock start.
     let o = flopmeter(&["ledger", "verify", "--store", &dsn]);

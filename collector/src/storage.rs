@@ -164,7 +164,9 @@ pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
 fn connect(dsn: &Dsn, pool_size: usize) -> Result<Database, StoreError> {
     let mut options = flopmeter_pg::Options::new(dsn.clone());
     options.pool_size = pool_size.max(1);
-    Database::connect(options).map_err(|e| StoreError::Database(Box::new(e)))
+    // Not `StoreError::Database`, which says a request rolled back: here nothing was asked
+    // yet, and PgError says what to fix (host, password, certificate).
+    Database::connect(options).map_err(|e| StoreError::Storage(Box::new(e)))
 }
 
 /// A collector's storage: the two halves, whether it leads the compliance engine, and on

@@ -103,6 +103,10 @@ fn u128_sums_round_trip_exactly_through_numeric() {
             .iter()
             .any(|m| m.contains("run m/r"))
     );
+    assert!(
+        store.size_on_disk().unwrap() > 100_000,
+        "the tables take room"
+    );
 }
 
 #[test]
@@ -246,4 +250,127 @@ fn a_schema_newer_than_this_collector_is_refused() {
     );
     assert!(e.to_string().contains("upgrade flopmeter"), "{e}");
     assert!(!e.is_write_failure());
+}
+
+#[test]
+fn a_connection_lost_mid_batch_costs_a_resend_not_a_restart() {
+    let dsn = fresh_dsn();
+    let store = open_pg(&dsn);
+    let batch = |first: u64| {
+        incoming(
+            "a",
+            "n",
+            (first..first + 2)
+                .map(|s| rec(s, "m", "r", "pretrain", 10))
+                .collect(),
+        )
+    };
+    store.apply_batch(&batch(1)).unwrap();
+    // Another session holds the agent's mark, so the next batch waits inside its
+    // transaction; its connection is then cut (as by a server restart or a network failure).
+    let locker = connect_pg(&dsn);
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        locker
+            .run(move |mut conn| async move {
+                let tx = conn.transaction().await?;
+                tx.execute("SELECT 1 FROM ledger_hwm WHERE agent = 'a' FOR UPDATE", &[])
+                    .await?;
+                locked.send(()).unwrap();
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                tx.rollback().await?;
+                Ok::<(), PgError>(())
+            })
+            .unwrap()
+    });
+    is_locked.recv().unwrap();
+    let second = batch(3);
+    let applying = {
+        let (store, second) = (store.clone(), second.clone());
+        std::thread::spawn(move || store.apply_batch(&second))
+    };
+    while sql(
+        &store,
+        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        vec![],
+    )
+    .is_empty()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let e = applying.join().unwrap().unwrap_err();
+    // Rolled back before its COMMIT: not a write failure (after which the writer refuses
+    // everything until restart). Nothing of it was stored, and the agent's resend applies it.
+    assert!(matches!(e, StoreError::Database(_)), "{e:?}");
+    assert!(!e.is_write_failure(), "{e}");
+    assert!(
+        e.to_string().contains("nothing of this request was stored"),
+        "{e}"
+    );
+    holder.join().unwrap();
+    assert_eq!(store.high_water_mark("a").unwrap(), 2);
+    let out = store.apply_batch(&second).unwrap();
+    assert_eq!((out.applied, out.acked_through), (2, 4));
+    assert_eq!(
+        store.model_aggregate("m").unwrap().unwrap().all().records,
+        4
+    );
+}
+
+#[test]
+fn two_stores_sharing_runs_and_models_sum_exactly() {
+    // Four agents on two stores at once, all on two runs of one model and an unattributed
+    // bucket: every aggregate row is contended (first inserted by whichever store gets
+    // there), and the distinct agent counts must rise exactly once per agent.
+    let dsn = fresh_dsn();
+    let stores = [Arc::new(open_pg(&dsn)), Arc::new(open_pg(&dsn))];
+    let (agents, batches, per) = (4u64, 15u64, 3u64);
+    let handles: Vec<_> = (0..agents)
+        .map(|a| {
+            let store = stores[(a % 2) as usize].clone();
+            std::thread::spawn(move || {
+                for b in 0..batches {
+                    let records = (1..=per)
+                        .map(|i| {
+                            let seq = b * per + i;
+                            let (model, run) = match seq % 3 {
+                                0 => ("m", "r1"),
+                                1 => ("m", "r2"),
+                                _ => ("", ""),
+                            };
+                            rec(seq, model, run, "pretrain", 1_000 + a)
+                        })
+                        .collect();
+                    let batch = incoming(&format!("agent-{a}"), &format!("node-{a}"), records);
+                    // Sent to both stores, as an agent that reconnects elsewhere would.
+                    store
+                        .apply_group(&[&batch, &batch])
+                        .into_iter()
+                        .for_each(|r| {
+                            r.unwrap();
+                        });
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = &stores[0];
+    let model = s.model_aggregate("m").unwrap().unwrap();
+    let records: u64 = (0..agents)
+        .map(|_| (1..=batches * per).filter(|q| q % 3 != 2).count() as u64)
+        .sum();
+    assert_eq!(model.all().records, records);
+    let flop: u128 = (0..agents)
+        .map(|a| (1..=batches * per).filter(|q| q % 3 != 2).count() as u128 * u128::from(1_000 + a))
+        .sum();
+    assert_eq!(model.all().flop.central, flop);
+    assert_eq!((model.agents, model.nodes), (agents, agents));
+    for run in ["r1", "r2"] {
+        assert_eq!(s.run_aggregate("m", run).unwrap().unwrap().agents, agents);
+    }
+    let report = stores[1].verify().unwrap();
+    assert!(report.ok(), "{:?}", report.mismatches);
 }

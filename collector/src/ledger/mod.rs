@@ -173,12 +173,13 @@ pub enum StoreError {
     /// PostgreSQL failed (connection lost, timeout, a statement refused) before the work
     /// committed: its transaction rolled back, so nothing of it was stored. Not a write
     /// failure: the agent is not acknowledged and resends, and the next batch may succeed
-    /// (a commit whose outcome is unknown is [`StoreError::Storage`] instead).
+    /// (a commit whose outcome is unknown is [`StoreError::Storage`] instead). Shared: when a
+    /// group of batches fails as one (the connection broke), each batch's error is it.
     #[error(
         "the ledger's PostgreSQL failed, and nothing of this request was stored (its \
          transaction rolled back): {0}"
     )]
-    Database(#[source] Box<flopmeter_pg::PgError>),
+    Database(#[source] std::sync::Arc<flopmeter_pg::PgError>),
     /// A write or flush failed earlier: the writer acknowledges nothing until the collector
     /// restarts, since a later flush that succeeds does not make the failed writes durable.
     #[error(

@@ -19,9 +19,10 @@
 //! unit's retry ([`super::work`]) cover what the order cannot (rows of different tables
 //! taken by different paths).
 //!
-//! One batch's failure stays its own: when the group's transaction fails for any reason but
-//! an unknown commit, nothing of it was written, and each batch is applied again in a
-//! transaction of its own. (A savepoint per batch would do the same, at the price of a
+//! One batch's failure stays its own: when the group's transaction fails, nothing of it was
+//! written, and each batch is applied again in a transaction of its own, unless the failure
+//! was the database's (unreachable, connection lost, timed out: every batch gets it, and
+//! its agent resends) or an unknown commit (every batch gets that write failure). (A savepoint per batch would do the same, at the price of a
 //! round of statements per batch: the group's statements are shared.)
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,6 +92,19 @@ impl PgStore {
                     .collect()
             }
             Err(e) if batches.len() == 1 => vec![Err(e.into())],
+            // The database is unreachable or the connection broke: applying each batch alone
+            // would only wait for it once per batch. Every batch is refused (nothing was
+            // written) and its agent resends.
+            Err(TxError::RolledBack(e)) if e.is_transient() => {
+                let shared = std::sync::Arc::new(e);
+                checked
+                    .into_iter()
+                    .map(|s| {
+                        s?;
+                        Err(StoreError::Database(shared.clone()))
+                    })
+                    .collect()
+            }
             Err(_) => batches
                 .iter()
                 .map(|b| {

@@ -41,7 +41,7 @@
 //! - **Durable**: a write returns after its COMMIT, and PostgreSQL's commits are durable,
 //!   so `flush` has nothing to do. What a failure means for the writer (rolled back, or
 //!   unknown) is in `work.rs`.
-//! - **Leader-only writes**: [`ComplianceStore::commit`] runs in a transaction fenced by
+//! - **Leader-only writes**: [`ComplianceStore::commit`](crate::compliance::store::ComplianceStore::commit) runs in a transaction fenced by
 //!   the engine's lease once [`PgStore::fence_with`] gave one (`compliance.rs`).
 //! - **Exact sums**: aggregates keep their u128 sums in the JSON document the code reads,
 //!   and the headline columns carry them as NUMERIC(39,0) for SQL; neither goes through a

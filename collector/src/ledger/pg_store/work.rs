@@ -90,7 +90,7 @@ impl<E> TxError<E> {
 impl From<TxError<StoreError>> for StoreError {
     fn from(e: TxError<StoreError>) -> Self {
         match e {
-            TxError::RolledBack(pg) => StoreError::Database(Box::new(pg)),
+            TxError::RolledBack(pg) => StoreError::Database(std::sync::Arc::new(pg)),
             TxError::Unknown(pg) => StoreError::Storage(Box::new(pg)),
             TxError::Store(e) => e,
         }
