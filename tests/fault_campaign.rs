@@ -6,40 +6,40 @@
 //! faults: the same record count and the same u128 FLOP sums and GPU time, per model and per
 //! run.
 //!
-//! Why a faulted run can equal a fault-free one at all: with a real clock, a killed agent
-//! misses the GPU work done while it was dead. So the agents run in replay mode (hidden
-//! `--virtual-*` flags, tests and demos only): the sampler runs on a virtual clock that moves
-//! one sample interval per tick, each report interval's records are spooled in one batch with
-//! the interval's end, a restarted agent resumes from that position, and a full spool pauses
-//! virtual time instead of stretching records. The records are then a function of the
-//! scenario, the agent and the virtual span alone, whatever is killed when. The fake's clock
-//! file is frozen, so every reading is exactly the scenario's constant (GPM activity over an
-//! empty window is the curve's value, not an integral divided by a duration); the FLOP of a
-//! tick is then the same float computation in both runs. Energy follows NVML's counter and is
-//! not compared.
+//! Why a faulted run can equal a fault-free one at all: the agents replay (see
+//! `support/replay.rs`), so their records are a function of the scenario, the agent and the
+//! virtual span alone, whatever is killed when.
+//!
+//! The same binary runs the **failover campaign** (`fault_campaign/failover.rs`): two
+//! collector replicas on one PostgreSQL, the engine's leader killed again and again, a
+//! PostgreSQL restart and a 30 s cut; its totals are compared with the same fault-free run
+//! (one reference per binary, shared by both campaigns, which run one after the other).
 //!
 //! It takes a few minutes, so it runs only when `FLOPMETER_FAULT_CAMPAIGN=1` is set;
 //! `scripts/test` runs it as its own step, with its summary shown:
 //! `FLOPMETER_FAULT_CAMPAIGN=1 cargo test --locked --test fault_campaign -- --nocapture`.
-//! `FLOPMETER_CHAOS_SEED` picks the chaos plan (default fixed; printed). The summary is also
-//! written as JSON to `<target dir>/fault-campaign.json`.
+//! `FLOPMETER_CHAOS_SEED` picks the chaos plan and `FLOPMETER_FAILOVER_SEED` the failover
+//! plan (defaults fixed; printed). The summary is also written as JSON to
+//! `<target dir>/fault-campaign.json` (the failover campaign's under `"failover"`).
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::collections::BTreeMap;
+#[path = "fault_campaign/failover.rs"]
+mod failover;
+#[path = "fault_campaign/sink.rs"]
+mod sink;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
-use fake_nvml::harness::FakeNvml;
-use flopmeter_agent::spool::{Spool, SpoolOptions};
-use serde::Deserialize;
+use support::replay::{Node, Replay, Rng, Totals, node, ready_addr, tail};
 use support::{flopmeter, http};
 
 const AGENTS: usize = 4;
@@ -55,141 +55,6 @@ const MIN_KILLS: usize = 20;
 /// Bound on waiting for the agents to finish (a broken build must not hang).
 const FINISH_BOUND: Duration = Duration::from_secs(300);
 
-/// xorshift64*: enough randomness for a chaos plan, and the same plan for the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range_ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
-
-/// One node: a trainer process carrying the run's labels and a private fake NVML whose two
-/// H100s run it.
-struct Node {
-    id: String,
-    fake: FakeNvml,
-    _trainer: support::Proc,
-}
-
-fn model_of(i: usize) -> &'static str {
-    if i < 2 { "chaos-7b" } else { "chaos-70b" }
-}
-
-fn node(i: usize) -> Node {
-    let trainer = support::trainer(model_of(i), &format!("run-{i}"));
-    // Constant activity and clocks; the clock file freezes scenario time (module docs).
-    let fake = FakeNvml::new(
-        &ScenarioBuilder::new()
-            .gpu(
-                GpuBuilder::h100()
-                    .count(2)
-                    .uuid(&format!(
-                        "GPU-c{i}000000-0000-4000-8000-00000000000{{index}}"
-                    ))
-                    .training(trainer.0.id(), 45.0, 1755),
-            )
-            .toml(),
-    )
-    .unwrap();
-    fake.set_time(1000.0).unwrap();
-    Node {
-        id: format!("chaos-node-{i}"),
-        fake,
-        _trainer: trainer,
-    }
-}
-
-/// A `u128` of the JSON API, which writes them as decimal strings.
-fn dec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-struct Flop {
-    #[serde(deserialize_with = "dec")]
-    low: u128,
-    #[serde(deserialize_with = "dec")]
-    central: u128,
-    #[serde(deserialize_with = "dec")]
-    high: u128,
-}
-
-/// What is compared of a model (energy is not: it follows NVML's energy counter).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-struct ModelTotals {
-    model: String,
-    counted: Flop,
-    excluded: Flop,
-    runs: u32,
-    #[serde(deserialize_with = "dec")]
-    gpu_ms: u128,
-    first_event_unix_ms: Option<i64>,
-    last_event_unix_ms: Option<i64>,
-    records: u64,
-    agents: u64,
-    nodes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-struct RunTotals {
-    model: String,
-    run: String,
-    counted: Flop,
-    excluded: Flop,
-    #[serde(deserialize_with = "dec")]
-    gpu_ms: u128,
-    first_event_unix_ms: Option<i64>,
-    last_event_unix_ms: Option<i64>,
-    records: u64,
-    approximate_records: u64,
-    agents: u64,
-    nodes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Totals {
-    models: Vec<ModelTotals>,
-    runs: Vec<RunTotals>,
-    /// Per agent: the numbers its spool assigned (next_seq − 1).
-    numbered: Vec<u64>,
-}
-
-impl Totals {
-    fn records(&self) -> u64 {
-        self.models.iter().map(|m| m.records).sum()
-    }
-    fn flop(&self) -> Flop {
-        let mut f = Flop {
-            low: 0,
-            central: 0,
-            high: 0,
-        };
-        for m in &self.models {
-            f.low += m.counted.low + m.excluded.low;
-            f.central += m.counted.central + m.excluded.central;
-            f.high += m.counted.high + m.excluded.high;
-        }
-        f
-    }
-    fn gpu_ms(&self) -> u128 {
-        self.models.iter().map(|m| m.gpu_ms).sum()
-    }
-}
-
 /// `GET path`: the body of a 200 answer, `None` otherwise (down, starting, error).
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     http::get_text(addr, path)
@@ -198,18 +63,6 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 /// The value of an unlabelled gauge in a Prometheus text exposition.
 fn gauge(text: &str, name: &str) -> Option<f64> {
     http::sample(text, name)
-}
-
-/// The address named `key` in a `--ready-file` (`None` while it is not written yet).
-fn ready_addr(path: &Path, key: &str) -> Option<SocketAddr> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    v[key].as_str()?.parse().ok()
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,25 +236,19 @@ impl<'a> Cluster<'a> {
         let node = &self.nodes[i];
         let ready = self.agent_ready(i);
         let _ = std::fs::remove_file(&ready);
-        let mut cmd = flopmeter(&["agent", "--nvml-lib"]);
-        cmd.arg(node.fake.lib_path())
-            .arg("--spool-dir")
-            .arg(self.dir.join(&node.id))
-            .args(["--agent-id", &node.id, "--node-name", &node.id])
-            .args(["--collector", &format!("http://{}", self.grpc)])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--kube", "off", "--drain-grace", "1s"])
-            .args(["--sample-interval", "1s", "--report-interval", "10s"])
-            .args(["--spool-max-bytes", SPOOL_CAP])
-            .args(["--virtual-clock-start", &self.start_ms.to_string()])
-            .args(["--virtual-stop", &self.stop_ms.to_string()])
-            .arg("--virtual-exit-when-drained")
-            .stderr(Stdio::from(self.log_file(&node.id)));
-        if let Some(x) = self.speed {
-            cmd.args(["--virtual-speed", &x.to_string()]);
-        }
+        let replay = Replay {
+            start_ms: self.start_ms,
+            stop_ms: self.stop_ms,
+            speed: self.speed,
+            spool_cap: Some(SPOOL_CAP),
+        };
+        let mut cmd = replay.agent(
+            node,
+            &self.dir.join(&node.id),
+            self.grpc,
+            &ready,
+            self.log_file(&node.id),
+        );
         self.agents[i].child = Some(cmd.spawn().expect("flopmeter agent starts"));
         self.agents[i].full = false;
     }
@@ -532,51 +379,7 @@ impl<'a> Cluster<'a> {
 
     /// The ledger's totals (from the collector's API) and the agents' spools.
     fn totals(&mut self) -> Totals {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let models: Vec<ModelTotals> = loop {
-            if let Some(body) = http_get(self.http, "/api/v1/models") {
-                break serde_json::from_str(&body).unwrap();
-            }
-            assert!(Instant::now() < deadline, "collector API never answered");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut runs = Vec::new();
-        for m in &models {
-            let body = http_get(self.http, &format!("/api/v1/runs?model={}", m.model)).unwrap();
-            runs.extend(serde_json::from_str::<Vec<RunTotals>>(&body).unwrap());
-        }
-        let rejections = http_get(self.http, "/api/v1/rejections").unwrap();
-        assert_eq!(rejections.trim(), "[]", "no record was rejected");
-        let mut numbered = Vec::new();
-        for n in self.nodes {
-            let s =
-                Spool::open(&self.dir.join(&n.id).join("spool"), SpoolOptions::default()).unwrap();
-            let st = s.stats();
-            assert_eq!(st.records, 0, "{}: spool drained", n.id);
-            assert_eq!(
-                st.acked_through,
-                st.next_seq - 1,
-                "{}: acknowledged through its last sequence number",
-                n.id
-            );
-            assert_eq!(
-                s.virtual_pos().unwrap(),
-                Some(self.stop_ms),
-                "{}: replayed to the stop",
-                n.id
-            );
-            numbered.push(st.next_seq - 1);
-        }
-        assert_eq!(
-            models.iter().map(|m| m.records).sum::<u64>(),
-            numbered.iter().sum::<u64>(),
-            "the ledger holds every record the agents numbered, exactly once"
-        );
-        Totals {
-            models,
-            runs,
-            numbered,
-        }
+        Totals::read(self.http, &self.dir, self.nodes, self.stop_ms)
     }
 }
 
@@ -592,25 +395,98 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-#[test]
-fn fault_campaign_totals_equal_a_fault_free_run() {
+/// Whether the campaigns run (`FLOPMETER_FAULT_CAMPAIGN` set); says how to run them if not.
+fn campaign_enabled() -> bool {
     if std::env::var_os("FLOPMETER_FAULT_CAMPAIGN").is_none() {
         eprintln!(
             "SKIPPED: the fault campaign takes minutes; set FLOPMETER_FAULT_CAMPAIGN=1 \
              (scripts/test, which CI runs, does)"
         );
+        return false;
+    }
+    true
+}
+
+/// One campaign at a time: each wants the machine's two cores to itself, and the test
+/// harness would otherwise run both at once.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CAMPAIGN: Mutex<()> = Mutex::new(());
+    CAMPAIGN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The fault-free run both campaigns compare with: the same agents and virtual span, one
+/// collector on sled, as fast as the CPU goes.
+#[derive(Debug, Clone)]
+struct Reference {
+    start_ms: i64,
+    totals: Totals,
+    wall: Duration,
+}
+
+/// The reference, run once per test binary by whichever campaign comes first. The totals are
+/// a function of the scenario, the agents and the virtual span (module docs), not of which
+/// trainer processes or fake libraries the campaign runs, so both campaigns share it.
+fn reference(nodes: &[Node], work: &Path) -> Reference {
+    static REFERENCE: OnceLock<Reference> = OnceLock::new();
+    REFERENCE
+        .get_or_init(|| {
+            let t0 = Instant::now();
+            // On an hour boundary, the same for every phase of both campaigns.
+            let start_ms = support::replay::replay_start_ms(SPAN_MS);
+            let mut c = Cluster::new(nodes, work.join("reference"), None, start_ms);
+            c.start_collector();
+            for i in 0..AGENTS {
+                c.start_agent(i);
+            }
+            c.wait_finished();
+            let totals = c.totals();
+            let wall = t0.elapsed();
+            println!(
+                "reference (no faults): {} records in {:.1} s",
+                totals.records(),
+                wall.as_secs_f64()
+            );
+            Reference {
+                start_ms,
+                totals,
+                wall,
+            }
+        })
+        .clone()
+}
+
+/// Writes `part` into the JSON summary (`<target dir>/fault-campaign.json`) under `key`, or
+/// at its top level for `None` (the first campaign's fields, where they always were).
+fn write_summary(key: Option<&str>, part: serde_json::Value) {
+    static SUMMARY: Mutex<Option<serde_json::Map<String, serde_json::Value>>> = Mutex::new(None);
+    let mut guard = SUMMARY.lock().unwrap_or_else(|p| p.into_inner());
+    let summary = guard.get_or_insert_with(serde_json::Map::new);
+    match (key, part) {
+        (Some(k), v) => {
+            summary.insert(k.to_string(), v);
+        }
+        (None, serde_json::Value::Object(fields)) => summary.extend(fields),
+        (None, other) => panic!("a top-level summary part is an object, not {other}"),
+    }
+    let out = target_dir().join("fault-campaign.json");
+    let text = serde_json::to_string_pretty(&*summary).unwrap();
+    if let Err(e) = std::fs::write(&out, text) {
+        println!("could not write {}: {e}", out.display());
+    } else {
+        println!("summary written to {}", out.display());
+    }
+}
+
+#[test]
+fn fault_campaign_totals_equal_a_fault_free_run() {
+    if !campaign_enabled() {
         return;
     }
+    let _alone = one_at_a_time();
     let t0 = Instant::now();
-    let seed = std::env::var("FLOPMETER_CHAOS_SEED")
-        .ok()
-        .map(|s| {
-            let s = s.trim();
-            s.strip_prefix("0x")
-                .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
-                .expect("FLOPMETER_CHAOS_SEED is a u64 (decimal or 0x hex)")
-        })
-        .unwrap_or(DEFAULT_SEED);
+    let seed = support::replay::seed_from_env("FLOPMETER_CHAOS_SEED", DEFAULT_SEED);
     let events = plan(seed);
     println!(
         "fault campaign: seed={seed} ({} planned events)",
@@ -619,29 +495,18 @@ fn fault_campaign_totals_equal_a_fault_free_run() {
 
     let work = tempfile::tempdir().unwrap();
     let nodes: Vec<Node> = (0..AGENTS).map(node).collect();
-    // Event time well in the past (the collector refuses events more than 5 min ahead of
-    // it), on an hour boundary; the same for both phases.
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let start_ms = (now_ms - 3 * SPAN_MS) / SPAN_MS * SPAN_MS;
-
-    // Phase 1: the reference, without faults, as fast as the CPU goes.
-    let reference = {
-        let mut c = Cluster::new(&nodes, work.path().join("reference"), None, start_ms);
-        c.start_collector();
-        for i in 0..AGENTS {
-            c.start_agent(i);
-        }
-        c.wait_finished();
-        c.totals()
-    };
+    // Phase 1: the reference, without faults, as fast as the CPU goes (or its figures, if
+    // the failover campaign already ran it).
+    let Reference {
+        start_ms,
+        totals: reference,
+        wall: reference_wall,
+    } = reference(&nodes, work.path());
     let t1 = Instant::now();
     println!(
         "phase 1 (no faults): {} records in {:.1} s",
         reference.records(),
-        (t1 - t0).as_secs_f64()
+        reference_wall.as_secs_f64()
     );
 
     // Phase 2: the same, paced, under the chaos plan.
@@ -694,26 +559,10 @@ fn fault_campaign_totals_equal_a_fault_free_run() {
         chaos.gpu_ms(),
         if equal { "yes" } else { "NO" },
         wall,
-        (t1 - t0).as_secs_f64(),
+        reference_wall.as_secs_f64(),
         (t2 - t1).as_secs_f64(),
     );
-    let per_model: BTreeMap<&str, serde_json::Value> = chaos
-        .models
-        .iter()
-        .map(|m| {
-            (
-                m.model.as_str(),
-                serde_json::json!({
-                    "records": m.records,
-                    "runs": m.runs,
-                    "flop_low": (m.counted.low + m.excluded.low).to_string(),
-                    "flop_central": (m.counted.central + m.excluded.central).to_string(),
-                    "flop_high": (m.counted.high + m.excluded.high).to_string(),
-                    "gpu_ms": m.gpu_ms.to_string(),
-                }),
-            )
-        })
-        .collect();
+    let per_model = chaos.per_model_json();
     let summary = serde_json::json!({
         "seed": seed,
         "agents": AGENTS,
@@ -734,14 +583,9 @@ fn fault_campaign_totals_equal_a_fault_free_run() {
         "gpu_ms": chaos.gpu_ms().to_string(),
         "models": per_model,
         "equal": equal,
-        "wall_seconds": { "total": wall, "phase1": (t1 - t0).as_secs_f64(), "phase2": (t2 - t1).as_secs_f64() },
+        "wall_seconds": { "total": wall, "phase1": reference_wall.as_secs_f64(), "phase2": (t2 - t1).as_secs_f64() },
     });
-    let out = target_dir().join("fault-campaign.json");
-    if let Err(e) = std::fs::write(&out, serde_json::to_string_pretty(&summary).unwrap()) {
-        println!("could not write {}: {e}", out.display());
-    } else {
-        println!("summary written to {}", out.display());
-    }
+    write_summary(None, summary);
 
     assert!(kills >= MIN_KILLS, "only {kills} kills");
     assert!(

@@ -38,3 +38,4 @@ mod pg_replicas;
 mod probe_cli;
 mod slurm;
 mod tls;
+mod two_collectors;

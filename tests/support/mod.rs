@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod proc;
+pub mod replay;
 pub mod seed;
 
 use std::ffi::{OsStr, OsString};
@@ -56,6 +57,20 @@ pub struct CollectorCmd {
 pub fn collector(data: &Path) -> CollectorCmd {
     CollectorCmd {
         args: vec!["collector".into(), "--data-dir".into(), data.into()],
+        envs: Vec::new(),
+        addrs: None,
+        fd_limit: None,
+    }
+}
+
+/// `flopmeter collector --store <dsn> --replica-name <name>`: one replica of a ledger in
+/// PostgreSQL, with the lease's defaults unless [`CollectorCmd::args`] sets them.
+pub fn collector_on_store(dsn: &str, replica: &str) -> CollectorCmd {
+    CollectorCmd {
+        args: ["collector", "--store", dsn, "--replica-name", replica]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
         envs: Vec::new(),
         addrs: None,
         fd_limit: None,

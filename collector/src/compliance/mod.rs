@@ -148,6 +148,10 @@ async fn engine_loop(
     let mut leadership = engine.leadership().clone();
     let mut last_seen = u64::MAX;
     let mut last_full = tokio::time::Instant::now() - cfg.interval;
+    // A deadline, not a fresh `sleep(debounce)` per turn: lease renewals wake the loop below
+    // every `--lease-renew-every`, and with renewals more frequent than the debounce a sleep
+    // restarted at each wake-up would never end, so ingest would never be evaluated.
+    let mut next_look = tokio::time::Instant::now() + cfg.debounce;
     loop {
         if !engine.in_office() {
             if engine.leadership().leads() {
@@ -190,7 +194,10 @@ async fn engine_loop(
             }
         }
         let kicked = tokio::select! {
-            _ = tokio::time::sleep(cfg.debounce) => false,
+            _ = tokio::time::sleep_until(next_look) => {
+                next_look = tokio::time::Instant::now() + cfg.debounce;
+                false
+            }
             _ = kick.notified() => true,
             () = leadership.changed() => {
                 if !engine.leadership().leads() {
