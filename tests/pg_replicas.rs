@@ -78,6 +78,7 @@ fn feed(url: &str, agent: &str, model: &str, run: &str, batches: u64) {
             stage: String::new(),
             interval: Duration::from_secs(10),
             token: None,
+            cluster: String::new(),
         });
         let stop = StopAt {
             batches: Some(batches),
