@@ -55,6 +55,7 @@ fn fill(dir: &std::path::Path, now: i64) {
                 stage: if r == 9 { "eval".into() } else { String::new() },
                 interval: Duration::from_secs(10),
                 token: None,
+                cluster: String::new(),
             });
             for h in 0..HOURS {
                 seq += 1;

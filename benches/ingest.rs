@@ -29,6 +29,7 @@ fn agent() -> SimAgent {
         stage: String::new(),
         interval: std::time::Duration::from_secs(10),
         token: None,
+        cluster: String::new(),
     })
 }
 

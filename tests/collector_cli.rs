@@ -61,6 +61,7 @@ fn feed(url: &str) {
                 stage: stage.into(),
                 interval: Duration::from_secs(10),
                 token: None,
+                cluster: String::new(),
             });
             let stop = StopAt {
                 batches: Some(5),

@@ -41,6 +41,7 @@ fn spec(i: u64) -> SimSpec {
         stage: if i == 2 { "eval".into() } else { String::new() },
         interval: Duration::from_secs(10),
         token: None,
+        cluster: String::new(),
     }
 }
 

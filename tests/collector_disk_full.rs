@@ -86,6 +86,7 @@ fn spec(i: u64) -> SimSpec {
         stage: String::new(),
         interval: Duration::from_secs(10),
         token: None,
+        cluster: String::new(),
     }
 }
 

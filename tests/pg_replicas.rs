@@ -9,7 +9,8 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
+use flopmeter_proto::v1::IntervalRecord;
+use flopmeter_sim::agent::{Pace, SimAgent, SimLoad, SimSpec, SimStats, StopAt};
 use flopmeter_sim::loadgen::channel;
 
 use crate::support::{self, CollectorProc, http};
@@ -33,9 +34,15 @@ fn text(b: &[u8]) -> String {
 }
 
 fn replica(dsn: &str, name: &str) -> CollectorProc {
+    replica_with(dsn, name, &[])
+}
+
+/// [`replica`] with more collector flags.
+fn replica_with(dsn: &str, name: &str, extra: &[&str]) -> CollectorProc {
     let dir = tempfile::tempdir().unwrap();
     let c = support::collector(dir.path())
         .args(["--store", dsn, "--replica-name", name])
+        .args(extra)
         .args(["--lease-ttl", "2s", "--lease-renew-every", "500ms"])
         .args(["--lease-poll-every", "500ms"])
         .env("FLOPMETER_ADMIN_TOKEN", TOKEN)
@@ -64,21 +71,32 @@ fn metrics(c: &CollectorProc) -> String {
 /// Sends `batches` batches of 4 records for `model`/`run` as `agent` to `url`, all
 /// acknowledged.
 fn feed(url: &str, agent: &str, model: &str, run: &str, batches: u64) {
+    feed_agent(url, sim_agent(agent, "", model, run), batches);
+}
+
+/// A simulated agent of 4 GPUs on `cluster` ("" = none), reporting 10 s intervals.
+fn sim_agent(agent: &str, cluster: &str, model: &str, run: &str) -> SimAgent {
+    SimAgent::new(SimSpec {
+        agent_id: agent.into(),
+        node: format!("{agent}-node"),
+        gpus: 4,
+        model: model.into(),
+        run: run.into(),
+        stage: String::new(),
+        interval: Duration::from_secs(10),
+        token: None,
+        cluster: cluster.into(),
+    })
+}
+
+/// Sends `batches` batches of `a` to `url`, all acknowledged.
+fn feed_agent(url: &str, mut a: SimAgent, batches: u64) {
+    let agent = a.spec().agent_id.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut a = SimAgent::new(SimSpec {
-            agent_id: agent.into(),
-            node: format!("{agent}-node"),
-            gpus: 4,
-            model: model.into(),
-            run: run.into(),
-            stage: String::new(),
-            interval: Duration::from_secs(10),
-            token: None,
-        });
         let stop = StopAt {
             batches: Some(batches),
             deadline: None,
@@ -273,4 +291,194 @@ fn two_replicas_share_one_ledger_and_one_engine_with_a_bounded_failover() {
             .log
             .contains(flopmeter_pg::test_support::SUPERUSER_PASSWORD)
     );
+}
+
+/// An exact integer, as the JSON API writes it (a decimal string).
+fn exact(v: &serde_json::Value) -> u128 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an exact integer: {v}"))
+}
+
+/// A FLOP band `[low, central, high]` of the JSON API.
+fn band(v: &serde_json::Value) -> [u128; 3] {
+    [exact(&v["low"]), exact(&v["central"]), exact(&v["high"])]
+}
+
+/// The band of `records`, summed as the ledger sums them (u128).
+fn sum_band(records: &[IntervalRecord]) -> [u128; 3] {
+    records.iter().fold([0; 3], |s, r| {
+        [
+            s[0] + u128::from(r.flop_low),
+            s[1] + u128::from(r.flop_central),
+            s[2] + u128::from(r.flop_high),
+        ]
+    })
+}
+
+/// The records `a` sends in `batches` batches from its first sequence number, its event
+/// clock starting at `start_ms`: the simulated agent's records are a function of (agent, seq,
+/// GPU), so the test knows them without asking the collector.
+fn sent(a: &SimAgent, start_ms: i64, batches: u64) -> Vec<IntervalRecord> {
+    let gpus = a.spec().gpus;
+    let interval = a.spec().interval.as_millis() as i64;
+    (0..batches)
+        .flat_map(|b| {
+            (0..gpus).map(move |g| {
+                let end = start_ms + (b as i64 + 1) * interval;
+                a.record(b * u64::from(gpus) + u64::from(g) + 1, g, end)
+            })
+        })
+        .collect()
+}
+
+/// Issue 15's "done when": a model trained on two clusters, each with its own collector on the
+/// one PostgreSQL, starts its clock when the SUM of both clusters' compute crosses, dated at
+/// the event time of the record at which it crossed, although neither cluster alone crosses.
+///
+/// Replica "us" is started first and leads, so the crossing records reach the leader and
+/// it evaluates within its ingest debounce (2 s); the "eu" records reach it only through
+/// the shared ledger, written by the follower. (Crossing records that reach the follower
+/// are seen at the leader's next full pass, 60 s, with no flag to shorten it.)
+#[test]
+fn a_model_on_two_clusters_starts_its_clock_when_the_sum_crosses_dated_at_the_crossing() {
+    let began = Instant::now();
+    const MODEL: &str = "two-cluster-model";
+    const BATCHES: u64 = 6;
+    let db = flopmeter_pg::test_support::shared().fresh_database();
+    let dsn = db.socket_dsn();
+
+    // GB200s in declared FP8 at a constant FLOP per record (different per cluster): the
+    // engine takes work as uniform within its hourly buckets, and with constant records
+    // that line passes exactly through every record's end, so the crossing instant the
+    // engine finds is a record's end, and the test can name it. Event times are fixed
+    // relative to the hour two days ago (beyond the 6 h idle window: nothing extrapolated,
+    // so only the measured total can start the clock): eu from H, us from H + 30 min.
+    let (eu_high, us_high) = (10_000_000_000_000_000u64, 12_000_000_000_000_000u64);
+    let hour = flopmeter_core::utc::MS_PER_HOUR;
+    let t_eu = (flopmeter_collector::now_unix_ms() / hour - 48) * hour;
+    let t_us = t_eu + hour / 2;
+    let eu_agent = || {
+        sim_agent("eu-node-1", "eu", MODEL, "run-eu")
+            .with_load(SimLoad::Gb200Fp8 { high: eu_high })
+            .starting_at(t_eu)
+    };
+    let us_agent = || {
+        sim_agent("us-node-1", "us", MODEL, "run-us")
+            .with_load(SimLoad::Gb200Fp8 { high: us_high })
+            .starting_at(t_us)
+    };
+    let eu_records = sent(&eu_agent(), t_eu, BATCHES);
+    let us_records = sent(&us_agent(), t_us, BATCHES);
+    let (eu_sum, us_sum) = (sum_band(&eu_records), sum_band(&us_records));
+
+    // The level: one FLOP below the total at the end of the us cluster's third batch, so
+    // that (eu-systemic-risk compares "greater than", on the high bound by default) the sum
+    // crosses exactly there, and neither cluster alone does.
+    let level = eu_sum[2] + sum_band(&us_records[..12])[2] - 1;
+    assert!(eu_sum[2] <= level && us_sum[2] <= level);
+    assert!(eu_sum[2] + us_sum[2] > level);
+    // Independently of how the level was chosen: walk every record in event-time order and
+    // take the end of the first at which the cumulative high total exceeds the level.
+    let mut all: Vec<&IntervalRecord> = eu_records.iter().chain(&us_records).collect();
+    all.sort_by_key(|r| r.end_unix_ms);
+    let mut cumulative = 0u128;
+    let crossing = all
+        .iter()
+        .find_map(|r| {
+            cumulative += u128::from(r.flop_high);
+            (cumulative > level).then_some(r.end_unix_ms)
+        })
+        .unwrap();
+    assert_eq!(crossing, t_us + 30_000, "the us cluster's third batch");
+
+    let dir = tempfile::tempdir().unwrap();
+    let thresholds = dir.path().join("thresholds.toml");
+    std::fs::write(
+        &thresholds,
+        format!("[thresholds.eu-systemic-risk]\nlevel = \"{level}\"\n"),
+    )
+    .unwrap();
+    let flags = ["--thresholds", thresholds.to_str().unwrap()];
+    let us = replica_with(&dsn, "us", &flags);
+    support::eventually("replica us leads", || leader_gauge(&us) == Some(1.0));
+    let eu = replica_with(&dsn, "eu", &flags);
+    support::eventually("replica eu follows", || leader_gauge(&eu) == Some(0.0));
+
+    feed_agent(&eu.url(), eu_agent(), BATCHES);
+    let summary = &us.get(&format!("/api/v1/models/{MODEL}")).unwrap()["summary"];
+    assert_eq!(band(&summary["counted"]), eu_sum, "{summary}");
+    feed_agent(&us.url(), us_agent(), BATCHES);
+
+    // The leader evaluates (bounded: a missed debounce still meets the 60 s full pass).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let alert = loop {
+        let alerts = us.get("/api/v1/alerts").unwrap_or_default();
+        let found = alerts.as_array().and_then(|a| {
+            a.iter()
+                .find(|al| {
+                    al["model"] == MODEL
+                        && al["threshold"] == "eu-systemic-risk"
+                        && al["clock_start"].is_string()
+                })
+                .cloned()
+        });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clock start within 90 s: {alerts}\n{}",
+            us.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("clock started {:?} after the test began", began.elapsed());
+    assert_eq!(
+        alert["clock_start"],
+        flopmeter_core::utc::format_utc(crossing),
+        "{alert}"
+    );
+
+    // Each cluster's figures are what its agent sent, neither alone crosses, and they sum
+    // to the model's total exactly, on both replicas.
+    for replica in [&us, &eu] {
+        let summary = &replica.get(&format!("/api/v1/models/{MODEL}")).unwrap()["summary"];
+        let rows = summary["by_cluster"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{summary}");
+        let row = |c: &str| {
+            let r = rows.iter().find(|r| r["cluster"] == c).unwrap();
+            assert_eq!(r["kind"], "cluster", "{r}");
+            band(&r["counted"]["flop"])
+        };
+        let (eu_row, us_row) = (row("eu"), row("us"));
+        assert_eq!(eu_row, eu_sum, "{summary}");
+        assert_eq!(us_row, us_sum, "{summary}");
+        assert!(eu_row[2] <= level && us_row[2] <= level, "{summary}");
+        let total = band(&summary["counted"]);
+        assert_eq!([0, 1, 2].map(|i| eu_row[i] + us_row[i]), total, "{summary}");
+        assert!(total[2] > level);
+    }
+
+    // The ledger's chain: one clock start for (model, threshold), dated at the crossing,
+    // which is after every eu record and at the end of a us record.
+    let o = flopmeter(&["audit", "verify", "--store", &dsn]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let o = flopmeter(&["audit", "export", "--store", &dsn]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let starts: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "clock-started")
+        .collect();
+    assert_eq!(starts.len(), 1, "{}", text(&o.stdout));
+    let p = &starts[0]["payload"];
+    assert_eq!(p["model"], MODEL, "{p}");
+    assert_eq!(p["threshold_id"], "eu-systemic-risk", "{p}");
+    assert_eq!(p["start"]["reason"], "measured", "{p}");
+    let at = p["start"]["at_ms"].as_i64().unwrap();
+    assert_eq!(at, crossing, "{p}");
+    assert!(eu_records.iter().all(|r| r.end_unix_ms < at), "{p}");
+    assert!(us_records.iter().any(|r| r.end_unix_ms == at), "{p}");
+    eprintln!("test took {:?}", began.elapsed());
 }

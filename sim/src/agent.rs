@@ -60,6 +60,9 @@ pub struct SimSpec {
     pub interval: Duration,
     /// Bearer token, when the collector requires one.
     pub token: Option<String>,
+    /// Cluster the node belongs to (empty = none), stamped on every record and sent in the
+    /// Hello as a real agent's `--cluster` is.
+    pub cluster: String,
 }
 
 /// What a simulated agent's GPUs do, and so its inventory and records.
@@ -232,6 +235,7 @@ impl SimAgent {
             model: self.spec.model.clone(),
             run: self.spec.run.clone(),
             stage: self.spec.stage.clone(),
+            cluster: self.spec.cluster.clone(),
             source: AttributionSource::ProcessEnv as i32,
             ..WorkloadIdentity::default()
         });
@@ -322,6 +326,7 @@ impl SimAgent {
                         }
                     })
                     .collect(),
+                cluster: self.spec.cluster.clone(),
                 ..Hello::default()
             })),
         }

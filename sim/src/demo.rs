@@ -414,6 +414,7 @@ pub async fn run(
                     stage: stage.into(),
                     interval: Duration::from_millis(MS_PER_HOUR as u64),
                     token: None,
+                    cluster: String::new(),
                 })
                 .with_load(SimLoad::Gb200Fp8 { high })
                 .starting_at(t0 + from_day * MS_PER_DAY)

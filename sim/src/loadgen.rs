@@ -282,6 +282,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
             stage: String::new(),
             interval,
             token: args.agent_token.clone(),
+            cluster: String::new(),
         };
         // Spread the fleet's phases evenly over one interval.
         let phase = interval.mul_f64(f64::from(i) / f64::from(args.agents));
