@@ -14,7 +14,7 @@ use flopmeter_collector::now_unix_ms;
 use flopmeter_core::audit::{AuditKind, Json};
 use flopmeter_core::threshold::Threshold;
 
-use crate::support::stores::{TestStore, engine, for_each_store, planned};
+use crate::support::stores::{TestStore, engine, for_each_store, note, planned};
 
 const E25: u128 = 10_000_000_000_000_000_000_000_000;
 
@@ -28,15 +28,6 @@ fn crossed(t: &TestStore) {
     let e = engine(t.stores(), Arc::new(AtomicI64::new(now)));
     let pass = e.evaluate().unwrap();
     assert!(pass.clock_events > 0 && pass.alert_events > 0, "{pass:?}");
-}
-
-fn note(n: i64) -> AuditRecord {
-    AuditRecord {
-        time_ms: n,
-        actor: "test".into(),
-        kind: AuditKind::Alert,
-        payload: Json::Int(n),
-    }
 }
 
 #[test]
