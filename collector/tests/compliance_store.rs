@@ -7,11 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-use flopmeter_collector::compliance::store::{
-    AuditRecord, Change, ComplianceStoreError, DeliveryState, meta,
-};
+use flopmeter_collector::compliance::store::{Change, ComplianceStoreError, DeliveryState, meta};
 use flopmeter_collector::now_unix_ms;
-use flopmeter_core::audit::{AuditKind, Json};
 use flopmeter_core::threshold::Threshold;
 
 use crate::support::stores::{TestStore, engine, for_each_store, note, planned};

@@ -6,10 +6,9 @@
 use std::sync::{Arc, Barrier};
 
 use flopmeter_collector::compliance::ComplianceStore;
-use flopmeter_collector::compliance::store::{AuditRecord, Change, ComplianceStoreError};
+use flopmeter_collector::compliance::store::{Change, ComplianceStoreError};
 use flopmeter_collector::ledger::pg_store::PgStore;
 use flopmeter_collector::ledger::{Aggregate, LedgerStore, StoreError};
-use flopmeter_core::audit::{AuditKind, Json};
 use flopmeter_pg::{MigrateError, PgError};
 
 use crate::support::stores::{connect_pg, note, open_pg};

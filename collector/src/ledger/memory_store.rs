@@ -28,7 +28,7 @@ use flopmeter_proto::v1::IntervalRecord;
 use super::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
 use super::codec::{AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection};
 use super::facts::{PlanStatement, RegistryChange, Statements, record_statements};
-use super::keys::{DAY_MS, HOUR_MS, Seen};
+use super::keys::{DAY_MS, Seen};
 use super::plans::{PlanHistory, PlanScope};
 use super::rollup::RollupDeltas;
 use super::sequence::{self, Admission};
