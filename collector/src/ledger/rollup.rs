@@ -62,3 +62,66 @@ impl Rollup {
         self.nodes.extend(other.nodes.iter().cloned());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flopmeter_proto::v1::{AttributionSource, IntervalRecord, WorkloadIdentity};
+
+    use super::*;
+
+    fn rec(start_unix_ms: i64, run: Option<&str>, central: u64) -> IntervalRecord {
+        IntervalRecord {
+            start_unix_ms,
+            end_unix_ms: start_unix_ms + 10_000,
+            gpu_type: "h100-sxm".into(),
+            flop_low: central,
+            flop_central: central,
+            flop_high: central,
+            gpu_ms: 10_000,
+            identity: run.map(|run| WorkloadIdentity {
+                model: "m".into(),
+                run: run.into(),
+                source: AttributionSource::ProcessEnv as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_go_to_their_hour_and_only_runs_keep_agents_and_nodes() {
+        let batch = StoredBatch {
+            agent_id: "a".into(),
+            node: "n".into(),
+            received_unix_ms: 0,
+            records: vec![
+                rec(HOUR_MS - 1, Some("r"), 1),
+                rec(HOUR_MS, Some("r"), 2),
+                rec(-1, None, 4),
+            ],
+        };
+        let mut stats = RollupStats::default();
+        let mut deltas = RollupDeltas::default();
+        deltas.add_batch(&batch, &mut stats);
+        deltas.add_batch(&batch, &mut stats);
+        assert_eq!((stats.batches, stats.records), (2, 6));
+
+        let runs: Vec<_> = deltas.runs.keys().cloned().collect();
+        let r = |hour| ("m".to_string(), "r".to_string(), hour);
+        assert_eq!(runs, [r(0), r(1)]);
+        let hour0 = &deltas.runs[&r(0)];
+        assert_eq!(hour0.aggregate.all().flop.central, 2);
+        assert_eq!(hour0.agents.iter().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(hour0.nodes.iter().collect::<Vec<_>>(), ["n"]);
+
+        let key = ("n".to_string(), "h100-sxm".to_string(), -1);
+        let u = &deltas.unattributed[&key];
+        assert_eq!(u.aggregate.all().flop.central, 8);
+        assert!(u.agents.is_empty() && u.nodes.is_empty());
+
+        let mut merged = deltas.runs[&r(1)].clone();
+        merged.merge(hour0);
+        assert_eq!(merged.aggregate.all().flop.central, 6);
+        assert_eq!(merged.agents.len(), 1);
+    }
+}
