@@ -7,14 +7,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-use flopmeter_collector::compliance::store::{
-    AuditRecord, Change, ComplianceStoreError, DeliveryState, meta,
-};
+use flopmeter_collector::compliance::store::{Change, ComplianceStoreError, DeliveryState, meta};
 use flopmeter_collector::now_unix_ms;
-use flopmeter_core::audit::{AuditKind, Json};
 use flopmeter_core::threshold::Threshold;
 
-use crate::support::stores::{TestStore, engine, for_each_store, planned};
+use crate::support::stores::{TestStore, engine, for_each_store, note, planned};
 
 const E25: u128 = 10_000_000_000_000_000_000_000_000;
 
@@ -28,15 +25,6 @@ fn crossed(t: &TestStore) {
     let e = engine(t.stores(), Arc::new(AtomicI64::new(now)));
     let pass = e.evaluate().unwrap();
     assert!(pass.clock_events > 0 && pass.alert_events > 0, "{pass:?}");
-}
-
-fn note(n: i64) -> AuditRecord {
-    AuditRecord {
-        time_ms: n,
-        actor: "test".into(),
-        kind: AuditKind::Alert,
-        payload: Json::Int(n),
-    }
 }
 
 #[test]

@@ -6,13 +6,12 @@
 use std::sync::{Arc, Barrier};
 
 use flopmeter_collector::compliance::ComplianceStore;
-use flopmeter_collector::compliance::store::{AuditRecord, Change, ComplianceStoreError};
+use flopmeter_collector::compliance::store::{Change, ComplianceStoreError};
 use flopmeter_collector::ledger::pg_store::PgStore;
 use flopmeter_collector::ledger::{Aggregate, LedgerStore, StoreError};
-use flopmeter_core::audit::{AuditKind, Json};
 use flopmeter_pg::{MigrateError, PgError};
 
-use crate::support::stores::{connect_pg, open_pg};
+use crate::support::stores::{connect_pg, note, open_pg};
 use crate::support::{incoming, rec};
 
 /// A fresh database's DSN on the shared server.
@@ -36,15 +35,6 @@ fn sql(store: &PgStore, statement: &'static str, params: Vec<Vec<u8>>) -> Vec<Op
             Ok::<_, PgError>(rows.iter().map(|r| r.get(0)).collect())
         })
         .unwrap()
-}
-
-fn note(n: i64) -> AuditRecord {
-    AuditRecord {
-        time_ms: n,
-        actor: "test".into(),
-        kind: AuditKind::Alert,
-        payload: Json::Int(n),
-    }
 }
 
 #[test]

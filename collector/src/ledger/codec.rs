@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use flopmeter_proto::v1::IntervalRecord;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::StoreError;
 use super::aggregate::Aggregate;
+use super::{RecordRejection, StoreError};
 
 /// One received batch's applied records: the value of the `raw` tree, keyed by agent and the
 /// first applied sequence number.
@@ -51,6 +51,25 @@ pub struct StoredRejection {
     /// The record as received.
     #[prost(message, optional, tag = "5")]
     pub record: Option<IntervalRecord>,
+}
+
+impl StoredRejection {
+    /// What every store keeps of a quarantined record: the record as received, why, and
+    /// where and when it came from.
+    pub fn new(
+        record: &IntervalRecord,
+        rejection: &RecordRejection,
+        node: &str,
+        received_unix_ms: i64,
+    ) -> Self {
+        StoredRejection {
+            reason: rejection.reason.clone(),
+            detail: rejection.detail.clone(),
+            node: node.to_string(),
+            received_unix_ms,
+            record: Some(record.clone()),
+        }
+    }
 }
 
 /// An hourly rollup of raw records past the retention age, per run or per unattributed

@@ -28,10 +28,13 @@ use flopmeter_proto::v1::IntervalRecord;
 use super::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
 use super::codec::{AgentInfo, Declaration, Rollup, StoredBatch, StoredRejection};
 use super::facts::{PlanStatement, RegistryChange, Statements, record_statements};
-use super::keys::{DAY_MS, HOUR_MS, Seen};
+use super::keys::{DAY_MS, Seen};
 use super::plans::{PlanHistory, PlanScope};
+use super::rollup::RollupDeltas;
 use super::sequence::{self, Admission};
-use super::verify::{Recomputed, VerifyCut, VerifyReport, VerifyScan, compare};
+use super::verify::{
+    Recomputed, VerifyCut, VerifyReport, VerifyScan, compare, compare_marks, compare_seen,
+};
 use super::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry,
     RejectionNotice, RollupStats, RunEntry, RunRollup, StoreError, UnattributedBucket,
@@ -165,13 +168,7 @@ impl State {
             if let Some(rej) = &cr.rejection {
                 self.rejected.insert(
                     (agent.to_string(), rec.seq),
-                    StoredRejection {
-                        reason: rej.reason.clone(),
-                        detail: rej.detail.clone(),
-                        node: node.to_string(),
-                        received_unix_ms: b.received_unix_ms,
-                        record: Some(rec.clone()),
-                    },
+                    StoredRejection::new(rec, rej, node, b.received_unix_ms),
                 );
                 out.rejections.push(RejectionNotice {
                     seq: rec.seq,
@@ -272,46 +269,20 @@ impl State {
             ..RollupStats::default()
         };
         due.truncate(max_batches);
-        let mut runs: BTreeMap<(String, String, i64), Rollup> = BTreeMap::new();
-        let mut unattributed: BTreeMap<NodeBucket, Rollup> = BTreeMap::new();
+        let mut deltas = RollupDeltas::default();
         for (_, id) in due {
-            let Some(batch) = self.raw.remove(&id) else {
-                continue;
-            };
-            for rec in &batch.records {
-                let hour = rec.start_unix_ms.div_euclid(HOUR_MS);
-                match attribution(rec) {
-                    Attribution::Run { model, run } => {
-                        let r = runs
-                            .entry((model.to_string(), run.to_string(), hour))
-                            .or_default();
-                        r.aggregate.add_record(rec);
-                        r.agents.insert(batch.agent_id.clone());
-                        r.nodes.insert(batch.node.clone());
-                    }
-                    Attribution::Unattributed => {
-                        let key = (batch.node.clone(), gpu_type_of(rec).to_string(), hour);
-                        unattributed
-                            .entry(key)
-                            .or_default()
-                            .aggregate
-                            .add_record(rec);
-                    }
-                }
-                stats.records += 1;
+            if let Some(batch) = self.raw.remove(&id) {
+                deltas.add_batch(&batch, &mut stats);
             }
-            stats.batches += 1;
         }
-        let merge = |into: &mut Rollup, d: &Rollup| {
-            into.aggregate.merge_stages(&d.aggregate);
-            into.agents.extend(d.agents.iter().cloned());
-            into.nodes.extend(d.nodes.iter().cloned());
-        };
-        for (k, d) in &runs {
-            merge(self.run_rollups.entry(k.clone()).or_default(), d);
+        for (k, d) in &deltas.runs {
+            self.run_rollups.entry(k.clone()).or_default().merge(d);
         }
-        for (k, d) in &unattributed {
-            merge(self.unattributed_rollups.entry(k.clone()).or_default(), d);
+        for (k, d) in &deltas.unattributed {
+            self.unattributed_rollups
+                .entry(k.clone())
+                .or_default()
+                .merge(d);
         }
         stats
     }
@@ -354,7 +325,6 @@ impl State {
             &mut m,
         );
         let mut stored = BTreeSet::new();
-        let mut expected = BTreeSet::new();
         for (model, run, a) in &self.run_agents {
             stored.insert(Seen::RunAgent.key(&[model, run, a]));
         }
@@ -367,37 +337,8 @@ impl State {
         for (model, n) in &self.model_nodes {
             stored.insert(Seen::ModelNode.key(&[model, n]));
         }
-        for ((model, run), s) in &rc.run_agents {
-            expected.extend(s.iter().map(|a| Seen::RunAgent.key(&[model, run, a])));
-        }
-        for ((model, run), s) in &rc.run_nodes {
-            expected.extend(s.iter().map(|n| Seen::RunNode.key(&[model, run, n])));
-        }
-        for (model, s) in &rc.model_agents {
-            expected.extend(s.iter().map(|a| Seen::ModelAgent.key(&[model, a])));
-        }
-        for (model, s) in &rc.model_nodes {
-            expected.extend(s.iter().map(|n| Seen::ModelNode.key(&[model, n])));
-        }
-        for k in stored.symmetric_difference(&expected) {
-            let side = if stored.contains(k) {
-                "stored but not in any record"
-            } else {
-                "in records but not stored"
-            };
-            m.push(format!(
-                "agent/node entry {}: {side}",
-                String::from_utf8_lossy(k).replace('\0', "/")
-            ));
-        }
-        for (agent, seq) in max_seq {
-            let hwm = self.hwm.get(agent).copied().unwrap_or(0);
-            if seq > hwm {
-                m.push(format!(
-                    "agent {agent}: record {seq} is stored above the high-water mark {hwm}"
-                ));
-            }
-        }
+        compare_seen(&stored, &rc, &mut m);
+        compare_marks(max_seq, &self.hwm, &mut m);
         VerifyReport {
             raw_batches: rc.raw_batches,
             raw_records: rc.raw_records,

@@ -30,7 +30,7 @@
 //!
 //! Implementations: [`sled_store::SledStore`], [`pg_store::PgStore`] and the reference model
 //! [`memory_store::MemoryStore`]; the pure rules both follow are `sequence`, `aggregate`,
-//! `facts` (plan versions and the audit entries of a write) and [`verify`].
+//! `facts` (plan versions and the audit entries of a write), `rollup` and [`verify`].
 
 pub(crate) mod aggregate;
 pub(crate) mod codec;
@@ -40,6 +40,7 @@ pub mod memory_store;
 pub mod pg_store;
 pub mod plans;
 pub(crate) mod registry;
+pub(crate) mod rollup;
 pub mod sequence;
 pub mod sled_store;
 pub(crate) mod summary;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
 use super::codec::{Rollup, StoredBatch};
-use super::keys::{DAY_MS, HOUR_MS};
+use super::keys::{DAY_MS, HOUR_MS, Seen};
 
 /// (model, run).
 pub type RunId = (String, String);
@@ -260,6 +260,53 @@ pub fn compare<K: Ord + Clone>(
             out.push(format!(
                 "{kind} {}: raw records exist but the stored aggregate is missing",
                 name(k)
+            ));
+        }
+    }
+}
+
+/// Compares the stored agent/node entries (`seen` keys, [`Seen::key`]) with those the
+/// recomputed agent and node sets call for; each one on only one side is a mismatch.
+pub fn compare_seen(stored: &BTreeSet<Vec<u8>>, rc: &Recomputed, out: &mut Vec<String>) {
+    let mut expected = BTreeSet::new();
+    for ((model, run), s) in &rc.run_agents {
+        expected.extend(s.iter().map(|a| Seen::RunAgent.key(&[model, run, a])));
+    }
+    for ((model, run), s) in &rc.run_nodes {
+        expected.extend(s.iter().map(|n| Seen::RunNode.key(&[model, run, n])));
+    }
+    for (model, s) in &rc.model_agents {
+        expected.extend(s.iter().map(|a| Seen::ModelAgent.key(&[model, a])));
+    }
+    for (model, s) in &rc.model_nodes {
+        expected.extend(s.iter().map(|n| Seen::ModelNode.key(&[model, n])));
+    }
+    for k in stored.symmetric_difference(&expected) {
+        let side = if stored.contains(k) {
+            "stored but not in any record"
+        } else {
+            "in records but not stored"
+        };
+        out.push(format!(
+            "agent/node entry {}: {side}",
+            String::from_utf8_lossy(k).replace('\0', "/")
+        ));
+    }
+}
+
+/// Reports every agent with a record stored above its high-water mark (an agent without a
+/// mark has mark 0): the mark moves in the same transaction as the records, so such a
+/// record means the ledger was changed outside it.
+pub fn compare_marks<'a>(
+    max_seq: impl IntoIterator<Item = (&'a str, u64)>,
+    marks: &BTreeMap<String, u64>,
+    out: &mut Vec<String>,
+) {
+    for (agent, seq) in max_seq {
+        let hwm = marks.get(agent).copied().unwrap_or(0);
+        if seq > hwm {
+            out.push(format!(
+                "agent {agent}: record {seq} is stored above the high-water mark {hwm}"
             ));
         }
     }

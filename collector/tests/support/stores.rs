@@ -229,3 +229,14 @@ pub fn planned(model: &str, flop: u128, at: i64) -> flopmeter_collector::ledger:
         ..ModelEntry::default()
     }
 }
+
+/// An audit entry of kind alert at `n` ms whose payload is `n`: entries told apart by number.
+pub fn note(n: i64) -> flopmeter_collector::compliance::store::AuditRecord {
+    use flopmeter_core::audit::{AuditKind, Json};
+    flopmeter_collector::compliance::store::AuditRecord {
+        time_ms: n,
+        actor: "test".into(),
+        kind: AuditKind::Alert,
+        payload: Json::Int(n),
+    }
+}

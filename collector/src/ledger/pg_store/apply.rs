@@ -234,13 +234,7 @@ async fn apply_in_tx(tx: &Tx<'_>, batches: &[IncomingBatch]) -> R<Vec<ApplyOutco
         let (agent, node) = (b.agent_id.as_str(), b.node.as_str());
         for cr in &b.records[start..end] {
             if let Some(rej) = &cr.rejection {
-                let stored = StoredRejection {
-                    reason: rej.reason.clone(),
-                    detail: rej.detail.clone(),
-                    node: node.to_string(),
-                    received_unix_ms: b.received_unix_ms,
-                    record: Some(cr.record.clone()),
-                };
+                let stored = StoredRejection::new(&cr.record, rej, node, b.received_unix_ms);
                 rejected.push((agent, cr.record.seq, &rej.reason, stored.encode_to_vec()));
             }
         }

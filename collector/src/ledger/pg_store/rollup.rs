@@ -11,13 +11,10 @@ use deadpool_postgres::Transaction;
 
 use super::PgStore;
 use super::work::{self, CommitSent, TxError, commit_failure};
-use crate::ledger::aggregate::{Attribution, attribution, gpu_type_of};
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto, to_json};
-use crate::ledger::keys::HOUR_MS;
+use crate::ledger::rollup::{RollupDeltas, RollupKey as Key};
 use crate::ledger::{RollupStats, StoreError};
 
-/// (model or node, run or GPU type, hour).
-type Key = (String, String, i64);
 type R<T> = Result<T, TxError<StoreError>>;
 
 impl PgStore {
@@ -74,39 +71,16 @@ async fn roll_up_in_tx(tx: &Transaction<'_>, cutoff: i64, limit: i64) -> R<Rollu
         batches.push((row.get(0), from_proto(row.get(1), "raw batch")?));
     }
     batches.sort_by_key(|(i, _)| *i);
-    let mut runs: BTreeMap<Key, Rollup> = BTreeMap::new();
-    let mut unattributed: BTreeMap<Key, Rollup> = BTreeMap::new();
+    let mut deltas = RollupDeltas::default();
     for (_, batch) in &batches {
-        for rec in &batch.records {
-            let hour = rec.start_unix_ms.div_euclid(HOUR_MS);
-            match attribution(rec) {
-                Attribution::Run { model, run } => {
-                    let r = runs
-                        .entry((model.to_string(), run.to_string(), hour))
-                        .or_default();
-                    r.aggregate.add_record(rec);
-                    r.agents.insert(batch.agent_id.clone());
-                    r.nodes.insert(batch.node.clone());
-                }
-                Attribution::Unattributed => {
-                    let key = (batch.node.clone(), gpu_type_of(rec).to_string(), hour);
-                    unattributed
-                        .entry(key)
-                        .or_default()
-                        .aggregate
-                        .add_record(rec);
-                }
-            }
-            stats.records += 1;
-        }
-        stats.batches += 1;
+        deltas.add_batch(batch, &mut stats);
     }
-    merge_into(tx, "ledger_run_rollups", ("model", "run"), &runs).await?;
+    merge_into(tx, "ledger_run_rollups", ("model", "run"), &deltas.runs).await?;
     merge_into(
         tx,
         "ledger_unattributed_rollups",
         ("node", "gpu_type"),
-        &unattributed,
+        &deltas.unattributed,
     )
     .await?;
     Ok(stats)
@@ -151,9 +125,7 @@ async fn merge_into(
         let key: Key = (row.get(0), row.get(1), row.get(2));
         let Some(d) = deltas.get(&key) else { continue };
         let mut into: Rollup = from_json(row.get(3), "rollup")?;
-        into.aggregate.merge_stages(&d.aggregate);
-        into.agents.extend(d.agents.iter().cloned());
-        into.nodes.extend(d.nodes.iter().cloned());
+        into.merge(d);
         docs.insert(key, to_json(&into, "rollup")?);
     }
     let a: Vec<&str> = docs.keys().map(|k| k.0.as_str()).collect();

@@ -19,7 +19,7 @@ use crate::ledger::StoreError;
 use crate::ledger::aggregate::Aggregate;
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto};
 use crate::ledger::keys::Seen;
-use crate::ledger::verify::{Recomputed, VerifyReport, compare};
+use crate::ledger::verify::{Recomputed, VerifyReport, compare, compare_marks, compare_seen};
 
 type R<T> = Result<T, TxError<StoreError>>;
 
@@ -204,30 +204,7 @@ async fn verify_in(tx: &Transaction<'_>) -> R<VerifyReport> {
     {
         stored.insert(Seen::ModelNode.key(&[row.get(0), row.get(1)]));
     }
-    let mut expected = BTreeSet::new();
-    for ((model, run), s) in &rc.run_agents {
-        expected.extend(s.iter().map(|a| Seen::RunAgent.key(&[model, run, a])));
-    }
-    for ((model, run), s) in &rc.run_nodes {
-        expected.extend(s.iter().map(|n| Seen::RunNode.key(&[model, run, n])));
-    }
-    for (model, s) in &rc.model_agents {
-        expected.extend(s.iter().map(|a| Seen::ModelAgent.key(&[model, a])));
-    }
-    for (model, s) in &rc.model_nodes {
-        expected.extend(s.iter().map(|n| Seen::ModelNode.key(&[model, n])));
-    }
-    for k in stored.symmetric_difference(&expected) {
-        let side = if stored.contains(k) {
-            "stored but not in any record"
-        } else {
-            "in records but not stored"
-        };
-        m.push(format!(
-            "agent/node entry {}: {side}",
-            String::from_utf8_lossy(k).replace('\0', "/")
-        ));
-    }
+    compare_seen(&stored, &rc, &mut m);
 
     let mut marks: BTreeMap<String, u64> = BTreeMap::new();
     for row in tx
@@ -236,14 +213,11 @@ async fn verify_in(tx: &Transaction<'_>) -> R<VerifyReport> {
     {
         marks.insert(row.get(0), parse_u64(row.get(1), "high-water mark")?);
     }
-    for (agent, seq) in max_seq {
-        let hwm = marks.get(&agent).copied().unwrap_or(0);
-        if seq > hwm {
-            m.push(format!(
-                "agent {agent}: record {seq} is stored above the high-water mark {hwm}"
-            ));
-        }
-    }
+    compare_marks(
+        max_seq.iter().map(|(a, s)| (a.as_str(), *s)),
+        &marks,
+        &mut m,
+    );
     Ok(VerifyReport {
         raw_batches: rc.raw_batches,
         raw_records: rc.raw_records,

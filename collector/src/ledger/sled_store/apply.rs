@@ -370,13 +370,7 @@ fn apply_in_tx(
     for cr in &b.records[start..end] {
         let rec = &cr.record;
         if let Some(rej) = &cr.rejection {
-            let stored = StoredRejection {
-                reason: rej.reason.clone(),
-                detail: rej.detail.clone(),
-                node: node.to_string(),
-                received_unix_ms: b.received_unix_ms,
-                record: Some(rec.clone()),
-            };
+            let stored = StoredRejection::new(rec, rej, node, b.received_unix_ms);
             rejected.insert(keys::agent_seq(agent, rec.seq), stored.encode_to_vec())?;
             out.rejections.push(RejectionNotice {
                 seq: rec.seq,

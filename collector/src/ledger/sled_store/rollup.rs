@@ -1,14 +1,12 @@
 //! Rolling raw batches past retention into hourly rollups.
 
-use std::collections::BTreeMap;
-
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
 use super::{SledStore, TxResult, abort, tx_error};
-use crate::ledger::aggregate::{Attribution, attribution, gpu_type_of};
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto, to_json};
-use crate::ledger::keys::{self, HOUR_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED};
+use crate::ledger::keys::{self, ROLLUP_RUN, ROLLUP_UNATTRIBUTED};
+use crate::ledger::rollup::RollupDeltas;
 use crate::ledger::{RollupStats, StoreError};
 
 pub(super) fn roll_up(
@@ -35,41 +33,27 @@ pub(super) fn roll_up(
                 more,
                 ..RollupStats::default()
             };
-            let mut delta: BTreeMap<Vec<u8>, Rollup> = BTreeMap::new();
+            let mut deltas = RollupDeltas::default();
             for ik in &index_keys {
                 let raw_key = &ik[8..];
                 if let Some(v) = raw.get(raw_key)? {
                     let batch: StoredBatch = abort(from_proto(&v, "raw batch"))?;
-                    for rec in &batch.records {
-                        let hour = rec.start_unix_ms.div_euclid(HOUR_MS);
-                        let key = match attribution(rec) {
-                            Attribution::Run { model, run } => {
-                                keys::with_bucket(&[ROLLUP_RUN, model, run], hour)
-                            }
-                            Attribution::Unattributed => keys::with_bucket(
-                                &[ROLLUP_UNATTRIBUTED, &batch.node, gpu_type_of(rec)],
-                                hour,
-                            ),
-                        };
-                        let r = delta.entry(key).or_default();
-                        r.aggregate.add_record(rec);
-                        if matches!(attribution(rec), Attribution::Run { .. }) {
-                            r.agents.insert(batch.agent_id.clone());
-                            r.nodes.insert(batch.node.clone());
-                        }
-                        stats.records += 1;
-                    }
+                    deltas.add_batch(&batch, &mut stats);
                     raw.remove(raw_key)?;
-                    stats.batches += 1;
                 }
                 raw_index.remove(ik)?;
             }
-            for (key, d) in &delta {
-                update_json(rollups, key, "rollup", |r: &mut Rollup| {
-                    r.aggregate.merge_stages(&d.aggregate);
-                    r.agents.extend(d.agents.iter().cloned());
-                    r.nodes.extend(d.nodes.iter().cloned());
-                })?;
+            let run_keys = deltas.runs.iter().map(|((model, run, hour), d)| {
+                (keys::with_bucket(&[ROLLUP_RUN, model, run], *hour), d)
+            });
+            let unattributed_keys = deltas.unattributed.iter().map(|((node, gpu, hour), d)| {
+                (
+                    keys::with_bucket(&[ROLLUP_UNATTRIBUTED, node, gpu], *hour),
+                    d,
+                )
+            });
+            for (key, d) in run_keys.chain(unattributed_keys) {
+                update_json(rollups, &key, "rollup", |r: &mut Rollup| r.merge(d))?;
             }
             Ok(stats)
         })

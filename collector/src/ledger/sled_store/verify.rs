@@ -1,13 +1,15 @@
 //! Online and offline verification: the scan of everything stored at a cut, then what was
 //! applied since, compared with the aggregates as they are now.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{SledStore, malformed};
 use crate::ledger::aggregate::{Aggregate, Attribution, attribution, gpu_type_of};
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto};
 use crate::ledger::keys::{self, DAY_MS, ROLLUP_RUN, ROLLUP_UNATTRIBUTED, Seen};
-use crate::ledger::verify::{VerifyCut, VerifyReport, VerifyScan, compare};
+use crate::ledger::verify::{
+    VerifyCut, VerifyReport, VerifyScan, compare, compare_marks, compare_seen,
+};
 use crate::ledger::{LedgerStore, StoreError};
 
 pub(super) fn verify_scan(store: &SledStore, cut: VerifyCut) -> Result<VerifyScan, StoreError> {
@@ -207,46 +209,17 @@ pub(super) fn verify_finish(
         m,
     );
 
-    let mut expected_seen = BTreeSet::new();
-    for ((model, run), s) in &rc.run_agents {
-        for a in s {
-            expected_seen.insert(Seen::RunAgent.key(&[model, run, a]));
-        }
-    }
-    for ((model, run), s) in &rc.run_nodes {
-        for n in s {
-            expected_seen.insert(Seen::RunNode.key(&[model, run, n]));
-        }
-    }
-    for (model, s) in &rc.model_agents {
-        for a in s {
-            expected_seen.insert(Seen::ModelAgent.key(&[model, a]));
-        }
-    }
-    for (model, s) in &rc.model_nodes {
-        for n in s {
-            expected_seen.insert(Seen::ModelNode.key(&[model, n]));
-        }
-    }
-    for k in scan.seen.symmetric_difference(&expected_seen) {
-        let side = if scan.seen.contains(k) {
-            "stored but not in any record"
-        } else {
-            "in records but not stored"
-        };
-        m.push(format!(
-            "agent/node entry {}: {side}",
-            String::from_utf8_lossy(k).replace('\0', "/")
-        ));
-    }
-    for (agent, seq) in &scan.max_seq {
-        let hwm = store.high_water_mark(agent)?;
-        if *seq > hwm {
-            m.push(format!(
-                "agent {agent}: record {seq} is stored above the high-water mark {hwm}"
-            ));
-        }
-    }
+    compare_seen(&scan.seen, &rc, m);
+    let marks = scan
+        .max_seq
+        .keys()
+        .map(|a| Ok((a.clone(), store.high_water_mark(a)?)))
+        .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
+    compare_marks(
+        scan.max_seq.iter().map(|(a, s)| (a.as_str(), *s)),
+        &marks,
+        m,
+    );
     report.raw_batches = rc.raw_batches;
     report.raw_records = rc.raw_records;
     report.rollups = rc.rollups;
