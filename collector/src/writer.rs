@@ -577,7 +577,12 @@ fn screen(
     let now = crate::now_unix_ms();
     // Marks as batches earlier in this group leave them (the store has not seen them yet),
     // and runs they start.
-    let mut marks: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut agents: Vec<String> = batches.iter().map(|(b, _)| b.agent_id.clone()).collect();
+    agents.sort_unstable();
+    agents.dedup();
+    // One read for the group; if it fails, each batch reads its own below (and fails the
+    // same way when applied).
+    let mut marks = store.high_water_marks_of(&agents).unwrap_or_default();
     let mut started: std::collections::HashSet<(String, String)> = Default::default();
     let reject = |cr: &mut crate::ledger::CheckedRecord, r: RejectReason, detail: String| {
         cr.rejection = Some(crate::ledger::RecordRejection {

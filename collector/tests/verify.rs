@@ -74,6 +74,43 @@ fn clean_ledger_verifies_before_and_after_rollups() {
     for_each_store(|t| clean_ledger_verifies(t.ledger()));
 }
 
+#[test]
+fn marks_read_together_equal_marks_read_one_by_one() {
+    for_each_store(|t| {
+        let s = t.ledger();
+        fill(s);
+        s.apply_batch(&incoming(
+            "a3",
+            "n3",
+            vec![rec_at(1, "m1", "r1", "", C, END)],
+        ))
+        .unwrap();
+        // Two agents with marks, one with a refused batch only (a gap), one never seen.
+        s.apply_batch(&incoming(
+            "a4",
+            "n4",
+            vec![rec_at(5, "m1", "r1", "", C, END)],
+        ))
+        .unwrap();
+        let agents: Vec<String> = ["a1", "a3", "a4", "nobody"].map(String::from).into();
+        let together = s.high_water_marks_of(&agents).unwrap();
+        for a in &agents {
+            assert_eq!(
+                together[a],
+                s.high_water_mark(a).unwrap(),
+                "{} agent {a}",
+                t.name
+            );
+        }
+        assert_eq!(together["a3"], 1);
+        assert_eq!(together["nobody"], 0);
+        // A run that exists is still there when asked again (the PostgreSQL store keeps a
+        // positive answer), and one that does not is not.
+        assert!(s.run_exists("m1", "r1").unwrap() && s.run_exists("m1", "r1").unwrap());
+        assert!(!s.run_exists("m1", "no-such-run").unwrap());
+    });
+}
+
 fn clean_ledger_verifies(s: &dyn LedgerStore) {
     fill(s);
     let r = s.verify().unwrap();

@@ -476,6 +476,19 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// Every agent's high-water mark, as [`LedgerStore::high_water_mark`] reads it.
     fn high_water_marks(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
+    /// The marks of `agents` (0 = none), as [`LedgerStore::high_water_mark`] reads them: what
+    /// the writer screens a commit group against. A remote store answers in one round trip
+    /// rather than one per agent.
+    fn high_water_marks_of(
+        &self,
+        agents: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        agents
+            .iter()
+            .map(|a| Ok((a.clone(), self.high_water_mark(a)?)))
+            .collect()
+    }
+
     /// Applies a batch atomically: reads the high-water mark, plans the batch
     /// ([`sequence::plan`]), stores the raw records, quarantines rejected ones, updates every
     /// aggregate the good ones move and the high-water mark, all in one transaction. Not

@@ -67,6 +67,21 @@ impl LedgerStore for PgStore {
         .collect()
     }
 
+    fn high_water_marks_of(
+        &self,
+        agents: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut marks: std::collections::HashMap<String, u64> =
+            agents.iter().map(|a| (a.clone(), 0)).collect();
+        for r in self.rows::<StoreError>(
+            "SELECT agent, seq::text AS seq_text FROM ledger_hwm WHERE agent = ANY($1::text[])",
+            vec![Box::new(agents.to_vec())],
+        )? {
+            marks.insert(r.get(0), parse_u64(r.get(1), "high-water mark")?);
+        }
+        Ok(marks)
+    }
+
     fn apply_batch(&self, batch: &IncomingBatch) -> Result<ApplyOutcome, StoreError> {
         self.apply_many(&[batch])
             .pop()
@@ -149,12 +164,20 @@ impl LedgerStore for PgStore {
     }
 
     fn run_exists(&self, model: &str, run: &str) -> Result<bool, StoreError> {
-        Ok(!self
+        let key = (model.to_string(), run.to_string());
+        if self.known_runs().contains(&key) {
+            return Ok(true);
+        }
+        let exists = !self
             .rows::<StoreError>(
                 "SELECT 1 FROM ledger_run_agg WHERE model = $1 AND run = $2",
-                vec![Box::new(model.to_string()), Box::new(run.to_string())],
+                vec![Box::new(key.0.clone()), Box::new(key.1.clone())],
             )?
-            .is_empty())
+            .is_empty();
+        if exists {
+            self.known_runs().insert(key);
+        }
+        Ok(exists)
     }
 
     fn run_aggregate(&self, model: &str, run: &str) -> Result<Option<Aggregate>, StoreError> {

@@ -80,6 +80,10 @@ type Param = Box<dyn ToSql + Send + Sync>;
 pub struct PgStore {
     db: Database,
     fence: Option<watch::Receiver<Option<Lease>>>,
+    /// Runs seen to exist. A run's aggregate is never deleted, so a positive answer stays
+    /// true and need not cost a round trip again: the writer asks for every record it screens
+    /// (the new-runs limit), which against a remote database was most of its time.
+    known_runs: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl PgStore {
@@ -91,7 +95,11 @@ impl PgStore {
             flopmeter_pg::migrate::DEFAULT_TIMEOUT,
         )
         .map_err(|e| StoreError::Schema(Box::new(e)))?;
-        let store = PgStore { db, fence: None };
+        let store = PgStore {
+            db,
+            fence: None,
+            known_runs: Arc::default(),
+        };
         // The head row exists from the start, so that every append has a row to lock (two
         // first appends could not both lock a row neither can see).
         let genesis = chain::genesis()?;
@@ -113,6 +121,10 @@ impl PgStore {
             fence: Some(lease),
             ..self
         }
+    }
+
+    fn known_runs(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {
+        self.known_runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The database (for the lease contender, tools).
