@@ -39,7 +39,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::replay::{Node, Replay, Rng, Totals, node, ready_addr, tail};
+use support::replay::{Node, Replay, Rng, Totals, kill9, node, ready_addr, tail};
 use support::{flopmeter, http};
 
 const AGENTS: usize = 4;
@@ -253,13 +253,6 @@ impl<'a> Cluster<'a> {
         self.agents[i].full = false;
     }
 
-    fn kill9(child: &mut Option<Child>) {
-        if let Some(mut c) = child.take() {
-            c.kill().unwrap(); // SIGKILL on Unix
-            c.wait().unwrap();
-        }
-    }
-
     /// Kills `target` (or, when it cannot be killed now, another process that can) and
     /// schedules its restart after `down`. False when nothing can be killed.
     fn kill(&mut self, target: Target, down: Duration) -> bool {
@@ -279,12 +272,12 @@ impl<'a> Cluster<'a> {
         };
         match target {
             Target::Agent(i) => {
-                Self::kill9(&mut self.agents[i].child);
+                kill9(&mut self.agents[i].child);
                 self.agents[i].full = false;
                 self.kills_agents += 1;
             }
             Target::Collector => {
-                Self::kill9(&mut self.collector);
+                kill9(&mut self.collector);
                 self.kills_collector += 1;
             }
         }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use flopmeter_pg::test_support::{CutProxy, SUPERUSER, Server, TestDatabase};
 
 use super::sink::Sink;
-use super::support::replay::{Node, Replay, Rng, Totals, log_file, node, ready_addr, tail};
+use super::support::replay::{Node, Replay, Rng, Totals, kill9, log_file, node, ready_addr, tail};
 use super::support::{flopmeter, http};
 use super::{AGENTS, Reference, SPAN_MS, campaign_enabled, one_at_a_time, reference};
 
@@ -148,13 +148,6 @@ impl Drop for Failover<'_> {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-fn kill9(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        c.kill().unwrap(); // SIGKILL on Unix
-        c.wait().unwrap();
     }
 }
 

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_nvml::builder::{GpuBuilder, ScenarioBuilder};
@@ -326,4 +326,12 @@ pub fn log_file(path: &Path) -> File {
         .append(true)
         .open(path)
         .unwrap()
+}
+
+/// SIGKILLs a child, if there is one, and reaps it.
+pub fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        c.kill().unwrap(); // SIGKILL on Unix
+        c.wait().unwrap();
+    }
 }
