@@ -4,13 +4,11 @@
 
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use flopmeter_collector::ledger::sled_store::SledStore;
 use flopmeter_collector::ledger::{Aggregate, keys};
-use flopmeter_sim::agent::{Pace, SimAgent, SimSpec, SimStats, StopAt};
-use flopmeter_sim::loadgen::channel;
+use flopmeter_sim::agent::{SimAgent, SimSpec};
 
 use crate::support::{self, CollectorProc};
 
@@ -46,38 +44,20 @@ fn start(dir: &Path) -> Running {
 }
 
 fn feed(url: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for (i, (run, stage)) in [("run-1", ""), ("run-2", "eval")].into_iter().enumerate() {
-            let mut a = SimAgent::new(SimSpec {
-                agent_id: format!("cli-agent-{i}"),
-                node: format!("cli-node-{i}"),
-                gpus: 4,
-                model: "acme".into(),
-                run: run.into(),
-                stage: stage.into(),
-                interval: Duration::from_secs(10),
-                token: None,
-                cluster: String::new(),
-            });
-            let stop = StopAt {
-                batches: Some(5),
-                deadline: None,
-            };
-            a.run(
-                channel(url).unwrap(),
-                Pace::Max,
-                stop,
-                Duration::ZERO,
-                Arc::new(SimStats::default()),
-            )
-            .await;
-            assert_eq!(a.unacked(), 0);
-        }
-    });
+    for (i, (run, stage)) in [("run-1", ""), ("run-2", "eval")].into_iter().enumerate() {
+        let a = SimAgent::new(SimSpec {
+            agent_id: format!("cli-agent-{i}"),
+            node: format!("cli-node-{i}"),
+            gpus: 4,
+            model: "acme".into(),
+            run: run.into(),
+            stage: stage.into(),
+            interval: Duration::from_secs(10),
+            token: None,
+            cluster: String::new(),
+        });
+        support::feed_agent(url, a, 5);
+    }
 }
 
 #[test]

@@ -6,12 +6,10 @@
 //! 500 ms), so the failover bound is 2.5 s after the leader's last renewal.
 
 use std::process::{Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flopmeter_proto::v1::IntervalRecord;
-use flopmeter_sim::agent::{Pace, SimAgent, SimLoad, SimSpec, SimStats, StopAt};
-use flopmeter_sim::loadgen::channel;
+use flopmeter_sim::agent::{SimAgent, SimLoad, SimSpec};
 
 use crate::support::{self, CollectorProc, http};
 
@@ -71,7 +69,7 @@ fn metrics(c: &CollectorProc) -> String {
 /// Sends `batches` batches of 4 records for `model`/`run` as `agent` to `url`, all
 /// acknowledged.
 fn feed(url: &str, agent: &str, model: &str, run: &str, batches: u64) {
-    feed_agent(url, sim_agent(agent, "", model, run), batches);
+    support::feed_agent(url, sim_agent(agent, "", model, run), batches);
 }
 
 /// A simulated agent of 4 GPUs on `cluster` ("" = none), reporting 10 s intervals.
@@ -87,30 +85,6 @@ fn sim_agent(agent: &str, cluster: &str, model: &str, run: &str) -> SimAgent {
         token: None,
         cluster: cluster.into(),
     })
-}
-
-/// Sends `batches` batches of `a` to `url`, all acknowledged.
-fn feed_agent(url: &str, mut a: SimAgent, batches: u64) {
-    let agent = a.spec().agent_id.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let stop = StopAt {
-            batches: Some(batches),
-            deadline: None,
-        };
-        a.run(
-            channel(url).unwrap(),
-            Pace::Max,
-            stop,
-            Duration::ZERO,
-            Arc::new(SimStats::default()),
-        )
-        .await;
-        assert_eq!(a.unacked(), 0, "{agent}: every batch acknowledged");
-    });
 }
 
 fn model_json(c: &CollectorProc, model: &str) -> serde_json::Value {
@@ -405,10 +379,10 @@ fn a_model_on_two_clusters_starts_its_clock_when_the_sum_crosses_dated_at_the_cr
     let eu = replica_with(&dsn, "eu", &flags);
     support::eventually("replica eu follows", || leader_gauge(&eu) == Some(0.0));
 
-    feed_agent(&eu.url(), eu_agent(), BATCHES);
+    support::feed_agent(&eu.url(), eu_agent(), BATCHES);
     let summary = &us.get(&format!("/api/v1/models/{MODEL}")).unwrap()["summary"];
     assert_eq!(band(&summary["counted"]), eu_sum, "{summary}");
-    feed_agent(&us.url(), us_agent(), BATCHES);
+    support::feed_agent(&us.url(), us_agent(), BATCHES);
 
     // The leader evaluates (bounded: a missed debounce still meets the 60 s full pass).
     let deadline = Instant::now() + Duration::from_secs(90);

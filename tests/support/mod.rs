@@ -219,3 +219,27 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&p).unwrap();
     p
 }
+
+/// Sends `batches` batches of `a` to `url`, all acknowledged.
+pub fn feed_agent(url: &str, mut a: flopmeter_sim::agent::SimAgent, batches: u64) {
+    let agent = a.spec().agent_id.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stop = flopmeter_sim::agent::StopAt {
+            batches: Some(batches),
+            deadline: None,
+        };
+        a.run(
+            flopmeter_sim::loadgen::channel(url).unwrap(),
+            flopmeter_sim::agent::Pace::Max,
+            stop,
+            std::time::Duration::ZERO,
+            std::sync::Arc::new(flopmeter_sim::agent::SimStats::default()),
+        )
+        .await;
+        assert_eq!(a.unacked(), 0, "{agent}: every batch acknowledged");
+    });
+}
