@@ -41,14 +41,23 @@ fn record(seq: u64) -> IntervalRecord {
 }
 
 fn open(dir: &Path) -> Spool {
-    Spool::open(
-        dir,
-        SpoolOptions {
-            max_bytes: 1 << 30,
-            ..SpoolOptions::default()
-        },
-    )
-    .unwrap()
+    let options = || SpoolOptions {
+        max_bytes: 1 << 30,
+        ..SpoolOptions::default()
+    };
+    // A reopen right after a drop: sled releases its file lock from a background thread
+    // shortly after the last handle goes (on a loaded machine, late enough to be seen), so
+    // retry, bounded, while the lock is still held, as the collector's store tests do.
+    for _ in 0..500 {
+        match Spool::open(dir, options()) {
+            Ok(s) => return s,
+            Err(e) if format!("{e:?}").contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening the spool: {e:?}"),
+        }
+    }
+    Spool::open(dir, options()).unwrap()
 }
 
 struct XorShift(u64);
