@@ -2,7 +2,8 @@
 //! --data-dir`) copied by the real binary into a fresh database of the test binary's real
 //! PostgreSQL (and into memory, `--dry-run`), the checks it prints on the target, the copy
 //! read back, and its refusals (no ledger at --from, a collector still running on it, a
-//! database that holds anything).
+//! database that holds anything). And the offline tools on `--store`, which read a schema
+//! and never change it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -218,4 +219,70 @@ fn a_database_that_holds_anything_is_refused_and_nothing_is_written() {
     );
     assert_eq!(after, before);
     assert_eq!(after.0, vec!["already-here".to_string()]);
+}
+
+/// `ledger verify --store` and `audit verify --store` are offline tools, run beside collectors
+/// that may be older: they refuse a database without the schema, or with an older one, and
+/// create or migrate nothing.
+#[test]
+fn offline_tools_on_a_store_never_create_or_migrate_the_schema() {
+    let dsn = fresh_dsn();
+    let tables = |dsn: &str| -> Vec<String> {
+        let db = flopmeter_pg::Database::connect(flopmeter_pg::Options::new(
+            flopmeter_pg::Dsn::parse(dsn).unwrap(),
+        ))
+        .unwrap();
+        db.run(|conn| async move {
+            let rows = conn
+                .query(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+                     ORDER BY 1",
+                    &[],
+                )
+                .await?;
+            Ok::<_, flopmeter_pg::PgError>(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .unwrap()
+    };
+    let run = |args: &[&str]| {
+        let out = flopmeter(args).stdout(Stdio::piped()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for tool in [&["ledger", "verify"][..], &["audit", "verify"][..]] {
+        let (code, stderr) = run(&[tool, &["--store", &dsn]].concat());
+        assert_eq!(code, Some(1), "{tool:?}: {stderr}");
+        assert!(stderr.contains("no flopmeter schema"), "{tool:?}: {stderr}");
+        assert!(stderr.contains("DSN's database name"), "{tool:?}: {stderr}");
+    }
+    assert!(tables(&dsn).is_empty(), "{:?}", tables(&dsn));
+
+    // An older collector's schema (version 1 of 2).
+    let db = flopmeter_pg::Database::connect(flopmeter_pg::Options::new(
+        flopmeter_pg::Dsn::parse(&dsn).unwrap(),
+    ))
+    .unwrap();
+    flopmeter_pg::migrate::apply(
+        &db,
+        &flopmeter_pg::MIGRATIONS[..1],
+        flopmeter_pg::migrate::DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    let before = tables(&dsn);
+    for tool in [&["ledger", "verify"][..], &["audit", "verify"][..]] {
+        let (code, stderr) = run(&[tool, &["--store", &dsn]].concat());
+        assert_eq!(code, Some(1), "{tool:?}: {stderr}");
+        assert!(
+            stderr.contains("the database schema is version 1, this flopmeter knows 2"),
+            "{tool:?}: {stderr}"
+        );
+    }
+    assert_eq!(tables(&dsn), before, "nothing migrated");
+
+    // Once a collector of this version migrated it, the tools read it.
+    drop(open_pg(&dsn));
+    let (code, stderr) = run(&["audit", "verify", "--store", &dsn]);
+    assert_eq!(code, Some(0), "{stderr}");
 }

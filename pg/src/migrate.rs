@@ -14,6 +14,8 @@
 //!   ([`MigrateError::SchemaNewer`]), one where an applied migration's checksum differs from
 //!   its own copy ([`MigrateError::ChecksumChanged`]), and one missing a version below its
 //!   newest. It changes nothing in those cases.
+//! - Offline tools [`check`] instead: they read a schema exactly as new as theirs and change
+//!   nothing, so a newer CLI never migrates a shared schema under older running collectors.
 
 use std::time::Duration;
 
@@ -95,6 +97,25 @@ pub enum MigrateError {
         /// The version of flopmeter that applied the database's newest migration.
         applied_by: String,
     },
+    /// The database has no flopmeter schema, and the caller may not create it ([`check`]).
+    #[error(
+        "the database has no flopmeter schema: check the DSN's database name (a collector \
+         started with --store creates the schema, and so does `flopmeter ledger migrate`)"
+    )]
+    NoSchema,
+    /// The database's schema is older than this binary's, and the caller may not migrate it
+    /// ([`check`]).
+    #[error(
+        "the database schema is version {database}, this flopmeter knows {known}: start a \
+         collector of this version to migrate it, or use the flopmeter release the collectors \
+         run (this tool never changes the schema under running collectors)"
+    )]
+    SchemaOlder {
+        /// The database's newest version.
+        database: i32,
+        /// The newest this binary knows.
+        known: i32,
+    },
     /// An applied migration is not the SQL this binary has for it.
     #[error(
         "migration {version} ({name}) was applied from other SQL than this flopmeter's copy \
@@ -146,6 +167,36 @@ pub fn apply(
     })
 }
 
+/// Checks, without changing anything, that the schema is exactly `migrations`: what an
+/// offline tool (`ledger verify --store`, `audit verify --store`) does before reading, so
+/// that a newer tool never migrates a schema under running collectors of an older version.
+/// Returns the schema's version; an absent or older schema is refused
+/// ([`MigrateError::NoSchema`], [`MigrateError::SchemaOlder`]).
+pub fn check(
+    db: &Database,
+    migrations: &'static [Migration],
+    timeout: Duration,
+) -> Result<i32, MigrateError> {
+    db.run_with_timeout(timeout, move |mut conn| async move {
+        check_list(migrations)?;
+        let tx = conn.transaction().await?;
+        let recorded = recorded(&tx).await?;
+        validate(&recorded, migrations)?;
+        let known = migrations.last().map_or(0, |m| m.version);
+        match recorded.last() {
+            None => return Err(MigrateError::NoSchema),
+            Some(newest) if newest.version < known => {
+                return Err(MigrateError::SchemaOlder {
+                    database: newest.version,
+                    known,
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(known)
+    })
+}
+
 /// [`apply`] on a client the caller holds.
 pub async fn apply_with(
     client: &mut tokio_postgres::Client,
@@ -156,56 +207,8 @@ pub async fn apply_with(
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let exists: bool = tx
-        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    let recorded = if exists {
-        tx.query(
-            "SELECT version, checksum, applied_by FROM schema_migrations ORDER BY version",
-            &[],
-        )
-        .await?
-        .into_iter()
-        .map(|r| {
-            (
-                r.get::<_, i32>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2),
-            )
-        })
-        .collect()
-    } else {
-        Vec::new()
-    };
-    if let Some((newest, _, applied_by)) = recorded.last()
-        && *newest > known
-    {
-        return Err(MigrateError::SchemaNewer {
-            database: *newest,
-            known,
-            ours: env!("CARGO_PKG_VERSION"),
-            applied_by: applied_by.clone(),
-        });
-    }
-    for (i, (version, checksum, _)) in recorded.iter().enumerate() {
-        let expected_version = i32::try_from(i).unwrap_or(i32::MAX).saturating_add(1);
-        if *version != expected_version {
-            return Err(MigrateError::Missing {
-                version: expected_version,
-            });
-        }
-        let m = &migrations[i];
-        let expected = m.checksum();
-        if *checksum != expected {
-            return Err(MigrateError::ChecksumChanged {
-                version: m.version,
-                name: m.name,
-                recorded: checksum.clone(),
-                expected,
-            });
-        }
-    }
+    let recorded = recorded(&tx).await?;
+    validate(&recorded, migrations)?;
     let mut applied = Vec::new();
     for m in &migrations[recorded.len()..] {
         tx.batch_execute(m.sql).await?;
@@ -234,6 +237,72 @@ pub async fn apply_with(
         applied,
         schema_version: known,
     })
+}
+
+/// One row of `schema_migrations`.
+struct Recorded {
+    version: i32,
+    checksum: String,
+    applied_by: String,
+}
+
+/// `schema_migrations`, oldest first; empty when the table does not exist.
+async fn recorded(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Recorded>, MigrateError> {
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(tx
+        .query(
+            "SELECT version, checksum, applied_by FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| Recorded {
+            version: r.get(0),
+            checksum: r.get(1),
+            applied_by: r.get(2),
+        })
+        .collect())
+}
+
+/// Refuses what the database records if it is newer than `migrations`, has a gap, or was
+/// applied from other SQL.
+fn validate(recorded: &[Recorded], migrations: &[Migration]) -> Result<(), MigrateError> {
+    let known = migrations.last().map_or(0, |m| m.version);
+    if let Some(newest) = recorded.last()
+        && newest.version > known
+    {
+        return Err(MigrateError::SchemaNewer {
+            database: newest.version,
+            known,
+            ours: env!("CARGO_PKG_VERSION"),
+            applied_by: newest.applied_by.clone(),
+        });
+    }
+    for (i, r) in recorded.iter().enumerate() {
+        let expected_version = i32::try_from(i).unwrap_or(i32::MAX).saturating_add(1);
+        if r.version != expected_version {
+            return Err(MigrateError::Missing {
+                version: expected_version,
+            });
+        }
+        let m = &migrations[i];
+        let expected = m.checksum();
+        if r.checksum != expected {
+            return Err(MigrateError::ChecksumChanged {
+                version: m.version,
+                name: m.name,
+                recorded: r.checksum.clone(),
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Versions 1, 2, 3... in order, each with a name and SQL.

@@ -144,10 +144,11 @@ impl Backend {
     }
 }
 
-/// Opens `backend` (blocking: run it off the async runtime), with the checks a start relies
-/// on (format version, damage, truncation guard; on PostgreSQL the schema's migrations).
-/// On PostgreSQL the compliance store's writes are not fenced by a lease: for offline tools
-/// (`ledger verify`, `audit verify`) and tests, never for a collector beside others.
+/// Opens `backend` for an offline tool (`ledger verify`, `audit verify`; blocking: run it off
+/// the async runtime), with the checks a start relies on (format version, damage, truncation
+/// guard). On PostgreSQL the schema must be exactly this binary's and is never migrated (the
+/// collectors beside the tool may be older), and the compliance store's writes are not fenced
+/// by a lease: never for a collector beside others.
 pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
     match backend {
         Backend::Embedded {
@@ -157,9 +158,9 @@ pub fn open(backend: &Backend) -> Result<Stores, StoreError> {
             data_dir,
             *cache_bytes,
         )?))),
-        Backend::Postgres { dsn, pool_size } => Ok(Stores::new(Arc::new(PgStore::open(connect(
-            dsn, *pool_size,
-        )?)?))),
+        Backend::Postgres { dsn, pool_size } => Ok(Stores::new(Arc::new(PgStore::open_current(
+            connect(dsn, *pool_size)?,
+        )?))),
     }
 }
 

@@ -182,3 +182,52 @@ fn an_edited_migration_is_refused_and_a_failing_one_changes_nothing() {
     // time out instead).
     migrate::apply(&db, V2, Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn an_offline_check_refuses_an_absent_older_or_newer_schema_and_changes_nothing() {
+    let test_db = fresh();
+    let db = connect(&test_db);
+    let e = migrate::check(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap_err();
+    assert!(matches!(e, MigrateError::NoSchema), "{e:?}");
+    assert!(e.to_string().contains("no flopmeter schema"), "{e}");
+    assert!(
+        !table_exists(&db, "schema_migrations"),
+        "a check creates nothing"
+    );
+
+    // An older collector applied version 1 only; a newer tool must not migrate under it.
+    migrate::apply(&db, &MIGRATIONS[..1], DEFAULT_TIMEOUT).unwrap();
+    let e = migrate::check(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MigrateError::SchemaOlder {
+                database: 1,
+                known: 2
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("start a collector of this version to migrate it"),
+        "{e}"
+    );
+    assert_eq!(versions(&db).len(), 1, "nothing migrated");
+
+    migrate::apply(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap();
+    assert_eq!(migrate::check(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap(), 2);
+    // A tool older than the schema is refused like a collector.
+    let e = migrate::check(&db, &MIGRATIONS[..1], DEFAULT_TIMEOUT).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MigrateError::SchemaNewer {
+                database: 2,
+                known: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}

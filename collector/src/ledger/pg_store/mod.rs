@@ -95,11 +95,7 @@ impl PgStore {
             flopmeter_pg::migrate::DEFAULT_TIMEOUT,
         )
         .map_err(|e| StoreError::Schema(Box::new(e)))?;
-        let store = PgStore {
-            db,
-            fence: None,
-            known_runs: Arc::default(),
-        };
+        let store = PgStore::unchecked(db);
         // The head row exists from the start, so that every append has a row to lock (two
         // first appends could not both lock a row neither can see).
         let genesis = chain::genesis()?;
@@ -109,6 +105,27 @@ impl PgStore {
             vec![Box::new(genesis)],
         )?;
         Ok(store)
+    }
+
+    /// The store on a schema exactly as new as this binary's, changing nothing: what offline
+    /// tools open, so that a newer CLI never migrates the schema under running collectors
+    /// (an absent, older or newer schema is refused, typed).
+    pub fn open_current(db: Database) -> Result<PgStore, StoreError> {
+        flopmeter_pg::migrate::check(
+            &db,
+            flopmeter_pg::MIGRATIONS,
+            flopmeter_pg::migrate::DEFAULT_TIMEOUT,
+        )
+        .map_err(|e| StoreError::Schema(Box::new(e)))?;
+        Ok(PgStore::unchecked(db))
+    }
+
+    fn unchecked(db: Database) -> PgStore {
+        PgStore {
+            db,
+            fence: None,
+            known_runs: Arc::default(),
+        }
     }
 
     /// From now on every [`ComplianceStore::commit`](crate::compliance::store::ComplianceStore::commit)
