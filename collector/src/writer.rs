@@ -417,19 +417,24 @@ fn commit_group(
         }
         n
     };
+    // Hellos are recorded together after the group's batches: they are informational and
+    // commute with everything else, and each would otherwise cost a round trip of its own.
+    let mut hellos = Vec::new();
     for job in group.drain(..) {
-        if let Job::Apply(batch, reply) = job {
-            batches.push((batch, reply));
-            continue;
+        match job {
+            Job::Apply(batch, reply) => {
+                batches.push((batch, reply));
+                continue;
+            }
+            Job::RecordAgent(info) => {
+                hellos.push(info);
+                continue;
+            }
+            _ => {}
         }
         applied += apply(&mut batches, &mut pending);
         match job {
-            Job::Apply(..) | Job::Stop => {}
-            Job::RecordAgent(info) => {
-                if let Err(e) = store.record_agent(&info) {
-                    tracing::warn!(agent = %info.agent_id, error = %e, "cannot record agent");
-                }
-            }
+            Job::Apply(..) | Job::RecordAgent(..) | Job::Stop => {}
             Job::SetModel(entry, reply) => {
                 let r = store.set_model_entry(&entry).map(|()| entry);
                 pending.push(Pending::SetModel(reply, r));
@@ -467,6 +472,11 @@ fn commit_group(
         }
     }
     applied += apply(&mut batches, &mut pending);
+    if !hellos.is_empty()
+        && let Err(e) = store.record_agents(&hellos)
+    {
+        tracing::warn!(agents = hellos.len(), error = %e, "cannot record agents");
+    }
     let batches = applied;
     if pending.is_empty() {
         return None;
@@ -583,6 +593,19 @@ fn screen(
     // One read for the group; if it fails, each batch reads its own below (and fails the
     // same way when applied).
     let mut marks = store.high_water_marks_of(&agents).unwrap_or_default();
+    // The same for the recent batches of agents new to the overlap screen.
+    let unknown: Vec<String> = agents
+        .iter()
+        .filter(|a| !occupancy.knows(a))
+        .cloned()
+        .collect();
+    let mut recent = if unknown.is_empty() {
+        Default::default()
+    } else {
+        store
+            .recent_records_of(&unknown, REBUILD_BATCHES)
+            .unwrap_or_default()
+    };
     let mut started: std::collections::HashSet<(String, String)> = Default::default();
     let reject = |cr: &mut crate::ledger::CheckedRecord, r: RejectReason, detail: String| {
         cr.rejection = Some(crate::ledger::RecordRejection {
@@ -611,7 +634,11 @@ fn screen(
             continue;
         };
         if !occupancy.knows(&agent) {
-            match store.recent_records(&agent, REBUILD_BATCHES) {
+            let read = match recent.remove(&agent) {
+                Some(r) => Ok(r),
+                None => store.recent_records(&agent, REBUILD_BATCHES),
+            };
+            match read {
                 Ok((recent, truncated)) => occupancy.rebuild(&agent, &recent, truncated),
                 Err(e) => {
                     tracing::warn!(%agent, error = %e, "cannot read recent records");

@@ -131,12 +131,7 @@ fn contents(l: &dyn LedgerStore, c: &dyn ComplianceStore) -> String {
             l.model_nodes(&m).unwrap(),
         );
     }
-    let raw: Vec<_> = l
-        .raw_batch_ids()
-        .unwrap()
-        .into_iter()
-        .map(|id| l.raw_batch(&id).unwrap())
-        .collect();
+    let raw = crate::support::stores::all_raw_batches(l);
     out += &format!(
         "unattributed {:?}\nmarks {:?}\nrejected {:?}\nagents {:?}\nstage {:?}\nraw {raw:?}\n\
          rollups {:?}\nclocks {:?}\nalerts {:?}\noutbox {:?}\nthresholds {:?}\naudit {:?}\n\

@@ -58,7 +58,12 @@ fn two_stores_rolling_up_at_once_roll_each_batch_up_once() {
         40,
         "every batch rolled up exactly once between the two: {rolled:?}"
     );
-    assert!(one.raw_batch_ids().unwrap().is_empty());
+    assert!(crate::support::stores::all_raw_batches(one.as_ref()).is_empty());
+    assert_eq!(
+        one.rollup_generation().unwrap(),
+        two.rollup_generation().unwrap()
+    );
+    assert!(one.rollup_generation().unwrap() >= 1);
     assert_eq!(one.model_aggregate("m").unwrap().unwrap(), before);
     assert_eq!(two.model_aggregate("m").unwrap().unwrap(), before);
     let report = two.verify().unwrap();

@@ -5,7 +5,7 @@
 use crate::support;
 
 use flopmeter_collector::ledger::sled_store::SledStore;
-use flopmeter_collector::ledger::{Aggregate, LedgerStore, keys};
+use flopmeter_collector::ledger::{Aggregate, LedgerStore, SeqRange, keys};
 use support::stores::for_each_store;
 use support::{incoming, rec_at};
 
@@ -108,6 +108,113 @@ fn marks_read_together_equal_marks_read_one_by_one() {
         // positive answer), and one that does not is not.
         assert!(s.run_exists("m1", "r1").unwrap() && s.run_exists("m1", "r1").unwrap());
         assert!(!s.run_exists("m1", "no-such-run").unwrap());
+    });
+}
+
+#[test]
+fn reads_and_writes_together_equal_them_one_by_one() {
+    for_each_store(|t| {
+        let s = t.ledger();
+        fill(s);
+        let all = crate::support::stores::all_raw_batches(s);
+        let firsts: Vec<(&str, u64)> = all
+            .iter()
+            .map(|(id, _)| (id.agent_id.as_str(), id.first_seq))
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                ("a1", 1),
+                ("a1", 7),
+                ("a1", 13),
+                ("a2", 1),
+                ("a2", 7),
+                ("a2", 13)
+            ],
+            "{}",
+            t.name
+        );
+        // Bounds: after exclusive, upto inclusive; an empty range, an unknown agent and
+        // ranges given out of order.
+        let range = |agent: &str, after, upto| SeqRange {
+            agent_id: agent.into(),
+            after,
+            upto,
+        };
+        let got = s
+            .raw_batches_between(
+                &[
+                    range("a2", 7, 100),
+                    range("nobody", 0, 9),
+                    range("a1", 1, 7),
+                    range("a1x", 5, 5),
+                ],
+                usize::MAX,
+            )
+            .unwrap();
+        let ids: Vec<(&str, u64)> = got
+            .iter()
+            .map(|(id, _)| (id.agent_id.as_str(), id.first_seq))
+            .collect();
+        assert_eq!(ids, [("a1", 7), ("a2", 13)], "{}", t.name);
+        assert_eq!(got[0], all[1], "{}", t.name);
+        // A limit cuts in (agent, first sequence) order.
+        let ranges = [range("a1", 0, 13), range("a2", 0, 13)];
+        for limit in [0, 1, 4, 6, 7] {
+            let got = s.raw_batches_between(&ranges, limit).unwrap();
+            assert_eq!(got, all[..limit.min(6)], "{} limit {limit}", t.name);
+        }
+
+        // The rollup generation moves only when a roll-up removed batches.
+        let g0 = s.rollup_generation().unwrap();
+        assert_eq!(s.roll_up(0, 100).unwrap().batches, 0);
+        assert_eq!(s.rollup_generation().unwrap(), g0, "{}", t.name);
+        assert!(s.roll_up(END + 1, 100).unwrap().batches > 0);
+        assert_eq!(s.rollup_generation().unwrap(), g0 + 1, "{}", t.name);
+        s.flush().unwrap();
+
+        // The writer's read of its new agents' recent batches, with a limit below and above
+        // what an agent holds, and an agent without batches.
+        let agents: Vec<String> = ["a1", "a2", "nobody"].map(String::from).into();
+        for max in [1, 2, 5] {
+            let together = s.recent_records_of(&agents, max).unwrap();
+            assert_eq!(together.len(), 3, "{}", t.name);
+            for a in &agents {
+                assert_eq!(
+                    together[a],
+                    s.recent_records(a, max).unwrap(),
+                    "{} agent {a} max {max}",
+                    t.name
+                );
+            }
+        }
+        assert!(
+            s.recent_records_of(&agents, 1).unwrap()["a1"].1,
+            "{}",
+            t.name
+        );
+
+        // Hellos recorded together: the later of an agent's two wins.
+        let hello = |agent: &str, version: &str| flopmeter_collector::ledger::AgentInfo {
+            agent_id: agent.into(),
+            software_version: version.into(),
+            ..Default::default()
+        };
+        s.record_agents(&[hello("h1", "1"), hello("h2", "1"), hello("h1", "2")])
+            .unwrap();
+        s.record_agents(&[]).unwrap();
+        let versions: Vec<(String, String)> = s
+            .agents()
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.agent_id, i.software_version))
+            .collect();
+        assert_eq!(
+            versions,
+            [("h1", "2"), ("h2", "1")].map(|(a, v)| (a.to_string(), v.to_string())),
+            "{}",
+            t.name
+        );
     });
 }
 

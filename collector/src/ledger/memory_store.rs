@@ -37,7 +37,7 @@ use super::verify::{
 };
 use super::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry,
-    RejectionNotice, RollupStats, RunEntry, RunRollup, StoreError, UnattributedBucket,
+    RejectionNotice, RollupStats, RunEntry, RunRollup, SeqRange, StoreError, UnattributedBucket,
 };
 use crate::compliance::chain::AuditRecord;
 use crate::compliance::store::{
@@ -54,6 +54,8 @@ type NodeBucket = (String, String, i64);
 #[derive(Debug, Clone, Default)]
 struct State {
     raw: BTreeMap<RawBatchId, StoredBatch>,
+    /// Roll-ups that removed raw batches ([`LedgerStore::rollup_generation`]).
+    rollup_generation: u64,
     hwm: BTreeMap<String, u64>,
     runs: BTreeMap<RunKey, Aggregate>,
     models: BTreeMap<String, Aggregate>,
@@ -274,6 +276,9 @@ impl State {
             if let Some(batch) = self.raw.remove(&id) {
                 deltas.add_batch(&batch, &mut stats);
             }
+        }
+        if stats.batches > 0 {
+            self.rollup_generation += 1;
         }
         for (k, d) in &deltas.runs {
             self.run_rollups.entry(k.clone()).or_default().merge(d);
@@ -567,12 +572,32 @@ impl LedgerStore for MemoryStore {
         Ok(0)
     }
 
-    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError> {
-        Ok(self.state().raw.keys().cloned().collect())
+    fn raw_batches_between(
+        &self,
+        ranges: &[SeqRange],
+        limit: usize,
+    ) -> Result<Vec<(RawBatchId, StoredBatch)>, StoreError> {
+        let state = self.state();
+        let mut ranges: Vec<&SeqRange> = ranges.iter().filter(|r| r.after < r.upto).collect();
+        ranges.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        let id = |agent: &str, first_seq| RawBatchId {
+            agent_id: agent.to_string(),
+            first_seq,
+        };
+        Ok(ranges
+            .into_iter()
+            .flat_map(|r| {
+                state
+                    .raw
+                    .range(id(&r.agent_id, r.after + 1)..=id(&r.agent_id, r.upto))
+                    .map(|(k, b)| (k.clone(), b.clone()))
+            })
+            .take(limit)
+            .collect())
     }
 
-    fn raw_batch(&self, id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError> {
-        Ok(self.state().raw.get(id).cloned())
+    fn rollup_generation(&self) -> Result<u64, StoreError> {
+        Ok(self.state().rollup_generation)
     }
 
     fn run_rollups(&self) -> Result<Vec<RunRollup>, StoreError> {

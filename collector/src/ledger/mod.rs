@@ -3,7 +3,7 @@
 //! [`LedgerStore`] is the boundary between the collector's logic and its storage, so that a
 //! replicated database (PostgreSQL first, DESIGN.md §9) can replace the embedded sled store
 //! ([`sled_store::SledStore`]) without touching ingest, reports or the compliance engine
-//! (which reads its evidence through it too: [`LedgerStore::raw_batch_ids`]).
+//! (which reads its evidence through it too: [`LedgerStore::raw_batches_between`]).
 //!
 //! What a store keeps, and the invariants every implementation must hold:
 //! - **raw batches**: the applied records of each received batch, as received, keyed by agent
@@ -168,7 +168,7 @@ pub enum StoreError {
     },
     /// The PostgreSQL ledger's schema cannot be used: newer than this collector knows, a
     /// released migration edited, a version missing, or the migration failed (nothing was
-    /// changed).
+    /// changed); for an offline tool, also absent or older than the tool.
     #[error("cannot use the PostgreSQL ledger's schema: {0}")]
     Schema(#[source] Box<flopmeter_pg::MigrateError>),
     /// PostgreSQL failed (connection lost, timeout, a statement refused) before the work
@@ -365,6 +365,18 @@ pub struct RawBatchId {
     pub first_seq: u64,
 }
 
+/// An agent's raw batches with a first sequence number in `after < first_seq <= upto`
+/// ([`LedgerStore::raw_batches_between`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqRange {
+    /// The agent.
+    pub agent_id: String,
+    /// Exclusive lower bound.
+    pub after: u64,
+    /// Inclusive upper bound.
+    pub upto: u64,
+}
+
 /// One hourly rollup of a run (see [`LedgerStore::roll_up`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRollup {
@@ -511,11 +523,31 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
         max_batches: usize,
     ) -> Result<(Vec<IntervalRecord>, bool), StoreError>;
 
+    /// [`LedgerStore::recent_records`] of several agents (one without batches has none, not
+    /// truncated): the writer reads those of the agents new to it in a commit group together.
+    /// A remote store answers in one round trip rather than one per agent.
+    fn recent_records_of(
+        &self,
+        agents: &[String],
+        max_batches: usize,
+    ) -> Result<std::collections::HashMap<String, (Vec<IntervalRecord>, bool)>, StoreError> {
+        agents
+            .iter()
+            .map(|a| Ok((a.clone(), self.recent_records(a, max_batches)?)))
+            .collect()
+    }
+
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 
     /// Remembers an agent's Hello (node, version, GPUs).
     fn record_agent(&self, info: &AgentInfo) -> Result<(), StoreError>;
+
+    /// [`LedgerStore::record_agent`] for several Hellos, in order (a later Hello of the same
+    /// agent wins): the writer records those that arrived during a commit group together.
+    fn record_agents(&self, infos: &[AgentInfo]) -> Result<(), StoreError> {
+        infos.iter().try_for_each(|i| self.record_agent(i))
+    }
 
     /// Agents that ever said Hello.
     fn agents(&self) -> Result<Vec<AgentInfo>, StoreError>;
@@ -607,14 +639,24 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug {
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 
-    /// Every raw batch still held (not rolled up), in (agent, first sequence) order: what
-    /// the compliance engine's evidence reads incrementally (`compliance::evidence`): it
-    /// remembers the ids it decoded and asks [`LedgerStore::raw_batch`] for the new ones
-    /// only. Ids only, so a pass costs one key scan plus what arrived since.
-    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError>;
+    /// The raw batches still held (not rolled up) of each range's agent whose first
+    /// sequence number is in `after < first_seq <= upto`, at most `limit` of them, in
+    /// (agent, first sequence) order (agents in byte order; one range per agent). How the
+    /// compliance engine's evidence follows the ledger (`compliance::evidence`): an agent's
+    /// raw batches are applied in sequence order, so what is new since a pass is what lies
+    /// above the mark it had counted to, and a pass costs one mark per agent plus what
+    /// arrived, not a scan of every batch held.
+    fn raw_batches_between(
+        &self,
+        ranges: &[SeqRange],
+        limit: usize,
+    ) -> Result<Vec<(RawBatchId, StoredBatch)>, StoreError>;
 
-    /// One raw batch's applied records, if it is still held (not rolled up).
-    fn raw_batch(&self, id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError>;
+    /// Changes whenever raw batches are rolled up (a count of the roll-ups that removed
+    /// any; 0 for a store that never rolled up): a reader following raw batches by
+    /// [`LedgerStore::raw_batches_between`] starts over from the rollups when it changes,
+    /// since a batch may have been rolled up before the reader saw it.
+    fn rollup_generation(&self) -> Result<u64, StoreError>;
 
     /// Every hourly rollup of a run, in (model, run, hour) order: with the raw batches, the
     /// whole of every run's work over event time.

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use flopmeter_collector::compliance::ComplianceStore;
-use flopmeter_collector::ledger::LedgerStore;
 use flopmeter_collector::ledger::memory_store::MemoryStore;
 use flopmeter_collector::ledger::pg_store::PgStore;
 use flopmeter_collector::ledger::sled_store::SledStore;
+use flopmeter_collector::ledger::{LedgerStore, RawBatchId, SeqRange, StoredBatch};
 use flopmeter_collector::storage::Stores;
 
 /// One backend under test: both halves of one store, and what a restart does to it.
@@ -239,4 +239,19 @@ pub fn note(n: i64) -> flopmeter_collector::compliance::store::AuditRecord {
         kind: AuditKind::Alert,
         payload: Json::Int(n),
     }
+}
+
+/// Every raw batch `l` holds, in (agent, first sequence) order: each agent's up to its mark.
+pub fn all_raw_batches(l: &dyn LedgerStore) -> Vec<(RawBatchId, StoredBatch)> {
+    let ranges: Vec<SeqRange> = l
+        .high_water_marks()
+        .unwrap()
+        .into_iter()
+        .map(|(agent_id, upto)| SeqRange {
+            agent_id,
+            after: 0,
+            upto,
+        })
+        .collect();
+    l.raw_batches_between(&ranges, usize::MAX).unwrap()
 }

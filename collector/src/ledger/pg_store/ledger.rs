@@ -14,7 +14,7 @@ use crate::ledger::plans::{PlanHistory, PlanScope};
 use crate::ledger::verify::{VerifyCut, VerifyReport, VerifyScan};
 use crate::ledger::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry, RollupStats,
-    RunEntry, RunRollup, StoreError, UnattributedBucket,
+    RunEntry, RunRollup, SeqRange, StoreError, UnattributedBucket,
 };
 
 /// Every table of the store, for [`LedgerStore::size_on_disk`].
@@ -114,6 +114,39 @@ impl LedgerStore for PgStore {
         ))
     }
 
+    fn recent_records_of(
+        &self,
+        agents: &[String],
+        max_batches: usize,
+    ) -> Result<std::collections::HashMap<String, (Vec<IntervalRecord>, bool)>, StoreError> {
+        let limit = i64::try_from(max_batches).unwrap_or(i64::MAX - 1);
+        let rows = self.rows::<StoreError>(
+            "SELECT u.a, r.batch FROM unnest($1::text[]) AS u(a) \
+             CROSS JOIN LATERAL (SELECT batch, first_seq FROM ledger_raw WHERE agent = u.a \
+             ORDER BY first_seq DESC LIMIT $2::bigint + 1) r \
+             ORDER BY u.a, r.first_seq DESC",
+            vec![Box::new(agents.to_vec()), Box::new(limit)],
+        )?;
+        // Newest first per agent, as `recent_records` reads them.
+        let mut newest_first: std::collections::HashMap<String, Vec<StoredBatch>> =
+            agents.iter().map(|a| (a.clone(), Vec::new())).collect();
+        for r in &rows {
+            let agent: String = r.get(0);
+            let batch = from_proto::<StoredBatch>(r.get(1), "raw batch")?;
+            newest_first.entry(agent).or_default().push(batch);
+        }
+        Ok(newest_first
+            .into_iter()
+            .map(|(agent, mut batches)| {
+                let truncated = batches.len() > max_batches;
+                batches.truncate(max_batches);
+                batches.reverse();
+                let records = batches.into_iter().flat_map(|b| b.records).collect();
+                (agent, (records, truncated))
+            })
+            .collect())
+    }
+
     /// Nothing to do: every write returned only after its COMMIT, and commits are durable
     /// (`synchronous_commit` on, PostgreSQL's default; a server run with it off, or with
     /// fsync off, gives up the durability the contract promises). A write whose COMMIT was
@@ -130,6 +163,27 @@ impl LedgerStore for PgStore {
                 Box::new(info.agent_id.clone()),
                 Box::new(to_json(info, "agent")?),
             ],
+        )?;
+        Ok(())
+    }
+
+    fn record_agents(&self, infos: &[AgentInfo]) -> Result<(), StoreError> {
+        // One row per agent per statement (ON CONFLICT may not touch a row twice): the
+        // latest Hello of each.
+        let mut latest: std::collections::BTreeMap<&str, &AgentInfo> = Default::default();
+        for info in infos {
+            latest.insert(&info.agent_id, info);
+        }
+        let agents: Vec<String> = latest.keys().map(|a| a.to_string()).collect();
+        let docs = latest
+            .values()
+            .map(|info| to_json(*info, "agent"))
+            .collect::<Result<Vec<Vec<u8>>, _>>()?;
+        self.rows::<StoreError>(
+            "INSERT INTO ledger_agents (agent, doc) \
+             SELECT a, d FROM unnest($1::text[], $2::bytea[]) AS u(a, d) \
+             ON CONFLICT (agent) DO UPDATE SET doc = EXCLUDED.doc",
+            vec![Box::new(agents), Box::new(docs)],
         )?;
         Ok(())
     }
@@ -354,29 +408,52 @@ impl LedgerStore for PgStore {
             .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
 
-    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError> {
+    fn raw_batches_between(
+        &self,
+        ranges: &[SeqRange],
+        limit: usize,
+    ) -> Result<Vec<(RawBatchId, StoredBatch)>, StoreError> {
+        let ranges: Vec<&SeqRange> = ranges.iter().filter(|r| r.after < r.upto).collect();
+        if ranges.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let agents: Vec<String> = ranges.iter().map(|r| r.agent_id.clone()).collect();
+        let after: Vec<String> = ranges.iter().map(|r| num(r.after)).collect();
+        let upto: Vec<String> = ranges.iter().map(|r| num(r.upto)).collect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.rows::<StoreError>(
-            "SELECT agent, first_seq::text AS first_text FROM ledger_raw ORDER BY agent, first_seq",
-            vec![],
+            "SELECT r.agent, r.first_seq::text AS first_text, r.batch \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(a, f, t) \
+             JOIN ledger_raw r ON r.agent = u.a \
+                 AND r.first_seq > u.f::numeric AND r.first_seq <= u.t::numeric \
+             ORDER BY r.agent, r.first_seq LIMIT $4::bigint",
+            vec![
+                Box::new(agents),
+                Box::new(after),
+                Box::new(upto),
+                Box::new(limit),
+            ],
         )?
         .iter()
         .map(|r| {
-            Ok(RawBatchId {
-                agent_id: r.get(0),
-                first_seq: parse_u64(r.get(1), "raw batch's first sequence number")?,
-            })
+            Ok((
+                RawBatchId {
+                    agent_id: r.get(0),
+                    first_seq: parse_u64(r.get(1), "raw batch's first sequence number")?,
+                },
+                from_proto(r.get(2), "raw batch")?,
+            ))
         })
         .collect()
     }
 
-    fn raw_batch(&self, id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError> {
+    fn rollup_generation(&self) -> Result<u64, StoreError> {
         self.rows::<StoreError>(
-            "SELECT batch FROM ledger_raw WHERE agent = $1 AND first_seq = $2::text::numeric",
-            vec![Box::new(id.agent_id.clone()), Box::new(num(id.first_seq))],
+            "SELECT doc FROM ledger_meta WHERE name = 'rollup_generation'",
+            vec![],
         )?
         .first()
-        .map(|r| from_proto(r.get(0), "raw batch"))
-        .transpose()
+        .map_or(Ok(0), |r| from_json(r.get(0), "rollup generation"))
     }
 
     fn run_rollups(&self) -> Result<Vec<RunRollup>, StoreError> {

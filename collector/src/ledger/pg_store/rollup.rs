@@ -83,6 +83,17 @@ async fn roll_up_in_tx(tx: &Transaction<'_>, cutoff: i64, limit: i64) -> R<Rollu
         &deltas.unattributed,
     )
     .await?;
+    if stats.batches > 0 {
+        // Last, after the rollup rows (locked in key order by every replica), so two
+        // replicas rolling up at once queue here instead of deadlocking.
+        tx.execute(
+            "INSERT INTO ledger_meta (name, doc) VALUES ('rollup_generation', convert_to('1', 'UTF8')) \
+             ON CONFLICT (name) DO UPDATE SET doc = \
+             convert_to((convert_from(ledger_meta.doc, 'UTF8')::numeric + 1)::text, 'UTF8')",
+            &[],
+        )
+        .await?;
+    }
     Ok(stats)
 }
 

@@ -18,7 +18,7 @@
 //! | `models` | model | [`ModelEntry`] (JSON) |
 //! | `plans` | model \0 registry, or model \0 run \0 run-id | [`PlanHistory`] (JSON) |
 //! | `agents` | agent | [`AgentInfo`] (JSON) |
-//! | `meta` | name | JSON (format version, stage policy) |
+//! | `meta` | name | JSON (format version, stage policy, rollup generation) |
 //!
 //! and the compliance store's trees (`compliance.rs` has their table): the clocks, alerts,
 //! outbox, compliance metadata and the audit chain (`audit_log`, `audit_head`). No sled type
@@ -79,7 +79,7 @@ use crate::ledger::plans::{PlanHistory, PlanScope};
 use crate::ledger::verify::{VerifyCut, VerifyReport, VerifyScan};
 use crate::ledger::{
     ApplyOutcome, IncomingBatch, LedgerStore, ModelEntry, RawBatchId, RejectedEntry, RollupStats,
-    RunEntry, RunRollup, StoreError, UnattributedBucket,
+    RunEntry, RunRollup, SeqRange, StoreError, UnattributedBucket,
 };
 
 /// The sled-backed [`LedgerStore`].
@@ -177,6 +177,10 @@ impl SledStore {
         tree.get(key)?.map(|v| from_json(&v, what)).transpose()
     }
 }
+
+/// The `meta` key of [`LedgerStore::rollup_generation`], written in each roll-up's
+/// transaction.
+pub(super) const ROLLUP_GENERATION: &[u8] = b"rollup_generation";
 
 impl LedgerStore for SledStore {
     fn high_water_mark(&self, agent_id: &str) -> Result<u64, StoreError> {
@@ -376,26 +380,38 @@ impl LedgerStore for SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn raw_batch_ids(&self) -> Result<Vec<RawBatchId>, StoreError> {
-        self.raw
-            .iter()
-            .keys()
-            .map(|k| {
-                let (agent_id, first_seq) = keys::split_agent_seq(&k?)
+    fn raw_batches_between(
+        &self,
+        ranges: &[SeqRange],
+        limit: usize,
+    ) -> Result<Vec<(RawBatchId, StoredBatch)>, StoreError> {
+        let mut ranges: Vec<&SeqRange> = ranges.iter().filter(|r| r.after < r.upto).collect();
+        ranges.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        let mut out = Vec::new();
+        for r in ranges {
+            let from = keys::agent_seq(&r.agent_id, r.after + 1);
+            let to = keys::agent_seq(&r.agent_id, r.upto);
+            for kv in self.raw.range(from..=to) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (k, v) = kv?;
+                let (agent_id, first_seq) = keys::split_agent_seq(&k)
                     .ok_or_else(|| malformed("raw batch key", "not agent/sequence"))?;
-                Ok(RawBatchId {
-                    agent_id,
-                    first_seq,
-                })
-            })
-            .collect()
+                out.push((
+                    RawBatchId {
+                        agent_id,
+                        first_seq,
+                    },
+                    from_proto(&v, "raw batch")?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
-    fn raw_batch(&self, id: &RawBatchId) -> Result<Option<StoredBatch>, StoreError> {
-        self.raw
-            .get(keys::agent_seq(&id.agent_id, id.first_seq))?
-            .map(|v| from_proto(&v, "raw batch"))
-            .transpose()
+    fn rollup_generation(&self) -> Result<u64, StoreError> {
+        Ok(Self::get_json(&self.meta, ROLLUP_GENERATION, "rollup generation")?.unwrap_or(0))
     }
 
     fn run_rollups(&self) -> Result<Vec<RunRollup>, StoreError> {

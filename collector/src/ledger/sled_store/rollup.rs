@@ -3,7 +3,7 @@
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
-use super::{SledStore, TxResult, abort, tx_error};
+use super::{ROLLUP_GENERATION, SledStore, TxResult, abort, tx_error};
 use crate::ledger::codec::{Rollup, StoredBatch, from_json, from_proto, to_json};
 use crate::ledger::keys::{self, ROLLUP_RUN, ROLLUP_UNATTRIBUTED};
 use crate::ledger::rollup::RollupDeltas;
@@ -27,8 +27,8 @@ pub(super) fn roll_up(
     if index_keys.is_empty() {
         return Ok(RollupStats::default());
     }
-    (&store.raw, &store.raw_index, &store.rollups)
-        .transaction(|(raw, raw_index, rollups)| {
+    (&store.raw, &store.raw_index, &store.rollups, &store.meta)
+        .transaction(|(raw, raw_index, rollups, meta)| {
             let mut stats = RollupStats {
                 more,
                 ..RollupStats::default()
@@ -54,6 +54,14 @@ pub(super) fn roll_up(
             });
             for (key, d) in run_keys.chain(unattributed_keys) {
                 update_json(rollups, &key, "rollup", |r: &mut Rollup| r.merge(d))?;
+            }
+            if stats.batches > 0 {
+                update_json(
+                    meta,
+                    ROLLUP_GENERATION,
+                    "rollup generation",
+                    |g: &mut u64| *g += 1,
+                )?;
             }
             Ok(stats)
         })
