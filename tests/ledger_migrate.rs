@@ -259,7 +259,7 @@ fn offline_tools_on_a_store_never_create_or_migrate_the_schema() {
     }
     assert!(tables(&dsn).is_empty(), "{:?}", tables(&dsn));
 
-    // An older collector's schema (version 1 of 2).
+    // An older collector's schema (version 1 of 3).
     let db = flopmeter_pg::Database::connect(flopmeter_pg::Options::new(
         flopmeter_pg::Dsn::parse(&dsn).unwrap(),
     ))
@@ -275,7 +275,7 @@ fn offline_tools_on_a_store_never_create_or_migrate_the_schema() {
         let (code, stderr) = run(&[tool, &["--store", &dsn]].concat());
         assert_eq!(code, Some(1), "{tool:?}: {stderr}");
         assert!(
-            stderr.contains("the database schema is version 1, this flopmeter knows 2"),
+            stderr.contains("the database schema is version 1, this flopmeter knows 3"),
             "{tool:?}: {stderr}"
         );
     }

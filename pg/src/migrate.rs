@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger_and_compliance",
         sql: include_str!("../migrations/0002_ledger_and_compliance.sql"),
     },
+    Migration {
+        version: 3,
+        name: "hot_rows_vacuumed_promptly",
+        sql: include_str!("../migrations/0003_hot_rows_vacuumed_promptly.sql"),
+    },
 ];
 
 /// The advisory lock key migrations run under ("flopmigr" in ASCII).

@@ -54,8 +54,8 @@ fn collectors_starting_together_apply_each_migration_once() {
         1,
         "exactly one collector applies: {applied:?}"
     );
-    assert!(applied.contains(&&vec![1, 2]), "{applied:?}");
-    assert!(reports.iter().all(|r| r.schema_version == 2));
+    assert!(applied.contains(&&vec![1, 2, 3]), "{applied:?}");
+    assert!(reports.iter().all(|r| r.schema_version == 3));
     let db = connect(&test_db);
     assert_eq!(
         versions(&db),
@@ -65,6 +65,32 @@ fn collectors_starting_together_apply_each_migration_once() {
             .collect::<Vec<_>>()
     );
     assert!(table_exists(&db, "engine_lease"));
+    // Migration 3: the rows every commit group rewrites are vacuumed promptly.
+    let options: Vec<String> = db
+        .run(|conn| async move {
+            let row = conn
+                .query_one(
+                    "SELECT reloptions::text FROM pg_class WHERE relname = 'ledger_run_agg'",
+                    &[],
+                )
+                .await?;
+            Ok::<_, PgError>(
+                row.get::<_, String>(0)
+                    .trim_matches(['{', '}'])
+                    .split(',')
+                    .map(String::from)
+                    .collect(),
+            )
+        })
+        .unwrap();
+    assert!(
+        options.contains(&"fillfactor=50".to_string()),
+        "{options:?}"
+    );
+    assert!(
+        options.contains(&"autovacuum_vacuum_cost_delay=0".to_string()),
+        "{options:?}"
+    );
     // A later start finds nothing to do.
     let again = migrate::apply(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap();
     assert!(again.applied.is_empty());
@@ -79,7 +105,7 @@ fn a_schema_newer_than_this_flopmeter_is_refused() {
     db.run(|conn| async move {
         conn.batch_execute(
             "INSERT INTO schema_migrations (version, name, checksum, applied_by) \
-             SELECT v, 'future_' || v, 'x', '9.9.9' FROM generate_series(3, 7) AS v",
+             SELECT v, 'future_' || v, 'x', '9.9.9' FROM generate_series(4, 7) AS v",
         )
         .await?;
         Ok::<(), PgError>(())
@@ -91,7 +117,7 @@ fn a_schema_newer_than_this_flopmeter_is_refused() {
             e,
             MigrateError::SchemaNewer {
                 database: 7,
-                known: 2,
+                known: 3,
                 ..
             }
         ),
@@ -102,7 +128,7 @@ fn a_schema_newer_than_this_flopmeter_is_refused() {
         msg.starts_with("the database schema is version 7, this flopmeter"),
         "{msg}"
     );
-    assert!(msg.contains("knows up to 2: upgrade flopmeter"), "{msg}");
+    assert!(msg.contains("knows up to 3: upgrade flopmeter"), "{msg}");
     assert!(msg.contains("9.9.9"), "{msg}");
     assert_eq!(versions(&db).len(), 7, "nothing changed");
 }
@@ -203,7 +229,7 @@ fn an_offline_check_refuses_an_absent_older_or_newer_schema_and_changes_nothing(
             e,
             MigrateError::SchemaOlder {
                 database: 1,
-                known: 2
+                known: 3
             }
         ),
         "{e:?}"
@@ -216,14 +242,14 @@ fn an_offline_check_refuses_an_absent_older_or_newer_schema_and_changes_nothing(
     assert_eq!(versions(&db).len(), 1, "nothing migrated");
 
     migrate::apply(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap();
-    assert_eq!(migrate::check(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap(), 2);
+    assert_eq!(migrate::check(&db, MIGRATIONS, DEFAULT_TIMEOUT).unwrap(), 3);
     // A tool older than the schema is refused like a collector.
     let e = migrate::check(&db, &MIGRATIONS[..1], DEFAULT_TIMEOUT).unwrap_err();
     assert!(
         matches!(
             e,
             MigrateError::SchemaNewer {
-                database: 2,
+                database: 3,
                 known: 1,
                 ..
             }

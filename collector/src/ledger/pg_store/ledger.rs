@@ -422,11 +422,15 @@ impl LedgerStore for PgStore {
         let upto: Vec<String> = ranges.iter().map(|r| num(r.upto)).collect();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.rows::<StoreError>(
-            "SELECT r.agent, r.first_seq::text AS first_text, r.batch \
+            // LATERAL, so each range is its own index range scan: as a join, once the
+            // table's statistics were analysed, the planner chose to scan ledger_raw (213 ms
+            // a call at 1.2 M batches, where this is well under a millisecond).
+            "SELECT u.a, r.first_seq::text AS first_text, r.batch \
              FROM unnest($1::text[], $2::text[], $3::text[]) AS u(a, f, t) \
-             JOIN ledger_raw r ON r.agent = u.a \
-                 AND r.first_seq > u.f::numeric AND r.first_seq <= u.t::numeric \
-             ORDER BY r.agent, r.first_seq LIMIT $4::bigint",
+             CROSS JOIN LATERAL (SELECT first_seq, batch FROM ledger_raw \
+                 WHERE agent = u.a AND first_seq > u.f::numeric AND first_seq <= u.t::numeric \
+                 ORDER BY first_seq LIMIT $4::bigint) r \
+             ORDER BY u.a COLLATE \"C\", r.first_seq LIMIT $4::bigint",
             vec![
                 Box::new(agents),
                 Box::new(after),
