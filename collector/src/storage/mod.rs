@@ -78,9 +78,10 @@
 //! agent Hellos, rollups) are every replica's. sled and memory have one engine and never
 //! refuse.
 //!
-//! **Reads** run concurrently with writes and see committed state. The evidence reads raw
-//! batch ids, then the new batches: a batch rolled up between the two reads is absent
-//! ([`LedgerStore::raw_batch`] returns `None`), and the next refresh rebuilds from rollups.
+//! **Reads** run concurrently with writes and see committed state. The evidence reads the
+//! agents' marks, then the batches up to them ([`LedgerStore::raw_batches_between`]): every
+//! batch at or below a committed mark is committed, and one rolled up meanwhile moved the
+//! store's [`LedgerStore::rollup_generation`], so the next refresh rebuilds from rollups.
 //! An online `verify` cuts at every agent's mark and compares what was applied since
 //! ([`LedgerStore::verify_cut`]).
 
