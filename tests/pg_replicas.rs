@@ -310,10 +310,10 @@ fn sent(a: &SimAgent, start_ms: i64, batches: u64) -> Vec<IntervalRecord> {
 /// one PostgreSQL, starts its clock when the SUM of both clusters' compute crosses, dated at
 /// the event time of the record at which it crossed, although neither cluster alone crosses.
 ///
-/// Replica "us" is started first and leads, so the crossing records reach the leader and
-/// it evaluates within its ingest debounce (2 s); the "eu" records reach it only through
-/// the shared ledger, written by the follower. (Crossing records that reach the follower
-/// are seen at the leader's next full pass, 60 s, with no flag to shorten it.)
+/// Replica "eu" is started first and leads; the crossing records reach the follower "us",
+/// so the leader learns of them only through the shared ledger: the follower's commit
+/// notifies it (`NOTIFY`, `flopmeter_pg::notify`) and it evaluates within its debounce
+/// (2 s), well before its next full pass (60 s after it took office), which the test bounds.
 #[test]
 fn a_model_on_two_clusters_starts_its_clock_when_the_sum_crosses_dated_at_the_crossing() {
     let began = Instant::now();
@@ -374,20 +374,25 @@ fn a_model_on_two_clusters_starts_its_clock_when_the_sum_crosses_dated_at_the_cr
     )
     .unwrap();
     let flags = ["--thresholds", thresholds.to_str().unwrap()];
-    let us = replica_with(&dsn, "us", &flags);
-    support::eventually("replica us leads", || leader_gauge(&us) == Some(1.0));
     let eu = replica_with(&dsn, "eu", &flags);
-    support::eventually("replica eu follows", || leader_gauge(&eu) == Some(0.0));
+    support::eventually("replica eu leads", || leader_gauge(&eu) == Some(1.0));
+    let in_office = Instant::now();
+    let us = replica_with(&dsn, "us", &flags);
+    support::eventually("replica us follows", || leader_gauge(&us) == Some(0.0));
 
     support::feed_agent(&eu.url(), eu_agent(), BATCHES);
     let summary = &us.get(&format!("/api/v1/models/{MODEL}")).unwrap()["summary"];
     assert_eq!(band(&summary["counted"]), eu_sum, "{summary}");
+    // Past the pass the leader's own ingest triggers (within its 2 s debounce), so that
+    // pass cannot be the one that sees the follower's records.
+    std::thread::sleep(Duration::from_secs(4));
     support::feed_agent(&us.url(), us_agent(), BATCHES);
 
-    // The leader evaluates (bounded: a missed debounce still meets the 60 s full pass).
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // The leader evaluates what the follower committed before its next full pass, 60 s
+    // after it took office (its first pass): only the notification can bring it sooner.
+    let deadline = in_office + Duration::from_secs(50);
     let alert = loop {
-        let alerts = us.get("/api/v1/alerts").unwrap_or_default();
+        let alerts = eu.get("/api/v1/alerts").unwrap_or_default();
         let found = alerts.as_array().and_then(|a| {
             a.iter()
                 .find(|al| {
@@ -402,8 +407,9 @@ fn a_model_on_two_clusters_starts_its_clock_when_the_sum_crosses_dated_at_the_cr
         }
         assert!(
             Instant::now() < deadline,
-            "no clock start within 90 s: {alerts}\n{}",
-            us.log.text()
+            "no clock start within 50 s of the leader taking office, so not before its \
+             next full pass: the follower's commit did not reach it: {alerts}\n{}",
+            eu.log.text()
         );
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -131,6 +131,8 @@ pub struct Collector {
     compliance: compliance::Compliance,
     /// The engine lease's contender (PostgreSQL): released at shutdown.
     contender: Option<flopmeter_pg::lease::Contender>,
+    /// Listens for other replicas' commits (PostgreSQL) while the collector runs.
+    _ledger_changes: Option<flopmeter_pg::Listener>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -156,6 +158,7 @@ impl Collector {
             stores,
             leadership,
             contender,
+            ledger_changes,
         } = tokio::task::spawn_blocking(move || storage::open_replica(&opening, lease))
             .await
             .map_err(ServeError::Task)??;
@@ -204,6 +207,7 @@ impl Collector {
         let compliance = compliance::Compliance::start(
             engine,
             metrics.ingest_records.clone(),
+            ledger_changes.as_ref().map(flopmeter_pg::Listener::changes),
             facts,
             shutdown_rx.clone(),
         );
@@ -381,6 +385,7 @@ impl Collector {
             writer,
             compliance,
             contender,
+            _ledger_changes: ledger_changes,
         })
     }
 

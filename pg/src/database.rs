@@ -276,6 +276,11 @@ impl Database {
         )
     }
 
+    /// What a connection outside the pool is opened with (`notify`'s listener).
+    pub(crate) fn connection_parts(&self) -> (tokio_postgres::Config, MakeRustlsConnect) {
+        self.inner.manager_parts.clone()
+    }
+
     /// The pool (for tasks on the database's runtime).
     pub fn pool(&self) -> &Pool {
         &self.inner.pool

@@ -7,6 +7,7 @@
 //!   ([`Database::run`]) the collector's synchronous stores call.
 //! - [`migrate`]: the schema as embedded, numbered SQL files applied under an advisory lock.
 //! - [`lease`]: one compliance engine at a time, with a fencing token.
+//! - [`notify`]: `LISTEN`/`NOTIFY` as a counter: another replica committed to the ledger.
 //! - [`error`]: failures that say what to fix ([`PgError`]).
 //! - `test_support` (feature `test-support`): a real PostgreSQL per test binary, a fresh
 //!   database per test, restarts and a TCP proxy that can be cut.
@@ -20,6 +21,7 @@ pub mod dsn;
 pub mod error;
 pub mod lease;
 pub mod migrate;
+pub mod notify;
 pub mod tls;
 
 #[cfg(feature = "test-support")]
@@ -30,4 +32,5 @@ pub use dsn::{Dsn, DsnError, RootCerts, SslMode};
 pub use error::{CertificateProblem, PgError, Target};
 pub use lease::{FencedTransaction, Lease, LeaseConfig, LeaseError};
 pub use migrate::{MIGRATIONS, MigrateError, Migration, MigrationReport};
+pub use notify::Listener;
 pub use tls::TlsSetupError;

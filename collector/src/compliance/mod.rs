@@ -21,7 +21,8 @@
 //! [`Compliance::start`] runs two tasks: the **engine loop** (evaluates at once when kicked,
 //! i.e. when a registry change or a newly declared plan became durable; at most every
 //! `debounce` after the ledger's applied-record counter moved, i.e. after a committed ingest
-//! group; and at least every `interval`), and the **outbox loop** (delivers due items every
+//! group, or on a shared ledger after another replica's commit was notified; and at least
+//! every `interval`), and the **outbox loop** (delivers due items every
 //! half second or when kicked, re-posts active alerts to Alertmanager every `resend`).
 
 pub(crate) mod admin;
@@ -56,11 +57,14 @@ pub struct Compliance {
 
 impl Compliance {
     /// Starts the engine and outbox loops. `applied` is the ledger's applied-record counter:
-    /// when it moves, ingest committed something new. `kick` asks for an evaluation now: the
-    /// ledger writer notifies it when a registry change or a new plan became durable.
+    /// when it moves, ingest committed something new. On a shared ledger `elsewhere` moves
+    /// when another replica committed (`flopmeter_pg::notify`). `kick` asks for an
+    /// evaluation now: the ledger writer notifies it when a registry change or a new plan
+    /// became durable.
     pub fn start(
         engine: Engine,
         applied: IntCounter,
+        elsewhere: Option<watch::Receiver<u64>>,
         kick: Arc<Notify>,
         stop: watch::Receiver<bool>,
     ) -> Compliance {
@@ -69,7 +73,7 @@ impl Compliance {
         let tasks = vec![
             tokio::spawn(engine_loop(
                 engine.clone(),
-                applied,
+                Changes { applied, elsewhere },
                 kick.clone(),
                 deliver.clone(),
                 stop.clone(),
@@ -137,16 +141,32 @@ async fn evaluate_blocking(engine: Arc<Engine>) -> Result<engine::PassSummary, E
 /// Waits until this replica holds the lease and takes office, then evaluates as the module
 /// says, until the lease is lost (or a write is refused for it, mid-pass): then leaves office
 /// and waits for the lease again. On an embedded store the engine is always in office.
+/// What says the ledger changed since the engine last looked: this replica's ingest, and on
+/// a shared ledger the other replicas' commits.
+struct Changes {
+    applied: IntCounter,
+    elsewhere: Option<watch::Receiver<u64>>,
+}
+
+impl Changes {
+    fn now(&self) -> (u64, u64) {
+        (
+            self.applied.get(),
+            self.elsewhere.as_ref().map_or(0, |e| *e.borrow()),
+        )
+    }
+}
+
 async fn engine_loop(
     engine: Arc<Engine>,
-    applied: IntCounter,
+    changes: Changes,
     kick: Arc<Notify>,
     deliver: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = engine.config().clone();
     let mut leadership = engine.leadership().clone();
-    let mut last_seen = u64::MAX;
+    let mut last_seen = (u64::MAX, u64::MAX);
     let mut last_full = tokio::time::Instant::now() - cfg.interval;
     // A deadline, not a fresh `sleep(debounce)` per turn: lease renewals wake the loop below
     // every `--lease-renew-every`, and with renewals more frequent than the debounce a sleep
@@ -163,7 +183,7 @@ async fn engine_loop(
                             "this replica leads the compliance engine now"
                         );
                         // The first pass at once: the former leader may have left work.
-                        last_seen = u64::MAX;
+                        last_seen = (u64::MAX, u64::MAX);
                         last_full = tokio::time::Instant::now() - cfg.interval;
                         deliver.notify_one();
                     }
@@ -213,7 +233,7 @@ async fn engine_loop(
             engine.leave_office();
             continue;
         }
-        let n = applied.get();
+        let n = changes.now();
         if !kicked && n == last_seen && last_full.elapsed() < cfg.interval {
             continue;
         }

@@ -184,6 +184,9 @@ pub struct Replica {
     pub leadership: Leadership,
     /// The lease's contender (PostgreSQL only); [`Contender::shutdown`] releases the lease.
     pub contender: Option<Contender>,
+    /// Commits of every replica to the shared ledger (PostgreSQL only): the engine's leader
+    /// evaluates what other replicas ingested within its debounce, not at its next full pass.
+    pub ledger_changes: Option<flopmeter_pg::Listener>,
 }
 
 /// Why a collector's storage could not be opened.
@@ -206,17 +209,20 @@ pub fn open_replica(backend: &Backend, lease: LeaseConfig) -> Result<Replica, Op
             stores: open(backend)?,
             leadership: Leadership::sole(),
             contender: None,
+            ledger_changes: None,
         }),
         Backend::Postgres { dsn, pool_size } => {
             lease.validate()?;
             let store = PgStore::open(connect(dsn, *pool_size)?)?;
             let db = store.database().clone();
             let contender = Contender::start(&db, lease.clone())?;
+            let ledger_changes = db.listen(flopmeter_pg::notify::LEDGER_CHANGED);
             let leadership = Leadership::lease(contender.watch(), db, lease.name);
             Ok(Replica {
                 stores: Stores::new(Arc::new(store.fence_with(contender.watch()))),
                 leadership,
                 contender: Some(contender),
+                ledger_changes: Some(ledger_changes),
             })
         }
     }

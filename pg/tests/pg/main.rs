@@ -9,6 +9,7 @@ mod connect;
 mod harness;
 mod lease;
 mod migrate;
+mod notify;
 
 use std::time::{Duration, Instant};
 

@@ -125,6 +125,9 @@ impl PgStore {
             async move {
                 let tx = conn.transaction().await?;
                 let outs = apply_in_tx(&tx, &batches).await?;
+                if outs.iter().any(|o| o.applied + o.newly_rejected > 0) {
+                    notify_ledger_changed(&tx).await?;
+                }
                 sent.mark();
                 tx.commit().await.map_err(|e| commit_failure(e.into()))?;
                 Ok(outs)
@@ -890,4 +893,12 @@ async fn rejections_between(
         });
     }
     Ok(out)
+}
+
+/// Tells the other replicas, at this transaction's commit, that the ledger changed: the
+/// compliance leader evaluates within its debounce rather than at its next full pass
+/// (`flopmeter_pg::notify`).
+pub(super) async fn notify_ledger_changed(tx: &Tx<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!("NOTIFY {}", flopmeter_pg::notify::LEDGER_CHANGED))
+        .await
 }

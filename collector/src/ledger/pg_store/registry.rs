@@ -72,6 +72,7 @@ impl PgStore {
                 .await?;
                 let fact = change.fact(before.as_ref(), plan)?;
                 chain::append::<StoreError>(&tx, &[fact]).await?;
+                super::apply::notify_ledger_changed(&tx).await?;
                 sent.mark();
                 tx.commit()
                     .await
