@@ -97,21 +97,10 @@ impl LedgerStore for PgStore {
         agent_id: &str,
         max_batches: usize,
     ) -> Result<(Vec<IntervalRecord>, bool), StoreError> {
-        let limit = i64::try_from(max_batches).unwrap_or(i64::MAX - 1);
-        let rows = self.rows::<StoreError>(
-            "SELECT batch FROM ledger_raw WHERE agent = $1 ORDER BY first_seq DESC LIMIT $2::bigint + 1",
-            vec![Box::new(agent_id.to_string()), Box::new(limit)],
-        )?;
-        let truncated = rows.len() > max_batches;
-        let mut batches = Vec::new();
-        for r in rows.iter().take(max_batches) {
-            batches.push(from_proto::<StoredBatch>(r.get(0), "raw batch")?);
-        }
-        batches.reverse();
-        Ok((
-            batches.into_iter().flat_map(|b| b.records).collect(),
-            truncated,
-        ))
+        Ok(self
+            .recent_records_of(&[agent_id.to_string()], max_batches)?
+            .remove(agent_id)
+            .unwrap_or_default())
     }
 
     fn recent_records_of(
